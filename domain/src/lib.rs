@@ -1,0 +1,24 @@
+//! The pure core of the bulk action platform.
+//!
+//! Everything here is a value or a function over values: parsing and normalising input,
+//! planning an action into batches, the events an action is made of, and the fold from
+//! events to the views clients query. No I/O, no clock reads, no randomness that a caller
+//! cannot supply: that is what makes the fold replayable and these rules testable.
+
+pub mod action;
+pub mod event;
+pub mod ids;
+pub mod outcome;
+pub mod plan;
+pub mod record;
+pub mod time;
+pub mod view;
+
+pub use action::{ActionStatus, ActionType, EntityType};
+pub use event::{EventEnvelope, EventPayload, SCHEMA_VERSION};
+pub use ids::{AccountId, ActionId};
+pub use outcome::{OutcomeCode, OutcomeStatus, RecordOutcome};
+pub use plan::{plan_action, ActionPlan, Batch, PlannedRecord};
+pub use record::{ContactChange, Email, RecordError};
+pub use time::Timestamp;
+pub use view::{ActionStats, ActionView, FoldError};

@@ -1,0 +1,133 @@
+//! The outcome of one input record: every record ends in exactly one of these.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum OutcomeStatus {
+    Succeeded,
+    Failed,
+    Skipped,
+}
+
+impl OutcomeStatus {
+    pub const ALL: [OutcomeStatus; 3] = [
+        OutcomeStatus::Succeeded,
+        OutcomeStatus::Failed,
+        OutcomeStatus::Skipped,
+    ];
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == raw)
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OutcomeStatus::Succeeded => "succeeded",
+            OutcomeStatus::Failed => "failed",
+            OutcomeStatus::Skipped => "skipped",
+        }
+    }
+}
+
+/// Machine-readable reason codes. Clients switch on these; never rename one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum OutcomeCode {
+    // succeeded
+    Created,
+    Updated,
+    Deleted,
+    // skipped
+    DuplicateEmail,
+    AlreadyExists,
+    // failed: the record itself
+    NotAnObject,
+    MissingEmail,
+    InvalidEmail,
+    InvalidType,
+    InvalidValue,
+    UnknownField,
+    ForbiddenFieldName,
+    NoFieldsToUpdate,
+    // failed: applying it
+    NotFound,
+    StoreError,
+}
+
+impl OutcomeCode {
+    pub fn status(&self) -> OutcomeStatus {
+        use OutcomeCode::*;
+        match self {
+            Created | Updated | Deleted => OutcomeStatus::Succeeded,
+            DuplicateEmail | AlreadyExists => OutcomeStatus::Skipped,
+            NotAnObject | MissingEmail | InvalidEmail | InvalidType | InvalidValue
+            | UnknownField | ForbiddenFieldName | NoFieldsToUpdate | NotFound | StoreError => {
+                OutcomeStatus::Failed
+            }
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        use OutcomeCode::*;
+        match self {
+            Created => "created",
+            Updated => "updated",
+            Deleted => "deleted",
+            DuplicateEmail => "duplicate_email",
+            AlreadyExists => "already_exists",
+            NotAnObject => "not_an_object",
+            MissingEmail => "missing_email",
+            InvalidEmail => "invalid_email",
+            InvalidType => "invalid_type",
+            InvalidValue => "invalid_value",
+            UnknownField => "unknown_field",
+            ForbiddenFieldName => "forbidden_field_name",
+            NoFieldsToUpdate => "no_fields_to_update",
+            NotFound => "not_found",
+            StoreError => "store_error",
+        }
+    }
+}
+
+impl fmt::Display for OutcomeCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One line of an action's log. `index` is the record's position in the submitted `data`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RecordOutcome {
+    pub index: u32,
+    /// The normalised email, or the raw value when it could not be read as one.
+    pub email: Option<String>,
+    pub code: OutcomeCode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl RecordOutcome {
+    pub fn status(&self) -> OutcomeStatus {
+        self.code.status()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_text_matches_serde() {
+        let code = OutcomeCode::DuplicateEmail;
+        assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        assert_eq!(OutcomeCode::NotFound.status(), OutcomeStatus::Failed);
+        assert_eq!(OutcomeCode::AlreadyExists.status(), OutcomeStatus::Skipped);
+    }
+}

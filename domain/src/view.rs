@@ -1,0 +1,378 @@
+//! The fold from events to the action view that clients query.
+//!
+//! `apply_event` is pure and idempotent on redelivery: an event whose `seq` the view has
+//! already folded changes nothing, and a gap is an error rather than a silent skip, so a
+//! projector that missed an event re-reads instead of publishing wrong counts.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::action::{ActionStatus, ActionType, EntityType};
+use crate::event::{EventEnvelope, EventPayload};
+use crate::ids::{AccountId, ActionId};
+use crate::outcome::{OutcomeStatus, RecordOutcome};
+use crate::time::Timestamp;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ActionView {
+    pub action_id: ActionId,
+    pub account_id: AccountId,
+    pub entity_type: EntityType,
+    pub action_type: ActionType,
+    pub status: ActionStatus,
+    pub total_records: u32,
+    pub processed_records: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    pub skipped: u32,
+    /// processedRecords / totalRecords, 0.0 to 1.0.
+    pub progress: f64,
+    pub created_at: Timestamp,
+    pub scheduled_for: Option<Timestamp>,
+    pub started_at: Option<Timestamp>,
+    pub completed_at: Option<Timestamp>,
+    /// Count of failed and skipped records per reason code.
+    pub by_reason: BTreeMap<String, u32>,
+    pub batch_count: u32,
+    pub batches_processed: u32,
+    /// Records settled by batches (not at submission); the numerator of the throughput.
+    pub processed_by_batches: u32,
+    /// Sequence number of the last event folded into this view.
+    pub last_seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FoldError {
+    #[error("the first event of an action must be Created with seq 1, got {type_name} seq {seq}")]
+    MissingCreated { type_name: &'static str, seq: u64 },
+    #[error("expected event seq {expected}, got {got}")]
+    Gap { expected: u64, got: u64 },
+    #[error("event {type_name} (seq {seq}) does not belong to action {action_id}")]
+    WrongAction {
+        type_name: &'static str,
+        seq: u64,
+        action_id: ActionId,
+    },
+    #[error("a second Created event at seq {seq}")]
+    DuplicateCreated { seq: u64 },
+}
+
+/// The statistics view, derived from the action view.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ActionStats {
+    pub action_id: ActionId,
+    pub status: ActionStatus,
+    pub total: u32,
+    pub processed: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    pub skipped: u32,
+    pub by_reason: BTreeMap<String, u32>,
+    /// From start to completion, or to `now` while running; null before start.
+    pub duration_ms: Option<i64>,
+    /// Records settled by batches per second of `durationMs`; null before start.
+    pub records_per_second: Option<f64>,
+}
+
+/// Folds one event into the view. `None` is the state before the action exists.
+pub fn apply_event(
+    state: Option<ActionView>,
+    event: &EventEnvelope,
+) -> Result<Option<ActionView>, FoldError> {
+    let type_name = event.payload.type_name();
+    let Some(mut view) = state else {
+        return match &event.payload {
+            EventPayload::Created { .. } if event.seq == 1 => Ok(Some(created(event))),
+            _ => Err(FoldError::MissingCreated {
+                type_name,
+                seq: event.seq,
+            }),
+        };
+    };
+    if event.action_id != view.action_id {
+        return Err(FoldError::WrongAction {
+            type_name,
+            seq: event.seq,
+            action_id: view.action_id,
+        });
+    }
+    if event.seq <= view.last_seq {
+        return Ok(Some(view));
+    }
+    if event.seq != view.last_seq + 1 {
+        return Err(FoldError::Gap {
+            expected: view.last_seq + 1,
+            got: event.seq,
+        });
+    }
+    match &event.payload {
+        EventPayload::Created { .. } => return Err(FoldError::DuplicateCreated { seq: event.seq }),
+        EventPayload::RecordRejected { records } | EventPayload::RecordSkipped { records } => {
+            view.count(records);
+        }
+        EventPayload::Released {} => {
+            if view.status == ActionStatus::Scheduled {
+                view.status = ActionStatus::Queued;
+            }
+        }
+        EventPayload::Started {} => view.start(event.occurred_at),
+        EventPayload::BatchProcessed { outcomes, .. } => {
+            view.start(event.occurred_at);
+            view.count(outcomes);
+            view.batches_processed += 1;
+            view.processed_by_batches += u32::try_from(outcomes.len()).unwrap_or(u32::MAX);
+        }
+        EventPayload::Completed {} => {
+            view.status = ActionStatus::Completed;
+            view.completed_at = Some(event.occurred_at);
+        }
+    }
+    view.last_seq = event.seq;
+    Ok(Some(view))
+}
+
+/// Folds a whole sequence; convenience for replay and tests.
+pub fn fold<'a>(
+    state: Option<ActionView>,
+    events: impl IntoIterator<Item = &'a EventEnvelope>,
+) -> Result<Option<ActionView>, FoldError> {
+    events.into_iter().try_fold(state, apply_event)
+}
+
+fn created(event: &EventEnvelope) -> ActionView {
+    let EventPayload::Created {
+        account_id,
+        entity_type,
+        action_type,
+        total_records,
+        batch_count,
+        scheduled_for,
+    } = &event.payload
+    else {
+        unreachable!("created() is only called with a Created payload");
+    };
+    let future_start = scheduled_for.filter(|at| *at > event.occurred_at);
+    ActionView {
+        action_id: event.action_id,
+        account_id: account_id.clone(),
+        entity_type: *entity_type,
+        action_type: *action_type,
+        status: if future_start.is_some() {
+            ActionStatus::Scheduled
+        } else {
+            ActionStatus::Queued
+        },
+        total_records: *total_records,
+        processed_records: 0,
+        succeeded: 0,
+        failed: 0,
+        skipped: 0,
+        progress: 0.0,
+        created_at: event.occurred_at,
+        scheduled_for: *scheduled_for,
+        started_at: None,
+        completed_at: None,
+        by_reason: BTreeMap::new(),
+        batch_count: *batch_count,
+        batches_processed: 0,
+        processed_by_batches: 0,
+        last_seq: event.seq,
+    }
+}
+
+impl ActionView {
+    fn start(&mut self, at: Timestamp) {
+        if self.started_at.is_none() {
+            self.started_at = Some(at);
+        }
+        if matches!(self.status, ActionStatus::Scheduled | ActionStatus::Queued) {
+            self.status = ActionStatus::Running;
+        }
+    }
+
+    fn count(&mut self, outcomes: &[RecordOutcome]) {
+        for outcome in outcomes {
+            match outcome.status() {
+                OutcomeStatus::Succeeded => self.succeeded += 1,
+                OutcomeStatus::Failed => self.failed += 1,
+                OutcomeStatus::Skipped => self.skipped += 1,
+            }
+            if outcome.status() != OutcomeStatus::Succeeded {
+                *self
+                    .by_reason
+                    .entry(outcome.code.as_str().to_owned())
+                    .or_default() += 1;
+            }
+        }
+        self.processed_records = self.succeeded + self.failed + self.skipped;
+        self.progress = if self.total_records == 0 {
+            1.0
+        } else {
+            f64::from(self.processed_records) / f64::from(self.total_records)
+        };
+    }
+
+    pub fn stats(&self, now: Timestamp) -> ActionStats {
+        let duration_ms = self
+            .started_at
+            .map(|start| self.completed_at.unwrap_or(now).millis_since(start).max(0));
+        let records_per_second = duration_ms.map(|ms| {
+            if ms == 0 {
+                0.0
+            } else {
+                f64::from(self.processed_by_batches) * 1000.0 / ms as f64
+            }
+        });
+        ActionStats {
+            action_id: self.action_id,
+            status: self.status,
+            total: self.total_records,
+            processed: self.processed_records,
+            succeeded: self.succeeded,
+            failed: self.failed,
+            skipped: self.skipped,
+            by_reason: self.by_reason.clone(),
+            duration_ms,
+            records_per_second,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::OutcomeCode;
+    use proptest::prelude::*;
+    use ulid::Ulid;
+
+    fn at(ms: i64) -> Timestamp {
+        Timestamp::from_millis(1_700_000_000_000 + ms).unwrap()
+    }
+
+    fn outcome(index: u32, code: OutcomeCode) -> RecordOutcome {
+        RecordOutcome {
+            index,
+            email: Some(format!("r{index}@x.io")),
+            code,
+            message: None,
+        }
+    }
+
+    fn history() -> Vec<EventEnvelope> {
+        let action_id = ActionId::from_ulid(Ulid::from_parts(1, 1));
+        let payloads = vec![
+            EventPayload::Created {
+                account_id: AccountId::parse("acme").unwrap(),
+                entity_type: EntityType::Contact,
+                action_type: ActionType::Update,
+                total_records: 6,
+                batch_count: 2,
+                scheduled_for: None,
+            },
+            EventPayload::RecordSkipped {
+                records: vec![outcome(5, OutcomeCode::DuplicateEmail)],
+            },
+            EventPayload::RecordRejected {
+                records: vec![outcome(4, OutcomeCode::InvalidEmail)],
+            },
+            EventPayload::Started {},
+            EventPayload::BatchProcessed {
+                batch: 1,
+                outcomes: vec![outcome(2, OutcomeCode::Updated), outcome(3, OutcomeCode::NotFound)],
+            },
+            EventPayload::BatchProcessed {
+                batch: 0,
+                outcomes: vec![outcome(0, OutcomeCode::Updated), outcome(1, OutcomeCode::Updated)],
+            },
+            EventPayload::Completed {},
+        ];
+        payloads
+            .into_iter()
+            .zip(1u64..)
+            .map(|(payload, seq)| EventEnvelope {
+                event_id: Ulid::from_parts(seq, 0),
+                action_id,
+                seq,
+                schema_version: crate::SCHEMA_VERSION,
+                occurred_at: at(seq as i64 * 1000),
+                payload,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn folds_a_whole_action() {
+        let view = fold(None, &history()).unwrap().unwrap();
+        assert_eq!(view.status, ActionStatus::Completed);
+        assert_eq!((view.succeeded, view.failed, view.skipped), (3, 2, 1));
+        assert_eq!(view.processed_records, 6);
+        assert_eq!(view.progress, 1.0);
+        assert_eq!(view.by_reason.get("not_found"), Some(&1));
+        assert_eq!(view.by_reason.get("duplicate_email"), Some(&1));
+        assert_eq!(view.started_at, Some(at(4000)));
+        assert_eq!(view.completed_at, Some(at(7000)));
+        let stats = view.stats(at(99_000));
+        assert_eq!(stats.duration_ms, Some(3000));
+        assert_eq!(stats.records_per_second, Some(4.0 / 3.0));
+    }
+
+    #[test]
+    fn gaps_and_orphans_are_errors() {
+        let events = history();
+        let view = fold(None, &events[..2]).unwrap();
+        assert_eq!(
+            apply_event(view, &events[3]),
+            Err(FoldError::Gap { expected: 3, got: 4 })
+        );
+        assert!(matches!(
+            apply_event(None, &events[1]),
+            Err(FoldError::MissingCreated { .. })
+        ));
+    }
+
+    #[test]
+    fn scheduled_actions_wait_until_released() {
+        let mut events = history();
+        if let EventPayload::Created { scheduled_for, .. } = &mut events[0].payload {
+            *scheduled_for = Some(at(60_000));
+        }
+        let view = fold(None, &events[..1]).unwrap().unwrap();
+        assert_eq!(view.status, ActionStatus::Scheduled);
+    }
+
+    proptest! {
+        /// At-least-once delivery: events arrive in order, but any already delivered event
+        /// may come again at any later point. The view must not notice.
+        #[test]
+        fn redelivered_duplicates_change_nothing(
+            redeliveries in proptest::collection::vec((0usize..7, 0usize..7), 0..30)
+        ) {
+            let events = history();
+            let expected = fold(None, &events).unwrap();
+            let mut delivery: Vec<&EventEnvelope> = Vec::new();
+            for (position, event) in events.iter().enumerate() {
+                delivery.push(event);
+                for (after, which) in &redeliveries {
+                    if *after == position && *which <= position {
+                        delivery.push(&events[*which]);
+                    }
+                }
+            }
+            prop_assert_eq!(fold(None, delivery).unwrap(), expected);
+        }
+
+        /// Folding in two sittings from a stored view equals folding in one.
+        #[test]
+        fn resuming_from_a_checkpoint_is_the_same_as_one_fold(split in 1usize..7) {
+            let events = history();
+            let partial = fold(None, &events[..split]).unwrap();
+            let resumed = fold(partial, &events[split.saturating_sub(1)..]).unwrap();
+            prop_assert_eq!(resumed, fold(None, &events).unwrap());
+        }
+    }
+}
