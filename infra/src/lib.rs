@@ -1,0 +1,18 @@
+//! Adapters shared by the `api`, `consumer` and `projector` binaries.
+//!
+//! `domain` decides; this crate stores and moves. The Redis layout (keys, streams, Lua
+//! scripts) and the MongoDB view documents are defined once, here, so that every binary
+//! agrees on them.
+
+pub mod config;
+pub mod event_store;
+pub mod keys;
+pub mod mongo;
+pub mod redis_conn;
+pub mod telemetry;
+pub mod views;
+pub mod work;
+
+pub use config::StoreConfig;
+pub use event_store::{EventStore, StoreError, StoredEvent};
+pub use keys::Keys;

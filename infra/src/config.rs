@@ -1,0 +1,37 @@
+//! Settings every binary shares. Each binary flattens `StoreConfig` into its own clap
+//! arguments, so every setting is a flag and an environment variable, and a `.env` file in
+//! the working directory is read first.
+
+use clap::Args;
+
+pub const DEFAULT_DATABASE: &str = "crm-bulk-actions";
+
+#[derive(Debug, Clone, Args)]
+pub struct StoreConfig {
+    /// MongoDB connection string; the database is the URI's path.
+    #[arg(
+        long,
+        env = "MONGODB_URI",
+        default_value = "mongodb://127.0.0.1:27017/crm-bulk-actions"
+    )]
+    pub mongodb_uri: String,
+
+    /// Redis connection URL.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// Prefix of every Redis key, so that deployments can share one Redis.
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "bulk")]
+    pub redis_key_prefix: String,
+
+    /// Number of stream partitions (hash-tagged key groups). Fixed for the life of a
+    /// deployment's data: see docs/ARCHITECTURE.md before changing it.
+    #[arg(long, env = "STREAM_PARTITIONS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub partitions: u32,
+}
+
+/// Reads `.env` from the working directory if there is one. Variables already set in the
+/// environment win.
+pub fn load_dotenv() {
+    let _ = dotenvy::dotenv();
+}

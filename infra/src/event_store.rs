@@ -1,0 +1,346 @@
+//! Actions' event streams on Redis: the source of truth.
+//!
+//! Every write goes through one of three Lua scripts (see `lua/`), each atomic on one hash
+//! slot. Reads return events with their stream position, which the projector keeps as its
+//! checkpoint.
+
+use std::sync::Arc;
+
+use domain::{
+    ActionId, ActionType, Batch, EntityType, EventEnvelope, EventPayload, RecordOutcome,
+    Timestamp, SCHEMA_VERSION,
+};
+use redis::aio::ConnectionManager;
+use redis::streams::StreamRangeReply;
+use redis::{AsyncCommands, Script};
+use ulid::Ulid;
+
+use crate::keys::{Keys, CONSUMER_GROUP};
+use crate::work::WorkItem;
+
+/// How long staged batch payloads live if their submission never commits.
+const STAGED_BATCH_TTL_SECS: i64 = 24 * 3600;
+/// Batches per HSET while staging: keeps each command well under Redis' argument limits.
+const STAGE_CHUNK: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("stored data is not readable: {0}")]
+    Corrupt(String),
+}
+
+impl From<domain::event::DecodeError> for StoreError {
+    fn from(error: domain::event::DecodeError) -> Self {
+        StoreError::Corrupt(error.to_string())
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(error: serde_json::Error) -> Self {
+        StoreError::Corrupt(error.to_string())
+    }
+}
+
+/// An event as stored: its envelope and its position in the action's stream.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub position: String,
+    pub envelope: EventEnvelope,
+}
+
+/// What the consumer needs to know about an action to apply its batches.
+#[derive(Debug, Clone)]
+pub struct ActionMeta {
+    pub account_id: domain::AccountId,
+    pub action_type: ActionType,
+    pub entity_type: EntityType,
+    pub head_seq: u64,
+}
+
+/// Everything `commit_action` writes.
+pub struct NewAction<'a> {
+    pub action_id: ActionId,
+    pub account_id: &'a domain::AccountId,
+    pub action_type: ActionType,
+    pub entity_type: EntityType,
+    pub batch_count: u32,
+    /// `None` starts now.
+    pub start_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+    /// The opening events, in order; `Created` first.
+    pub events: Vec<EventPayload>,
+}
+
+struct Scripts {
+    commit_action: Script,
+    append_event: Script,
+    release_action: Script,
+}
+
+#[derive(Clone)]
+pub struct EventStore {
+    conn: ConnectionManager,
+    keys: Keys,
+    scripts: Arc<Scripts>,
+}
+
+impl EventStore {
+    pub fn new(conn: ConnectionManager, keys: Keys) -> Self {
+        let scripts = Scripts {
+            commit_action: Script::new(include_str!("lua/commit_action.lua")),
+            append_event: Script::new(include_str!("lua/append_event.lua")),
+            release_action: Script::new(include_str!("lua/release_action.lua")),
+        };
+        Self {
+            conn,
+            keys,
+            scripts: Arc::new(scripts),
+        }
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Stores batch payloads where no consumer can see them yet. They expire unless
+    /// `commit_action` follows.
+    pub async fn stage_batches(&self, action: ActionId, batches: &[Batch]) -> Result<(), StoreError> {
+        let key = self.keys.batches(action);
+        let mut conn = self.conn.clone();
+        for chunk in batches.chunks(STAGE_CHUNK) {
+            let mut fields = Vec::with_capacity(chunk.len());
+            for batch in chunk {
+                fields.push((batch.number, serde_json::to_string(batch)?));
+            }
+            redis::pipe()
+                .hset_multiple(&key, &fields)
+                .ignore()
+                .expire(&key, STAGED_BATCH_TTL_SECS)
+                .ignore()
+                .exec_async(&mut conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Makes the action exist. Returns false if it already did (a retried submission).
+    pub async fn commit_action(&self, new: &NewAction<'_>) -> Result<bool, StoreError> {
+        let action = new.action_id;
+        let partition = self.keys.partition_of(action);
+        let mut invocation = self.scripts.commit_action.prepare_invoke();
+        invocation
+            .key(self.keys.meta(action))
+            .key(self.keys.events(action))
+            .key(self.keys.feed(partition))
+            .key(self.keys.batches(action))
+            .key(self.keys.work(partition))
+            .key(self.keys.schedule(partition))
+            .key(self.keys.actions(partition))
+            .arg(action.to_string())
+            .arg(new.account_id.as_str())
+            .arg(new.action_type.as_str())
+            .arg(new.entity_type.as_str())
+            .arg(new.batch_count)
+            .arg(new.start_at.map(|at| at.millis().to_string()).unwrap_or_default())
+            .arg(new.created_at.millis())
+            .arg(SCHEMA_VERSION)
+            .arg(new.events.len());
+        for payload in &new.events {
+            invocation
+                .arg(Ulid::new().to_string())
+                .arg(payload.type_name())
+                .arg(new.created_at.to_string())
+                .arg(payload.data_json());
+        }
+        let created: i64 = invocation.invoke_async(&mut self.conn.clone()).await?;
+        Ok(created == 1)
+    }
+
+    /// Appends `payload` unless an event with the same `guard` was appended before.
+    /// Returns the new seq, or `None` when the guard had already been used.
+    pub async fn append_once(
+        &self,
+        action: ActionId,
+        guard: &str,
+        payload: &EventPayload,
+        at: Timestamp,
+    ) -> Result<Option<u64>, StoreError> {
+        self.append(action, guard, payload, at, None).await
+    }
+
+    /// Records a batch's outcomes and retires its work item in one step; appends
+    /// `Completed` if it was the action's last batch. Safe to repeat.
+    pub async fn settle_batch(
+        &self,
+        item: &WorkItem,
+        outcomes: Vec<RecordOutcome>,
+        at: Timestamp,
+    ) -> Result<Option<u64>, StoreError> {
+        let payload = EventPayload::BatchProcessed {
+            batch: item.batch,
+            outcomes,
+        };
+        let guard = format!("batch:{}", item.batch);
+        self.append(item.action_id, &guard, &payload, at, Some(item))
+            .await
+    }
+
+    async fn append(
+        &self,
+        action: ActionId,
+        guard: &str,
+        payload: &EventPayload,
+        at: Timestamp,
+        settles: Option<&WorkItem>,
+    ) -> Result<Option<u64>, StoreError> {
+        let partition = self.keys.partition_of(action);
+        let completed = EventPayload::Completed {};
+        let seq: i64 = self
+            .scripts
+            .append_event
+            .key(self.keys.meta(action))
+            .key(self.keys.events(action))
+            .key(self.keys.feed(partition))
+            .key(self.keys.batches(action))
+            .key(self.keys.work(partition))
+            .arg(action.to_string())
+            .arg(guard)
+            .arg(SCHEMA_VERSION)
+            .arg(Ulid::new().to_string())
+            .arg(payload.type_name())
+            .arg(at.to_string())
+            .arg(payload.data_json())
+            .arg(if settles.is_some() { "1" } else { "0" })
+            .arg(Ulid::new().to_string())
+            .arg(completed.type_name())
+            .arg(completed.data_json())
+            .arg(settles.map(|item| item.batch).unwrap_or_default())
+            .arg(settles.map(|item| item.entry_id.as_str()).unwrap_or_default())
+            .arg(CONSUMER_GROUP)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        match seq {
+            -1 => Err(StoreError::Corrupt(format!("action {action} has no meta"))),
+            0 => Ok(None),
+            seq => Ok(Some(seq as u64)),
+        }
+    }
+
+    /// Queues a scheduled action's batches. Returns false if another scheduler did.
+    pub async fn release(&self, action: ActionId, at: Timestamp) -> Result<bool, StoreError> {
+        let partition = self.keys.partition_of(action);
+        let payload = EventPayload::Released {};
+        let released: i64 = self
+            .scripts
+            .release_action
+            .key(self.keys.schedule(partition))
+            .key(self.keys.meta(action))
+            .key(self.keys.events(action))
+            .key(self.keys.feed(partition))
+            .key(self.keys.work(partition))
+            .arg(action.to_string())
+            .arg(SCHEMA_VERSION)
+            .arg(Ulid::new().to_string())
+            .arg(payload.type_name())
+            .arg(at.to_string())
+            .arg(payload.data_json())
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(released == 1)
+    }
+
+    /// Up to `count` events after stream position `after` (from the start when `None`).
+    pub async fn read(
+        &self,
+        action: ActionId,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let start = after.map_or_else(|| "-".to_owned(), |position| format!("({position}"));
+        let reply: StreamRangeReply = self
+            .conn
+            .clone()
+            .xrange_count(self.keys.events(action), start, "+", count)
+            .await?;
+        reply
+            .ids
+            .into_iter()
+            .map(|entry| decode_event(action, entry))
+            .collect()
+    }
+
+    pub async fn meta(&self, action: ActionId) -> Result<Option<ActionMeta>, StoreError> {
+        let fields: std::collections::HashMap<String, String> =
+            self.conn.clone().hgetall(self.keys.meta(action)).await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let field = |name: &str| {
+            fields
+                .get(name)
+                .ok_or_else(|| StoreError::Corrupt(format!("meta of {action} lacks {name}")))
+        };
+        let corrupt = |name: &str| StoreError::Corrupt(format!("meta of {action}: bad {name}"));
+        Ok(Some(ActionMeta {
+            account_id: domain::AccountId::parse(field("account")?)
+                .map_err(|_| corrupt("account"))?,
+            action_type: ActionType::parse(field("actionType")?).ok_or_else(|| corrupt("actionType"))?,
+            entity_type: EntityType::parse(field("entityType")?).ok_or_else(|| corrupt("entityType"))?,
+            head_seq: field("seq")?.parse().map_err(|_| corrupt("seq"))?,
+        }))
+    }
+
+    /// A staged or queued batch; `None` once it has been applied and removed.
+    pub async fn load_batch(&self, action: ActionId, batch: u32) -> Result<Option<Batch>, StoreError> {
+        let raw: Option<String> = self.conn.clone().hget(self.keys.batches(action), batch).await?;
+        raw.map(|json| serde_json::from_str(&json).map_err(StoreError::from))
+            .transpose()
+    }
+
+    /// Every action id in a partition, oldest first.
+    pub async fn actions_in(&self, partition: u32) -> Result<Vec<ActionId>, StoreError> {
+        let raw: Vec<String> = self
+            .conn
+            .clone()
+            .zrange(self.keys.actions(partition), 0, -1)
+            .await?;
+        raw.iter()
+            .map(|id| {
+                ActionId::parse(id).ok_or_else(|| StoreError::Corrupt(format!("action id {id}")))
+            })
+            .collect()
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = redis::cmd("PING").query_async(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+}
+
+fn decode_event(action: ActionId, entry: redis::streams::StreamId) -> Result<StoredEvent, StoreError> {
+    let text = |name: &str| -> Result<String, StoreError> {
+        entry.get::<String>(name).ok_or_else(|| {
+            StoreError::Corrupt(format!("event {} of {action} lacks {name}", entry.id))
+        })
+    };
+    let corrupt = |name: &str| StoreError::Corrupt(format!("event {} of {action}: bad {name}", entry.id));
+    let schema_version: u16 = text("v")?.parse().map_err(|_| corrupt("v"))?;
+    let envelope = EventEnvelope {
+        event_id: text("id")?.parse().map_err(|_| corrupt("id"))?,
+        action_id: ActionId::parse(&text("action")?).ok_or_else(|| corrupt("action"))?,
+        seq: text("seq")?.parse().map_err(|_| corrupt("seq"))?,
+        schema_version,
+        occurred_at: Timestamp::parse_rfc3339(&text("at")?).ok_or_else(|| corrupt("at"))?,
+        payload: EventPayload::decode(&text("type")?, schema_version, &text("data")?)?,
+    };
+    Ok(StoredEvent {
+        position: entry.id,
+        envelope,
+    })
+}

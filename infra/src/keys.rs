@@ -1,0 +1,101 @@
+//! The Redis key layout. Every key of one action shares its partition's hash tag, so the
+//! Lua scripts that touch several of them stay on one Redis Cluster slot.
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `P:{n}:events:<action>` | stream | the action's events; never trimmed (replay) |
+//! | `P:{n}:meta:<action>` | hash | seq counter, batch counters, idempotency guards |
+//! | `P:{n}:batches:<action>` | hash | batch number -> records JSON; deleted when applied |
+//! | `P:{n}:work` | stream | one entry per batch ready to apply; group `consumers` |
+//! | `P:{n}:feed` | stream | "action X has events up to seq S"; group `projector` |
+//! | `P:{n}:schedule` | zset | scheduled actions by start time (ms) |
+//! | `P:{n}:actions` | zset | every action by creation time (ms); replay walks it |
+
+use domain::ActionId;
+
+pub const CONSUMER_GROUP: &str = "consumers";
+pub const PROJECTOR_GROUP: &str = "projector";
+
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+    partitions: u32,
+}
+
+impl Keys {
+    pub fn new(prefix: impl Into<String>, partitions: u32) -> Self {
+        Self {
+            prefix: prefix.into(),
+            partitions: partitions.max(1),
+        }
+    }
+
+    pub fn partitions(&self) -> impl Iterator<Item = u32> {
+        0..self.partitions
+    }
+
+    pub fn partition_of(&self, action: ActionId) -> u32 {
+        action.partition(self.partitions)
+    }
+
+    fn partition_key(&self, partition: u32, name: &str) -> String {
+        format!("{}:{{{partition}}}:{name}", self.prefix)
+    }
+
+    fn action_key(&self, action: ActionId, name: &str) -> String {
+        let partition = self.partition_of(action);
+        format!("{}:{{{partition}}}:{name}:{action}", self.prefix)
+    }
+
+    pub fn events(&self, action: ActionId) -> String {
+        self.action_key(action, "events")
+    }
+
+    pub fn meta(&self, action: ActionId) -> String {
+        self.action_key(action, "meta")
+    }
+
+    pub fn batches(&self, action: ActionId) -> String {
+        self.action_key(action, "batches")
+    }
+
+    pub fn work(&self, partition: u32) -> String {
+        self.partition_key(partition, "work")
+    }
+
+    pub fn feed(&self, partition: u32) -> String {
+        self.partition_key(partition, "feed")
+    }
+
+    pub fn schedule(&self, partition: u32) -> String {
+        self.partition_key(partition, "schedule")
+    }
+
+    pub fn actions(&self, partition: u32) -> String {
+        self.partition_key(partition, "actions")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_one_action_share_a_hash_tag() {
+        let keys = Keys::new("bulk", 4);
+        let action = ActionId::parse("01JDQ6V4J8Q0Y5Z6X7W8V9T0S1").unwrap();
+        let partition = keys.partition_of(action);
+        let tag = format!("{{{partition}}}");
+        for key in [
+            keys.events(action),
+            keys.meta(action),
+            keys.batches(action),
+            keys.work(partition),
+            keys.feed(partition),
+            keys.schedule(partition),
+        ] {
+            assert!(key.starts_with("bulk:"), "{key}");
+            assert!(key.contains(&tag), "{key}");
+        }
+    }
+}

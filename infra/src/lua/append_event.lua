@@ -1,0 +1,37 @@
+-- Appends one event to an action's stream with the next sequence number.
+--
+-- A non-empty guard makes the append happen at most once per guard (e.g. 'started',
+-- 'batch:7'): a redelivered batch records no second BatchProcessed. An event that settles a
+-- batch also advances the done counter and, with the last batch, appends Completed in the
+-- same step, so exactly one Completed is ever written. When a work entry id is given, the
+-- batch payload and the work entry are removed in the same step, so "recorded" and "done"
+-- cannot disagree after a crash.
+--
+-- KEYS: meta, events, feed, batches, work
+-- ARGV: action, guard, schemaVersion, eventId, type, at, data, settlesBatch ('1'/'0'),
+--       completedId, completedType, completedData, batchNumber, workEntryId, group
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return -1
+end
+local action = ARGV[1]
+local seq = 0
+if ARGV[2] == '' or redis.call('HSETNX', KEYS[1], ARGV[2], 1) == 1 then
+  seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+  redis.call('XADD', KEYS[2], '*', 'id', ARGV[4], 'action', action, 'seq', seq,
+    'v', ARGV[3], 'type', ARGV[5], 'at', ARGV[6], 'data', ARGV[7])
+  if ARGV[8] == '1' then
+    local done = redis.call('HINCRBY', KEYS[1], 'done', 1)
+    if done == tonumber(redis.call('HGET', KEYS[1], 'batches')) then
+      seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+      redis.call('XADD', KEYS[2], '*', 'id', ARGV[9], 'action', action, 'seq', seq,
+        'v', ARGV[3], 'type', ARGV[10], 'at', ARGV[6], 'data', ARGV[11])
+    end
+  end
+  redis.call('XADD', KEYS[3], '*', 'action', action, 'seq', seq)
+end
+if ARGV[13] ~= '' then
+  redis.call('HDEL', KEYS[4], ARGV[12])
+  redis.call('XACK', KEYS[5], ARGV[14], ARGV[13])
+  redis.call('XDEL', KEYS[5], ARGV[13])
+end
+return seq

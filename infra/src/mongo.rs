@@ -1,0 +1,81 @@
+//! MongoDB connection and the collections the platform owns.
+//!
+//! Only features that behave the same on MongoDB 6-8 and FerretDB 1.24 are used: no
+//! transactions, no pipeline updates, no `bulkWrite` command (see docs/ARCHITECTURE.md).
+
+use std::time::Duration;
+
+use mongodb::bson::doc;
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Database, IndexModel};
+
+use crate::config::DEFAULT_DATABASE;
+
+pub const CONTACTS: &str = "contacts";
+pub const ACTION_VIEWS: &str = "bulk_actions";
+pub const LOG_VIEWS: &str = "bulk_action_logs";
+
+pub async fn connect(uri: &str, app_name: &str) -> mongodb::error::Result<Database> {
+    let mut options = ClientOptions::parse(uri).await?;
+    options.app_name = Some(app_name.to_owned());
+    options.server_selection_timeout = Some(Duration::from_secs(5));
+    options.connect_timeout = Some(Duration::from_secs(3));
+    let database = options
+        .default_database
+        .clone()
+        .unwrap_or_else(|| DEFAULT_DATABASE.to_owned());
+    Ok(Client::with_options(options)?.database(&database))
+}
+
+pub async fn ping(database: &Database) -> mongodb::error::Result<()> {
+    database.run_command(doc! { "ping": 1 }).await.map(|_| ())
+}
+
+/// The unique key that makes an email one contact per account. Created by the consumer,
+/// the only writer of contacts.
+pub async fn ensure_contact_indexes(database: &Database) -> mongodb::error::Result<()> {
+    let unique = IndexOptions::builder()
+        .unique(true)
+        .name("accountId_email_unique".to_owned())
+        .build();
+    database
+        .collection::<mongodb::bson::Document>(CONTACTS)
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! { "accountId": 1, "email": 1 })
+                .options(unique)
+                .build(),
+        )
+        .await
+        .map(|_| ())
+}
+
+/// Indexes behind the list and logs queries. Created by the projector, the only writer of
+/// views.
+pub async fn ensure_view_indexes(database: &Database) -> mongodb::error::Result<()> {
+    let actions = database.collection::<mongodb::bson::Document>(ACTION_VIEWS);
+    actions
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! { "accountId": 1, "createdAt": -1 })
+                .build(),
+        )
+        .await?;
+    actions
+        .create_index(IndexModel::builder().keys(doc! { "createdAt": -1 }).build())
+        .await?;
+    let logs = database.collection::<mongodb::bson::Document>(LOG_VIEWS);
+    logs.create_index(
+        IndexModel::builder()
+            .keys(doc! { "actionId": 1, "index": 1 })
+            .build(),
+    )
+    .await?;
+    logs.create_index(
+        IndexModel::builder()
+            .keys(doc! { "actionId": 1, "status": 1, "index": 1 })
+            .build(),
+    )
+    .await?;
+    Ok(())
+}

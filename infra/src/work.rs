@@ -1,0 +1,155 @@
+//! Consumer-group plumbing shared by the work stream (consumers) and the feed (projector).
+
+use std::time::Duration;
+
+use domain::ActionId;
+use redis::aio::ConnectionLike;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
+use redis::AsyncCommands;
+
+use crate::event_store::StoreError;
+use crate::keys::Keys;
+
+/// One batch to apply, as read from a partition's work stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkItem {
+    pub stream: String,
+    pub entry_id: String,
+    pub action_id: ActionId,
+    pub batch: u32,
+}
+
+/// Which entries a group read asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// Entries delivered to this consumer before and not yet acknowledged (after a restart).
+    OwnPending,
+    /// Entries never delivered to anyone.
+    New,
+}
+
+/// Creates the group (and the stream) if missing.
+pub async fn ensure_group<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    stream: &str,
+    group: &str,
+) -> Result<(), StoreError> {
+    let created: redis::RedisResult<()> = conn.xgroup_create_mkstream(stream, group, "0").await;
+    match created {
+        Err(error) if error.code() == Some("BUSYGROUP") => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+pub async fn ensure_groups<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    streams: &[String],
+    group: &str,
+) -> Result<(), StoreError> {
+    for stream in streams {
+        ensure_group(conn, stream, group).await?;
+    }
+    Ok(())
+}
+
+/// One `XREADGROUP` over several streams. Returns (stream, entry) pairs.
+pub async fn read_group<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    streams: &[String],
+    group: &str,
+    consumer: &str,
+    from: ReadFrom,
+    count: usize,
+    block: Duration,
+) -> Result<Vec<(String, StreamId)>, StoreError> {
+    let mut options = StreamReadOptions::default().group(group, consumer).count(count);
+    let start = match from {
+        ReadFrom::OwnPending => "0",
+        ReadFrom::New => {
+            options = options.block(block.as_millis() as usize);
+            ">"
+        }
+    };
+    let starts = vec![start; streams.len()];
+    let reply: Option<StreamReadReply> = conn.xread_options(streams, &starts, &options).await?;
+    Ok(reply
+        .map(|reply| {
+            reply
+                .keys
+                .into_iter()
+                .flat_map(|key| {
+                    let stream = key.key;
+                    key.ids.into_iter().map(move |entry| (stream.clone(), entry))
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Takes over entries idle for longer than `min_idle` in one stream (their consumer died).
+pub async fn claim_idle<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    min_idle: Duration,
+    count: usize,
+) -> Result<Vec<StreamId>, StoreError> {
+    let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+        .arg(stream)
+        .arg(group)
+        .arg(consumer)
+        .arg(min_idle.as_millis() as u64)
+        .arg("0-0")
+        .arg("COUNT")
+        .arg(count)
+        .query_async(conn)
+        .await?;
+    Ok(reply.claimed)
+}
+
+/// Parses a work entry; `None` for an entry that is not one (logged and dropped by callers).
+pub fn work_item(stream: String, entry: &StreamId) -> Option<WorkItem> {
+    let action_id = ActionId::parse(&entry.get::<String>("action")?)?;
+    let batch = entry.get::<String>("batch")?.parse().ok()?;
+    Some(WorkItem {
+        stream,
+        entry_id: entry.id.clone(),
+        action_id,
+        batch,
+    })
+}
+
+/// Acknowledges and deletes entries that carry nothing to do.
+pub async fn discard<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    stream: &str,
+    group: &str,
+    entry_ids: &[String],
+) -> Result<(), StoreError> {
+    if entry_ids.is_empty() {
+        return Ok(());
+    }
+    redis::pipe()
+        .xack(stream, group, entry_ids)
+        .ignore()
+        .xdel(stream, entry_ids)
+        .ignore()
+        .exec_async(conn)
+        .await?;
+    Ok(())
+}
+
+/// Scheduled actions of a partition whose start time is at or before `now_ms`.
+pub async fn due_actions<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    keys: &Keys,
+    partition: u32,
+    now_ms: i64,
+    limit: isize,
+) -> Result<Vec<ActionId>, StoreError> {
+    let raw: Vec<String> = conn
+        .zrangebyscore_limit(keys.schedule(partition), "-inf", now_ms, 0, limit)
+        .await?;
+    Ok(raw.iter().filter_map(|id| ActionId::parse(id)).collect())
+}
