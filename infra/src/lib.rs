@@ -4,11 +4,13 @@
 //! scripts) and the MongoDB view documents are defined once, here, so that every binary
 //! agrees on them.
 
+pub mod clock;
 pub mod config;
 pub mod event_store;
 pub mod keys;
 pub mod mongo;
 pub mod redis_conn;
+pub mod shutdown;
 pub mod telemetry;
 pub mod views;
 pub mod work;
