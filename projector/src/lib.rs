@@ -1,0 +1,164 @@
+//! The projector: the only writer of the views (`bulk_actions`, `bulk_action_logs`).
+//!
+//! It follows each partition's feed through the `projector` consumer group; a feed entry
+//! only says "this action has new events", and the projector then reads the action's own
+//! stream from the view's checkpoint. Views are therefore always a fold of a prefix of the
+//! action's events, whatever order, repetition or loss the feed suffers.
+
+mod project;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use clap::Args;
+use domain::ActionId;
+use infra::keys::PROJECTOR_GROUP;
+use infra::work::{self, ReadFrom};
+use infra::{EventStore, Keys, StoreConfig};
+use mongodb::bson::Document;
+use mongodb::Database;
+use tokio_util::sync::CancellationToken;
+
+pub use project::project_action;
+
+#[derive(Debug, Clone, Args)]
+pub struct ProjectorConfig {
+    #[command(flatten)]
+    pub store: StoreConfig,
+
+    /// This projector's name in the `projector` group; stable across restarts.
+    #[arg(long, env = "PROJECTOR_NAME", default_value = "projector-1")]
+    pub name: String,
+
+    /// Longest wait on an empty feed before checking for shutdown (ms).
+    #[arg(long, env = "PROJECTOR_BLOCK_MS", default_value_t = 1000)]
+    pub block_ms: u64,
+
+    /// Feed entries read at once.
+    #[arg(long, env = "PROJECTOR_FEED_BATCH", default_value_t = 256)]
+    pub feed_batch: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectorError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("store: {0}")]
+    Store(#[from] infra::StoreError),
+    #[error("mongodb: {0}")]
+    Mongo(#[from] mongodb::error::Error),
+    #[error("view document: {0}")]
+    Bson(#[from] mongodb::bson::ser::Error),
+    #[error("events do not fold: {0}")]
+    Fold(#[from] domain::FoldError),
+}
+
+struct Projector {
+    store: EventStore,
+    database: Database,
+    feeds: Vec<String>,
+    config: ProjectorConfig,
+}
+
+async fn connect(config: &ProjectorConfig) -> Result<(EventStore, Database), ProjectorError> {
+    let keys = Keys::new(&config.store.redis_key_prefix, config.store.partitions);
+    let conn = infra::redis_conn::shared(&config.store.redis_url).await?;
+    let database = infra::mongo::connect(&config.store.mongodb_uri, "bulk-projector").await?;
+    infra::mongo::ensure_view_indexes(&database).await?;
+    Ok((EventStore::new(conn, keys), database))
+}
+
+/// Follows the feeds until `shutdown` is cancelled.
+pub async fn run(config: ProjectorConfig, shutdown: CancellationToken) -> Result<(), ProjectorError> {
+    let (store, database) = connect(&config).await?;
+    let feeds = store.keys().partitions().map(|p| store.keys().feed(p)).collect();
+    let projector = Projector {
+        store,
+        database,
+        feeds,
+        config,
+    };
+    tracing::info!(name = %projector.config.name, "projector started");
+    let mut failures = 0u32;
+    while !shutdown.is_cancelled() {
+        match projector.follow(&shutdown).await {
+            Ok(()) => break,
+            Err(error) => {
+                failures += 1;
+                let pause = Duration::from_millis((100u64 << failures.min(6)).min(5_000));
+                tracing::warn!(%error, ?pause, "projector interrupted; resuming from its checkpoints");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
+    tracing::info!("projector stopped");
+    Ok(())
+}
+
+impl Projector {
+    async fn follow(&self, shutdown: &CancellationToken) -> Result<(), ProjectorError> {
+        let block = Duration::from_millis(self.config.block_ms);
+        let mut conn = infra::redis_conn::blocking(&self.config.store.redis_url, block).await?;
+        work::ensure_groups(&mut conn, &self.feeds, PROJECTOR_GROUP).await?;
+        let mut from = ReadFrom::OwnPending;
+        while !shutdown.is_cancelled() {
+            let entries = work::read_group(
+                &mut conn,
+                &self.feeds,
+                PROJECTOR_GROUP,
+                &self.config.name,
+                from,
+                self.config.feed_batch,
+                block,
+            )
+            .await?;
+            if entries.is_empty() {
+                from = ReadFrom::New;
+                continue;
+            }
+            let actions: BTreeSet<ActionId> = entries
+                .iter()
+                .filter_map(|(_, entry)| entry.get::<String>("action"))
+                .filter_map(|id| ActionId::parse(&id))
+                .collect();
+            for action in actions {
+                project_action(&self.store, &self.database, action).await?;
+            }
+            for feed in &self.feeds {
+                let ids: Vec<String> = entries
+                    .iter()
+                    .filter(|(stream, _)| stream == feed)
+                    .map(|(_, entry)| entry.id.clone())
+                    .collect();
+                work::discard(&mut conn, feed, PROJECTOR_GROUP, &ids).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayReport {
+    pub actions: usize,
+}
+
+/// Drops the views and rebuilds them from every action's stream.
+pub async fn replay(config: &ProjectorConfig) -> Result<ReplayReport, ProjectorError> {
+    let (store, database) = connect(config).await?;
+    for collection in [infra::mongo::ACTION_VIEWS, infra::mongo::LOG_VIEWS] {
+        database.collection::<Document>(collection).drop().await?;
+    }
+    infra::mongo::ensure_view_indexes(&database).await?;
+    let mut actions = 0;
+    for partition in store.keys().partitions() {
+        for action in store.actions_in(partition).await? {
+            project_action(&store, &database, action).await?;
+            actions += 1;
+        }
+    }
+    tracing::info!(actions, "replay rebuilt the views");
+    Ok(ReplayReport { actions })
+}
