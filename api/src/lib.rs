@@ -1,0 +1,139 @@
+//! The HTTP api: accepts bulk actions and serves their views.
+//!
+//! It writes only an action's opening events and staged batches (through the event store's
+//! commit script); it never writes contacts or views.
+
+mod error;
+mod openapi;
+mod query;
+mod read_model;
+mod routes;
+mod submission;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use clap::Args;
+use infra::{EventStore, Keys, StoreConfig};
+use mongodb::Database;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+pub use openapi::ApiDoc;
+
+#[derive(Debug, Clone, Args)]
+pub struct ApiConfig {
+    #[command(flatten)]
+    pub store: StoreConfig,
+
+    /// Interface to listen on.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: String,
+
+    /// Port to listen on (0: any free port).
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    pub port: u16,
+
+    /// Records per batch: the unit of work, retry and progress.
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch_size: u32,
+
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Most records one action may hold.
+    #[arg(long, env = "MAX_RECORDS_PER_ACTION", default_value_t = 1_000_000)]
+    pub max_records_per_action: usize,
+}
+
+pub struct Settings {
+    pub batch_size: usize,
+    pub max_body_bytes: usize,
+    pub max_records_per_action: usize,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: EventStore,
+    pub database: Database,
+    pub config: Arc<Settings>,
+}
+
+impl AppState {
+    pub async fn connect(config: &ApiConfig) -> Result<Self, ApiStartError> {
+        let keys = Keys::new(&config.store.redis_key_prefix, config.store.partitions);
+        let conn = infra::redis_conn::shared(&config.store.redis_url).await?;
+        let database = infra::mongo::connect(&config.store.mongodb_uri, "bulk-api").await?;
+        Ok(Self {
+            store: EventStore::new(conn, keys),
+            database,
+            config: Arc::new(Settings {
+                batch_size: config.batch_size as usize,
+                max_body_bytes: config.max_body_bytes,
+                max_records_per_action: config.max_records_per_action,
+            }),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiStartError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("mongodb: {0}")]
+    Mongo(#[from] mongodb::error::Error),
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub fn router(state: AppState) -> Router {
+    use routes::{actions, health, logs};
+    let max_body = state.config.max_body_bytes;
+    Router::new()
+        .route("/bulk-actions", get(actions::list_actions).post(actions::submit))
+        .route("/bulk-actions/{action_id}", get(actions::get_action))
+        .route("/bulk-actions/{action_id}/stats", get(actions::get_stats))
+        .route("/bulk-actions/{action_id}/logs", get(logs::get_logs))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
+        })
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(TraceLayer::new_for_http())
+        .layer(CatchPanicLayer::custom(|_| {
+            axum::response::IntoResponse::into_response(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "unexpected error",
+            ))
+        }))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` is cancelled, then drains in-flight requests.
+pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> Result<(), ApiStartError> {
+    let address: SocketAddr = listener.local_addr()?;
+    tracing::info!(%address, "api listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await?;
+    tracing::info!("api stopped");
+    Ok(())
+}
+
+pub async fn run(config: ApiConfig, shutdown: CancellationToken) -> Result<(), ApiStartError> {
+    let state = AppState::connect(&config).await?;
+    let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
+    serve(listener, state, shutdown).await
+}

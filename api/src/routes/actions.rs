@@ -1,0 +1,272 @@
+//! Submitting and reading bulk actions.
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use domain::view::fold;
+use domain::{
+    plan_action, ActionId, ActionStats, ActionStatus, ActionView, EntityType, EventEnvelope, EventPayload,
+    RecordOutcome, SCHEMA_VERSION,
+};
+use futures::TryStreamExt;
+use infra::event_store::NewAction;
+use infra::mongo::ACTION_VIEWS;
+use infra::views::StoredActionView;
+use mongodb::bson::{doc, Document};
+use mongodb::options::FindOptions;
+use serde::Serialize;
+use serde_json::json;
+use ulid::Ulid;
+use utoipa::ToSchema;
+
+use crate::error::{ApiError, ErrorBody};
+use crate::query::QueryParams;
+use crate::submission::{self, SubmitRequest};
+use crate::{read_model, AppState};
+
+pub const LIST_LIMIT_DEFAULT: u64 = 20;
+pub const LIST_LIMIT_MAX: u64 = 100;
+pub const LIST_SKIP_MAX: u64 = 100_000;
+
+/// Submit a bulk action.
+///
+/// Validates the request as a whole (any problem: 4xx, nothing written), then validates and
+/// deduplicates records one by one (problems become per-record outcomes in the logs), and
+/// queues the action. The response is the action view as of acceptance.
+#[utoipa::path(post, path = "/bulk-actions", tag = "bulk-actions",
+    request_body(content = SubmitRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Accepted; `Location` names the action", body = ActionView,
+            headers(("Location" = String, description = "/bulk-actions/{actionId}"))),
+        (status = 400, description = "The request is invalid; nothing was written", body = ErrorBody),
+        (status = 413, description = "Body larger than MAX_BODY_BYTES", body = ErrorBody),
+        (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
+        (status = 503, description = "Redis or MongoDB unavailable; retry", body = ErrorBody),
+    ))]
+pub async fn submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    require_json(&headers)?;
+    let body = body.map_err(|rejection| match rejection {
+        BytesRejection::FailedToBufferBody(_) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("request body is larger than {} bytes", state.config.max_body_bytes),
+            )
+            .with_details(json!({ "limit": state.config.max_body_bytes }))
+        }
+        other => ApiError::bad_request("unreadable_body", other.body_text()),
+    })?;
+
+    let max_records = state.config.max_records_per_action;
+    let batch_size = state.config.batch_size;
+    // Parsing and planning a large body is CPU work; keep it off the async workers.
+    let (submission, plan) = tokio::task::spawn_blocking(move || {
+        submission::parse(&body, max_records).map(|submission| {
+            let plan = plan_action(&submission.data, submission.action_type, batch_size);
+            (submission, plan)
+        })
+    })
+    .await
+    .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", error.to_string()))??;
+
+    let action_id = ActionId::from_ulid(Ulid::new());
+    let created_at = infra::clock::now();
+    let start_at = submission.scheduled_for.filter(|at| *at > created_at);
+    let batch_count = u32::try_from(plan.batches.len()).unwrap_or(u32::MAX);
+    let mut events = vec![EventPayload::Created {
+        account_id: submission.account_id.clone(),
+        entity_type: submission.entity_type,
+        action_type: submission.action_type,
+        total_records: plan.total_records,
+        batch_count,
+        scheduled_for: submission.scheduled_for,
+    }];
+    events.extend(chunked(plan.rejected, batch_size, |records| EventPayload::RecordRejected { records }));
+    events.extend(chunked(plan.duplicates, batch_size, |records| EventPayload::RecordSkipped { records }));
+    if batch_count == 0 {
+        events.push(EventPayload::Completed {});
+    }
+
+    state.store.stage_batches(action_id, &plan.batches).await?;
+    let new_action = NewAction {
+        action_id,
+        account_id: &submission.account_id,
+        action_type: submission.action_type,
+        entity_type: submission.entity_type,
+        batch_count,
+        start_at,
+        created_at,
+        events,
+    };
+    state.store.commit_action(&new_action).await?;
+    tracing::info!(%action_id, account = %submission.account_id, records = new_action_total(&new_action), batches = batch_count, "bulk action accepted");
+
+    let view = opening_view(&new_action)?;
+    let location = format!("/bulk-actions/{action_id}");
+    let mut response = (StatusCode::ACCEPTED, Json(view)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+fn new_action_total(new_action: &NewAction<'_>) -> u32 {
+    match new_action.events.first() {
+        Some(EventPayload::Created { total_records, .. }) => *total_records,
+        _ => 0,
+    }
+}
+
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Content-Type must be application/json",
+        )
+        .with_details(json!({ "received": content_type })))
+    }
+}
+
+fn chunked(
+    outcomes: Vec<RecordOutcome>,
+    chunk: usize,
+    event: impl Fn(Vec<RecordOutcome>) -> EventPayload,
+) -> impl Iterator<Item = EventPayload> {
+    let chunks: Vec<Vec<RecordOutcome>> = outcomes.chunks(chunk.max(1)).map(<[_]>::to_vec).collect();
+    chunks.into_iter().map(event)
+}
+
+/// The view as it stands right after acceptance: the fold of the events just committed.
+fn opening_view(new_action: &NewAction<'_>) -> Result<ActionView, ApiError> {
+    let envelopes: Vec<EventEnvelope> = new_action
+        .events
+        .iter()
+        .zip(1u64..)
+        .map(|(payload, seq)| EventEnvelope {
+            event_id: Ulid::new(),
+            action_id: new_action.action_id,
+            seq,
+            schema_version: SCHEMA_VERSION,
+            occurred_at: new_action.created_at,
+            payload: payload.clone(),
+        })
+        .collect();
+    fold(None, &envelopes)
+        .ok()
+        .flatten()
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "opening events do not fold"))
+}
+
+pub fn parse_action_id(raw: &str) -> Result<ActionId, ApiError> {
+    ActionId::parse(raw).ok_or_else(|| {
+        ApiError::bad_request("invalid_action_id", "action ids are 26-character ULIDs")
+            .with_details(json!({ "actionId": raw.chars().take(64).collect::<String>() }))
+    })
+}
+
+/// Get a bulk action's view: status, counts and progress.
+#[utoipa::path(get, path = "/bulk-actions/{actionId}", tag = "bulk-actions",
+    params(("actionId" = String, Path, description = "ULID of the action")),
+    responses(
+        (status = 200, body = ActionView),
+        (status = 400, description = "Not a ULID", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ))]
+pub async fn get_action(State(state): State<AppState>, Path(raw_id): Path<String>) -> Result<Json<ActionView>, ApiError> {
+    let action = parse_action_id(&raw_id)?;
+    read_model::action_view(&state, action)
+        .await?
+        .map(Json)
+        .ok_or_else(ApiError::action_not_found)
+}
+
+/// Get a bulk action's statistics.
+#[utoipa::path(get, path = "/bulk-actions/{actionId}/stats", tag = "bulk-actions",
+    params(("actionId" = String, Path, description = "ULID of the action")),
+    responses(
+        (status = 200, body = ActionStats),
+        (status = 400, description = "Not a ULID", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ))]
+pub async fn get_stats(State(state): State<AppState>, Path(raw_id): Path<String>) -> Result<Json<ActionStats>, ApiError> {
+    let action = parse_action_id(&raw_id)?;
+    let view = read_model::action_view(&state, action)
+        .await?
+        .ok_or_else(ApiError::action_not_found)?;
+    Ok(Json(view.stats(infra::clock::now())))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ActionList {
+    items: Vec<ActionView>,
+    /// Matching actions in all pages.
+    total: u64,
+    limit: u64,
+    skip: u64,
+}
+
+/// List bulk actions, newest first.
+///
+/// Served from the projected views: an action accepted a moment ago may take a moment to
+/// appear here (fetch it by id to read your own write at once). `limit` defaults to 20 and
+/// is capped at 100; `skip` at 100000 (use filters for deeper pages).
+#[utoipa::path(get, path = "/bulk-actions", tag = "bulk-actions",
+    params(
+        ("accountId" = Option<String>, Query),
+        ("status" = Option<ActionStatus>, Query),
+        ("entityType" = Option<EntityType>, Query),
+        ("limit" = Option<u64>, Query, minimum = 1, maximum = 100),
+        ("skip" = Option<u64>, Query, minimum = 0, maximum = 100000),
+    ),
+    responses((status = 200, body = ActionList), (status = 400, body = ErrorBody)))]
+pub async fn list_actions(
+    State(state): State<AppState>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<ActionList>, ApiError> {
+    let Query(pairs) = query.map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))?;
+    let params = QueryParams::parse(pairs, &["accountId", "status", "entityType", "limit", "skip"])?;
+    let mut filter = Document::new();
+    if let Some(account) = params.parsed("accountId", |raw| domain::AccountId::parse(raw).ok())? {
+        filter.insert("accountId", account.as_str());
+    }
+    if let Some(status) = params.parsed("status", ActionStatus::parse)? {
+        filter.insert("status", status.as_str());
+    }
+    if let Some(entity) = params.parsed("entityType", EntityType::parse)? {
+        filter.insert("entityType", entity.as_str());
+    }
+    let limit = params.capped("limit", LIST_LIMIT_DEFAULT, 1, LIST_LIMIT_MAX)?;
+    let skip = params.capped("skip", 0, 0, LIST_SKIP_MAX)?;
+
+    let views = state.database.collection::<StoredActionView>(ACTION_VIEWS);
+    let options = FindOptions::builder()
+        .sort(doc! { "createdAt": -1, "_id": -1 })
+        .limit(limit as i64)
+        .skip(skip)
+        .build();
+    let (items, total) = tokio::try_join!(
+        async { views.find(filter.clone()).with_options(options).await?.try_collect::<Vec<_>>().await },
+        async { views.count_documents(filter.clone()).await },
+    )?;
+    Ok(Json(ActionList {
+        items: items.into_iter().map(|stored| stored.view).collect(),
+        total,
+        limit,
+        skip,
+    }))
+}

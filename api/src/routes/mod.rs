@@ -1,0 +1,3 @@
+pub mod actions;
+pub mod health;
+pub mod logs;

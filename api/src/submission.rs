@@ -1,0 +1,181 @@
+//! Reading a `POST /bulk-actions` body into a submission, with one precise error code per
+//! way it can be wrong. Nothing is written before this has accepted the whole request.
+
+use domain::{AccountId, ActionType, EntityType, Timestamp};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+
+pub struct Submission {
+    pub account_id: AccountId,
+    pub entity_type: EntityType,
+    pub action_type: ActionType,
+    pub data: Vec<Value>,
+    pub scheduled_for: Option<Timestamp>,
+}
+
+/// The request body, as documented in the OpenAPI schema. Parsing is done by hand in
+/// `parse` so that each mistake gets its own error code.
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SubmitRequest {
+    #[schema(example = "acme-corp")]
+    account_id: String,
+    #[schema(example = "contact")]
+    entity_type: EntityType,
+    #[schema(example = "update")]
+    action_type: ActionType,
+    /// The records; each is keyed by `email`. At most `MAX_RECORDS_PER_ACTION`.
+    data: Vec<ContactRecord>,
+    /// RFC 3339; in the future, the action waits until then.
+    #[schema(value_type = Option<String>, format = DateTime, example = "2030-03-20T10:00:00Z")]
+    scheduled_for: Option<String>,
+}
+
+/// One contact record. Unknown fields, `$`-prefixed or dotted keys, and wrong types fail
+/// the record (not the request) with a code in the action's logs.
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+pub struct ContactRecord {
+    #[schema(example = "ann@example.com")]
+    email: String,
+    name: Option<String>,
+    #[schema(minimum = 0, maximum = 150)]
+    age: Option<i64>,
+    status: Option<String>,
+}
+
+const FIELDS: [&str; 5] = ["accountId", "entityType", "actionType", "data", "scheduledFor"];
+
+pub fn parse(body: &[u8], max_records: usize) -> Result<Submission, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|error| {
+        ApiError::bad_request("malformed_json", format!("request body is not valid JSON: {error}"))
+            .with_details(json!({ "line": error.line(), "column": error.column() }))
+    })?;
+    let Value::Object(object) = value else {
+        return Err(ApiError::bad_request("invalid_body", "request body must be a JSON object"));
+    };
+    if let Some(unknown) = object.keys().find(|key| !FIELDS.contains(&key.as_str())) {
+        return Err(ApiError::bad_request("unknown_field", format!("unknown field {unknown:?}"))
+            .with_details(json!({ "field": unknown, "allowed": FIELDS })));
+    }
+
+    let account_raw = required_string(&object, "accountId")?;
+    let account_id = AccountId::parse(account_raw).map_err(|error| invalid_field("accountId", error.to_string()))?;
+
+    let entity_raw = required_string(&object, "entityType")?;
+    let entity_type = EntityType::parse(entity_raw).ok_or_else(|| {
+        ApiError::bad_request("unsupported_entity_type", format!("entityType {entity_raw:?} is not supported"))
+            .with_details(json!({ "field": "entityType", "supported": EntityType::ALL.map(|t| t.as_str()) }))
+    })?;
+
+    let action_raw = required_string(&object, "actionType")?;
+    let action_type = ActionType::parse(action_raw).ok_or_else(|| {
+        ApiError::bad_request("unsupported_action_type", format!("actionType {action_raw:?} is not supported"))
+            .with_details(json!({ "field": "actionType", "supported": ActionType::ALL.map(|t| t.as_str()) }))
+    })?;
+
+    let data = match object.get("data") {
+        None | Some(Value::Null) => return Err(missing_field("data")),
+        Some(Value::Array(records)) => records,
+        Some(_) => return Err(invalid_field("data", "data must be an array of records")),
+    };
+    if data.is_empty() {
+        return Err(ApiError::bad_request("empty_data", "data must contain at least one record"));
+    }
+    if data.len() > max_records {
+        return Err(ApiError::bad_request(
+            "too_many_records",
+            format!("an action may hold at most {max_records} records"),
+        )
+        .with_details(json!({ "limit": max_records, "received": data.len() })));
+    }
+
+    let scheduled_for = match object.get("scheduledFor") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(raw)) => Some(Timestamp::parse_rfc3339(raw).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_scheduled_for",
+                "scheduledFor must be an RFC 3339 date-time, e.g. 2030-03-20T10:00:00Z",
+            )
+            .with_details(json!({ "field": "scheduledFor" }))
+        })?),
+        Some(_) => {
+            return Err(ApiError::bad_request("invalid_scheduled_for", "scheduledFor must be a string")
+                .with_details(json!({ "field": "scheduledFor" })))
+        }
+    };
+
+    let mut object = object;
+    let data = match object.remove("data") {
+        Some(Value::Array(records)) => records,
+        _ => Vec::new(),
+    };
+    Ok(Submission {
+        account_id,
+        entity_type,
+        action_type,
+        data,
+        scheduled_for,
+    })
+}
+
+fn required_string<'a>(object: &'a Map<String, Value>, field: &'static str) -> Result<&'a str, ApiError> {
+    match object.get(field) {
+        None | Some(Value::Null) => Err(missing_field(field)),
+        Some(Value::String(text)) => Ok(text),
+        Some(_) => Err(invalid_field(field, format!("{field} must be a string"))),
+    }
+}
+
+fn missing_field(field: &'static str) -> ApiError {
+    ApiError::bad_request("missing_field", format!("{field} is required")).with_details(json!({ "field": field }))
+}
+
+fn invalid_field(field: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("invalid_field", message).with_details(json!({ "field": field }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(body: &str) -> &'static str {
+        match parse(body.as_bytes(), 10) {
+            Ok(_) => "ok",
+            Err(error) => error.code(),
+        }
+    }
+
+    #[test]
+    fn each_mistake_has_its_code() {
+        let ok = r#"{"accountId":"a","entityType":"contact","actionType":"update","data":[{"email":"a@b.co"}]}"#;
+        assert_eq!(code(ok), "ok");
+        assert_eq!(code("{"), "malformed_json");
+        assert_eq!(code("[]"), "invalid_body");
+        assert_eq!(code(r#"{"entityType":"contact"}"#), "missing_field");
+        assert_eq!(code(r#"{"accountId":5}"#), "invalid_field");
+        assert_eq!(code(r#"{"accountId":"a b"}"#), "invalid_field");
+        assert_eq!(code(r#"{"accountId":"a","entityType":"deal"}"#), "unsupported_entity_type");
+        assert_eq!(
+            code(r#"{"accountId":"a","entityType":"contact","actionType":"merge"}"#),
+            "unsupported_action_type"
+        );
+        assert_eq!(
+            code(r#"{"accountId":"a","entityType":"contact","actionType":"update","data":[]}"#),
+            "empty_data"
+        );
+        assert_eq!(
+            code(r#"{"accountId":"a","entityType":"contact","actionType":"update","data":[1,2,3,4,5,6,7,8,9,10,11]}"#),
+            "too_many_records"
+        );
+        assert_eq!(
+            code(r#"{"accountId":"a","entityType":"contact","actionType":"update","data":[1],"scheduledFor":"soon"}"#),
+            "invalid_scheduled_for"
+        );
+        assert_eq!(code(r#"{"accountId":"a","$where":"1"}"#), "unknown_field");
+    }
+}
