@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Installs what the platform needs to run and test locally, and only what is missing:
+#   redis-server (Debian package), FerretDB v1.24.2 (built with Go), a Rust toolchain check.
+# Source it (it exports REDIS_SERVER_BIN and FERRETDB_BIN) or run it.
+set -euo pipefail
+
+FERRETDB_VERSION="v1.24.2"
+
+log() { printf '\033[1m[deps]\033[0m %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    log "need root to run: $*"; return 1; fi
+}
+
+ensure_redis() {
+  if ! command -v redis-server >/dev/null 2>&1; then
+    log "installing redis-server (Debian package)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  fi
+  REDIS_SERVER_BIN="$(command -v redis-server)"
+  export REDIS_SERVER_BIN
+}
+
+ferretdb_works() {
+  [ -x "$1" ] && "$1" --version 2>/dev/null | grep -q "version: ${FERRETDB_VERSION}"
+}
+
+# `go install github.com/FerretDB/FerretDB/cmd/ferretdb@v1.24.2` builds, but the binary
+# panics at start: the module zip lacks build/version/version.txt, which FerretDB's own
+# build generates. So: download the module, add the file, build from that copy.
+ensure_ferretdb() {
+  local gobin
+  if ! command -v go >/dev/null 2>&1; then
+    log "Go is required to build FerretDB (the local MongoDB-compatible server); install Go >= 1.22"
+    return 1
+  fi
+  gobin="$(go env GOBIN)"; [ -n "$gobin" ] || gobin="$(go env GOPATH)/bin"
+  FERRETDB_BIN="${FERRETDB_BIN:-$gobin/ferretdb}"
+  if ! ferretdb_works "$FERRETDB_BIN"; then
+    log "building FerretDB ${FERRETDB_VERSION} into $FERRETDB_BIN (about a minute, once)"
+    local module_dir work
+    module_dir="$(go mod download -json "github.com/FerretDB/FerretDB@${FERRETDB_VERSION}" |
+      sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+    work="$(mktemp -d)"
+    cp -r "$module_dir" "$work/src"
+    chmod -R u+w "$work/src"
+    echo "${FERRETDB_VERSION}" > "$work/src/build/version/version.txt"
+    mkdir -p "$(dirname "$FERRETDB_BIN")"
+    (cd "$work/src" && go build -o "$FERRETDB_BIN" ./cmd/ferretdb)
+    rm -rf "$work"
+    ferretdb_works "$FERRETDB_BIN" || { log "FerretDB build did not produce a working binary"; return 1; }
+  fi
+  export FERRETDB_BIN
+}
+
+ensure_rust() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    log "cargo not found: install Rust with rustup (https://rustup.rs) and re-run"
+    return 1
+  fi
+}
+
+ensure_all() {
+  ensure_rust
+  ensure_redis
+  ensure_ferretdb
+}
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  ensure_all
+  log "redis-server: $REDIS_SERVER_BIN"
+  log "ferretdb:     $FERRETDB_BIN"
+fi

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Brings up the whole platform locally: Redis, FerretDB (MongoDB wire protocol), api,
+# consumer and projector, each in the background with its log under .dev/logs.
+# Installs what is missing first. Stop everything with scripts/down.sh.
+#
+# Settings (environment): PORT (api, 3000), DEV_REDIS_PORT (6379), DEV_MONGO_PORT (27017),
+# CONSUMERS (number of consumer processes, 1), PROFILE (debug|release, debug).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/deps.sh
+ensure_all
+
+PORT="${PORT:-3000}"
+DEV_REDIS_PORT="${DEV_REDIS_PORT:-6379}"
+DEV_MONGO_PORT="${DEV_MONGO_PORT:-27017}"
+CONSUMERS="${CONSUMERS:-1}"
+PROFILE="${PROFILE:-debug}"
+DEV=".dev"
+mkdir -p "$DEV/logs" "$DEV/pids" "$DEV/redis" "$DEV/ferretdb"
+
+log() { printf '\033[1m[up]\033[0m %s\n' "$*" >&2; }
+
+running() { [ -f "$DEV/pids/$1" ] && kill -0 "$(cat "$DEV/pids/$1")" 2>/dev/null; }
+
+start() { # name, command...
+  local name="$1"; shift
+  if running "$name"; then log "$name already running (pid $(cat "$DEV/pids/$name"))"; return; fi
+  nohup "$@" >"$DEV/logs/$name.log" 2>&1 &
+  echo $! >"$DEV/pids/$name"
+  log "started $name (pid $!, log $DEV/logs/$name.log)"
+}
+
+wait_port() { # name, port
+  for _ in $(seq 1 100); do
+    (echo >"/dev/tcp/127.0.0.1/$2") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  log "$1 did not open port $2; see $DEV/logs/$1.log"; exit 1
+}
+
+log "building ($PROFILE)"
+if [ "$PROFILE" = release ]; then cargo build --release --bins -q; BIN=target/release; else cargo build --bins -q; BIN=target/debug; fi
+
+start redis "$REDIS_SERVER_BIN" --port "$DEV_REDIS_PORT" --bind 127.0.0.1 --dir "$PWD/$DEV/redis" \
+  --appendonly yes --appendfsync everysec --save ""
+wait_port redis "$DEV_REDIS_PORT"
+start ferretdb "$FERRETDB_BIN" --listen-addr="127.0.0.1:$DEV_MONGO_PORT" --handler=sqlite \
+  --sqlite-url="file:$PWD/$DEV/ferretdb/" --debug-addr=- --telemetry=disable --log-level=warn
+wait_port ferretdb "$DEV_MONGO_PORT"
+
+export REDIS_URL="redis://127.0.0.1:$DEV_REDIS_PORT"
+export MONGODB_URI="mongodb://127.0.0.1:$DEV_MONGO_PORT/crm-bulk-actions"
+export PORT
+start projector "$BIN/projector"
+for n in $(seq 1 "$CONSUMERS"); do
+  CONSUMER_NAME="local-consumer-$n" start "consumer-$n" "$BIN/consumer"
+done
+start api "$BIN/api"
+
+for _ in $(seq 1 100); do
+  curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null || { log "api is not ready; see $DEV/logs/api.log"; exit 1; }
+
+cat <<MSG
+
+  CRM bulk action platform is up.
+    API:       http://127.0.0.1:$PORT        (OpenAPI: http://127.0.0.1:$PORT/openapi.json)
+    Redis:     $REDIS_URL
+    MongoDB:   $MONGODB_URI   (FerretDB)
+    Logs:      $DEV/logs/        Stop: scripts/down.sh
+
+  Try:
+    curl -si -X POST http://127.0.0.1:$PORT/bulk-actions -H 'content-type: application/json' \\
+      -d '{"accountId":"demo","entityType":"contact","actionType":"upsert","data":[{"email":"ann@example.com","name":"Ann","age":31}]}'
+
+MSG
