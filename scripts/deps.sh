@@ -23,6 +23,21 @@ ensure_redis() {
   export REDIS_SERVER_BIN
 }
 
+# FerretDB's PostgreSQL backend pushes equality filters down to SQL; its SQLite backend
+# filters every document in Go, which is 5-50x slower on the same data (docs/ARCHITECTURE.md).
+ensure_postgres() {
+  local initdb
+  initdb="$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -n 1 || true)"
+  if [ -z "$initdb" ]; then
+    log "installing postgresql (Debian package) for FerretDB's storage"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    initdb="$(ls /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1)"
+  fi
+  PG_BIN_DIR="$(dirname "$initdb")"
+  export PG_BIN_DIR
+}
+
 ferretdb_works() {
   [ -x "$1" ] && "$1" --version 2>/dev/null | grep -q "version: ${FERRETDB_VERSION}"
 }
@@ -65,6 +80,7 @@ ensure_rust() {
 ensure_all() {
   ensure_rust
   ensure_redis
+  ensure_postgres
   ensure_ferretdb
 }
 
@@ -72,4 +88,5 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   ensure_all
   log "redis-server: $REDIS_SERVER_BIN"
   log "ferretdb:     $FERRETDB_BIN"
+  log "postgresql:   $PG_BIN_DIR"
 fi

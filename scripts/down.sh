@@ -13,3 +13,9 @@ for pidfile in .dev/pids/api .dev/pids/consumer-* .dev/pids/projector .dev/pids/
   fi
   rm -f "$pidfile"
 done
+if [ -f .dev/postgres/PG_VERSION ]; then
+  pg_ctl="$(ls /usr/lib/postgresql/*/bin/pg_ctl 2>/dev/null | sort -V | tail -n 1)"
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$pg_ctl" -D "$PWD/.dev/postgres" stop -m fast >/dev/null 2>&1 || true
+  else "$pg_ctl" -D "$PWD/.dev/postgres" stop -m fast >/dev/null 2>&1 || true; fi
+  echo "stopped postgres"
+fi

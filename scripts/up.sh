@@ -13,10 +13,11 @@ ensure_all
 PORT="${PORT:-3000}"
 DEV_REDIS_PORT="${DEV_REDIS_PORT:-6379}"
 DEV_MONGO_PORT="${DEV_MONGO_PORT:-27017}"
+DEV_PG_PORT="${DEV_PG_PORT:-5433}"
 CONSUMERS="${CONSUMERS:-1}"
 PROFILE="${PROFILE:-debug}"
 DEV=".dev"
-mkdir -p "$DEV/logs" "$DEV/pids" "$DEV/redis" "$DEV/ferretdb"
+mkdir -p "$DEV/logs" "$DEV/pids" "$DEV/redis"
 
 log() { printf '\033[1m[up]\033[0m %s\n' "$*" >&2; }
 
@@ -44,8 +45,22 @@ if [ "$PROFILE" = release ]; then cargo build --release --bins -q; BIN=target/re
 start redis "$REDIS_SERVER_BIN" --port "$DEV_REDIS_PORT" --bind 127.0.0.1 --dir "$PWD/$DEV/redis" \
   --appendonly yes --appendfsync everysec --save ""
 wait_port redis "$DEV_REDIS_PORT"
-start ferretdb "$FERRETDB_BIN" --listen-addr="127.0.0.1:$DEV_MONGO_PORT" --handler=sqlite \
-  --sqlite-url="file:$PWD/$DEV/ferretdb/" --debug-addr=- --telemetry=disable --log-level=warn
+# PostgreSQL refuses to run as root: as root, its files belong to the postgres user.
+as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+if [ ! -f "$DEV/postgres/PG_VERSION" ]; then
+  mkdir -p "$DEV/postgres"
+  [ "$(id -u)" -eq 0 ] && chown postgres "$DEV/postgres"
+  as_pg "$PG_BIN_DIR/initdb" -D "$PWD/$DEV/postgres" -A trust -U postgres >"$DEV/logs/initdb.log"
+fi
+if ! as_pg "$PG_BIN_DIR/pg_ctl" -D "$PWD/$DEV/postgres" status >/dev/null 2>&1; then
+  as_pg "$PG_BIN_DIR/pg_ctl" -D "$PWD/$DEV/postgres" -l "$PWD/$DEV/postgres/server.log" -w \
+    -o "-p $DEV_PG_PORT -k /tmp -c listen_addresses=127.0.0.1" start >/dev/null
+  log "started postgres (port $DEV_PG_PORT, log $DEV/postgres/server.log)"
+fi
+as_pg "$PG_BIN_DIR/psql" -h 127.0.0.1 -p "$DEV_PG_PORT" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='ferretdb'" | grep -q 1 ||
+  as_pg "$PG_BIN_DIR/createdb" -h 127.0.0.1 -p "$DEV_PG_PORT" -U postgres ferretdb
+start ferretdb "$FERRETDB_BIN" --listen-addr="127.0.0.1:$DEV_MONGO_PORT" --handler=postgresql \
+  --postgresql-url="postgres://postgres@127.0.0.1:$DEV_PG_PORT/ferretdb" --debug-addr=- --telemetry=disable --log-level=warn
 wait_port ferretdb "$DEV_MONGO_PORT"
 
 export REDIS_URL="redis://127.0.0.1:$DEV_REDIS_PORT"
@@ -68,7 +83,7 @@ cat <<MSG
   CRM bulk action platform is up.
     API:       http://127.0.0.1:$PORT        (OpenAPI: http://127.0.0.1:$PORT/openapi.json)
     Redis:     $REDIS_URL
-    MongoDB:   $MONGODB_URI   (FerretDB)
+    MongoDB:   $MONGODB_URI   (FerretDB on PostgreSQL :$DEV_PG_PORT)
     Logs:      $DEV/logs/        Stop: scripts/down.sh
 
   Try:

@@ -1,22 +1,30 @@
-//! Applying one batch to the `contacts` collection, in a few round trips whatever its size:
-//! one `find` to learn which emails exist (update, delete), then one multi-statement
-//! `update`, one unordered `insert` or one `delete`.
+//! Applying one batch to the `contacts` collection in a handful of round trips, whatever
+//! its size.
+//!
+//! The shape of every action type:
+//! - one `find` of the batch's emails (`$in`, backed by the `(accountId, email)` index) to
+//!   learn which contacts exist, for the types whose outcome depends on it;
+//! - writes grouped by identical change: records that set the same fields to the same
+//!   values share one `multi` update statement with an `$in` filter; a change of its own gets
+//!   an equality filter. Bulk CRM changes are mostly uniform ("set status to customer for
+//!   these 40k contacts"), so a batch is typically one or two statements;
+//! - statements are sent many per `update` command, at most `statements_per_command`.
 //!
 //! Only the managed fields are ever `$set`; a contact's `_id` and every field we do not
 //! manage are left as they are, whatever their shape.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use domain::{AccountId, ActionType, Batch, ContactChange, OutcomeCode, RecordOutcome};
+use domain::{AccountId, ActionType, Batch, ContactChange, OutcomeCode, PlannedRecord, RecordOutcome};
+use futures::TryStreamExt;
+use infra::mongo::CONTACTS;
 use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::error::ErrorKind;
 use mongodb::options::FindOptions;
 use mongodb::Database;
 
-use futures::TryStreamExt;
-use infra::mongo::CONTACTS;
-
 const DUPLICATE_KEY: i32 = 11000;
+const NOT_FOUND_MESSAGE: &str = "no contact with this email in the account";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -26,35 +34,234 @@ pub enum ApplyError {
     Refused(String),
 }
 
-pub async fn apply_batch(
-    database: &Database,
-    account: &AccountId,
-    action_type: ActionType,
-    batch: &Batch,
-) -> Result<Vec<RecordOutcome>, ApplyError> {
-    if batch.records.is_empty() {
-        return Ok(Vec::new());
+/// Where and how batches are written.
+#[derive(Debug, Clone)]
+pub struct ContactWriter {
+    pub database: Database,
+    /// Statements per `update` command. FerretDB 1.24 holds a backend connection per
+    /// statement until the command ends and hangs past its pool size (about 50).
+    pub statements_per_command: usize,
+}
+
+impl ContactWriter {
+    pub async fn apply(
+        &self,
+        account: &AccountId,
+        action_type: ActionType,
+        batch: &Batch,
+    ) -> Result<Vec<RecordOutcome>, ApplyError> {
+        if batch.records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = DateTime::now();
+        match action_type {
+            ActionType::Update => self.update(account, batch, now).await,
+            ActionType::Upsert => self.upsert(account, batch, now).await,
+            ActionType::Create => self.create(account, batch, now).await,
+            ActionType::Delete => self.delete(account, batch).await,
+        }
     }
-    let now = DateTime::now();
-    match action_type {
-        ActionType::Update => update(database, account, batch, now).await,
-        ActionType::Upsert => upsert(database, account, batch, now).await,
-        ActionType::Create => create(database, account, batch, now).await,
-        ActionType::Delete => delete(database, account, batch).await,
+
+    async fn update(&self, account: &AccountId, batch: &Batch, now: DateTime) -> Result<Vec<RecordOutcome>, ApplyError> {
+        let existing = self.existing_emails(account, &batch.records).await?;
+        let present: Vec<&PlannedRecord> = batch.records.iter().filter(|r| existing.contains(email_of(r))).collect();
+        self.set_fields(account, &present, now).await?;
+        Ok(batch
+            .records
+            .iter()
+            .map(|r| {
+                if existing.contains(email_of(r)) {
+                    outcome(r, OutcomeCode::Updated, None)
+                } else {
+                    outcome(r, OutcomeCode::NotFound, Some(NOT_FOUND_MESSAGE))
+                }
+            })
+            .collect())
+    }
+
+    /// Existing contacts are updated, the others inserted. An insert that collides with a
+    /// contact created meanwhile (by another action) is retried as an update.
+    async fn upsert(&self, account: &AccountId, batch: &Batch, now: DateTime) -> Result<Vec<RecordOutcome>, ApplyError> {
+        let existing = self.existing_emails(account, &batch.records).await?;
+        let (present, missing): (Vec<&PlannedRecord>, Vec<&PlannedRecord>) =
+            batch.records.iter().partition(|r| existing.contains(email_of(r)));
+        let refused = self.insert(account, &missing, now).await?;
+        let mut collided = Vec::new();
+        for (position, (code, message)) in &refused {
+            if *code != DUPLICATE_KEY {
+                return Err(ApplyError::Refused(message.clone()));
+            }
+            collided.push(missing[*position]);
+        }
+        let mut to_update = present;
+        to_update.extend(collided.iter().copied());
+        self.set_fields(account, &to_update, now).await?;
+        let collided: HashSet<u32> = collided.iter().map(|r| r.index).collect();
+        Ok(batch
+            .records
+            .iter()
+            .map(|r| {
+                if existing.contains(email_of(r)) || collided.contains(&r.index) {
+                    outcome(r, OutcomeCode::Updated, None)
+                } else {
+                    outcome(r, OutcomeCode::Created, None)
+                }
+            })
+            .collect())
+    }
+
+    async fn create(&self, account: &AccountId, batch: &Batch, now: DateTime) -> Result<Vec<RecordOutcome>, ApplyError> {
+        let records: Vec<&PlannedRecord> = batch.records.iter().collect();
+        let refused = self.insert(account, &records, now).await?;
+        Ok(records
+            .iter()
+            .enumerate()
+            .map(|(position, r)| match refused.get(&position) {
+                None => outcome(r, OutcomeCode::Created, None),
+                Some((DUPLICATE_KEY, _)) => outcome(
+                    r,
+                    OutcomeCode::AlreadyExists,
+                    Some("a contact with this email already exists in the account"),
+                ),
+                Some((_, message)) => outcome(r, OutcomeCode::StoreError, Some(message)),
+            })
+            .collect())
+    }
+
+    async fn delete(&self, account: &AccountId, batch: &Batch) -> Result<Vec<RecordOutcome>, ApplyError> {
+        let existing = self.existing_emails(account, &batch.records).await?;
+        if !existing.is_empty() {
+            let emails: Vec<&str> = existing.iter().map(String::as_str).collect();
+            self.contacts()
+                .delete_many(doc! { "accountId": account.as_str(), "email": { "$in": emails } })
+                .await?;
+        }
+        Ok(batch
+            .records
+            .iter()
+            .map(|r| {
+                if existing.contains(email_of(r)) {
+                    outcome(r, OutcomeCode::Deleted, None)
+                } else {
+                    outcome(r, OutcomeCode::NotFound, Some(NOT_FOUND_MESSAGE))
+                }
+            })
+            .collect())
+    }
+
+    fn contacts(&self) -> mongodb::Collection<Document> {
+        self.database.collection(CONTACTS)
+    }
+
+    async fn existing_emails(&self, account: &AccountId, records: &[PlannedRecord]) -> Result<HashSet<String>, ApplyError> {
+        let emails: Vec<&str> = records.iter().map(email_of).collect();
+        let options = FindOptions::builder().projection(doc! { "_id": 0, "email": 1 }).build();
+        let found: Vec<Document> = self
+            .contacts()
+            .find(doc! { "accountId": account.as_str(), "email": { "$in": emails } })
+            .with_options(options)
+            .await?
+            .try_collect()
+            .await?;
+        Ok(found
+            .iter()
+            .filter_map(|contact| contact.get_str("email").ok().map(str::to_owned))
+            .collect())
+    }
+
+    /// Unordered insert of new contacts. Returns the refused positions with code and message.
+    async fn insert(
+        &self,
+        account: &AccountId,
+        records: &[&PlannedRecord],
+        now: DateTime,
+    ) -> Result<HashMap<usize, (i32, String)>, ApplyError> {
+        let mut refused = HashMap::new();
+        if records.is_empty() {
+            return Ok(refused);
+        }
+        let documents: Vec<Document> = records
+            .iter()
+            .map(|r| {
+                let mut contact = doc! { "accountId": account.as_str(), "email": email_of(r) };
+                contact.extend(managed_fields(&r.change, now));
+                contact.insert("createdAt", now);
+                contact
+            })
+            .collect();
+        if let Err(error) = self.contacts().insert_many(documents).ordered(false).await {
+            match *error.kind {
+                ErrorKind::InsertMany(ref failure) if failure.write_concern_error.is_none() => {
+                    for write_error in failure.write_errors.iter().flatten() {
+                        refused.insert(write_error.index, (write_error.code, write_error.message.clone()));
+                    }
+                }
+                _ => return Err(error.into()),
+            }
+        }
+        Ok(refused)
+    }
+
+    /// `$set`s each record's fields on its existing contact, one statement per distinct
+    /// change. Every statement must match: a contact deleted meanwhile fails the attempt,
+    /// and the retry's fresh `find` reports it as not found.
+    async fn set_fields(&self, account: &AccountId, records: &[&PlannedRecord], now: DateTime) -> Result<(), ApplyError> {
+        let mut groups: BTreeMap<Vec<u8>, (Document, Vec<&str>)> = BTreeMap::new();
+        for record in records {
+            let set = managed_fields(&record.change, now);
+            let group_key = mongodb::bson::to_vec(&set).map_err(|e| ApplyError::Refused(e.to_string()))?;
+            groups.entry(group_key).or_insert_with(|| (set, Vec::new())).1.push(email_of(record));
+        }
+        let statements: Vec<(Document, i64)> = groups
+            .into_values()
+            .map(|(set, emails)| {
+                let expected = emails.len() as i64;
+                let statement = match emails.as_slice() {
+                    [email] => doc! {
+                        "q": { "accountId": account.as_str(), "email": *email },
+                        "u": { "$set": set },
+                    },
+                    _ => doc! {
+                        "q": { "accountId": account.as_str(), "email": { "$in": emails } },
+                        "u": { "$set": set },
+                        "multi": true,
+                    },
+                };
+                (statement, expected)
+            })
+            .collect();
+        for chunk in statements.chunks(self.statements_per_command.max(1)) {
+            let expected: i64 = chunk.iter().map(|(_, expected)| expected).sum();
+            let updates: Vec<Document> = chunk.iter().map(|(statement, _)| statement.clone()).collect();
+            let reply = self
+                .database
+                .run_command(doc! { "update": CONTACTS, "updates": updates, "ordered": false })
+                .await?;
+            if let Ok(errors) = reply.get_array("writeErrors") {
+                if !errors.is_empty() {
+                    return Err(ApplyError::Refused(format!("{errors:?}")));
+                }
+            }
+            let matched = number(reply.get("n"));
+            if matched < expected {
+                return Err(ApplyError::Refused(format!("update matched {matched} of {expected} contacts")));
+            }
+        }
+        Ok(())
     }
 }
 
-fn outcome(index: u32, change: &ContactChange, code: OutcomeCode, message: Option<&str>) -> RecordOutcome {
+fn email_of(record: &PlannedRecord) -> &str {
+    record.change.email.as_str()
+}
+
+fn outcome(record: &PlannedRecord, code: OutcomeCode, message: Option<&str>) -> RecordOutcome {
     RecordOutcome {
-        index,
-        email: Some(change.email.as_str().to_owned()),
+        index: record.index,
+        email: Some(email_of(record).to_owned()),
         code,
         message: message.map(str::to_owned),
     }
-}
-
-fn key(account: &AccountId, change: &ContactChange) -> Document {
-    doc! { "accountId": account.as_str(), "email": change.email.as_str() }
 }
 
 fn managed_fields(change: &ContactChange, now: DateTime) -> Document {
@@ -72,48 +279,6 @@ fn managed_fields(change: &ContactChange, now: DateTime) -> Document {
     set
 }
 
-async fn existing_emails(
-    database: &Database,
-    account: &AccountId,
-    batch: &Batch,
-) -> Result<HashSet<String>, ApplyError> {
-    let emails: Vec<&str> = batch.records.iter().map(|r| r.change.email.as_str()).collect();
-    let options = FindOptions::builder()
-        .projection(doc! { "_id": 0, "email": 1 })
-        .build();
-    let found: Vec<Document> = database
-        .collection::<Document>(CONTACTS)
-        .find(doc! { "accountId": account.as_str(), "email": { "$in": emails } })
-        .with_options(options)
-        .await?
-        .try_collect()
-        .await?;
-    Ok(found
-        .iter()
-        .filter_map(|contact| contact.get_str("email").ok().map(str::to_owned))
-        .collect())
-}
-
-/// Sends many update statements as one `update` command.
-async fn run_updates(database: &Database, statements: Vec<Document>) -> Result<Document, ApplyError> {
-    let expected = statements.len() as i64;
-    let reply = database
-        .run_command(doc! { "update": CONTACTS, "updates": statements, "ordered": false })
-        .await?;
-    if let Ok(errors) = reply.get_array("writeErrors") {
-        if !errors.is_empty() {
-            return Err(ApplyError::Refused(format!("{errors:?}")));
-        }
-    }
-    let matched = number(reply.get("n"));
-    if matched < expected {
-        return Err(ApplyError::Refused(format!(
-            "update matched {matched} of {expected} statements"
-        )));
-    }
-    Ok(reply)
-}
-
 fn number(value: Option<&Bson>) -> i64 {
     match value {
         Some(Bson::Int32(n)) => i64::from(*n),
@@ -121,159 +286,4 @@ fn number(value: Option<&Bson>) -> i64 {
         Some(Bson::Double(n)) => *n as i64,
         _ => 0,
     }
-}
-
-async fn update(
-    database: &Database,
-    account: &AccountId,
-    batch: &Batch,
-    now: DateTime,
-) -> Result<Vec<RecordOutcome>, ApplyError> {
-    let existing = existing_emails(database, account, batch).await?;
-    let statements: Vec<Document> = batch
-        .records
-        .iter()
-        .filter(|r| existing.contains(r.change.email.as_str()))
-        .map(|r| {
-            doc! {
-                "q": key(account, &r.change),
-                "u": { "$set": managed_fields(&r.change, now) },
-            }
-        })
-        .collect();
-    if !statements.is_empty() {
-        run_updates(database, statements).await?;
-    }
-    Ok(batch
-        .records
-        .iter()
-        .map(|r| {
-            if existing.contains(r.change.email.as_str()) {
-                outcome(r.index, &r.change, OutcomeCode::Updated, None)
-            } else {
-                outcome(r.index, &r.change, OutcomeCode::NotFound, Some("no contact with this email in the account"))
-            }
-        })
-        .collect())
-}
-
-async fn upsert(
-    database: &Database,
-    account: &AccountId,
-    batch: &Batch,
-    now: DateTime,
-) -> Result<Vec<RecordOutcome>, ApplyError> {
-    let statements: Vec<Document> = batch
-        .records
-        .iter()
-        .map(|r| {
-            doc! {
-                "q": key(account, &r.change),
-                "u": {
-                    "$set": managed_fields(&r.change, now),
-                    "$setOnInsert": { "createdAt": now },
-                },
-                "upsert": true,
-            }
-        })
-        .collect();
-    let reply = run_updates(database, statements).await?;
-    let created: HashSet<usize> = reply
-        .get_array("upserted")
-        .map(|upserted| {
-            upserted
-                .iter()
-                .filter_map(|entry| entry.as_document())
-                .map(|entry| number(entry.get("index")) as usize)
-                .collect()
-        })
-        .unwrap_or_default();
-    Ok(batch
-        .records
-        .iter()
-        .enumerate()
-        .map(|(position, r)| {
-            let code = if created.contains(&position) {
-                OutcomeCode::Created
-            } else {
-                OutcomeCode::Updated
-            };
-            outcome(r.index, &r.change, code, None)
-        })
-        .collect())
-}
-
-async fn create(
-    database: &Database,
-    account: &AccountId,
-    batch: &Batch,
-    now: DateTime,
-) -> Result<Vec<RecordOutcome>, ApplyError> {
-    let documents: Vec<Document> = batch
-        .records
-        .iter()
-        .map(|r| {
-            let mut contact = key(account, &r.change);
-            contact.extend(managed_fields(&r.change, now));
-            contact.insert("createdAt", now);
-            contact
-        })
-        .collect();
-    let inserted = database
-        .collection::<Document>(CONTACTS)
-        .insert_many(documents)
-        .ordered(false)
-        .await;
-    let mut refused = std::collections::HashMap::new();
-    if let Err(error) = inserted {
-        match *error.kind {
-            ErrorKind::InsertMany(ref failure) if failure.write_concern_error.is_none() => {
-                for write_error in failure.write_errors.iter().flatten() {
-                    refused.insert(write_error.index, (write_error.code, write_error.message.clone()));
-                }
-            }
-            _ => return Err(error.into()),
-        }
-    }
-    Ok(batch
-        .records
-        .iter()
-        .enumerate()
-        .map(|(position, r)| match refused.get(&position) {
-            None => outcome(r.index, &r.change, OutcomeCode::Created, None),
-            Some((DUPLICATE_KEY, _)) => outcome(
-                r.index,
-                &r.change,
-                OutcomeCode::AlreadyExists,
-                Some("a contact with this email already exists in the account"),
-            ),
-            Some((_, message)) => outcome(r.index, &r.change, OutcomeCode::StoreError, Some(message)),
-        })
-        .collect())
-}
-
-async fn delete(
-    database: &Database,
-    account: &AccountId,
-    batch: &Batch,
-) -> Result<Vec<RecordOutcome>, ApplyError> {
-    let existing = existing_emails(database, account, batch).await?;
-    if !existing.is_empty() {
-        let emails: Vec<&str> = existing.iter().map(String::as_str).collect();
-        database
-            .collection::<Document>(CONTACTS)
-            .delete_many(doc! { "accountId": account.as_str(), "email": { "$in": emails } })
-            .await?;
-    }
-    Ok(batch
-        .records
-        .iter()
-        .map(|r| {
-            if existing.contains(r.change.email.as_str()) {
-                outcome(r.index, &r.change, OutcomeCode::Deleted, None)
-            } else {
-                outcome(r.index, &r.change, OutcomeCode::NotFound, Some("no contact with this email in the account"))
-            }
-        })
-        .collect())
 }

@@ -15,7 +15,7 @@ use infra::{EventStore, Keys, StoreConfig};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use apply::{apply_batch, ApplyError};
+pub use apply::{ApplyError, ContactWriter};
 
 #[derive(Debug, Clone, Args)]
 pub struct ConsumerConfig {
@@ -38,6 +38,10 @@ pub struct ConsumerConfig {
     /// Work pending this long with a consumer is presumed abandoned and claimed (ms).
     #[arg(long, env = "CLAIM_IDLE_MS", default_value_t = 30_000)]
     pub claim_idle_ms: u64,
+
+    /// Update statements per `update` command (see `ContactWriter`).
+    #[arg(long, env = "MONGO_STATEMENTS_PER_COMMAND", default_value_t = 32)]
+    pub statements_per_command: usize,
 
     /// How often the scheduler looks for actions whose start time has come (ms).
     #[arg(long, env = "SCHEDULER_TICK_MS", default_value_t = 250)]
@@ -80,7 +84,10 @@ pub async fn run(config: ConsumerConfig, shutdown: CancellationToken) -> Result<
         let worker = worker::Worker {
             name: format!("{base_name}-{number}"),
             store: store.clone(),
-            database: database.clone(),
+            writer: ContactWriter {
+                database: database.clone(),
+                statements_per_command: config.statements_per_command,
+            },
             streams: streams.clone(),
             redis_url: config.store.redis_url.clone(),
             block: Duration::from_millis(config.block_ms),

@@ -8,11 +8,10 @@ use std::time::{Duration, Instant};
 use infra::keys::CONSUMER_GROUP;
 use infra::work::{self, ReadFrom, WorkItem};
 use infra::EventStore;
-use mongodb::Database;
 use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::apply_batch;
+use crate::apply::ContactWriter;
 
 /// Attempts at one batch within one delivery before leaving it pending for redelivery.
 const ATTEMPTS_PER_DELIVERY: u32 = 5;
@@ -23,7 +22,7 @@ const CLAIM_BATCH: usize = 16;
 pub struct Worker {
     pub name: String,
     pub store: EventStore,
-    pub database: Database,
+    pub writer: ContactWriter,
     pub streams: Vec<String>,
     pub redis_url: String,
     pub block: Duration,
@@ -117,7 +116,7 @@ impl Worker {
         let mut attempt = 0;
         let outcomes = loop {
             attempt += 1;
-            match apply_batch(&self.database, &meta.account_id, meta.action_type, &batch).await {
+            match self.writer.apply(&meta.account_id, meta.action_type, &batch).await {
                 Ok(outcomes) => break outcomes,
                 Err(error) if attempt < ATTEMPTS_PER_DELIVERY => {
                     let pause = backoff(attempt);
