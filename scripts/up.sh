@@ -45,6 +45,8 @@ if [ "$PROFILE" = release ]; then cargo build --release --bins -q; BIN=target/re
 start redis "$REDIS_SERVER_BIN" --port "$DEV_REDIS_PORT" --bind 127.0.0.1 --dir "$PWD/$DEV/redis" \
   --appendonly yes --appendfsync everysec --save ""
 wait_port redis "$DEV_REDIS_PORT"
+# FerretDB holds one PostgreSQL connection per statement of a command until the command
+# ends, and hangs when its pool runs dry: hence the large pool and max_connections.
 # PostgreSQL refuses to run as root: as root, its files belong to the postgres user.
 as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 if [ ! -f "$DEV/postgres/PG_VERSION" ]; then
@@ -54,13 +56,13 @@ if [ ! -f "$DEV/postgres/PG_VERSION" ]; then
 fi
 if ! as_pg "$PG_BIN_DIR/pg_ctl" -D "$PWD/$DEV/postgres" status >/dev/null 2>&1; then
   as_pg "$PG_BIN_DIR/pg_ctl" -D "$PWD/$DEV/postgres" -l "$PWD/$DEV/postgres/server.log" -w \
-    -o "-p $DEV_PG_PORT -k /tmp -c listen_addresses=127.0.0.1" start >/dev/null
+    -o "-p $DEV_PG_PORT -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=500" start >/dev/null
   log "started postgres (port $DEV_PG_PORT, log $DEV/postgres/server.log)"
 fi
 as_pg "$PG_BIN_DIR/psql" -h 127.0.0.1 -p "$DEV_PG_PORT" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='ferretdb'" | grep -q 1 ||
   as_pg "$PG_BIN_DIR/createdb" -h 127.0.0.1 -p "$DEV_PG_PORT" -U postgres ferretdb
 start ferretdb "$FERRETDB_BIN" --listen-addr="127.0.0.1:$DEV_MONGO_PORT" --handler=postgresql \
-  --postgresql-url="postgres://postgres@127.0.0.1:$DEV_PG_PORT/ferretdb" --debug-addr=- --telemetry=disable --log-level=warn
+  --postgresql-url="postgres://postgres@127.0.0.1:$DEV_PG_PORT/ferretdb?pool_max_conns=400" --debug-addr=- --telemetry=disable --log-level=warn
 wait_port ferretdb "$DEV_MONGO_PORT"
 
 export REDIS_URL="redis://127.0.0.1:$DEV_REDIS_PORT"

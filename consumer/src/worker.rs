@@ -113,28 +113,53 @@ impl Worker {
             .await?;
 
         let began = Instant::now();
-        let mut attempt = 0;
-        let outcomes = loop {
-            attempt += 1;
-            match self.writer.apply(&meta.account_id, meta.action_type, &batch).await {
-                Ok(outcomes) => break outcomes,
-                Err(error) if attempt < ATTEMPTS_PER_DELIVERY => {
-                    let pause = backoff(attempt);
-                    tracing::warn!(action = %item.action_id, batch = item.batch, attempt, %error, ?pause, "batch failed; retrying");
-                    tokio::time::sleep(pause).await;
-                }
-                Err(error) => {
-                    // Left pending: redelivered to this worker on restart or claimed by another.
-                    tracing::error!(action = %item.action_id, batch = item.batch, %error, "batch failed; leaving it for redelivery");
-                    return Ok(());
+        let attempts = async {
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match self.writer.apply(&meta.account_id, meta.action_type, &batch).await {
+                    Ok(outcomes) => return Some(outcomes),
+                    Err(error) if attempt < ATTEMPTS_PER_DELIVERY => {
+                        let pause = backoff(attempt);
+                        tracing::warn!(action = %item.action_id, batch = item.batch, attempt, %error, ?pause, "batch failed; retrying");
+                        tokio::time::sleep(pause).await;
+                    }
+                    Err(error) => {
+                        tracing::error!(action = %item.action_id, batch = item.batch, %error, "batch failed; leaving it for redelivery");
+                        return None;
+                    }
                 }
             }
         };
+        let Some(outcomes) = self.while_holding(item, attempts).await else {
+            // Left pending: redelivered to this worker on restart or claimed by another.
+            return Ok(());
+        };
         self.store
-            .settle_batch(item, outcomes, infra::clock::now())
+            .settle_batch(item, outcomes, &self.name, infra::clock::now())
             .await?;
         tracing::debug!(action = %item.action_id, batch = item.batch, records = batch.records.len(), elapsed_ms = began.elapsed().as_millis() as u64, "batch applied");
         Ok(())
+    }
+}
+
+impl Worker {
+    /// Runs `work` while keeping `item` claimed, so that a slow batch is not taken over.
+    async fn while_holding<T>(&self, item: &WorkItem, work: impl std::future::Future<Output = T>) -> T {
+        let mut conn = self.store.connection();
+        let mut heartbeat = tokio::time::interval((self.claim_idle / 3).max(Duration::from_millis(100)));
+        heartbeat.tick().await;
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                result = &mut work => return result,
+                _ = heartbeat.tick() => {
+                    if let Err(error) = work::keep_claimed(&mut conn, &item.stream, CONSUMER_GROUP, &self.name, &item.entry_id).await {
+                        tracing::warn!(%error, entry = %item.entry_id, "could not refresh the claim on a batch");
+                    }
+                }
+            }
+        }
     }
 }
 

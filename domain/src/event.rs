@@ -49,9 +49,13 @@ pub enum EventPayload {
     /// A consumer picked up the action's first batch.
     Started {},
     /// One batch was applied; one outcome per record of the batch.
+    #[serde(rename_all = "camelCase")]
     BatchProcessed {
         batch: u32,
         outcomes: Vec<RecordOutcome>,
+        /// The consumer that applied it, for operators; absent in events of early builds.
+        #[serde(default)]
+        applied_by: Option<String>,
     },
     /// Every record has an outcome.
     Completed {},
@@ -132,6 +136,7 @@ mod tests {
                     code: OutcomeCode::NotFound,
                     message: None,
                 }],
+                applied_by: Some("consumer-1".into()),
             },
             EventPayload::Started {},
             EventPayload::Completed {},

@@ -284,10 +284,12 @@ mod tests {
             EventPayload::BatchProcessed {
                 batch: 1,
                 outcomes: vec![outcome(2, OutcomeCode::Updated), outcome(3, OutcomeCode::NotFound)],
+                applied_by: None,
             },
             EventPayload::BatchProcessed {
                 batch: 0,
                 outcomes: vec![outcome(0, OutcomeCode::Updated), outcome(1, OutcomeCode::Updated)],
+                applied_by: None,
             },
             EventPayload::Completed {},
         ];

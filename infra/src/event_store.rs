@@ -180,11 +180,13 @@ impl EventStore {
         &self,
         item: &WorkItem,
         outcomes: Vec<RecordOutcome>,
+        applied_by: &str,
         at: Timestamp,
     ) -> Result<Option<u64>, StoreError> {
         let payload = EventPayload::BatchProcessed {
             batch: item.batch,
             outcomes,
+            applied_by: Some(applied_by.to_owned()),
         };
         let guard = format!("batch:{}", item.batch);
         self.append(item.action_id, &guard, &payload, at, Some(item))

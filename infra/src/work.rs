@@ -153,3 +153,24 @@ pub async fn due_actions<C: ConnectionLike + Send + Sync>(
         .await?;
     Ok(raw.iter().filter_map(|id| ActionId::parse(id)).collect())
 }
+
+/// Resets an entry's idle time while its consumer is still working on it, so a slow batch
+/// is not mistaken for an abandoned one. `JUSTID` leaves the delivery count alone.
+pub async fn keep_claimed<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    entry_id: &str,
+) -> Result<(), StoreError> {
+    let _: redis::Value = redis::cmd("XCLAIM")
+        .arg(stream)
+        .arg(group)
+        .arg(consumer)
+        .arg(0)
+        .arg(entry_id)
+        .arg("JUSTID")
+        .query_async(conn)
+        .await?;
+    Ok(())
+}

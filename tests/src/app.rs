@@ -1,0 +1,274 @@
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use api::{ApiConfig, AppState};
+use consumer::ConsumerConfig;
+use infra::StoreConfig;
+use mongodb::bson::Document;
+use mongodb::Database;
+use projector::ProjectorConfig;
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::services::Services;
+
+#[derive(Debug, Clone)]
+pub struct AppOptions {
+    pub consumers: usize,
+    pub batch_size: u32,
+    pub max_records_per_action: usize,
+    pub max_body_bytes: usize,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            consumers: 1,
+            batch_size: 100,
+            max_records_per_action: 100_000,
+            max_body_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+struct Running {
+    shutdown: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+/// The api, consumers and projector running in this process over real connections to a
+/// private set of services.
+pub struct TestApp {
+    pub services: Services,
+    pub base_url: String,
+    pub http: reqwest::Client,
+    pub database: Database,
+    store: StoreConfig,
+    options: AppOptions,
+    api: Running,
+    consumers: Vec<Running>,
+    projector: Option<Running>,
+}
+
+impl TestApp {
+    pub async fn spawn(options: AppOptions) -> Result<Self> {
+        init_logs();
+        let services = tokio::task::spawn_blocking(Services::start).await??;
+        let store = StoreConfig {
+            mongodb_uri: services.mongodb_uri.clone(),
+            redis_url: services.redis_url.clone(),
+            redis_key_prefix: "test".into(),
+            partitions: 4,
+        };
+        let api_config = ApiConfig {
+            store: store.clone(),
+            host: "127.0.0.1".into(),
+            port: 0,
+            batch_size: options.batch_size,
+            max_body_bytes: options.max_body_bytes,
+            max_records_per_action: options.max_records_per_action,
+        };
+        let state = AppState::connect(&api_config).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base_url = format!("http://{}", listener.local_addr()?);
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let handle = tokio::spawn(async move {
+            if let Err(error) = api::serve(listener, state, token).await {
+                eprintln!("api stopped with error: {error}");
+            }
+        });
+        let database = infra::mongo::connect(&services.mongodb_uri, "bulk-tests").await?;
+        let mut app = TestApp {
+            services,
+            base_url,
+            http: reqwest::Client::new(),
+            database,
+            store,
+            options: options.clone(),
+            api: Running { shutdown, handle },
+            consumers: Vec::new(),
+            projector: None,
+        };
+        for _ in 0..options.consumers {
+            app.start_consumer();
+        }
+        app.start_projector();
+        Ok(app)
+    }
+
+    pub fn consumer_config(&self, name: String) -> ConsumerConfig {
+        ConsumerConfig {
+            store: self.store.clone(),
+            concurrency: 2,
+            name: Some(name),
+            block_ms: 200,
+            claim_idle_ms: 5_000,
+            statements_per_command: 32,
+            scheduler_tick_ms: 50,
+        }
+    }
+
+    pub fn start_consumer(&mut self) {
+        let config = self.consumer_config(format!("test-consumer-{}", self.consumers.len()));
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let handle = tokio::spawn(async move {
+            if let Err(error) = consumer::run(config, token).await {
+                eprintln!("consumer stopped with error: {error}");
+            }
+        });
+        self.consumers.push(Running { shutdown, handle });
+    }
+
+    pub async fn stop_consumers(&mut self) {
+        for running in self.consumers.drain(..) {
+            running.shutdown.cancel();
+            let _ = running.handle.await;
+        }
+    }
+
+    pub fn projector_config(&self) -> ProjectorConfig {
+        ProjectorConfig {
+            store: self.store.clone(),
+            name: "test-projector".into(),
+            block_ms: 200,
+            feed_batch: 256,
+        }
+    }
+
+    pub fn start_projector(&mut self) {
+        let config = self.projector_config();
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let handle = tokio::spawn(async move {
+            if let Err(error) = projector::run(config, token).await {
+                eprintln!("projector stopped with error: {error}");
+            }
+        });
+        self.projector = Some(Running { shutdown, handle });
+    }
+
+    pub async fn stop_projector(&mut self) {
+        if let Some(running) = self.projector.take() {
+            running.shutdown.cancel();
+            let _ = running.handle.await;
+        }
+    }
+
+    pub fn options(&self) -> &AppOptions {
+        &self.options
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Result<(u16, Value)> {
+        let response = self.http.post(self.url(path)).json(body).send().await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
+    }
+
+    pub async fn post_raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> Result<(u16, Value)> {
+        let response = self
+            .http
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
+    }
+
+    pub async fn get_json(&self, path: &str) -> Result<(u16, Value)> {
+        let response = self.http.get(self.url(path)).send().await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// Submits an action and returns its id; fails unless the api answered 202.
+    pub async fn submit(&self, body: &Value) -> Result<String> {
+        let (status, view) = self.post_json("/bulk-actions", body).await?;
+        if status != 202 {
+            bail!("expected 202, got {status}: {view}");
+        }
+        view["actionId"].as_str().map(str::to_owned).context("no actionId")
+    }
+
+    /// Waits until the action's projected view (the list, not the read-your-writes path)
+    /// says it is terminal, so that stats, logs and list are all settled.
+    pub async fn wait_projected_terminal(&self, action_id: &str, timeout: Duration) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let view = self
+                .database
+                .collection::<Document>(infra::mongo::ACTION_VIEWS)
+                .find_one(mongodb::bson::doc! { "_id": action_id })
+                .await?;
+            if let Some(view) = view {
+                let status = view.get_str("status").unwrap_or_default();
+                if matches!(status, "completed" | "failed" | "cancelled") {
+                    let (code, body) = self.get_json(&format!("/bulk-actions/{action_id}")).await?;
+                    if code == 200 {
+                        return Ok(body);
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                let (_, body) = self.get_json(&format!("/bulk-actions/{action_id}")).await?;
+                bail!("action {action_id} not terminal after {timeout:?}: {body}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every log line of an action, following cursors.
+    pub async fn all_logs(&self, action_id: &str) -> Result<Vec<Value>> {
+        let mut lines = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                None => format!("/bulk-actions/{action_id}/logs?limit=1000"),
+                Some(cursor) => format!("/bulk-actions/{action_id}/logs?limit=1000&cursor={cursor}"),
+            };
+            let (status, page) = self.get_json(&path).await?;
+            if status != 200 {
+                bail!("logs returned {status}: {page}");
+            }
+            lines.extend(page["items"].as_array().cloned().unwrap_or_default());
+            match page["nextCursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => return Ok(lines),
+            }
+        }
+    }
+
+    pub fn contacts(&self) -> mongodb::Collection<Document> {
+        self.database.collection(infra::mongo::CONTACTS)
+    }
+
+    pub async fn replay(&self) -> Result<projector::ReplayReport> {
+        Ok(projector::replay(&self.projector_config()).await?)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.api.shutdown.cancel();
+        for running in &self.consumers {
+            running.shutdown.cancel();
+        }
+        if let Some(running) = &self.projector {
+            running.shutdown.cancel();
+        }
+    }
+}
+
+fn init_logs() {
+    if std::env::var("RUST_LOG").is_ok() {
+        infra::telemetry::init("tests");
+    }
+}

@@ -1,0 +1,209 @@
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tempfile::TempDir;
+
+/// One private set of Redis, PostgreSQL and FerretDB processes.
+pub struct Services {
+    pub redis_url: String,
+    pub mongodb_uri: String,
+    pub redis_port: u16,
+    redis: Option<Child>,
+    postgres: Option<Child>,
+    ferretdb: Option<Child>,
+    dir: TempDir,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_for_port(port: u16, what: &str, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    bail!("{what} did not listen on port {port} within {timeout:?}")
+}
+
+fn binary(env: &str, fallbacks: &[PathBuf]) -> Result<PathBuf> {
+    if let Ok(path) = std::env::var(env) {
+        return Ok(PathBuf::from(path));
+    }
+    fallbacks
+        .iter()
+        .find(|path| path.exists())
+        .cloned()
+        .with_context(|| format!("set {env} or run scripts/deps.sh (looked in {fallbacks:?})"))
+}
+
+fn which(name: &str) -> Vec<PathBuf> {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).map(|dir| dir.join(name)).collect())
+        .unwrap_or_default()
+}
+
+fn postgres_bin_dir() -> Result<PathBuf> {
+    if let Ok(dir) = std::env::var("PG_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .context("PostgreSQL not found: run scripts/deps.sh or set PG_BIN_DIR")?
+        .filter_map(|entry| entry.ok().map(|e| e.path().join("bin")))
+        .filter(|bin| bin.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions.pop().context("no PostgreSQL version with initdb found")
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|out| out.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
+/// PostgreSQL refuses to run as root; as root, run it as the `postgres` user. `setpriv`
+/// execs (no fork), so killing the child kills PostgreSQL itself.
+fn as_postgres(program: &Path) -> Command {
+    if is_root() {
+        let mut command = Command::new("setpriv");
+        command
+            .args(["--reuid=postgres", "--regid=postgres", "--clear-groups", "--"])
+            .arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+impl Services {
+    pub fn start() -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("bulk-test-").tempdir()?;
+        let mut services = Services {
+            redis_url: String::new(),
+            mongodb_uri: String::new(),
+            redis_port: 0,
+            redis: None,
+            postgres: None,
+            ferretdb: None,
+            dir,
+        };
+        services.start_redis(free_port()?)?;
+        services.start_postgres_and_ferretdb()?;
+        Ok(services)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn start_redis(&mut self, port: u16) -> Result<()> {
+        let redis_server = binary("REDIS_SERVER_BIN", &which("redis-server"))?;
+        let data = self.dir.path().join("redis");
+        std::fs::create_dir_all(&data)?;
+        let child = Command::new(redis_server)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "everysec"])
+            .arg("--dir")
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting redis-server")?;
+        self.redis = Some(child);
+        wait_for_port(port, "redis-server", Duration::from_secs(10))?;
+        self.redis_port = port;
+        self.redis_url = format!("redis://127.0.0.1:{port}");
+        Ok(())
+    }
+
+    fn start_postgres_and_ferretdb(&mut self) -> Result<()> {
+        let pg_bin = postgres_bin_dir()?;
+        let pg_dir = self.dir.path().join("postgres");
+        std::fs::create_dir_all(&pg_dir)?;
+        if is_root() {
+            let status = Command::new("chown").arg("-R").arg("postgres").arg(self.dir.path()).status()?;
+            if !status.success() {
+                bail!("chown postgres failed");
+            }
+        }
+        let data = pg_dir.join("data");
+        let initdb = as_postgres(&pg_bin.join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-A", "trust", "-U", "postgres", "--no-sync"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .context("running initdb")?;
+        if !initdb.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&initdb.stderr));
+        }
+        let pg_port = free_port()?;
+        let postgres = as_postgres(&pg_bin.join("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &pg_port.to_string(), "-k"])
+            .arg(&pg_dir)
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .args(["-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
+            .args(["-c", "max_connections=500"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting postgres")?;
+        self.postgres = Some(postgres);
+        wait_for_port(pg_port, "postgres", Duration::from_secs(20))?;
+
+        let ferretdb_bin = binary(
+            "FERRETDB_BIN",
+            &[which("ferretdb"), vec![go_bin().join("ferretdb")]].concat(),
+        )?;
+        let port = free_port()?;
+        let ferretdb = Command::new(ferretdb_bin)
+            .arg(format!("--listen-addr=127.0.0.1:{port}"))
+            .arg("--handler=postgresql")
+            // FerretDB holds a backend connection per statement of a command: give it room.
+            .arg(format!("--postgresql-url=postgres://postgres@127.0.0.1:{pg_port}/postgres?pool_max_conns=400"))
+            .args(["--debug-addr=-", "--telemetry=disable", "--log-level=error"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting ferretdb")?;
+        self.ferretdb = Some(ferretdb);
+        wait_for_port(port, "ferretdb", Duration::from_secs(20))?;
+        self.mongodb_uri = format!("mongodb://127.0.0.1:{port}/crm-bulk-actions");
+        Ok(())
+    }
+
+    /// SIGKILLs redis-server and starts it again on the same port and data (AOF).
+    pub fn restart_redis(&mut self) -> Result<()> {
+        if let Some(mut child) = self.redis.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.start_redis(self.redis_port)
+    }
+}
+
+fn go_bin() -> PathBuf {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    PathBuf::from(std::env::var("GOPATH").unwrap_or_else(|_| format!("{home}/go"))).join("bin")
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        for child in [&mut self.ferretdb, &mut self.postgres, &mut self.redis].into_iter().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
