@@ -53,7 +53,11 @@ impl ApiError {
     }
 
     pub fn action_not_found() -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", "no bulk action with this id")
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no bulk action with this id",
+        )
     }
 
     pub fn status(&self) -> StatusCode {

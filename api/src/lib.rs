@@ -98,16 +98,25 @@ pub fn router(state: AppState) -> Router {
     use routes::{actions, health, logs};
     let max_body = state.config.max_body_bytes;
     Router::new()
-        .route("/bulk-actions", get(actions::list_actions).post(actions::submit))
+        .route(
+            "/bulk-actions",
+            get(actions::list_actions).post(actions::submit),
+        )
         .route("/bulk-actions/{action_id}", get(actions::get_action))
         .route("/bulk-actions/{action_id}/stats", get(actions::get_stats))
         .route("/bulk-actions/{action_id}/logs", get(logs::get_logs))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::openapi_json))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such endpoint") })
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such endpoint")
+        })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this endpoint",
+            )
         })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(TraceLayer::new_for_http())
@@ -122,7 +131,11 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves until `shutdown` is cancelled, then drains in-flight requests.
-pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> Result<(), ApiStartError> {
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> Result<(), ApiStartError> {
     let address: SocketAddr = listener.local_addr()?;
     tracing::info!(%address, "api listening");
     axum::serve(listener, router(state))

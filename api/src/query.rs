@@ -14,9 +14,11 @@ impl QueryParams {
         let mut params = HashMap::new();
         for (name, value) in pairs {
             if !allowed.contains(&name.as_str()) {
-                return Err(invalid(&name, "is not a known parameter").with_details(json!({
-                    "parameter": name, "allowed": allowed,
-                })));
+                return Err(
+                    invalid(&name, "is not a known parameter").with_details(json!({
+                        "parameter": name, "allowed": allowed,
+                    })),
+                );
             }
             if params.insert(name.clone(), value).is_some() {
                 return Err(invalid(&name, "is given more than once"));
@@ -29,10 +31,16 @@ impl QueryParams {
         self.0.get(name).map(String::as_str)
     }
 
-    pub fn parsed<T>(&self, name: &str, parse: impl FnOnce(&str) -> Option<T>) -> Result<Option<T>, ApiError> {
+    pub fn parsed<T>(
+        &self,
+        name: &str,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Result<Option<T>, ApiError> {
         match self.text(name) {
             None => Ok(None),
-            Some(raw) => parse(raw).map(Some).ok_or_else(|| invalid(name, "has an invalid value")),
+            Some(raw) => parse(raw)
+                .map(Some)
+                .ok_or_else(|| invalid(name, "has an invalid value")),
         }
     }
 
@@ -42,13 +50,19 @@ impl QueryParams {
             None => Ok(default),
             Some(raw) => match raw.parse::<u64>() {
                 Ok(value) if value >= min => Ok(value.min(max)),
-                _ => Err(invalid(name, &format!("must be an integer of at least {min}"))),
+                _ => Err(invalid(
+                    name,
+                    &format!("must be an integer of at least {min}"),
+                )),
             },
         }
     }
 }
 
 pub fn invalid(name: &str, problem: &str) -> ApiError {
-    ApiError::bad_request("invalid_query", format!("query parameter {name:?} {problem}"))
-        .with_details(json!({ "parameter": name }))
+    ApiError::bad_request(
+        "invalid_query",
+        format!("query parameter {name:?} {problem}"),
+    )
+    .with_details(json!({ "parameter": name }))
 }

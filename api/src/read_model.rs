@@ -17,7 +17,10 @@ use crate::AppState;
 
 const TAIL_FOLD_LIMIT: usize = 64;
 
-pub async fn action_view(state: &AppState, action: ActionId) -> Result<Option<ActionView>, ApiError> {
+pub async fn action_view(
+    state: &AppState,
+    action: ActionId,
+) -> Result<Option<ActionView>, ApiError> {
     let stored = state
         .database
         .collection::<StoredActionView>(ACTION_VIEWS)
@@ -31,7 +34,10 @@ pub async fn action_view(state: &AppState, action: ActionId) -> Result<Option<Ac
         return Ok(stored.map(|stored| stored.view));
     }
     let checkpoint = stored.as_ref().map(|stored| stored.checkpoint.clone());
-    let tail = state.store.read(action, checkpoint.as_deref(), TAIL_FOLD_LIMIT).await?;
+    let tail = state
+        .store
+        .read(action, checkpoint.as_deref(), TAIL_FOLD_LIMIT)
+        .await?;
     let base = stored.map(|stored| stored.view);
     match fold(base.clone(), tail.iter().map(|event| &event.envelope)) {
         Ok(view) => Ok(view),

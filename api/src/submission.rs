@@ -48,34 +48,59 @@ pub struct ContactRecord {
     status: Option<String>,
 }
 
-const FIELDS: [&str; 5] = ["accountId", "entityType", "actionType", "data", "scheduledFor"];
+const FIELDS: [&str; 5] = [
+    "accountId",
+    "entityType",
+    "actionType",
+    "data",
+    "scheduledFor",
+];
 
 pub fn parse(body: &[u8], max_records: usize) -> Result<Submission, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|error| {
-        ApiError::bad_request("malformed_json", format!("request body is not valid JSON: {error}"))
-            .with_details(json!({ "line": error.line(), "column": error.column() }))
+        ApiError::bad_request(
+            "malformed_json",
+            format!("request body is not valid JSON: {error}"),
+        )
+        .with_details(json!({ "line": error.line(), "column": error.column() }))
     })?;
     let Value::Object(object) = value else {
-        return Err(ApiError::bad_request("invalid_body", "request body must be a JSON object"));
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "request body must be a JSON object",
+        ));
     };
     if let Some(unknown) = object.keys().find(|key| !FIELDS.contains(&key.as_str())) {
-        return Err(ApiError::bad_request("unknown_field", format!("unknown field {unknown:?}"))
-            .with_details(json!({ "field": unknown, "allowed": FIELDS })));
+        return Err(
+            ApiError::bad_request("unknown_field", format!("unknown field {unknown:?}"))
+                .with_details(json!({ "field": unknown, "allowed": FIELDS })),
+        );
     }
 
     let account_raw = required_string(&object, "accountId")?;
-    let account_id = AccountId::parse(account_raw).map_err(|error| invalid_field("accountId", error.to_string()))?;
+    let account_id = AccountId::parse(account_raw)
+        .map_err(|error| invalid_field("accountId", error.to_string()))?;
 
     let entity_raw = required_string(&object, "entityType")?;
     let entity_type = EntityType::parse(entity_raw).ok_or_else(|| {
-        ApiError::bad_request("unsupported_entity_type", format!("entityType {entity_raw:?} is not supported"))
-            .with_details(json!({ "field": "entityType", "supported": EntityType::ALL.map(|t| t.as_str()) }))
+        ApiError::bad_request(
+            "unsupported_entity_type",
+            format!("entityType {entity_raw:?} is not supported"),
+        )
+        .with_details(
+            json!({ "field": "entityType", "supported": EntityType::ALL.map(|t| t.as_str()) }),
+        )
     })?;
 
     let action_raw = required_string(&object, "actionType")?;
     let action_type = ActionType::parse(action_raw).ok_or_else(|| {
-        ApiError::bad_request("unsupported_action_type", format!("actionType {action_raw:?} is not supported"))
-            .with_details(json!({ "field": "actionType", "supported": ActionType::ALL.map(|t| t.as_str()) }))
+        ApiError::bad_request(
+            "unsupported_action_type",
+            format!("actionType {action_raw:?} is not supported"),
+        )
+        .with_details(
+            json!({ "field": "actionType", "supported": ActionType::ALL.map(|t| t.as_str()) }),
+        )
     })?;
 
     let data = match object.get("data") {
@@ -84,7 +109,10 @@ pub fn parse(body: &[u8], max_records: usize) -> Result<Submission, ApiError> {
         Some(_) => return Err(invalid_field("data", "data must be an array of records")),
     };
     if data.is_empty() {
-        return Err(ApiError::bad_request("empty_data", "data must contain at least one record"));
+        return Err(ApiError::bad_request(
+            "empty_data",
+            "data must contain at least one record",
+        ));
     }
     if data.len() > max_records {
         return Err(ApiError::bad_request(
@@ -104,8 +132,11 @@ pub fn parse(body: &[u8], max_records: usize) -> Result<Submission, ApiError> {
             .with_details(json!({ "field": "scheduledFor" }))
         })?),
         Some(_) => {
-            return Err(ApiError::bad_request("invalid_scheduled_for", "scheduledFor must be a string")
-                .with_details(json!({ "field": "scheduledFor" })))
+            return Err(ApiError::bad_request(
+                "invalid_scheduled_for",
+                "scheduledFor must be a string",
+            )
+            .with_details(json!({ "field": "scheduledFor" })))
         }
     };
 
@@ -123,7 +154,10 @@ pub fn parse(body: &[u8], max_records: usize) -> Result<Submission, ApiError> {
     })
 }
 
-fn required_string<'a>(object: &'a Map<String, Value>, field: &'static str) -> Result<&'a str, ApiError> {
+fn required_string<'a>(
+    object: &'a Map<String, Value>,
+    field: &'static str,
+) -> Result<&'a str, ApiError> {
     match object.get(field) {
         None | Some(Value::Null) => Err(missing_field(field)),
         Some(Value::String(text)) => Ok(text),
@@ -132,7 +166,8 @@ fn required_string<'a>(object: &'a Map<String, Value>, field: &'static str) -> R
 }
 
 fn missing_field(field: &'static str) -> ApiError {
-    ApiError::bad_request("missing_field", format!("{field} is required")).with_details(json!({ "field": field }))
+    ApiError::bad_request("missing_field", format!("{field} is required"))
+        .with_details(json!({ "field": field }))
 }
 
 fn invalid_field(field: &'static str, message: impl Into<String>) -> ApiError {
@@ -159,7 +194,10 @@ mod tests {
         assert_eq!(code(r#"{"entityType":"contact"}"#), "missing_field");
         assert_eq!(code(r#"{"accountId":5}"#), "invalid_field");
         assert_eq!(code(r#"{"accountId":"a b"}"#), "invalid_field");
-        assert_eq!(code(r#"{"accountId":"a","entityType":"deal"}"#), "unsupported_entity_type");
+        assert_eq!(
+            code(r#"{"accountId":"a","entityType":"deal"}"#),
+            "unsupported_entity_type"
+        );
         assert_eq!(
             code(r#"{"accountId":"a","entityType":"contact","actionType":"merge"}"#),
             "unsupported_action_type"
@@ -169,11 +207,15 @@ mod tests {
             "empty_data"
         );
         assert_eq!(
-            code(r#"{"accountId":"a","entityType":"contact","actionType":"update","data":[1,2,3,4,5,6,7,8,9,10,11]}"#),
+            code(
+                r#"{"accountId":"a","entityType":"contact","actionType":"update","data":[1,2,3,4,5,6,7,8,9,10,11]}"#
+            ),
             "too_many_records"
         );
         assert_eq!(
-            code(r#"{"accountId":"a","entityType":"contact","actionType":"update","data":[1],"scheduledFor":"soon"}"#),
+            code(
+                r#"{"accountId":"a","entityType":"contact","actionType":"update","data":[1],"scheduledFor":"soon"}"#
+            ),
             "invalid_scheduled_for"
         );
         assert_eq!(code(r#"{"accountId":"a","$where":"1"}"#), "unknown_field");

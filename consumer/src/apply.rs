@@ -15,7 +15,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use domain::{AccountId, ActionType, Batch, ContactChange, OutcomeCode, PlannedRecord, RecordOutcome};
+use domain::{
+    AccountId, ActionType, Batch, ContactChange, OutcomeCode, PlannedRecord, RecordOutcome,
+};
 use futures::TryStreamExt;
 use infra::mongo::CONTACTS;
 use mongodb::bson::{doc, Bson, DateTime, Document};
@@ -62,9 +64,18 @@ impl ContactWriter {
         }
     }
 
-    async fn update(&self, account: &AccountId, batch: &Batch, now: DateTime) -> Result<Vec<RecordOutcome>, ApplyError> {
+    async fn update(
+        &self,
+        account: &AccountId,
+        batch: &Batch,
+        now: DateTime,
+    ) -> Result<Vec<RecordOutcome>, ApplyError> {
         let existing = self.existing_emails(account, &batch.records).await?;
-        let present: Vec<&PlannedRecord> = batch.records.iter().filter(|r| existing.contains(email_of(r))).collect();
+        let present: Vec<&PlannedRecord> = batch
+            .records
+            .iter()
+            .filter(|r| existing.contains(email_of(r)))
+            .collect();
         self.set_fields(account, &present, now).await?;
         Ok(batch
             .records
@@ -81,10 +92,17 @@ impl ContactWriter {
 
     /// Existing contacts are updated, the others inserted. An insert that collides with a
     /// contact created meanwhile (by another action) is retried as an update.
-    async fn upsert(&self, account: &AccountId, batch: &Batch, now: DateTime) -> Result<Vec<RecordOutcome>, ApplyError> {
+    async fn upsert(
+        &self,
+        account: &AccountId,
+        batch: &Batch,
+        now: DateTime,
+    ) -> Result<Vec<RecordOutcome>, ApplyError> {
         let existing = self.existing_emails(account, &batch.records).await?;
-        let (present, missing): (Vec<&PlannedRecord>, Vec<&PlannedRecord>) =
-            batch.records.iter().partition(|r| existing.contains(email_of(r)));
+        let (present, missing): (Vec<&PlannedRecord>, Vec<&PlannedRecord>) = batch
+            .records
+            .iter()
+            .partition(|r| existing.contains(email_of(r)));
         let refused = self.insert(account, &missing, now).await?;
         let mut collided = Vec::new();
         for (position, (code, message)) in &refused {
@@ -110,7 +128,12 @@ impl ContactWriter {
             .collect())
     }
 
-    async fn create(&self, account: &AccountId, batch: &Batch, now: DateTime) -> Result<Vec<RecordOutcome>, ApplyError> {
+    async fn create(
+        &self,
+        account: &AccountId,
+        batch: &Batch,
+        now: DateTime,
+    ) -> Result<Vec<RecordOutcome>, ApplyError> {
         let records: Vec<&PlannedRecord> = batch.records.iter().collect();
         let refused = self.insert(account, &records, now).await?;
         Ok(records
@@ -128,7 +151,11 @@ impl ContactWriter {
             .collect())
     }
 
-    async fn delete(&self, account: &AccountId, batch: &Batch) -> Result<Vec<RecordOutcome>, ApplyError> {
+    async fn delete(
+        &self,
+        account: &AccountId,
+        batch: &Batch,
+    ) -> Result<Vec<RecordOutcome>, ApplyError> {
         let existing = self.existing_emails(account, &batch.records).await?;
         if !existing.is_empty() {
             let emails: Vec<&str> = existing.iter().map(String::as_str).collect();
@@ -153,9 +180,15 @@ impl ContactWriter {
         self.database.collection(CONTACTS)
     }
 
-    async fn existing_emails(&self, account: &AccountId, records: &[PlannedRecord]) -> Result<HashSet<String>, ApplyError> {
+    async fn existing_emails(
+        &self,
+        account: &AccountId,
+        records: &[PlannedRecord],
+    ) -> Result<HashSet<String>, ApplyError> {
         let emails: Vec<&str> = records.iter().map(email_of).collect();
-        let options = FindOptions::builder().projection(doc! { "_id": 0, "email": 1 }).build();
+        let options = FindOptions::builder()
+            .projection(doc! { "_id": 0, "email": 1 })
+            .build();
         let found: Vec<Document> = self
             .contacts()
             .find(doc! { "accountId": account.as_str(), "email": { "$in": emails } })
@@ -193,7 +226,10 @@ impl ContactWriter {
             match *error.kind {
                 ErrorKind::InsertMany(ref failure) if failure.write_concern_error.is_none() => {
                     for write_error in failure.write_errors.iter().flatten() {
-                        refused.insert(write_error.index, (write_error.code, write_error.message.clone()));
+                        refused.insert(
+                            write_error.index,
+                            (write_error.code, write_error.message.clone()),
+                        );
                     }
                 }
                 _ => return Err(error.into()),
@@ -205,12 +241,22 @@ impl ContactWriter {
     /// `$set`s each record's fields on its existing contact, one statement per distinct
     /// change. Every statement must match: a contact deleted meanwhile fails the attempt,
     /// and the retry's fresh `find` reports it as not found.
-    async fn set_fields(&self, account: &AccountId, records: &[&PlannedRecord], now: DateTime) -> Result<(), ApplyError> {
+    async fn set_fields(
+        &self,
+        account: &AccountId,
+        records: &[&PlannedRecord],
+        now: DateTime,
+    ) -> Result<(), ApplyError> {
         let mut groups: BTreeMap<Vec<u8>, (Document, Vec<&str>)> = BTreeMap::new();
         for record in records {
             let set = managed_fields(&record.change, now);
-            let group_key = mongodb::bson::to_vec(&set).map_err(|e| ApplyError::Refused(e.to_string()))?;
-            groups.entry(group_key).or_insert_with(|| (set, Vec::new())).1.push(email_of(record));
+            let group_key =
+                mongodb::bson::to_vec(&set).map_err(|e| ApplyError::Refused(e.to_string()))?;
+            groups
+                .entry(group_key)
+                .or_insert_with(|| (set, Vec::new()))
+                .1
+                .push(email_of(record));
         }
         let statements: Vec<(Document, i64)> = groups
             .into_values()
@@ -232,7 +278,10 @@ impl ContactWriter {
             .collect();
         for chunk in statements.chunks(self.statements_per_command.max(1)) {
             let expected: i64 = chunk.iter().map(|(_, expected)| expected).sum();
-            let updates: Vec<Document> = chunk.iter().map(|(statement, _)| statement.clone()).collect();
+            let updates: Vec<Document> = chunk
+                .iter()
+                .map(|(statement, _)| statement.clone())
+                .collect();
             let reply = self
                 .database
                 .run_command(doc! { "update": CONTACTS, "updates": updates, "ordered": false })
@@ -244,7 +293,9 @@ impl ContactWriter {
             }
             let matched = number(reply.get("n"));
             if matched < expected {
-                return Err(ApplyError::Refused(format!("update matched {matched} of {expected} contacts")));
+                return Err(ApplyError::Refused(format!(
+                    "update matched {matched} of {expected} contacts"
+                )));
             }
         }
         Ok(())

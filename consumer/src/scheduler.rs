@@ -26,9 +26,14 @@ async fn release_due(store: &EventStore) -> Result<(), infra::StoreError> {
     let now = infra::clock::now();
     let mut conn = store.connection();
     for partition in store.keys().partitions() {
-        let due =
-            infra::work::due_actions(&mut conn, store.keys(), partition, now.millis(), RELEASES_PER_TICK)
-                .await?;
+        let due = infra::work::due_actions(
+            &mut conn,
+            store.keys(),
+            partition,
+            now.millis(),
+            RELEASES_PER_TICK,
+        )
+        .await?;
         for action in due {
             if store.release(action, now).await? {
                 tracing::info!(%action, "scheduled action released");

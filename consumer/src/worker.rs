@@ -58,9 +58,16 @@ impl Worker {
                 last_claim = Instant::now();
                 self.claim_abandoned(&mut conn).await?;
             }
-            let entries =
-                work::read_group(&mut conn, &self.streams, CONSUMER_GROUP, &self.name, from, 1, self.block)
-                    .await?;
+            let entries = work::read_group(
+                &mut conn,
+                &self.streams,
+                CONSUMER_GROUP,
+                &self.name,
+                from,
+                1,
+                self.block,
+            )
+            .await?;
             if entries.is_empty() && from == ReadFrom::OwnPending {
                 from = ReadFrom::New;
                 continue;
@@ -72,11 +79,20 @@ impl Worker {
         Ok(())
     }
 
-    async fn claim_abandoned(&self, conn: &mut MultiplexedConnection) -> Result<(), infra::StoreError> {
+    async fn claim_abandoned(
+        &self,
+        conn: &mut MultiplexedConnection,
+    ) -> Result<(), infra::StoreError> {
         for stream in &self.streams {
-            let claimed =
-                work::claim_idle(conn, stream, CONSUMER_GROUP, &self.name, self.claim_idle, CLAIM_BATCH)
-                    .await?;
+            let claimed = work::claim_idle(
+                conn,
+                stream,
+                CONSUMER_GROUP,
+                &self.name,
+                self.claim_idle,
+                CLAIM_BATCH,
+            )
+            .await?;
             for entry in claimed {
                 tracing::info!(worker = %self.name, entry = %entry.id, "claimed abandoned work");
                 self.handle(conn, stream.clone(), &entry).await?;
@@ -93,12 +109,22 @@ impl Worker {
     ) -> Result<(), infra::StoreError> {
         let Some(item) = work::work_item(stream.clone(), entry) else {
             tracing::error!(%stream, entry = %entry.id, "dropping a malformed work entry");
-            return work::discard(conn, &stream, CONSUMER_GROUP, std::slice::from_ref(&entry.id)).await;
+            return work::discard(
+                conn,
+                &stream,
+                CONSUMER_GROUP,
+                std::slice::from_ref(&entry.id),
+            )
+            .await;
         };
         self.process(conn, &item).await
     }
 
-    async fn process(&self, conn: &mut MultiplexedConnection, item: &WorkItem) -> Result<(), infra::StoreError> {
+    async fn process(
+        &self,
+        conn: &mut MultiplexedConnection,
+        item: &WorkItem,
+    ) -> Result<(), infra::StoreError> {
         let Some(meta) = self.store.meta(item.action_id).await? else {
             tracing::error!(action = %item.action_id, "work for an unknown action; dropping it");
             return discard_item(conn, item).await;
@@ -109,7 +135,12 @@ impl Worker {
         };
         let started_at = infra::clock::now();
         self.store
-            .append_once(item.action_id, "started", &domain::EventPayload::Started {}, started_at)
+            .append_once(
+                item.action_id,
+                "started",
+                &domain::EventPayload::Started {},
+                started_at,
+            )
             .await?;
 
         let began = Instant::now();
@@ -117,7 +148,11 @@ impl Worker {
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                match self.writer.apply(&meta.account_id, meta.action_type, &batch).await {
+                match self
+                    .writer
+                    .apply(&meta.account_id, meta.action_type, &batch)
+                    .await
+                {
                     Ok(outcomes) => return Some(outcomes),
                     Err(error) if attempt < ATTEMPTS_PER_DELIVERY => {
                         let pause = backoff(attempt);
@@ -145,9 +180,14 @@ impl Worker {
 
 impl Worker {
     /// Runs `work` while keeping `item` claimed, so that a slow batch is not taken over.
-    async fn while_holding<T>(&self, item: &WorkItem, work: impl std::future::Future<Output = T>) -> T {
+    async fn while_holding<T>(
+        &self,
+        item: &WorkItem,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
         let mut conn = self.store.connection();
-        let mut heartbeat = tokio::time::interval((self.claim_idle / 3).max(Duration::from_millis(100)));
+        let mut heartbeat =
+            tokio::time::interval((self.claim_idle / 3).max(Duration::from_millis(100)));
         heartbeat.tick().await;
         tokio::pin!(work);
         loop {
@@ -163,8 +203,17 @@ impl Worker {
     }
 }
 
-async fn discard_item(conn: &mut MultiplexedConnection, item: &WorkItem) -> Result<(), infra::StoreError> {
-    work::discard(conn, &item.stream, CONSUMER_GROUP, std::slice::from_ref(&item.entry_id)).await
+async fn discard_item(
+    conn: &mut MultiplexedConnection,
+    item: &WorkItem,
+) -> Result<(), infra::StoreError> {
+    work::discard(
+        conn,
+        &item.stream,
+        CONSUMER_GROUP,
+        std::slice::from_ref(&item.entry_id),
+    )
+    .await
 }
 
 /// Capped exponential backoff with full jitter.

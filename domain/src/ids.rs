@@ -93,10 +93,19 @@ mod tests {
     #[test]
     fn account_id_rejects_operators_and_spaces() {
         assert_eq!(AccountId::parse(""), Err(AccountIdError::Empty));
-        assert_eq!(AccountId::parse("$where"), Err(AccountIdError::InvalidCharacter));
-        assert_eq!(AccountId::parse("a b"), Err(AccountIdError::InvalidCharacter));
+        assert_eq!(
+            AccountId::parse("$where"),
+            Err(AccountIdError::InvalidCharacter)
+        );
+        assert_eq!(
+            AccountId::parse("a b"),
+            Err(AccountIdError::InvalidCharacter)
+        );
         assert!(AccountId::parse("acme-corp_1:eu").is_ok());
-        assert_eq!(AccountId::parse(&"a".repeat(129)), Err(AccountIdError::TooLong));
+        assert_eq!(
+            AccountId::parse(&"a".repeat(129)),
+            Err(AccountIdError::TooLong)
+        );
     }
 
     #[test]

@@ -65,7 +65,10 @@ impl fmt::Display for Email {
 fn is_invisible_or_space(c: char) -> bool {
     c.is_whitespace()
         || c.is_control()
-        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{2060}' | '\u{FEFF}' | '\u{00AD}')
+        || matches!(
+            c,
+            '\u{200B}'..='\u{200F}' | '\u{2060}' | '\u{FEFF}' | '\u{00AD}'
+        )
 }
 
 /// Why a record was refused; becomes the record's failed outcome.
@@ -123,7 +126,10 @@ impl ContactChange {
         check_field_names(object)?;
         let email = match object.get("email") {
             None | Some(Value::Null) => {
-                return Err(RecordError::new(OutcomeCode::MissingEmail, "email is required"))
+                return Err(RecordError::new(
+                    OutcomeCode::MissingEmail,
+                    "email is required",
+                ))
             }
             Some(Value::String(raw)) => Email::parse(raw)?,
             Some(_) => {
@@ -230,8 +236,14 @@ mod tests {
 
     #[test]
     fn email_is_trimmed_and_lowercased() {
-        assert_eq!(Email::parse("  Ann@Example.COM ").unwrap().as_str(), "ann@example.com");
-        assert_eq!(Email::parse("Ünï@bücher.de").unwrap().as_str(), "ünï@bücher.de");
+        assert_eq!(
+            Email::parse("  Ann@Example.COM ").unwrap().as_str(),
+            "ann@example.com"
+        );
+        assert_eq!(
+            Email::parse("Ünï@bücher.de").unwrap().as_str(),
+            "ünï@bücher.de"
+        );
     }
 
     #[test]
@@ -255,8 +267,14 @@ mod tests {
     fn record_rules() {
         use ActionType::*;
         assert_eq!(code_of(json!([1]), Update), OutcomeCode::NotAnObject);
-        assert_eq!(code_of(json!({"name": "x"}), Upsert), OutcomeCode::MissingEmail);
-        assert_eq!(code_of(json!({"email": 5}), Upsert), OutcomeCode::InvalidType);
+        assert_eq!(
+            code_of(json!({"name": "x"}), Upsert),
+            OutcomeCode::MissingEmail
+        );
+        assert_eq!(
+            code_of(json!({"email": 5}), Upsert),
+            OutcomeCode::InvalidType
+        );
         assert_eq!(
             code_of(json!({"email": "a@b.co", "$set": {}}), Upsert),
             OutcomeCode::ForbiddenFieldName
@@ -289,7 +307,10 @@ mod tests {
             code_of(json!({"email": "a@b.co", "name": {"$gt": ""}}), Upsert),
             OutcomeCode::InvalidType
         );
-        assert_eq!(code_of(json!({"email": "a@b.co"}), Update), OutcomeCode::NoFieldsToUpdate);
+        assert_eq!(
+            code_of(json!({"email": "a@b.co"}), Update),
+            OutcomeCode::NoFieldsToUpdate
+        );
     }
 
     #[test]

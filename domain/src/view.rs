@@ -283,12 +283,18 @@ mod tests {
             EventPayload::Started {},
             EventPayload::BatchProcessed {
                 batch: 1,
-                outcomes: vec![outcome(2, OutcomeCode::Updated), outcome(3, OutcomeCode::NotFound)],
+                outcomes: vec![
+                    outcome(2, OutcomeCode::Updated),
+                    outcome(3, OutcomeCode::NotFound),
+                ],
                 applied_by: None,
             },
             EventPayload::BatchProcessed {
                 batch: 0,
-                outcomes: vec![outcome(0, OutcomeCode::Updated), outcome(1, OutcomeCode::Updated)],
+                outcomes: vec![
+                    outcome(0, OutcomeCode::Updated),
+                    outcome(1, OutcomeCode::Updated),
+                ],
                 applied_by: None,
             },
             EventPayload::Completed {},
@@ -329,7 +335,10 @@ mod tests {
         let view = fold(None, &events[..2]).unwrap();
         assert_eq!(
             apply_event(view, &events[3]),
-            Err(FoldError::Gap { expected: 3, got: 4 })
+            Err(FoldError::Gap {
+                expected: 3,
+                got: 4
+            })
         );
         assert!(matches!(
             apply_event(None, &events[1]),

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use domain::{
-    ActionId, ActionType, Batch, EntityType, EventEnvelope, EventPayload, RecordOutcome,
-    Timestamp, SCHEMA_VERSION,
+    ActionId, ActionType, Batch, EntityType, EventEnvelope, EventPayload, RecordOutcome, Timestamp,
+    SCHEMA_VERSION,
 };
 use redis::aio::ConnectionManager;
 use redis::streams::StreamRangeReply;
@@ -110,7 +110,11 @@ impl EventStore {
 
     /// Stores batch payloads where no consumer can see them yet. They expire unless
     /// `commit_action` follows.
-    pub async fn stage_batches(&self, action: ActionId, batches: &[Batch]) -> Result<(), StoreError> {
+    pub async fn stage_batches(
+        &self,
+        action: ActionId,
+        batches: &[Batch],
+    ) -> Result<(), StoreError> {
         let key = self.keys.batches(action);
         let mut conn = self.conn.clone();
         for chunk in batches.chunks(STAGE_CHUNK) {
@@ -147,7 +151,11 @@ impl EventStore {
             .arg(new.action_type.as_str())
             .arg(new.entity_type.as_str())
             .arg(new.batch_count)
-            .arg(new.start_at.map(|at| at.millis().to_string()).unwrap_or_default())
+            .arg(
+                new.start_at
+                    .map(|at| at.millis().to_string())
+                    .unwrap_or_default(),
+            )
             .arg(new.created_at.millis())
             .arg(SCHEMA_VERSION)
             .arg(new.events.len());
@@ -223,7 +231,11 @@ impl EventStore {
             .arg(completed.type_name())
             .arg(completed.data_json())
             .arg(settles.map(|item| item.batch).unwrap_or_default())
-            .arg(settles.map(|item| item.entry_id.as_str()).unwrap_or_default())
+            .arg(
+                settles
+                    .map(|item| item.entry_id.as_str())
+                    .unwrap_or_default(),
+            )
             .arg(CONSUMER_GROUP)
             .invoke_async(&mut self.conn.clone())
             .await?;
@@ -292,15 +304,25 @@ impl EventStore {
         Ok(Some(ActionMeta {
             account_id: domain::AccountId::parse(field("account")?)
                 .map_err(|_| corrupt("account"))?,
-            action_type: ActionType::parse(field("actionType")?).ok_or_else(|| corrupt("actionType"))?,
-            entity_type: EntityType::parse(field("entityType")?).ok_or_else(|| corrupt("entityType"))?,
+            action_type: ActionType::parse(field("actionType")?)
+                .ok_or_else(|| corrupt("actionType"))?,
+            entity_type: EntityType::parse(field("entityType")?)
+                .ok_or_else(|| corrupt("entityType"))?,
             head_seq: field("seq")?.parse().map_err(|_| corrupt("seq"))?,
         }))
     }
 
     /// A staged or queued batch; `None` once it has been applied and removed.
-    pub async fn load_batch(&self, action: ActionId, batch: u32) -> Result<Option<Batch>, StoreError> {
-        let raw: Option<String> = self.conn.clone().hget(self.keys.batches(action), batch).await?;
+    pub async fn load_batch(
+        &self,
+        action: ActionId,
+        batch: u32,
+    ) -> Result<Option<Batch>, StoreError> {
+        let raw: Option<String> = self
+            .conn
+            .clone()
+            .hget(self.keys.batches(action), batch)
+            .await?;
         raw.map(|json| serde_json::from_str(&json).map_err(StoreError::from))
             .transpose()
     }
@@ -320,18 +342,24 @@ impl EventStore {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let _: String = redis::cmd("PING").query_async(&mut self.conn.clone()).await?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut self.conn.clone())
+            .await?;
         Ok(())
     }
 }
 
-fn decode_event(action: ActionId, entry: redis::streams::StreamId) -> Result<StoredEvent, StoreError> {
+fn decode_event(
+    action: ActionId,
+    entry: redis::streams::StreamId,
+) -> Result<StoredEvent, StoreError> {
     let text = |name: &str| -> Result<String, StoreError> {
         entry.get::<String>(name).ok_or_else(|| {
             StoreError::Corrupt(format!("event {} of {action} lacks {name}", entry.id))
         })
     };
-    let corrupt = |name: &str| StoreError::Corrupt(format!("event {} of {action}: bad {name}", entry.id));
+    let corrupt =
+        |name: &str| StoreError::Corrupt(format!("event {} of {action}: bad {name}", entry.id));
     let schema_version: u16 = text("v")?.parse().map_err(|_| corrupt("v"))?;
     let envelope = EventEnvelope {
         event_id: text("id")?.parse().map_err(|_| corrupt("id"))?,

@@ -62,7 +62,9 @@ pub async fn read_group<C: ConnectionLike + Send + Sync>(
     count: usize,
     block: Duration,
 ) -> Result<Vec<(String, StreamId)>, StoreError> {
-    let mut options = StreamReadOptions::default().group(group, consumer).count(count);
+    let mut options = StreamReadOptions::default()
+        .group(group, consumer)
+        .count(count);
     let start = match from {
         ReadFrom::OwnPending => "0",
         ReadFrom::New => {
@@ -79,7 +81,9 @@ pub async fn read_group<C: ConnectionLike + Send + Sync>(
                 .into_iter()
                 .flat_map(|key| {
                     let stream = key.key;
-                    key.ids.into_iter().map(move |entry| (stream.clone(), entry))
+                    key.ids
+                        .into_iter()
+                        .map(move |entry| (stream.clone(), entry))
                 })
                 .collect()
         })

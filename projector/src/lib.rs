@@ -69,9 +69,16 @@ async fn connect(config: &ProjectorConfig) -> Result<(EventStore, Database), Pro
 }
 
 /// Follows the feeds until `shutdown` is cancelled.
-pub async fn run(config: ProjectorConfig, shutdown: CancellationToken) -> Result<(), ProjectorError> {
+pub async fn run(
+    config: ProjectorConfig,
+    shutdown: CancellationToken,
+) -> Result<(), ProjectorError> {
     let (store, database) = connect(&config).await?;
-    let feeds = store.keys().partitions().map(|p| store.keys().feed(p)).collect();
+    let feeds = store
+        .keys()
+        .partitions()
+        .map(|p| store.keys().feed(p))
+        .collect();
     let projector = Projector {
         store,
         database,

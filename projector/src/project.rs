@@ -42,14 +42,9 @@ pub async fn project_action(
             view = apply_event(view, &event.envelope)?;
             if event.envelope.seq > previous_seq {
                 if let Some(folded) = &view {
-                    log_lines.extend(
-                        event
-                            .envelope
-                            .payload
-                            .record_outcomes()
-                            .iter()
-                            .map(|outcome| StoredLogEntry::new(action, folded.account_id.as_str(), outcome)),
-                    );
+                    log_lines.extend(event.envelope.payload.record_outcomes().iter().map(
+                        |outcome| StoredLogEntry::new(action, folded.account_id.as_str(), outcome),
+                    ));
                 }
             }
         }
@@ -124,7 +119,9 @@ async fn write_view(
 
 fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
     match *error.kind {
-        ErrorKind::Write(mongodb::error::WriteFailure::WriteError(ref e)) => e.code == DUPLICATE_KEY,
+        ErrorKind::Write(mongodb::error::WriteFailure::WriteError(ref e)) => {
+            e.code == DUPLICATE_KEY
+        }
         ErrorKind::Command(ref e) => e.code == DUPLICATE_KEY,
         _ => false,
     }

@@ -171,7 +171,12 @@ impl TestApp {
         Ok((status, response.json().await.unwrap_or(Value::Null)))
     }
 
-    pub async fn post_raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> Result<(u16, Value)> {
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, Value)> {
         let response = self
             .http
             .post(self.url(path))
@@ -195,12 +200,19 @@ impl TestApp {
         if status != 202 {
             bail!("expected 202, got {status}: {view}");
         }
-        view["actionId"].as_str().map(str::to_owned).context("no actionId")
+        view["actionId"]
+            .as_str()
+            .map(str::to_owned)
+            .context("no actionId")
     }
 
     /// Waits until the action's projected view (the list, not the read-your-writes path)
     /// says it is terminal, so that stats, logs and list are all settled.
-    pub async fn wait_projected_terminal(&self, action_id: &str, timeout: Duration) -> Result<Value> {
+    pub async fn wait_projected_terminal(
+        &self,
+        action_id: &str,
+        timeout: Duration,
+    ) -> Result<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let view = self
@@ -232,7 +244,9 @@ impl TestApp {
         loop {
             let path = match &cursor {
                 None => format!("/bulk-actions/{action_id}/logs?limit=1000"),
-                Some(cursor) => format!("/bulk-actions/{action_id}/logs?limit=1000&cursor={cursor}"),
+                Some(cursor) => {
+                    format!("/bulk-actions/{action_id}/logs?limit=1000&cursor={cursor}")
+                }
             };
             let (status, page) = self.get_json(&path).await?;
             if status != 200 {

@@ -45,7 +45,11 @@ fn binary(env: &str, fallbacks: &[PathBuf]) -> Result<PathBuf> {
 
 fn which(name: &str) -> Vec<PathBuf> {
     std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).map(|dir| dir.join(name)).collect())
+        .map(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(name))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -59,7 +63,9 @@ fn postgres_bin_dir() -> Result<PathBuf> {
         .filter(|bin| bin.join("initdb").exists())
         .collect();
     versions.sort();
-    versions.pop().context("no PostgreSQL version with initdb found")
+    versions
+        .pop()
+        .context("no PostgreSQL version with initdb found")
 }
 
 fn is_root() -> bool {
@@ -76,7 +82,12 @@ fn as_postgres(program: &Path) -> Command {
     if is_root() {
         let mut command = Command::new("setpriv");
         command
-            .args(["--reuid=postgres", "--regid=postgres", "--clear-groups", "--"])
+            .args([
+                "--reuid=postgres",
+                "--regid=postgres",
+                "--clear-groups",
+                "--",
+            ])
             .arg(program);
         command
     } else {
@@ -110,7 +121,14 @@ impl Services {
         let data = self.dir.path().join("redis");
         std::fs::create_dir_all(&data)?;
         let child = Command::new(redis_server)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
             .args(["--appendonly", "yes", "--appendfsync", "everysec"])
             .arg("--dir")
             .arg(&data)
@@ -130,7 +148,11 @@ impl Services {
         let pg_dir = self.dir.path().join("postgres");
         std::fs::create_dir_all(&pg_dir)?;
         if is_root() {
-            let status = Command::new("chown").arg("-R").arg("postgres").arg(self.dir.path()).status()?;
+            let status = Command::new("chown")
+                .arg("-R")
+                .arg("postgres")
+                .arg(self.dir.path())
+                .status()?;
             if !status.success() {
                 bail!("chown postgres failed");
             }
@@ -201,7 +223,10 @@ fn go_bin() -> PathBuf {
 
 impl Drop for Services {
     fn drop(&mut self) {
-        for child in [&mut self.ferretdb, &mut self.postgres, &mut self.redis].into_iter().flatten() {
+        for child in [&mut self.ferretdb, &mut self.postgres, &mut self.redis]
+            .into_iter()
+            .flatten()
+        {
             let _ = child.kill();
             let _ = child.wait();
         }

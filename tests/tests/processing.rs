@@ -17,18 +17,28 @@ fn action(account: &str, action_type: &str, data: Value) -> Value {
 }
 
 async fn contact(app: &TestApp, account: &str, email: &str) -> Result<Option<Document>> {
-    Ok(app.contacts().find_one(doc! { "accountId": account, "email": email }).await?)
+    Ok(app
+        .contacts()
+        .find_one(doc! { "accountId": account, "email": email })
+        .await?)
 }
 
 fn codes(logs: &[Value]) -> BTreeMap<u64, String> {
     logs.iter()
-        .map(|line| (line["index"].as_u64().unwrap_or(u64::MAX), line["code"].as_str().unwrap_or("").to_owned()))
+        .map(|line| {
+            (
+                line["index"].as_u64().unwrap_or(u64::MAX),
+                line["code"].as_str().unwrap_or("").to_owned(),
+            )
+        })
         .collect()
 }
 
 async fn all_docs(app: &TestApp, collection: &str) -> Result<Vec<Document>> {
     use futures::TryStreamExt;
-    let options = mongodb::options::FindOptions::builder().sort(doc! { "_id": 1 }).build();
+    let options = mongodb::options::FindOptions::builder()
+        .sort(doc! { "_id": 1 })
+        .build();
     Ok(app
         .database
         .collection::<Document>(collection)
@@ -53,83 +63,173 @@ async fn every_action_type_changes_exactly_the_contacts_it_should() -> Result<()
         .await?;
 
     let created = app
-        .submit(&action("acme", "create", json!([
-            { "email": "Ann@X.io", "name": "Ann", "age": 30, "status": "lead" },
-            { "email": "legacy@x.io", "name": "Must not overwrite" },
-            { "email": "bob@x.io", "name": "Bob" },
-        ])))
+        .submit(&action(
+            "acme",
+            "create",
+            json!([
+                { "email": "Ann@X.io", "name": "Ann", "age": 30, "status": "lead" },
+                { "email": "legacy@x.io", "name": "Must not overwrite" },
+                { "email": "bob@x.io", "name": "Bob" },
+            ]),
+        ))
         .await?;
     let view = app.wait_projected_terminal(&created, WAIT).await?;
-    assert_eq!((view["succeeded"].as_u64(), view["skipped"].as_u64()), (Some(2), Some(1)));
-    assert_eq!(codes(&app.all_logs(&created).await?), BTreeMap::from([
-        (0, "created".into()), (1, "already_exists".into()), (2, "created".into()),
-    ]));
-    let ann = contact(&app, "acme", "ann@x.io").await?.expect("ann created");
+    assert_eq!(
+        (view["succeeded"].as_u64(), view["skipped"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(
+        codes(&app.all_logs(&created).await?),
+        BTreeMap::from([
+            (0, "created".into()),
+            (1, "already_exists".into()),
+            (2, "created".into()),
+        ])
+    );
+    let ann = contact(&app, "acme", "ann@x.io")
+        .await?
+        .expect("ann created");
     assert_eq!(ann.get_str("name")?, "Ann");
     assert_eq!(ann.get_i64("age")?, 30);
     assert!(ann.get_datetime("createdAt").is_ok() && ann.get_datetime("updatedAt").is_ok());
-    assert_eq!(contact(&app, "acme", "legacy@x.io").await?.expect("legacy")
-        .get_str("name")?, "Old");
+    assert_eq!(
+        contact(&app, "acme", "legacy@x.io")
+            .await?
+            .expect("legacy")
+            .get_str("name")?,
+        "Old"
+    );
 
     let updated = app
-        .submit(&action("acme", "update", json!([
-            { "email": "LEGACY@x.io ", "status": "customer" },
-            { "email": "ann@x.io", "name": "Ann B." },
-            { "email": "nobody@x.io", "name": "Nobody" },
-        ])))
+        .submit(&action(
+            "acme",
+            "update",
+            json!([
+                { "email": "LEGACY@x.io ", "status": "customer" },
+                { "email": "ann@x.io", "name": "Ann B." },
+                { "email": "nobody@x.io", "name": "Nobody" },
+            ]),
+        ))
         .await?;
     let view = app.wait_projected_terminal(&updated, WAIT).await?;
-    assert_eq!((view["succeeded"].as_u64(), view["failed"].as_u64()), (Some(2), Some(1)));
+    assert_eq!(
+        (view["succeeded"].as_u64(), view["failed"].as_u64()),
+        (Some(2), Some(1))
+    );
     assert_eq!(view["byReason"], json!({ "not_found": 1 }));
     let legacy = contact(&app, "acme", "legacy@x.io").await?.expect("legacy");
-    assert_eq!(legacy.get_object_id("_id")?, legacy_id, "the _id is never rewritten");
+    assert_eq!(
+        legacy.get_object_id("_id")?,
+        legacy_id,
+        "the _id is never rewritten"
+    );
     assert_eq!(legacy.get_str("status")?, "customer");
-    assert_eq!(legacy.get_str("name")?, "Old", "fields not in the record are kept");
-    assert_eq!(legacy.get_document("crm")?, &doc! { "owner": "kim", "tags": ["vip"] }, "unmanaged fields are kept");
-    assert!(contact(&app, "acme", "nobody@x.io").await?.is_none(), "update never creates");
-    let other = contact(&app, "other", "legacy@x.io").await?.expect("other account's contact");
+    assert_eq!(
+        legacy.get_str("name")?,
+        "Old",
+        "fields not in the record are kept"
+    );
+    assert_eq!(
+        legacy.get_document("crm")?,
+        &doc! { "owner": "kim", "tags": ["vip"] },
+        "unmanaged fields are kept"
+    );
+    assert!(
+        contact(&app, "acme", "nobody@x.io").await?.is_none(),
+        "update never creates"
+    );
+    let other = contact(&app, "other", "legacy@x.io")
+        .await?
+        .expect("other account's contact");
     assert_eq!(other.get_str("name")?, "Other account");
-    assert!(other.get("status").is_none(), "another account is never touched");
+    assert!(
+        other.get("status").is_none(),
+        "another account is never touched"
+    );
 
     let upserted = app
-        .submit(&action("acme", "upsert", json!([
-            { "email": "ann@x.io", "age": 31 },
-            { "email": "new@x.io", "name": "New", "status": "lead" },
-        ])))
+        .submit(&action(
+            "acme",
+            "upsert",
+            json!([
+                { "email": "ann@x.io", "age": 31 },
+                { "email": "new@x.io", "name": "New", "status": "lead" },
+            ]),
+        ))
         .await?;
     app.wait_projected_terminal(&upserted, WAIT).await?;
-    assert_eq!(codes(&app.all_logs(&upserted).await?), BTreeMap::from([
-        (0, "updated".into()), (1, "created".into()),
-    ]));
+    assert_eq!(
+        codes(&app.all_logs(&upserted).await?),
+        BTreeMap::from([(0, "updated".into()), (1, "created".into()),])
+    );
     let ann = contact(&app, "acme", "ann@x.io").await?.expect("ann");
-    assert_eq!((ann.get_str("name")?, ann.get_i64("age")?, ann.get_str("status")?), ("Ann B.", 31, "lead"));
-    assert_eq!(contact(&app, "acme", "new@x.io").await?.expect("new").get_str("name")?, "New");
+    assert_eq!(
+        (
+            ann.get_str("name")?,
+            ann.get_i64("age")?,
+            ann.get_str("status")?
+        ),
+        ("Ann B.", 31, "lead")
+    );
+    assert_eq!(
+        contact(&app, "acme", "new@x.io")
+            .await?
+            .expect("new")
+            .get_str("name")?,
+        "New"
+    );
 
     let deleted = app
-        .submit(&action("acme", "delete", json!([
-            { "email": "gone@x.io" }, { "email": "never@x.io" }, { "email": "legacy@x.io" },
-        ])))
+        .submit(&action(
+            "acme",
+            "delete",
+            json!([
+                { "email": "gone@x.io" }, { "email": "never@x.io" }, { "email": "legacy@x.io" },
+            ]),
+        ))
         .await?;
     let view = app.wait_projected_terminal(&deleted, WAIT).await?;
-    assert_eq!((view["succeeded"].as_u64(), view["failed"].as_u64()), (Some(2), Some(1)));
+    assert_eq!(
+        (view["succeeded"].as_u64(), view["failed"].as_u64()),
+        (Some(2), Some(1))
+    );
     assert!(contact(&app, "acme", "gone@x.io").await?.is_none());
     assert!(contact(&app, "acme", "legacy@x.io").await?.is_none());
-    assert!(contact(&app, "other", "legacy@x.io").await?.is_some(), "delete is scoped by account");
+    assert!(
+        contact(&app, "other", "legacy@x.io").await?.is_some(),
+        "delete is scoped by account"
+    );
 
     let remaining: BTreeSet<String> = {
         use futures::TryStreamExt;
-        let docs: Vec<Document> = app.contacts().find(doc! { "accountId": "acme" }).await?.try_collect().await?;
-        docs.iter().map(|d| d.get_str("email").unwrap_or_default().to_owned()).collect()
+        let docs: Vec<Document> = app
+            .contacts()
+            .find(doc! { "accountId": "acme" })
+            .await?
+            .try_collect()
+            .await?;
+        docs.iter()
+            .map(|d| d.get_str("email").unwrap_or_default().to_owned())
+            .collect()
     };
-    assert_eq!(remaining, BTreeSet::from(["ann@x.io".into(), "bob@x.io".into(), "new@x.io".into()]));
+    assert_eq!(
+        remaining,
+        BTreeSet::from(["ann@x.io".into(), "bob@x.io".into(), "new@x.io".into()])
+    );
 
     // The same streams, replayed into empty views, give the very same documents.
-    let before = (all_docs(&app, "bulk_actions").await?, all_docs(&app, "bulk_action_logs").await?);
+    let before = (
+        all_docs(&app, "bulk_actions").await?,
+        all_docs(&app, "bulk_action_logs").await?,
+    );
     let mut app = app;
     app.stop_projector().await;
     let report = app.replay().await?;
     assert_eq!(report.actions, 4);
-    let after = (all_docs(&app, "bulk_actions").await?, all_docs(&app, "bulk_action_logs").await?);
+    let after = (
+        all_docs(&app, "bulk_actions").await?,
+        all_docs(&app, "bulk_action_logs").await?,
+    );
     assert_eq!(before.0, after.0);
     assert_eq!(before.1, after.1);
     assert_eq!(after.1.len(), 11, "one log line per submitted record");
@@ -140,29 +240,43 @@ async fn every_action_type_changes_exactly_the_contacts_it_should() -> Result<()
 async fn duplicates_and_invalid_records_are_settled_and_never_written() -> Result<()> {
     let app = TestApp::spawn(AppOptions::default()).await?;
     let id = app
-        .submit(&action("acme", "upsert", json!([
-            { "email": "dup@x.io", "name": "first" },
-            { "email": "  DUP@X.IO ", "name": "second" },
-            { "email": "dup@x.io", "name": "third" },
-            { "email": "op@x.io", "$set": { "accountId": "other" } },
-            { "email": "dot@x.io", "name.first": "x" },
-            { "email": "obj@x.io", "name": { "$gt": "" } },
-            { "email": "age@x.io", "age": "31" },
-            { "email": "old@x.io", "age": 151 },
-            { "email": "extra@x.io", "phone": "555" },
-            { "name": "no email" },
-            "not an object",
-            { "email": "not-an-email" },
-            { "email": "ok@x.io", "age": 0, "status": "" },
-        ])))
+        .submit(&action(
+            "acme",
+            "upsert",
+            json!([
+                { "email": "dup@x.io", "name": "first" },
+                { "email": "  DUP@X.IO ", "name": "second" },
+                { "email": "dup@x.io", "name": "third" },
+                { "email": "op@x.io", "$set": { "accountId": "other" } },
+                { "email": "dot@x.io", "name.first": "x" },
+                { "email": "obj@x.io", "name": { "$gt": "" } },
+                { "email": "age@x.io", "age": "31" },
+                { "email": "old@x.io", "age": 151 },
+                { "email": "extra@x.io", "phone": "555" },
+                { "name": "no email" },
+                "not an object",
+                { "email": "not-an-email" },
+                { "email": "ok@x.io", "age": 0, "status": "" },
+            ]),
+        ))
         .await?;
     let view = app.wait_projected_terminal(&id, WAIT).await?;
     assert_eq!(view["totalRecords"], 13);
-    assert_eq!((view["succeeded"].as_u64(), view["failed"].as_u64(), view["skipped"].as_u64()), (Some(2), Some(9), Some(2)));
-    assert_eq!(view["byReason"], json!({
-        "duplicate_email": 2, "forbidden_field_name": 2, "invalid_type": 2, "invalid_value": 1,
-        "unknown_field": 1, "missing_email": 1, "not_an_object": 1, "invalid_email": 1,
-    }));
+    assert_eq!(
+        (
+            view["succeeded"].as_u64(),
+            view["failed"].as_u64(),
+            view["skipped"].as_u64()
+        ),
+        (Some(2), Some(9), Some(2))
+    );
+    assert_eq!(
+        view["byReason"],
+        json!({
+            "duplicate_email": 2, "forbidden_field_name": 2, "invalid_type": 2, "invalid_value": 1,
+            "unknown_field": 1, "missing_email": 1, "not_an_object": 1, "invalid_email": 1,
+        })
+    );
     let logs = app.all_logs(&id).await?;
     assert_eq!(logs.len(), 13);
     assert_eq!(logs[1]["code"], "duplicate_email");
@@ -176,34 +290,66 @@ async fn duplicates_and_invalid_records_are_settled_and_never_written() -> Resul
     assert_eq!(written, 2, "only the valid first occurrences are written");
     let dup = contact(&app, "acme", "dup@x.io").await?.expect("dup");
     assert_eq!(dup.get_str("name")?, "first");
-    assert!(app.contacts().count_documents(doc! { "accountId": "other" }).await? == 0);
+    assert!(
+        app.contacts()
+            .count_documents(doc! { "accountId": "other" })
+            .await?
+            == 0
+    );
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_consumers_share_a_20k_record_action_with_exact_results() -> Result<()> {
-    let mut app = TestApp::spawn(AppOptions { consumers: 2, batch_size: 500, ..AppOptions::default() }).await?;
+    let mut app = TestApp::spawn(AppOptions {
+        consumers: 2,
+        batch_size: 500,
+        ..AppOptions::default()
+    })
+    .await?;
     let records: Vec<Value> = (0..20_000)
         .map(|i| json!({ "email": format!("user{i}@big.io"), "name": format!("User {i}"), "age": i % 100, "status": STATUSES[i % 2] }))
         .collect();
-    let id = app.submit(&action("big", "upsert", Value::Array(records))).await?;
-    let view = app.wait_projected_terminal(&id, Duration::from_secs(240)).await?;
-    assert_eq!((view["succeeded"].as_u64(), view["failed"].as_u64(), view["skipped"].as_u64()), (Some(20_000), Some(0), Some(0)));
+    let id = app
+        .submit(&action("big", "upsert", Value::Array(records)))
+        .await?;
+    let view = app
+        .wait_projected_terminal(&id, Duration::from_secs(240))
+        .await?;
+    assert_eq!(
+        (
+            view["succeeded"].as_u64(),
+            view["failed"].as_u64(),
+            view["skipped"].as_u64()
+        ),
+        (Some(20_000), Some(0), Some(0))
+    );
     assert_eq!(view["batchesProcessed"], 40);
 
     use futures::TryStreamExt;
-    let contacts: Vec<Document> = app.contacts().find(doc! { "accountId": "big" }).await?.try_collect().await?;
+    let contacts: Vec<Document> = app
+        .contacts()
+        .find(doc! { "accountId": "big" })
+        .await?
+        .try_collect()
+        .await?;
     assert_eq!(contacts.len(), 20_000);
     for contact in &contacts {
         let email = contact.get_str("email")?;
-        let i: i64 = email.trim_start_matches("user").trim_end_matches("@big.io").parse()?;
+        let i: i64 = email
+            .trim_start_matches("user")
+            .trim_end_matches("@big.io")
+            .parse()?;
         assert_eq!(contact.get_str("name")?, format!("User {i}"));
         assert_eq!(contact.get("age"), Some(&Bson::Int64(i % 100)));
         assert_eq!(contact.get_str("status")?, STATUSES[(i % 2) as usize]);
     }
     let logs = app.all_logs(&id).await?;
     assert_eq!(logs.len(), 20_000);
-    assert!(logs.iter().enumerate().all(|(i, line)| line["index"] == i && line["code"] == "created"));
+    assert!(logs
+        .iter()
+        .enumerate()
+        .all(|(i, line)| line["index"] == i && line["code"] == "created"));
 
     // Both consumer processes took part.
     let store = infra::EventStore::new(
@@ -218,10 +364,24 @@ async fn two_consumers_share_a_20k_record_action_with_exact_results() -> Result<
             domain::EventPayload::BatchProcessed { applied_by, .. } => applied_by.clone(),
             _ => None,
         })
-        .map(|worker| worker.rsplit_once('-').map(|(process, _)| process.to_owned()).unwrap_or(worker))
+        .map(|worker| {
+            worker
+                .rsplit_once('-')
+                .map(|(process, _)| process.to_owned())
+                .unwrap_or(worker)
+        })
         .collect();
-    assert_eq!(appliers, BTreeSet::from(["test-consumer-0".into(), "test-consumer-1".into()]));
-    assert_eq!(events.iter().filter(|e| e.envelope.payload.type_name() == "Completed").count(), 1);
+    assert_eq!(
+        appliers,
+        BTreeSet::from(["test-consumer-0".into(), "test-consumer-1".into()])
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.envelope.payload.type_name() == "Completed")
+            .count(),
+        1
+    );
 
     let before = all_docs(&app, "bulk_actions").await?;
     app.stop_projector().await;
@@ -236,10 +396,13 @@ async fn a_scheduled_action_waits_for_its_time() -> Result<()> {
     let app = TestApp::spawn(AppOptions::default()).await?;
     let start = chrono_in(Duration::from_millis(2500));
     let (status, view) = app
-        .post_json("/bulk-actions", &json!({
-            "accountId": "acme", "entityType": "contact", "actionType": "upsert",
-            "data": [{ "email": "later@x.io", "name": "Later" }], "scheduledFor": start,
-        }))
+        .post_json(
+            "/bulk-actions",
+            &json!({
+                "accountId": "acme", "entityType": "contact", "actionType": "upsert",
+                "data": [{ "email": "later@x.io", "name": "Later" }], "scheduledFor": start,
+            }),
+        )
         .await?;
     assert_eq!(status, 202);
     assert_eq!(view["status"], "scheduled");
@@ -257,6 +420,11 @@ async fn a_scheduled_action_waits_for_its_time() -> Result<()> {
 
 fn chrono_in(delay: Duration) -> String {
     let at = std::time::SystemTime::now() + delay;
-    let millis = at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default();
-    domain::Timestamp::from_millis(millis).map(|t| t.to_string()).unwrap_or_default()
+    let millis = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default();
+    domain::Timestamp::from_millis(millis)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
 }

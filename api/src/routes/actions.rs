@@ -8,8 +8,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use domain::view::fold;
 use domain::{
-    plan_action, ActionId, ActionStats, ActionStatus, ActionView, EntityType, EventEnvelope, EventPayload,
-    RecordOutcome, SCHEMA_VERSION,
+    plan_action, ActionId, ActionStats, ActionStatus, ActionView, EntityType, EventEnvelope,
+    EventPayload, RecordOutcome, SCHEMA_VERSION,
 };
 use futures::TryStreamExt;
 use infra::event_store::NewAction;
@@ -53,11 +53,16 @@ pub async fn submit(
 ) -> Result<Response, ApiError> {
     require_json(&headers)?;
     let body = body.map_err(|rejection| match rejection {
-        BytesRejection::FailedToBufferBody(_) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+        BytesRejection::FailedToBufferBody(_)
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+        {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
-                format!("request body is larger than {} bytes", state.config.max_body_bytes),
+                format!(
+                    "request body is larger than {} bytes",
+                    state.config.max_body_bytes
+                ),
             )
             .with_details(json!({ "limit": state.config.max_body_bytes }))
         }
@@ -74,7 +79,13 @@ pub async fn submit(
         })
     })
     .await
-    .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", error.to_string()))??;
+    .map_err(|error| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            error.to_string(),
+        )
+    })??;
 
     let action_id = ActionId::from_ulid(Ulid::new());
     let created_at = infra::clock::now();
@@ -88,8 +99,12 @@ pub async fn submit(
         batch_count,
         scheduled_for: submission.scheduled_for,
     }];
-    events.extend(chunked(plan.rejected, batch_size, |records| EventPayload::RecordRejected { records }));
-    events.extend(chunked(plan.duplicates, batch_size, |records| EventPayload::RecordSkipped { records }));
+    events.extend(chunked(plan.rejected, batch_size, |records| {
+        EventPayload::RecordRejected { records }
+    }));
+    events.extend(chunked(plan.duplicates, batch_size, |records| {
+        EventPayload::RecordSkipped { records }
+    }));
     if batch_count == 0 {
         events.push(EventPayload::Completed {});
     }
@@ -147,7 +162,8 @@ fn chunked(
     chunk: usize,
     event: impl Fn(Vec<RecordOutcome>) -> EventPayload,
 ) -> impl Iterator<Item = EventPayload> {
-    let chunks: Vec<Vec<RecordOutcome>> = outcomes.chunks(chunk.max(1)).map(<[_]>::to_vec).collect();
+    let chunks: Vec<Vec<RecordOutcome>> =
+        outcomes.chunks(chunk.max(1)).map(<[_]>::to_vec).collect();
     chunks.into_iter().map(event)
 }
 
@@ -166,10 +182,13 @@ fn opening_view(new_action: &NewAction<'_>) -> Result<ActionView, ApiError> {
             payload: payload.clone(),
         })
         .collect();
-    fold(None, &envelopes)
-        .ok()
-        .flatten()
-        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "opening events do not fold"))
+    fold(None, &envelopes).ok().flatten().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "opening events do not fold",
+        )
+    })
 }
 
 pub fn parse_action_id(raw: &str) -> Result<ActionId, ApiError> {
@@ -187,7 +206,10 @@ pub fn parse_action_id(raw: &str) -> Result<ActionId, ApiError> {
         (status = 400, description = "Not a ULID", body = ErrorBody),
         (status = 404, body = ErrorBody),
     ))]
-pub async fn get_action(State(state): State<AppState>, Path(raw_id): Path<String>) -> Result<Json<ActionView>, ApiError> {
+pub async fn get_action(
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+) -> Result<Json<ActionView>, ApiError> {
     let action = parse_action_id(&raw_id)?;
     read_model::action_view(&state, action)
         .await?
@@ -203,7 +225,10 @@ pub async fn get_action(State(state): State<AppState>, Path(raw_id): Path<String
         (status = 400, description = "Not a ULID", body = ErrorBody),
         (status = 404, body = ErrorBody),
     ))]
-pub async fn get_stats(State(state): State<AppState>, Path(raw_id): Path<String>) -> Result<Json<ActionStats>, ApiError> {
+pub async fn get_stats(
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+) -> Result<Json<ActionStats>, ApiError> {
     let action = parse_action_id(&raw_id)?;
     let view = read_model::action_view(&state, action)
         .await?
@@ -238,8 +263,12 @@ pub async fn list_actions(
     State(state): State<AppState>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<ActionList>, ApiError> {
-    let Query(pairs) = query.map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))?;
-    let params = QueryParams::parse(pairs, &["accountId", "status", "entityType", "limit", "skip"])?;
+    let Query(pairs) =
+        query.map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))?;
+    let params = QueryParams::parse(
+        pairs,
+        &["accountId", "status", "entityType", "limit", "skip"],
+    )?;
     let mut filter = Document::new();
     if let Some(account) = params.parsed("accountId", |raw| domain::AccountId::parse(raw).ok())? {
         filter.insert("accountId", account.as_str());
@@ -260,7 +289,14 @@ pub async fn list_actions(
         .skip(skip)
         .build();
     let (items, total) = tokio::try_join!(
-        async { views.find(filter.clone()).with_options(options).await?.try_collect::<Vec<_>>().await },
+        async {
+            views
+                .find(filter.clone())
+                .with_options(options)
+                .await?
+                .try_collect::<Vec<_>>()
+                .await
+        },
         async { views.count_documents(filter.clone()).await },
     )?;
     Ok(Json(ActionList {

@@ -42,7 +42,11 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
     let redis = matches!(redis, Ok(Ok(())));
     let mongodb = matches!(mongodb, Ok(Ok(())));
     let ready = redis && mongodb;
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let readiness = Readiness {
         status: if ready { "ready" } else { "unavailable" },
         redis,

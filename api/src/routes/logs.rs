@@ -58,13 +58,17 @@ pub async fn get_logs(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<LogPage>, ApiError> {
     let action = parse_action_id(&raw_id)?;
-    let Query(pairs) = query.map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))?;
+    let Query(pairs) =
+        query.map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))?;
     let params = QueryParams::parse(pairs, &["status", "limit", "cursor"])?;
     let status = params.parsed("status", OutcomeStatus::parse)?;
     let limit = params.capped("limit", LOGS_LIMIT_DEFAULT, 1, LOGS_LIMIT_MAX)?;
     let after = match params.text("cursor") {
         None => None,
-        Some(cursor) => Some(decode_cursor(cursor).ok_or_else(|| invalid("cursor", "is not a cursor this api issued"))?),
+        Some(cursor) => Some(
+            decode_cursor(cursor)
+                .ok_or_else(|| invalid("cursor", "is not a cursor this api issued"))?,
+        ),
     };
 
     let known = state.store.meta(action).await?.is_some()
@@ -137,6 +141,9 @@ mod tests {
     fn cursors_round_trip_and_reject_forgeries() {
         assert_eq!(decode_cursor(&encode_cursor(41)), Some(41));
         assert_eq!(decode_cursor("41"), None);
-        assert_eq!(decode_cursor(&URL_SAFE_NO_PAD.encode("v1:{\"$gt\":1}")), None);
+        assert_eq!(
+            decode_cursor(&URL_SAFE_NO_PAD.encode("v1:{\"$gt\":1}")),
+            None
+        );
     }
 }

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: installs what is missing (redis-server,
+# PostgreSQL, FerretDB), checks formatting and lints, then runs every test. The tests start
+# their own services on free ports; nothing needs to be running beforehand.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/deps.sh
+ensure_all
+
+locked=()
+[ "${CI:-}" = "true" ] && locked=(--locked)
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy "${locked[@]}" --workspace --all-targets -q -- -D warnings
+echo "== cargo test"
+cargo test "${locked[@]}" --workspace --no-fail-fast
