@@ -77,17 +77,7 @@ impl ContactWriter {
             .filter(|r| existing.contains(email_of(r)))
             .collect();
         self.set_fields(account, &present, now).await?;
-        Ok(batch
-            .records
-            .iter()
-            .map(|r| {
-                if existing.contains(email_of(r)) {
-                    outcome(r, OutcomeCode::Updated, None)
-                } else {
-                    outcome(r, OutcomeCode::NotFound, Some(NOT_FOUND_MESSAGE))
-                }
-            })
-            .collect())
+        Ok(found_or_not(batch, &existing, OutcomeCode::Updated))
     }
 
     /// Existing contacts are updated, the others inserted. An insert that collides with a
@@ -163,17 +153,7 @@ impl ContactWriter {
                 .delete_many(doc! { "accountId": account.as_str(), "email": { "$in": emails } })
                 .await?;
         }
-        Ok(batch
-            .records
-            .iter()
-            .map(|r| {
-                if existing.contains(email_of(r)) {
-                    outcome(r, OutcomeCode::Deleted, None)
-                } else {
-                    outcome(r, OutcomeCode::NotFound, Some(NOT_FOUND_MESSAGE))
-                }
-            })
-            .collect())
+        Ok(found_or_not(batch, &existing, OutcomeCode::Deleted))
     }
 
     fn contacts(&self) -> mongodb::Collection<Document> {
@@ -300,6 +280,25 @@ impl ContactWriter {
         }
         Ok(())
     }
+}
+
+/// `done` for records whose contact existed, `not_found` for the others.
+fn found_or_not(
+    batch: &Batch,
+    existing: &HashSet<String>,
+    done: OutcomeCode,
+) -> Vec<RecordOutcome> {
+    batch
+        .records
+        .iter()
+        .map(|r| {
+            if existing.contains(email_of(r)) {
+                outcome(r, done, None)
+            } else {
+                outcome(r, OutcomeCode::NotFound, Some(NOT_FOUND_MESSAGE))
+            }
+        })
+        .collect()
 }
 
 fn email_of(record: &PlannedRecord) -> &str {
