@@ -1,9 +1,9 @@
 //! Applying one batch to the `contacts` collection in a handful of round trips, whatever
 //! its size.
 //!
-//! The shape of every action type:
-//! - one `find` of the batch's emails (`$in`, backed by the `(accountId, email)` index) to
-//!   learn which contacts exist, for the types whose outcome depends on it;
+//! The shape of every action type (details in docs/ARCHITECTURE.md):
+//! - a `find` of the batch's emails (`$in`, backed by the `(accountId, email)` index) only
+//!   where the outcome depends on which contacts exist and the writes cannot tell;
 //! - writes grouped by identical change: records that set the same fields to the same
 //!   values share one `multi` update statement with an `$in` filter; a change of its own gets
 //!   an equality filter. Bulk CRM changes are mostly uniform ("set status to customer for
@@ -64,20 +64,33 @@ impl ContactWriter {
         }
     }
 
+    /// Optimistic: the `$set`s go out first, and only if they matched fewer contacts than
+    /// records does a `find` learn which ones are missing. A batch whose contacts all exist
+    /// (the usual case) costs no lookup.
     async fn update(
         &self,
         account: &AccountId,
         batch: &Batch,
         now: DateTime,
     ) -> Result<Vec<RecordOutcome>, ApplyError> {
+        let records: Vec<&PlannedRecord> = batch.records.iter().collect();
+        let matched = self.set_fields(account, &records, now).await?;
+        if matched >= records.len() as i64 {
+            return Ok(found_or_not(batch, |_| true, OutcomeCode::Updated));
+        }
+        // Some are missing. Re-apply to exactly the ones that exist now, so that every record
+        // reported `updated` has had its change applied, even one created meanwhile.
         let existing = self.existing_emails(account, &batch.records).await?;
-        let present: Vec<&PlannedRecord> = batch
-            .records
-            .iter()
+        let present: Vec<&PlannedRecord> = records
+            .into_iter()
             .filter(|r| existing.contains(email_of(r)))
             .collect();
-        self.set_fields(account, &present, now).await?;
-        Ok(found_or_not(batch, &existing, OutcomeCode::Updated))
+        self.set_all_fields(account, &present, now).await?;
+        Ok(found_or_not(
+            batch,
+            |email| existing.contains(email),
+            OutcomeCode::Updated,
+        ))
     }
 
     /// Inserts every record; the ones that collide with an existing contact (code 11000) are
@@ -97,7 +110,7 @@ impl ContactWriter {
             }
             existing.push(records[*position]);
         }
-        self.set_fields(account, &existing, now).await?;
+        self.set_all_fields(account, &existing, now).await?;
         Ok(records
             .iter()
             .enumerate()
@@ -146,7 +159,11 @@ impl ContactWriter {
                 .delete_many(doc! { "accountId": account.as_str(), "email": { "$in": emails } })
                 .await?;
         }
-        Ok(found_or_not(batch, &existing, OutcomeCode::Deleted))
+        Ok(found_or_not(
+            batch,
+            |email| existing.contains(email),
+            OutcomeCode::Deleted,
+        ))
     }
 
     fn contacts(&self) -> mongodb::Collection<Document> {
@@ -211,15 +228,14 @@ impl ContactWriter {
         Ok(refused)
     }
 
-    /// `$set`s each record's fields on its existing contact, one statement per distinct
-    /// change. Every statement must match: a contact deleted meanwhile fails the attempt,
-    /// and the retry's fresh `find` reports it as not found.
+    /// `$set`s each record's fields on its contact, one statement per distinct change.
+    /// Returns how many contacts matched.
     async fn set_fields(
         &self,
         account: &AccountId,
         records: &[&PlannedRecord],
         now: DateTime,
-    ) -> Result<(), ApplyError> {
+    ) -> Result<i64, ApplyError> {
         let mut groups: BTreeMap<Vec<u8>, (Document, Vec<&str>)> = BTreeMap::new();
         for record in records {
             let set = managed_fields(&record.change, now);
@@ -231,45 +247,50 @@ impl ContactWriter {
                 .1
                 .push(email_of(record));
         }
-        let statements: Vec<(Document, i64)> = groups
+        let statements: Vec<Document> = groups
             .into_values()
-            .map(|(set, emails)| {
-                let expected = emails.len() as i64;
-                let statement = match emails.as_slice() {
-                    [email] => doc! {
-                        "q": { "accountId": account.as_str(), "email": *email },
-                        "u": { "$set": set },
-                    },
-                    _ => doc! {
-                        "q": { "accountId": account.as_str(), "email": { "$in": emails } },
-                        "u": { "$set": set },
-                        "multi": true,
-                    },
-                };
-                (statement, expected)
+            .map(|(set, emails)| match emails.as_slice() {
+                [email] => doc! {
+                    "q": { "accountId": account.as_str(), "email": *email },
+                    "u": { "$set": set },
+                },
+                _ => doc! {
+                    "q": { "accountId": account.as_str(), "email": { "$in": emails } },
+                    "u": { "$set": set },
+                    "multi": true,
+                },
             })
             .collect();
+        let mut matched = 0;
         for chunk in statements.chunks(self.statements_per_command.max(1)) {
-            let expected: i64 = chunk.iter().map(|(_, expected)| expected).sum();
-            let updates: Vec<Document> = chunk
-                .iter()
-                .map(|(statement, _)| statement.clone())
-                .collect();
             let reply = self
                 .database
-                .run_command(doc! { "update": CONTACTS, "updates": updates, "ordered": false })
+                .run_command(doc! { "update": CONTACTS, "updates": chunk, "ordered": false })
                 .await?;
             if let Ok(errors) = reply.get_array("writeErrors") {
                 if !errors.is_empty() {
                     return Err(ApplyError::Refused(format!("{errors:?}")));
                 }
             }
-            let matched = number(reply.get("n"));
-            if matched < expected {
-                return Err(ApplyError::Refused(format!(
-                    "update matched {matched} of {expected} contacts"
-                )));
-            }
+            matched += number(reply.get("n"));
+        }
+        Ok(matched)
+    }
+
+    /// `set_fields` where every record's contact must exist: a contact deleted meanwhile
+    /// fails the attempt, and the retry sees it as missing.
+    async fn set_all_fields(
+        &self,
+        account: &AccountId,
+        records: &[&PlannedRecord],
+        now: DateTime,
+    ) -> Result<(), ApplyError> {
+        let matched = self.set_fields(account, records, now).await?;
+        if matched < records.len() as i64 {
+            return Err(ApplyError::Refused(format!(
+                "update matched {matched} of {} contacts",
+                records.len()
+            )));
         }
         Ok(())
     }
@@ -278,14 +299,14 @@ impl ContactWriter {
 /// `done` for records whose contact existed, `not_found` for the others.
 fn found_or_not(
     batch: &Batch,
-    existing: &HashSet<String>,
+    existed: impl Fn(&str) -> bool,
     done: OutcomeCode,
 ) -> Vec<RecordOutcome> {
     batch
         .records
         .iter()
         .map(|r| {
-            if existing.contains(email_of(r)) {
+            if existed(email_of(r)) {
                 outcome(r, done, None)
             } else {
                 outcome(r, OutcomeCode::NotFound, Some(NOT_FOUND_MESSAGE))
