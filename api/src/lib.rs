@@ -65,6 +65,20 @@ pub struct AppState {
     pub store: EventStore,
     pub database: Database,
     pub config: Arc<Settings>,
+    /// Monotonic within this process, so that actions accepted in the same millisecond
+    /// still list in the order they were accepted.
+    pub ids: Arc<std::sync::Mutex<ulid::Generator>>,
+}
+
+impl AppState {
+    pub fn next_action_id(&self) -> domain::ActionId {
+        let generated = self
+            .ids
+            .lock()
+            .ok()
+            .and_then(|mut generator| generator.generate().ok());
+        domain::ActionId::from_ulid(generated.unwrap_or_else(ulid::Ulid::new))
+    }
 }
 
 impl AppState {
@@ -80,6 +94,7 @@ impl AppState {
                 max_body_bytes: config.max_body_bytes,
                 max_records_per_action: config.max_records_per_action,
             }),
+            ids: Arc::new(std::sync::Mutex::new(ulid::Generator::new())),
         })
     }
 }

@@ -87,7 +87,7 @@ pub async fn submit(
         )
     })??;
 
-    let action_id = ActionId::from_ulid(Ulid::new());
+    let action_id = state.next_action_id();
     let created_at = infra::clock::now();
     let start_at = submission.scheduled_for.filter(|at| *at > created_at);
     let batch_count = u32::try_from(plan.batches.len()).unwrap_or(u32::MAX);
