@@ -77,7 +77,11 @@ impl AppState {
             .lock()
             .ok()
             .and_then(|mut generator| generator.generate().ok());
-        domain::ActionId::from_ulid(generated.unwrap_or_else(ulid::Ulid::new))
+        // The generator only fails when a millisecond's random space is exhausted.
+        match generated {
+            Some(id) => domain::ActionId::from_ulid(id),
+            None => domain::ActionId::from_ulid(ulid::Ulid::new()),
+        }
     }
 }
 
