@@ -47,16 +47,7 @@ def logs(base, action):
             return lines
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--api", default="http://127.0.0.1:3000")
-    parser.add_argument("--mongodb", default="mongodb://127.0.0.1:27017/crm-bulk-actions")
-    parser.add_argument("--records", type=int, default=100_000)
-    parser.add_argument("--account", default=f"demo-{int(time.time())}")
-    args = parser.parse_args()
-    n, account = args.records, args.account
-    contacts = pymongo.MongoClient(args.mongodb).get_default_database()["contacts"]
-
+def seed_contacts(args, n, account):
     seed = [{"email": f"user{i}@example.com", "name": f"User {i}", "age": i % 100, "status": "lead"}
             for i in range(n)]
     action, accepted, total, stats = run(args.api, {"accountId": account, "entityType": "contact",
@@ -64,6 +55,22 @@ def main():
     print(f"upsert {n}: accepted in {accepted:.1f}s, completed in {total:.1f}s "
           f"({n / total:.0f} records/s end to end), stats {stats['succeeded']}/{stats['total']}")
     assert stats["succeeded"] == n
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--api", default="http://127.0.0.1:3000")
+    parser.add_argument("--mongodb", default="mongodb://127.0.0.1:27017/crm-bulk-actions")
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--account", default=f"demo-{int(time.time())}")
+    parser.add_argument("--skip-seed", action="store_true",
+                        help="the account already holds the contacts (a previous run)")
+    args = parser.parse_args()
+    n, account = args.records, args.account
+    contacts = pymongo.MongoClient(args.mongodb).get_default_database()["contacts"]
+
+    if not args.skip_seed:
+        seed_contacts(args, n, account)
 
     # Mixed case and whitespace on purpose: the platform normalises emails.
     change = [{"email": f" USER{i}@Example.com", "status": "customer"} for i in range(n)]
