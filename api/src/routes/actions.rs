@@ -91,11 +91,12 @@ pub async fn submit(
     let created_at = infra::clock::now();
     let start_at = submission.scheduled_for.filter(|at| *at > created_at);
     let batch_count = u32::try_from(plan.batches.len()).unwrap_or(u32::MAX);
+    let total_records = plan.total_records;
     let mut events = vec![EventPayload::Created {
         account_id: submission.account_id.clone(),
         entity_type: submission.entity_type,
         action_type: submission.action_type,
-        total_records: plan.total_records,
+        total_records,
         batch_count,
         scheduled_for: submission.scheduled_for,
     }];
@@ -121,7 +122,7 @@ pub async fn submit(
         events,
     };
     state.store.commit_action(&new_action).await?;
-    tracing::info!(%action_id, account = %submission.account_id, records = new_action_total(&new_action), batches = batch_count, "bulk action accepted");
+    tracing::info!(%action_id, account = %submission.account_id, records = total_records, batches = batch_count, "bulk action accepted");
 
     let view = opening_view(&new_action)?;
     let location = format!("/bulk-actions/{action_id}");
@@ -130,13 +131,6 @@ pub async fn submit(
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
-}
-
-fn new_action_total(new_action: &NewAction<'_>) -> u32 {
-    match new_action.events.first() {
-        Some(EventPayload::Created { total_records, .. }) => *total_records,
-        _ => 0,
-    }
 }
 
 fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
@@ -162,9 +156,12 @@ fn chunked(
     chunk: usize,
     event: impl Fn(Vec<RecordOutcome>) -> EventPayload,
 ) -> impl Iterator<Item = EventPayload> {
-    let chunks: Vec<Vec<RecordOutcome>> =
-        outcomes.chunks(chunk.max(1)).map(<[_]>::to_vec).collect();
-    chunks.into_iter().map(event)
+    // Moves the outcomes into their events; no record is copied.
+    let mut rest = outcomes.into_iter().peekable();
+    std::iter::from_fn(move || {
+        rest.peek()?;
+        Some(event(rest.by_ref().take(chunk.max(1)).collect()))
+    })
 }
 
 /// The view as it stands right after acceptance: the fold of the events just committed.
@@ -305,4 +302,35 @@ pub async fn list_actions(
         limit,
         skip,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::OutcomeCode;
+
+    #[test]
+    fn chunks_keep_every_outcome_once_in_order() {
+        let outcomes: Vec<RecordOutcome> = (0..7)
+            .map(|index| RecordOutcome {
+                index,
+                email: None,
+                code: OutcomeCode::InvalidEmail,
+                message: None,
+            })
+            .collect();
+        let sizes: Vec<Vec<u32>> = chunked(outcomes, 3, |records| EventPayload::RecordRejected {
+            records,
+        })
+        .map(|event| event.record_outcomes().iter().map(|o| o.index).collect())
+        .collect();
+        assert_eq!(sizes, vec![vec![0, 1, 2], vec![3, 4, 5], vec![6]]);
+        assert_eq!(
+            chunked(Vec::new(), 3, |records| EventPayload::RecordSkipped {
+                records
+            })
+            .count(),
+            0
+        );
+    }
 }
