@@ -93,6 +93,8 @@ impl From<infra::StoreError> for ApiError {
             infra::StoreError::Corrupt(message) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
             }
+            // Nothing became visible; the client's retry starts over.
+            error @ infra::StoreError::StagingExpired(_) => unavailable("redis", &error),
         }
     }
 }

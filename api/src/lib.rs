@@ -4,14 +4,17 @@
 //! commit script); it never writes contacts or views.
 
 mod error;
+mod idempotency;
 mod openapi;
 mod query;
 mod read_model;
 mod routes;
 mod submission;
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
@@ -52,12 +55,21 @@ pub struct ApiConfig {
     /// Most records one action may hold.
     #[arg(long, env = "MAX_RECORDS_PER_ACTION", default_value_t = 1_000_000)]
     pub max_records_per_action: usize,
+
+    /// How long an `Idempotency-Key` is remembered (seconds).
+    #[arg(long, env = "IDEMPOTENCY_TTL_SECS", default_value_t = 24 * 3600)]
+    pub idempotency_ttl_secs: u64,
+
+    /// On SIGTERM, how long in-flight requests may take before the process exits anyway (ms).
+    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 20_000)]
+    pub shutdown_grace_ms: u64,
 }
 
 pub struct Settings {
     pub batch_size: usize,
     pub max_body_bytes: usize,
     pub max_records_per_action: usize,
+    pub idempotency_ttl_secs: u64,
 }
 
 #[derive(Clone)]
@@ -97,6 +109,7 @@ impl AppState {
                 batch_size: config.batch_size as usize,
                 max_body_bytes: config.max_body_bytes,
                 max_records_per_action: config.max_records_per_action,
+                idempotency_ttl_secs: config.idempotency_ttl_secs.max(1),
             }),
             ids: Arc::new(std::sync::Mutex::new(ulid::Generator::new())),
         })
@@ -149,23 +162,41 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves until `shutdown` is cancelled, then drains in-flight requests.
+/// Serves until `shutdown` is cancelled, then stops accepting connections and drains
+/// in-flight requests for at most `grace`.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: CancellationToken,
+    grace: Duration,
 ) -> Result<(), ApiStartError> {
     let address: SocketAddr = listener.local_addr()?;
     tracing::info!(%address, "api listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
+    let signal = shutdown.clone();
+    let server = axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { signal.cancelled().await })
+        .into_future();
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        served = server => served?,
+        _ = deadline => tracing::warn!(?grace, "requests still in flight at the shutdown deadline; exiting"),
+    }
     tracing::info!("api stopped");
     Ok(())
 }
 
+/// Waits for Redis (with backoff) before listening: an api that cannot accept actions
+/// should not be in a load balancer's pool. MongoDB is checked by `/readyz`.
 pub async fn run(config: ApiConfig, shutdown: CancellationToken) -> Result<(), ApiStartError> {
-    let state = AppState::connect(&config).await?;
+    let Some(state) =
+        infra::retry::until_ok("redis", &shutdown, || AppState::connect(&config)).await
+    else {
+        return Ok(());
+    };
     let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
-    serve(listener, state, shutdown).await
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    serve(listener, state, shutdown, grace).await
 }

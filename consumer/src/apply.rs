@@ -12,11 +12,17 @@
 //!
 //! Only the managed fields are ever `$set`; a contact's `_id` and every field we do not
 //! manage are left as they are, whatever their shape.
+//!
+//! Contacts the platform inserts carry `createdByBulkAction: <actionId>`. A retried attempt
+//! at a batch uses it to tell "existed before" from "inserted by an earlier attempt of this
+//! very batch that died before recording it", so a crash does not turn `created` into
+//! `updated` or `already_exists`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use domain::{
-    AccountId, ActionType, Batch, ContactChange, OutcomeCode, PlannedRecord, RecordOutcome,
+    AccountId, ActionId, ActionType, Batch, ContactChange, OutcomeCode, PlannedRecord,
+    RecordOutcome,
 };
 use futures::TryStreamExt;
 use infra::mongo::CONTACTS;
@@ -27,6 +33,7 @@ use mongodb::Database;
 
 const DUPLICATE_KEY: i32 = 11000;
 const NOT_FOUND_MESSAGE: &str = "no contact with this email in the account";
+pub const CREATED_BY: &str = "createdByBulkAction";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -34,6 +41,33 @@ pub enum ApplyError {
     Mongo(#[from] mongodb::error::Error),
     #[error("the server refused part of the batch: {0}")]
     Refused(String),
+}
+
+impl ApplyError {
+    /// The server could not be reached at all (down, restarting, network): waiting for it
+    /// is right, and the attempt must not count towards dead-lettering the batch. Anything
+    /// else is an answer from the server about this batch.
+    pub fn is_outage(&self) -> bool {
+        let ApplyError::Mongo(error) = self else {
+            return false;
+        };
+        matches!(
+            *error.kind,
+            ErrorKind::Io(_)
+                | ErrorKind::ServerSelection { .. }
+                | ErrorKind::ConnectionPoolCleared { .. }
+        ) || error.contains_label("RetryableWriteError")
+    }
+}
+
+/// The batch to apply and where it comes from.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub account: &'a AccountId,
+    pub action: ActionId,
+    pub action_type: ActionType,
+    /// 1 for the first attempt at the batch; more means an earlier one may have written.
+    pub attempt: u32,
 }
 
 /// Where and how batches are written.
@@ -48,18 +82,18 @@ pub struct ContactWriter {
 impl ContactWriter {
     pub async fn apply(
         &self,
-        account: &AccountId,
-        action_type: ActionType,
+        target: Target<'_>,
         batch: &Batch,
     ) -> Result<Vec<RecordOutcome>, ApplyError> {
         if batch.records.is_empty() {
             return Ok(Vec::new());
         }
         let now = DateTime::now();
-        match action_type {
+        let account = target.account;
+        match target.action_type {
             ActionType::Update => self.update(account, batch, now).await,
-            ActionType::Upsert => self.upsert(account, batch, now).await,
-            ActionType::Create => self.create(account, batch, now).await,
+            ActionType::Upsert => self.upsert(target, batch, now).await,
+            ActionType::Create => self.create(target, batch, now).await,
             ActionType::Delete => self.delete(account, batch).await,
         }
     }
@@ -97,12 +131,13 @@ impl ContactWriter {
     /// updated instead. New contacts thus cost one unordered insert and no lookup at all.
     async fn upsert(
         &self,
-        account: &AccountId,
+        target: Target<'_>,
         batch: &Batch,
         now: DateTime,
     ) -> Result<Vec<RecordOutcome>, ApplyError> {
+        let account = target.account;
         let records: Vec<&PlannedRecord> = batch.records.iter().collect();
-        let refused = self.insert(account, &records, now).await?;
+        let refused = self.insert(target, &records, now).await?;
         let mut existing = Vec::with_capacity(refused.len());
         for (position, (code, message)) in &refused {
             if *code != DUPLICATE_KEY {
@@ -111,11 +146,12 @@ impl ContactWriter {
             existing.push(records[*position]);
         }
         self.set_all_fields(account, &existing, now).await?;
+        let ours = self.created_earlier(target, &existing).await?;
         Ok(records
             .iter()
             .enumerate()
             .map(|(position, r)| {
-                if refused.contains_key(&position) {
+                if refused.contains_key(&position) && !ours.contains(email_of(r)) {
                     outcome(r, OutcomeCode::Updated, None)
                 } else {
                     outcome(r, OutcomeCode::Created, None)
@@ -126,17 +162,26 @@ impl ContactWriter {
 
     async fn create(
         &self,
-        account: &AccountId,
+        target: Target<'_>,
         batch: &Batch,
         now: DateTime,
     ) -> Result<Vec<RecordOutcome>, ApplyError> {
         let records: Vec<&PlannedRecord> = batch.records.iter().collect();
-        let refused = self.insert(account, &records, now).await?;
+        let refused = self.insert(target, &records, now).await?;
+        let collided: Vec<&PlannedRecord> = refused
+            .iter()
+            .filter(|(_, (code, _))| *code == DUPLICATE_KEY)
+            .map(|(position, _)| records[*position])
+            .collect();
+        let ours = self.created_earlier(target, &collided).await?;
         Ok(records
             .iter()
             .enumerate()
             .map(|(position, r)| match refused.get(&position) {
                 None => outcome(r, OutcomeCode::Created, None),
+                Some((DUPLICATE_KEY, _)) if ours.contains(email_of(r)) => {
+                    outcome(r, OutcomeCode::Created, None)
+                }
                 Some((DUPLICATE_KEY, _)) => outcome(
                     r,
                     OutcomeCode::AlreadyExists,
@@ -176,12 +221,17 @@ impl ContactWriter {
         records: &[PlannedRecord],
     ) -> Result<HashSet<String>, ApplyError> {
         let emails: Vec<&str> = records.iter().map(email_of).collect();
+        self.emails_matching(doc! { "accountId": account.as_str(), "email": { "$in": emails } })
+            .await
+    }
+
+    async fn emails_matching(&self, filter: Document) -> Result<HashSet<String>, ApplyError> {
         let options = FindOptions::builder()
             .projection(doc! { "_id": 0, "email": 1 })
             .build();
         let found: Vec<Document> = self
             .contacts()
-            .find(doc! { "accountId": account.as_str(), "email": { "$in": emails } })
+            .find(filter)
             .with_options(options)
             .await?
             .try_collect()
@@ -192,13 +242,35 @@ impl ContactWriter {
             .collect())
     }
 
+    /// Of `collided` (records whose insert hit an existing contact), the emails whose contact
+    /// an earlier attempt at this same batch inserted. Always empty on a first attempt,
+    /// which therefore costs no lookup.
+    async fn created_earlier(
+        &self,
+        target: Target<'_>,
+        collided: &[&PlannedRecord],
+    ) -> Result<HashSet<String>, ApplyError> {
+        if target.attempt <= 1 || collided.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let emails: Vec<&str> = collided.iter().map(|r| email_of(r)).collect();
+        let filter = doc! {
+            "accountId": target.account.as_str(),
+            "email": { "$in": emails },
+            CREATED_BY: target.action.to_string(),
+        };
+        self.emails_matching(filter).await
+    }
+
     /// Unordered insert of new contacts. Returns the refused positions with code and message.
     async fn insert(
         &self,
-        account: &AccountId,
+        target: Target<'_>,
         records: &[&PlannedRecord],
         now: DateTime,
     ) -> Result<HashMap<usize, (i32, String)>, ApplyError> {
+        let account = target.account;
+        let created_by = target.action.to_string();
         let mut refused = HashMap::new();
         if records.is_empty() {
             return Ok(refused);
@@ -209,6 +281,7 @@ impl ContactWriter {
                 let mut contact = doc! { "accountId": account.as_str(), "email": email_of(r) };
                 contact.extend(managed_fields(&r.change, now));
                 contact.insert("createdAt", now);
+                contact.insert(CREATED_BY, created_by.as_str());
                 contact
             })
             .collect();

@@ -46,6 +46,24 @@ pub struct ConsumerConfig {
     /// How often the scheduler looks for actions whose start time has come (ms).
     #[arg(long, env = "SCHEDULER_TICK_MS", default_value_t = 250)]
     pub scheduler_tick_ms: u64,
+
+    /// Attempts at a batch (across all consumers, crashes included) before it goes to the
+    /// dead-letter stream. MongoDB being unreachable does not count as an attempt.
+    #[arg(long, env = "MAX_BATCH_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_batch_attempts: u32,
+
+    /// Delay before the second attempt at a failed batch; it doubles, with jitter (ms).
+    #[arg(long, env = "RETRY_FIRST_DELAY_MS", default_value_t = 500)]
+    pub retry_first_delay_ms: u64,
+
+    /// Longest delay between attempts at a failed batch (ms).
+    #[arg(long, env = "RETRY_MAX_DELAY_MS", default_value_t = 30_000)]
+    pub retry_max_delay_ms: u64,
+
+    /// On SIGTERM, how long in-flight batches may take to finish before they are handed
+    /// back to the group and the process exits (ms).
+    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 20_000)]
+    pub shutdown_grace_ms: u64,
 }
 
 impl ConsumerConfig {
@@ -67,22 +85,50 @@ pub enum ConsumerError {
     Mongo(#[from] mongodb::error::Error),
 }
 
-/// Runs until `shutdown` is cancelled, then lets each worker finish its batch.
+/// Runs until `shutdown` is cancelled, then lets each worker finish its batch for up to
+/// `shutdown_grace_ms` and hands back what is still in flight.
+///
+/// Redis and MongoDB may be down at start: it waits for them (capped backoff with jitter)
+/// rather than exiting.
 pub async fn run(config: ConsumerConfig, shutdown: CancellationToken) -> Result<(), ConsumerError> {
     let keys = Keys::new(&config.store.redis_key_prefix, config.store.partitions);
-    let conn = infra::redis_conn::shared(&config.store.redis_url).await?;
-    let store = EventStore::new(conn.clone(), keys.clone());
-    let database = infra::mongo::connect(&config.store.mongodb_uri, "bulk-consumer").await?;
-    infra::mongo::ensure_contact_indexes(&database).await?;
     let streams: Vec<String> = keys.partitions().map(|p| keys.work(p)).collect();
-    infra::work::ensure_groups(&mut conn.clone(), &streams, infra::keys::CONSUMER_GROUP).await?;
+    let redis_url = config.store.redis_url.clone();
+    let Some(conn) = infra::retry::until_ok("redis", &shutdown, || async {
+        let mut conn = infra::redis_conn::shared(&redis_url).await?;
+        infra::work::ensure_groups(&mut conn, &streams, infra::keys::CONSUMER_GROUP).await?;
+        Ok::<_, ConsumerError>(conn)
+    })
+    .await
+    else {
+        return Ok(());
+    };
+    let store = EventStore::new(conn, keys.clone());
+    let database = infra::mongo::connect(&config.store.mongodb_uri, "bulk-consumer").await?;
+    let ready = infra::retry::until_ok("mongodb", &shutdown, || {
+        infra::mongo::ensure_contact_indexes(&database)
+    })
+    .await;
+    if ready.is_none() {
+        return Ok(());
+    }
 
     let base_name = config.consumer_name();
     tracing::info!(consumer = %base_name, workers = config.concurrency, "consumer started");
+    let retry = worker::RetryPolicy {
+        max_attempts: config.max_batch_attempts,
+        first_delay: Duration::from_millis(config.retry_first_delay_ms),
+        max_delay: Duration::from_millis(config.retry_max_delay_ms),
+    };
+    let claim_idle = Duration::from_millis(config.claim_idle_ms);
+    let mut in_flight: Vec<(String, worker::InFlight)> = Vec::new();
     let mut tasks = JoinSet::new();
     for number in 0..config.concurrency.max(1) {
+        let name = format!("{base_name}-{number}");
+        let slot = worker::InFlight::default();
+        in_flight.push((name.clone(), slot.clone()));
         let worker = worker::Worker {
-            name: format!("{base_name}-{number}"),
+            name,
             store: store.clone(),
             writer: ContactWriter {
                 database: database.clone(),
@@ -91,7 +137,9 @@ pub async fn run(config: ConsumerConfig, shutdown: CancellationToken) -> Result<
             streams: streams.clone(),
             redis_url: config.store.redis_url.clone(),
             block: Duration::from_millis(config.block_ms),
-            claim_idle: Duration::from_millis(config.claim_idle_ms),
+            claim_idle,
+            retry,
+            in_flight: slot,
         };
         tasks.spawn(worker.run(shutdown.clone()));
     }
@@ -100,9 +148,31 @@ pub async fn run(config: ConsumerConfig, shutdown: CancellationToken) -> Result<
         Duration::from_millis(config.scheduler_tick_ms),
         shutdown.clone(),
     ));
-    while let Some(finished) = tasks.join_next().await {
-        if let Err(panic) = finished {
-            tracing::error!(error = %panic, "a consumer task panicked");
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            finished = tasks.join_next() => match finished {
+                None => break,
+                Some(Err(panic)) => tracing::error!(error = %panic, "a consumer task panicked"),
+                Some(Ok(())) => {}
+            },
+            _ = &mut deadline => {
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                for (name, slot) in &in_flight {
+                    let item = slot.lock().ok().and_then(|mut held| held.take());
+                    if let Some(item) = item {
+                        worker::hand_back(&store, &item, name, claim_idle).await;
+                    }
+                }
+                tracing::warn!(consumer = %base_name, ?grace, "stopped at the shutdown deadline; in-flight batches handed back");
+                break;
+            }
         }
     }
     tracing::info!(consumer = %base_name, "consumer stopped");

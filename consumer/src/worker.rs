@@ -2,22 +2,39 @@
 //!
 //! Order of business on every turn: its own pending entries first (work it was given
 //! before a restart), then entries abandoned by dead consumers, then new work.
+//!
+//! Failures are of two kinds. An outage (MongoDB unreachable) is waited out with backoff,
+//! holding the batch, without counting against it. A failure the server reports about the
+//! batch counts as an attempt; attempts are counted in Redis, before each one starts, so
+//! crashes count too, and the batch goes to the dead-letter stream after `max_attempts`.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use domain::{Batch, OutcomeCode, RecordOutcome};
+use infra::event_store::{ActionMeta, DeadLetter};
 use infra::keys::CONSUMER_GROUP;
 use infra::work::{self, ReadFrom, WorkItem};
 use infra::EventStore;
 use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::ContactWriter;
+use crate::apply::{ContactWriter, Target};
 
-/// Attempts at one batch within one delivery before leaving it pending for redelivery.
-const ATTEMPTS_PER_DELIVERY: u32 = 5;
-const RETRY_BASE: Duration = Duration::from_millis(100);
-const RETRY_CAP: Duration = Duration::from_secs(5);
 const CLAIM_BATCH: usize = 16;
+
+/// How a batch that fails is retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts before the batch is dead-lettered.
+    pub max_attempts: u32,
+    pub first_delay: Duration,
+    pub max_delay: Duration,
+}
+
+/// The batch a worker holds right now, so the process can hand it back if the worker is
+/// stopped mid-batch at the shutdown deadline.
+pub type InFlight = Arc<Mutex<Option<WorkItem>>>;
 
 pub struct Worker {
     pub name: String,
@@ -27,17 +44,25 @@ pub struct Worker {
     pub redis_url: String,
     pub block: Duration,
     pub claim_idle: Duration,
+    pub retry: RetryPolicy,
+    pub in_flight: InFlight,
+}
+
+enum AttemptResult {
+    Applied(Vec<RecordOutcome>),
+    Failed(String),
+    /// Shutdown came while waiting out an outage.
+    Interrupted,
 }
 
 impl Worker {
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut failures = 0u32;
+        let mut delays = infra::retry::reconnect_delays();
         while !shutdown.is_cancelled() {
             match self.serve(&shutdown).await {
                 Ok(()) => return,
                 Err(error) => {
-                    failures += 1;
-                    let pause = backoff(failures);
+                    let pause = delays.next().unwrap_or(Duration::from_secs(5));
                     tracing::warn!(worker = %self.name, %error, ?pause, "worker lost its connection; retrying");
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
@@ -52,11 +77,11 @@ impl Worker {
         let mut conn = infra::redis_conn::blocking(&self.redis_url, self.block).await?;
         work::ensure_groups(&mut conn, &self.streams, CONSUMER_GROUP).await?;
         let mut from = ReadFrom::OwnPending;
-        let mut last_claim = Instant::now();
+        let mut last_claim: Option<Instant> = None;
         while !shutdown.is_cancelled() {
-            if last_claim.elapsed() >= self.claim_idle / 2 {
-                last_claim = Instant::now();
-                self.claim_abandoned(&mut conn).await?;
+            if last_claim.is_none_or(|at| at.elapsed() >= self.claim_idle / 2) {
+                last_claim = Some(Instant::now());
+                self.claim_abandoned(&mut conn, shutdown).await?;
             }
             let entries = work::read_group(
                 &mut conn,
@@ -73,7 +98,7 @@ impl Worker {
                 continue;
             }
             for (stream, entry) in entries {
-                self.handle(&mut conn, stream, &entry).await?;
+                self.handle(&mut conn, stream, &entry, shutdown).await?;
             }
         }
         Ok(())
@@ -82,6 +107,7 @@ impl Worker {
     async fn claim_abandoned(
         &self,
         conn: &mut MultiplexedConnection,
+        shutdown: &CancellationToken,
     ) -> Result<(), infra::StoreError> {
         for stream in &self.streams {
             let claimed = work::claim_idle(
@@ -94,8 +120,15 @@ impl Worker {
             )
             .await?;
             for entry in claimed {
+                if shutdown.is_cancelled() {
+                    // Claimed but not started: give it straight back.
+                    if let Some(item) = work::work_item(stream.clone(), &entry) {
+                        self.hand_back(&item).await;
+                    }
+                    continue;
+                }
                 tracing::info!(worker = %self.name, entry = %entry.id, "claimed abandoned work");
-                self.handle(conn, stream.clone(), &entry).await?;
+                self.handle(conn, stream.clone(), &entry, shutdown).await?;
             }
         }
         Ok(())
@@ -106,6 +139,7 @@ impl Worker {
         conn: &mut MultiplexedConnection,
         stream: String,
         entry: &redis::streams::StreamId,
+        shutdown: &CancellationToken,
     ) -> Result<(), infra::StoreError> {
         let Some(item) = work::work_item(stream.clone(), entry) else {
             tracing::error!(%stream, entry = %entry.id, "dropping a malformed work entry");
@@ -117,13 +151,17 @@ impl Worker {
             )
             .await;
         };
-        self.process(conn, &item).await
+        self.set_in_flight(Some(item.clone()));
+        let result = self.process(conn, &item, shutdown).await;
+        self.set_in_flight(None);
+        result
     }
 
     async fn process(
         &self,
         conn: &mut MultiplexedConnection,
         item: &WorkItem,
+        shutdown: &CancellationToken,
     ) -> Result<(), infra::StoreError> {
         let Some(meta) = self.store.meta(item.action_id).await? else {
             tracing::error!(action = %item.action_id, "work for an unknown action; dropping it");
@@ -133,52 +171,146 @@ impl Worker {
             // The payload is removed in the same step that records the batch, so it was done.
             return discard_item(conn, item).await;
         };
-        let started_at = infra::clock::now();
         self.store
             .append_once(
                 item.action_id,
                 "started",
                 &domain::EventPayload::Started {},
-                started_at,
+                infra::clock::now(),
             )
             .await?;
 
         let began = Instant::now();
-        let attempts = async {
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                match self
-                    .writer
-                    .apply(&meta.account_id, meta.action_type, &batch)
-                    .await
-                {
-                    Ok(outcomes) => return Some(outcomes),
-                    Err(error) if attempt < ATTEMPTS_PER_DELIVERY => {
-                        let pause = backoff(attempt);
-                        tracing::warn!(action = %item.action_id, batch = item.batch, attempt, %error, ?pause, "batch failed; retrying");
-                        tokio::time::sleep(pause).await;
+        let mut last_error: Option<String> = None;
+        let mut delays = infra::retry::delays(self.retry.first_delay, self.retry.max_delay);
+        loop {
+            let attempt = self.store.begin_attempt(item).await?;
+            if attempt > self.retry.max_attempts {
+                return self
+                    .dead_letter(item, &batch, attempt - 1, last_error)
+                    .await;
+            }
+            let result = self
+                .while_holding(item, self.attempt(&meta, item, &batch, attempt, shutdown))
+                .await;
+            match result {
+                AttemptResult::Applied(outcomes) => {
+                    self.store
+                        .settle_batch(item, outcomes, &self.name, attempt, infra::clock::now())
+                        .await?;
+                    tracing::debug!(action = %item.action_id, batch = item.batch, attempt, records = batch.records.len(), elapsed_ms = began.elapsed().as_millis() as u64, "batch applied");
+                    return Ok(());
+                }
+                AttemptResult::Interrupted => {
+                    self.hand_back(item).await;
+                    return Ok(());
+                }
+                AttemptResult::Failed(error) => {
+                    let pause = delays.next().unwrap_or(self.retry.max_delay);
+                    tracing::warn!(action = %item.action_id, batch = item.batch, attempt, max_attempts = self.retry.max_attempts, %error, ?pause, "batch failed");
+                    last_error = Some(error);
+                    if attempt >= self.retry.max_attempts {
+                        continue; // The next count is past the limit: dead-letter it now.
                     }
-                    Err(error) => {
-                        tracing::error!(action = %item.action_id, batch = item.batch, %error, "batch failed; leaving it for redelivery");
-                        return None;
+                    let waited = self
+                        .while_holding(item, async {
+                            tokio::select! {
+                                _ = shutdown.cancelled() => false,
+                                _ = tokio::time::sleep(pause) => true,
+                            }
+                        })
+                        .await;
+                    if !waited {
+                        self.hand_back(item).await;
+                        return Ok(());
                     }
                 }
             }
+        }
+    }
+
+    /// One attempt at the batch, waiting out MongoDB outages inside it.
+    async fn attempt(
+        &self,
+        meta: &ActionMeta,
+        item: &WorkItem,
+        batch: &Batch,
+        attempt: u32,
+        shutdown: &CancellationToken,
+    ) -> AttemptResult {
+        let target = Target {
+            account: &meta.account_id,
+            action: item.action_id,
+            action_type: meta.action_type,
+            attempt,
         };
-        let Some(outcomes) = self.while_holding(item, attempts).await else {
-            // Left pending: redelivered to this worker on restart or claimed by another.
-            return Ok(());
-        };
+        let mut outage_delays = infra::retry::reconnect_delays();
+        loop {
+            match self.writer.apply(target, batch).await {
+                Ok(outcomes) => return AttemptResult::Applied(outcomes),
+                Err(error) if error.is_outage() => {
+                    let pause = outage_delays.next().unwrap_or(Duration::from_secs(5));
+                    tracing::warn!(action = %item.action_id, batch = item.batch, %error, ?pause, "MongoDB is unreachable; waiting");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return AttemptResult::Interrupted,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
+                Err(error) => return AttemptResult::Failed(error.to_string()),
+            }
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        item: &WorkItem,
+        batch: &Batch,
+        attempts: u32,
+        last_error: Option<String>,
+    ) -> Result<(), infra::StoreError> {
+        let error = last_error.unwrap_or_else(|| {
+            "no error was recorded: the last attempts ended with their consumer (crash or kill)"
+                .to_owned()
+        });
+        let message = format!(
+            "the batch failed {attempts} attempts and was moved to the dead-letter stream; \
+             the record may be partly applied. Last error: {error}"
+        );
+        let outcomes = batch
+            .records
+            .iter()
+            .map(|record| RecordOutcome {
+                index: record.index,
+                email: Some(record.change.email.as_str().to_owned()),
+                code: OutcomeCode::DeadLettered,
+                message: Some(message.clone()),
+            })
+            .collect();
+        tracing::error!(action = %item.action_id, batch = item.batch, attempts, %error, "batch dead-lettered");
         self.store
-            .settle_batch(item, outcomes, &self.name, infra::clock::now())
+            .dead_letter(
+                item,
+                DeadLetter {
+                    attempts,
+                    error,
+                    outcomes,
+                },
+                infra::clock::now(),
+            )
             .await?;
-        tracing::debug!(action = %item.action_id, batch = item.batch, records = batch.records.len(), elapsed_ms = began.elapsed().as_millis() as u64, "batch applied");
         Ok(())
     }
-}
 
-impl Worker {
+    fn set_in_flight(&self, item: Option<WorkItem>) {
+        if let Ok(mut slot) = self.in_flight.lock() {
+            *slot = item;
+        }
+    }
+
+    async fn hand_back(&self, item: &WorkItem) {
+        hand_back(&self.store, item, &self.name, self.claim_idle).await;
+    }
+
     /// Runs `work` while keeping `item` claimed, so that a slow batch is not taken over.
     async fn while_holding<T>(
         &self,
@@ -203,6 +335,20 @@ impl Worker {
     }
 }
 
+/// Makes `item` immediately claimable by other consumers (best effort: if Redis is down,
+/// it becomes claimable after `claim_idle` anyway).
+pub async fn hand_back(store: &EventStore, item: &WorkItem, consumer: &str, claim_idle: Duration) {
+    let mut conn = store.connection();
+    match work::hand_back(&mut conn, item, CONSUMER_GROUP, consumer, claim_idle).await {
+        Ok(()) => {
+            tracing::info!(action = %item.action_id, batch = item.batch, "handed the batch back")
+        }
+        Err(error) => {
+            tracing::warn!(%error, action = %item.action_id, batch = item.batch, "could not hand the batch back; it will be claimed when idle")
+        }
+    }
+}
+
 async fn discard_item(
     conn: &mut MultiplexedConnection,
     item: &WorkItem,
@@ -214,13 +360,4 @@ async fn discard_item(
         std::slice::from_ref(&item.entry_id),
     )
     .await
-}
-
-/// Capped exponential backoff with full jitter.
-fn backoff(attempt: u32) -> Duration {
-    let ceiling = RETRY_BASE
-        .saturating_mul(2u32.saturating_pow(attempt.min(16)))
-        .min(RETRY_CAP);
-    let jittered = rand::random_range(0..=ceiling.as_millis() as u64);
-    Duration::from_millis(jittered.max(10))
 }

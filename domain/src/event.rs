@@ -1,8 +1,9 @@
 //! The events a bulk action is made of, and the envelope they travel in.
 //!
 //! The envelope's fields are stored as separate fields of a Redis stream entry; the payload
-//! is stored as JSON under its type name. `decode` is the one place old payloads are read,
-//! so an upcaster for a future schema version goes there.
+//! is stored as JSON under its type name. Streams are never rewritten, so events written by
+//! older builds stay in them for good: `decode` upcasts each stored version to the current
+//! shape, one version step at a time (see `upcast`), before the domain sees it.
 
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
@@ -13,7 +14,11 @@ use crate::outcome::RecordOutcome;
 use crate::time::Timestamp;
 
 /// The schema version written by this build.
-pub const SCHEMA_VERSION: u16 = 1;
+///
+/// - 1: the first release.
+/// - 2: `BatchProcessed` names the consumer in `consumer` (was the optional `appliedBy`) and
+///   says which `attempt` applied it; `BatchDeadLettered` exists.
+pub const SCHEMA_VERSION: u16 = 2;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventEnvelope {
@@ -53,9 +58,20 @@ pub enum EventPayload {
     BatchProcessed {
         batch: u32,
         outcomes: Vec<RecordOutcome>,
-        /// The consumer that applied it, for operators; absent in events of early builds.
-        #[serde(default)]
-        applied_by: Option<String>,
+        /// The consumer that applied it, for operators.
+        consumer: String,
+        /// Which attempt at the batch succeeded, counted across consumers and crashes.
+        attempt: u32,
+    },
+    /// One batch failed on every allowed attempt and went to the dead-letter stream; each of
+    /// its records is `dead_lettered`.
+    #[serde(rename_all = "camelCase")]
+    BatchDeadLettered {
+        batch: u32,
+        attempts: u32,
+        /// The last error seen, for operators.
+        error: String,
+        outcomes: Vec<RecordOutcome>,
     },
     /// Every record has an outcome.
     Completed {},
@@ -78,6 +94,7 @@ impl EventPayload {
             EventPayload::Released {} => "Released",
             EventPayload::Started {} => "Started",
             EventPayload::BatchProcessed { .. } => "BatchProcessed",
+            EventPayload::BatchDeadLettered { .. } => "BatchDeadLettered",
             EventPayload::Completed {} => "Completed",
         }
     }
@@ -95,7 +112,10 @@ impl EventPayload {
         if schema_version > SCHEMA_VERSION {
             return Err(DecodeError::FutureVersion(schema_version));
         }
-        let data: serde_json::Value = serde_json::from_str(data)?;
+        let mut data: serde_json::Value = serde_json::from_str(data)?;
+        for from in schema_version..SCHEMA_VERSION {
+            data = upcast(type_name, from, data);
+        }
         let tagged = serde_json::json!({ "type": type_name, "data": data });
         Ok(serde_json::from_value(tagged)?)
     }
@@ -106,9 +126,34 @@ impl EventPayload {
             EventPayload::RecordRejected { records } | EventPayload::RecordSkipped { records } => {
                 records
             }
-            EventPayload::BatchProcessed { outcomes, .. } => outcomes,
+            EventPayload::BatchProcessed { outcomes, .. }
+            | EventPayload::BatchDeadLettered { outcomes, .. } => outcomes,
             _ => &[],
         }
+    }
+}
+
+/// Rewrites the stored data of a `type_name` event from schema version `from` to `from + 1`.
+///
+/// Pure JSON to JSON, so each step is written once against the shape it was stored in and
+/// never has to change when later versions arrive.
+fn upcast(type_name: &str, from: u16, mut data: serde_json::Value) -> serde_json::Value {
+    match (from, type_name) {
+        // v2 named the consumer `consumer` (always present) and added `attempt`. v1 builds
+        // retried a batch inside one delivery without counting; 1 is the only attempt
+        // number a v1 event can vouch for.
+        (1, "BatchProcessed") => {
+            if let Some(fields) = data.as_object_mut() {
+                let consumer = fields
+                    .remove("appliedBy")
+                    .filter(|name| name.is_string())
+                    .unwrap_or_else(|| serde_json::Value::from("unknown"));
+                fields.insert("consumer".to_owned(), consumer);
+                fields.insert("attempt".to_owned(), serde_json::Value::from(1));
+            }
+            data
+        }
+        _ => data,
     }
 }
 
@@ -136,7 +181,19 @@ mod tests {
                     code: OutcomeCode::NotFound,
                     message: None,
                 }],
-                applied_by: Some("consumer-1".into()),
+                consumer: "consumer-1".into(),
+                attempt: 2,
+            },
+            EventPayload::BatchDeadLettered {
+                batch: 5,
+                attempts: 8,
+                error: "mongodb: boom".into(),
+                outcomes: vec![RecordOutcome {
+                    index: 9,
+                    email: Some("c@d.co".into()),
+                    code: OutcomeCode::DeadLettered,
+                    message: Some("gave up".into()),
+                }],
             },
             EventPayload::Started {},
             EventPayload::Completed {},
@@ -156,5 +213,37 @@ mod tests {
             Err(DecodeError::FutureVersion(_))
         ));
         assert!(EventPayload::decode("Nope", SCHEMA_VERSION, "{}").is_err());
+    }
+
+    /// Exactly what a v1 build stored (infra writes `data` verbatim): the upcaster must
+    /// turn it into today's payload, with and without the optional `appliedBy`.
+    #[test]
+    fn version_1_batch_processed_is_upcast() {
+        let stored = r#"{"batch":3,"outcomes":[{"index":0,"email":"a@b.co","code":"updated"}],"appliedBy":"host-7-0"}"#;
+        let decoded = EventPayload::decode("BatchProcessed", 1, stored).unwrap();
+        assert_eq!(
+            decoded,
+            EventPayload::BatchProcessed {
+                batch: 3,
+                outcomes: vec![RecordOutcome {
+                    index: 0,
+                    email: Some("a@b.co".into()),
+                    code: OutcomeCode::Updated,
+                    message: None,
+                }],
+                consumer: "host-7-0".into(),
+                attempt: 1,
+            }
+        );
+        let anonymous = EventPayload::decode("BatchProcessed", 1, r#"{"batch":0,"outcomes":[]}"#);
+        assert!(matches!(
+            anonymous,
+            Ok(EventPayload::BatchProcessed { consumer, attempt: 1, .. }) if consumer == "unknown"
+        ));
+        // Other v1 events are unchanged by the step.
+        assert_eq!(
+            EventPayload::decode("Completed", 1, "{}").unwrap(),
+            EventPayload::Completed {}
+        );
     }
 }

@@ -57,6 +57,9 @@ pub enum OutcomeCode {
     // failed: applying it
     NotFound,
     StoreError,
+    /// The record's batch failed on every attempt and was moved to the dead-letter stream.
+    /// Whether the store kept part of it is unknown: the batch is kept for re-driving.
+    DeadLettered,
 }
 
 impl OutcomeCode {
@@ -66,9 +69,8 @@ impl OutcomeCode {
             Created | Updated | Deleted => OutcomeStatus::Succeeded,
             DuplicateEmail | AlreadyExists => OutcomeStatus::Skipped,
             NotAnObject | MissingEmail | InvalidEmail | InvalidType | InvalidValue
-            | UnknownField | ForbiddenFieldName | NoFieldsToUpdate | NotFound | StoreError => {
-                OutcomeStatus::Failed
-            }
+            | UnknownField | ForbiddenFieldName | NoFieldsToUpdate | NotFound | StoreError
+            | DeadLettered => OutcomeStatus::Failed,
         }
     }
 
@@ -90,6 +92,7 @@ impl OutcomeCode {
             NoFieldsToUpdate => "no_fields_to_update",
             NotFound => "not_found",
             StoreError => "store_error",
+            DeadLettered => "dead_lettered",
         }
     }
 }

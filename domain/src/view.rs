@@ -38,6 +38,8 @@ pub struct ActionView {
     pub by_reason: BTreeMap<String, u32>,
     pub batch_count: u32,
     pub batches_processed: u32,
+    /// Batches that failed every attempt and went to the dead-letter stream.
+    pub batches_dead_lettered: u32,
     /// Records settled by batches (not at submission); the numerator of the throughput.
     pub processed_by_batches: u32,
     /// Sequence number of the last event folded into this view.
@@ -127,8 +129,14 @@ pub fn apply_event(
             view.batches_processed += 1;
             view.processed_by_batches += u32::try_from(outcomes.len()).unwrap_or(u32::MAX);
         }
+        EventPayload::BatchDeadLettered { outcomes, .. } => {
+            view.start(event.occurred_at);
+            view.count(outcomes);
+            view.batches_dead_lettered += 1;
+            view.processed_by_batches += u32::try_from(outcomes.len()).unwrap_or(u32::MAX);
+        }
         EventPayload::Completed {} => {
-            view.status = ActionStatus::Completed;
+            view.status = view.final_status();
             view.completed_at = Some(event.occurred_at);
         }
     }
@@ -180,6 +188,7 @@ fn created(event: &EventEnvelope) -> ActionView {
         by_reason: BTreeMap::new(),
         batch_count: *batch_count,
         batches_processed: 0,
+        batches_dead_lettered: 0,
         processed_by_batches: 0,
         last_seq: event.seq,
     }
@@ -192,6 +201,16 @@ impl ActionView {
         }
         if matches!(self.status, ActionStatus::Scheduled | ActionStatus::Queued) {
             self.status = ActionStatus::Running;
+        }
+    }
+
+    /// `failed` when the store could apply nothing at all: some batch was dead-lettered and
+    /// no record succeeded. Anything less is `completed`, with the failures in its counts.
+    fn final_status(&self) -> ActionStatus {
+        if self.batches_dead_lettered > 0 && self.succeeded == 0 {
+            ActionStatus::Failed
+        } else {
+            ActionStatus::Completed
         }
     }
 
@@ -287,7 +306,8 @@ mod tests {
                     outcome(2, OutcomeCode::Updated),
                     outcome(3, OutcomeCode::NotFound),
                 ],
-                applied_by: None,
+                consumer: "c".into(),
+                attempt: 1,
             },
             EventPayload::BatchProcessed {
                 batch: 0,
@@ -295,7 +315,8 @@ mod tests {
                     outcome(0, OutcomeCode::Updated),
                     outcome(1, OutcomeCode::Updated),
                 ],
-                applied_by: None,
+                consumer: "c".into(),
+                attempt: 1,
             },
             EventPayload::Completed {},
         ];
@@ -385,5 +406,39 @@ mod tests {
             let resumed = fold(partial, &events[split.saturating_sub(1)..]).unwrap();
             prop_assert_eq!(resumed, fold(None, &events).unwrap());
         }
+    }
+
+    fn dead_lettered(batch: u32, indexes: &[u32]) -> EventPayload {
+        EventPayload::BatchDeadLettered {
+            batch,
+            attempts: 8,
+            error: "boom".into(),
+            outcomes: indexes
+                .iter()
+                .map(|&i| outcome(i, OutcomeCode::DeadLettered))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_dead_lettered_batch_completes_with_failures() {
+        let mut events = history();
+        events[5].payload = dead_lettered(0, &[0, 1]);
+        let view = fold(None, &events).unwrap().unwrap();
+        assert_eq!(view.status, ActionStatus::Completed);
+        assert_eq!((view.succeeded, view.failed, view.skipped), (1, 4, 1));
+        assert_eq!(view.by_reason.get("dead_lettered"), Some(&2));
+        assert_eq!(view.batches_dead_lettered, 1);
+        assert_eq!(view.batches_processed, 1);
+    }
+
+    #[test]
+    fn an_action_nothing_could_be_applied_to_has_failed() {
+        let mut events = history();
+        events[4].payload = dead_lettered(1, &[2, 3]);
+        events[5].payload = dead_lettered(0, &[0, 1]);
+        let view = fold(None, &events).unwrap().unwrap();
+        assert_eq!(view.status, ActionStatus::Failed);
+        assert_eq!(view.processed_records, 6);
     }
 }

@@ -29,6 +29,8 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
     #[error("stored data is not readable: {0}")]
     Corrupt(String),
+    #[error("the staged batches of action {0} expired before it was committed")]
+    StagingExpired(ActionId),
 }
 
 impl From<domain::event::DecodeError> for StoreError {
@@ -71,6 +73,24 @@ pub struct NewAction<'a> {
     pub created_at: Timestamp,
     /// The opening events, in order; `Created` first.
     pub events: Vec<EventPayload>,
+    /// The token `stage_batches` staged this submission's batches under.
+    pub staging_token: &'a str,
+}
+
+/// Whether `commit_action` made the action exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    Created,
+    /// It existed already: another submission with the same idempotency key won.
+    AlreadyExisted,
+}
+
+/// A batch that failed every allowed attempt.
+pub struct DeadLetter {
+    pub attempts: u32,
+    pub error: String,
+    /// One `dead_lettered` outcome per record of the batch.
+    pub outcomes: Vec<RecordOutcome>,
 }
 
 struct Scripts {
@@ -108,14 +128,15 @@ impl EventStore {
         self.conn.clone()
     }
 
-    /// Stores batch payloads where no consumer can see them yet. They expire unless
-    /// `commit_action` follows.
+    /// Stores batch payloads where no consumer can see them yet, under a `token` of this
+    /// submission's own. They expire unless `commit_action` follows.
     pub async fn stage_batches(
         &self,
         action: ActionId,
+        token: &str,
         batches: &[Batch],
     ) -> Result<(), StoreError> {
-        let key = self.keys.batches(action);
+        let key = self.keys.staging(action, token);
         let mut conn = self.conn.clone();
         for chunk in batches.chunks(STAGE_CHUNK) {
             let mut fields = Vec::with_capacity(chunk.len());
@@ -133,8 +154,8 @@ impl EventStore {
         Ok(())
     }
 
-    /// Makes the action exist. Returns false if it already did (a retried submission).
-    pub async fn commit_action(&self, new: &NewAction<'_>) -> Result<bool, StoreError> {
+    /// Makes the action exist, unless it already did (a retried submission).
+    pub async fn commit_action(&self, new: &NewAction<'_>) -> Result<Commit, StoreError> {
         let action = new.action_id;
         let partition = self.keys.partition_of(action);
         let mut invocation = self.scripts.commit_action.prepare_invoke();
@@ -146,6 +167,7 @@ impl EventStore {
             .key(self.keys.work(partition))
             .key(self.keys.schedule(partition))
             .key(self.keys.actions(partition))
+            .key(self.keys.staging(action, new.staging_token))
             .arg(action.to_string())
             .arg(new.account_id.as_str())
             .arg(new.action_type.as_str())
@@ -167,7 +189,47 @@ impl EventStore {
                 .arg(payload.data_json());
         }
         let created: i64 = invocation.invoke_async(&mut self.conn.clone()).await?;
-        Ok(created == 1)
+        match created {
+            1 => Ok(Commit::Created),
+            0 => Ok(Commit::AlreadyExisted),
+            _ => Err(StoreError::StagingExpired(action)),
+        }
+    }
+
+    /// Reserves `key` for `value` unless it is taken; returns the value that holds it
+    /// (`None`: this call reserved it).
+    pub async fn reserve(
+        &self,
+        key: &str,
+        value: &str,
+        ttl_secs: u64,
+    ) -> Result<Option<String>, StoreError> {
+        // `SET NX GET` (Redis 7.0) reserves and reads the holder in one atomic step.
+        let holder: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("NX")
+            .arg("GET")
+            .arg("EX")
+            .arg(ttl_secs)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(holder)
+    }
+
+    /// Counts one more attempt at a batch and returns its number (1 for the first).
+    /// Counted before the attempt, so attempts that crash their consumer count too.
+    pub async fn begin_attempt(&self, item: &WorkItem) -> Result<u32, StoreError> {
+        let attempt: u32 = self
+            .conn
+            .clone()
+            .hincr(
+                self.keys.meta(item.action_id),
+                format!("attempts:{}", item.batch),
+                1,
+            )
+            .await?;
+        Ok(attempt)
     }
 
     /// Appends `payload` unless an event with the same `guard` was appended before.
@@ -179,25 +241,62 @@ impl EventStore {
         payload: &EventPayload,
         at: Timestamp,
     ) -> Result<Option<u64>, StoreError> {
-        self.append(action, guard, payload, at, None).await
+        self.append(action, guard, payload, at, None, None).await
     }
 
     /// Records a batch's outcomes and retires its work item in one step; appends
-    /// `Completed` if it was the action's last batch. Safe to repeat.
+    /// `Completed` if it was the action's last batch. Safe to repeat: only the first
+    /// settlement of a batch is recorded.
     pub async fn settle_batch(
         &self,
         item: &WorkItem,
         outcomes: Vec<RecordOutcome>,
-        applied_by: &str,
+        consumer: &str,
+        attempt: u32,
         at: Timestamp,
     ) -> Result<Option<u64>, StoreError> {
         let payload = EventPayload::BatchProcessed {
             batch: item.batch,
             outcomes,
-            applied_by: Some(applied_by.to_owned()),
+            consumer: consumer.to_owned(),
+            attempt,
         };
+        self.settle(item, &payload, at, None).await
+    }
+
+    /// Settles a batch that failed every attempt: `BatchDeadLettered` in the action's
+    /// stream and the batch, records included, in the partition's dead-letter stream.
+    pub async fn dead_letter(
+        &self,
+        item: &WorkItem,
+        dead: DeadLetter,
+        at: Timestamp,
+    ) -> Result<Option<u64>, StoreError> {
+        let attempts = dead.attempts;
+        let error = if dead.error.is_empty() {
+            "unknown error".to_owned()
+        } else {
+            dead.error
+        };
+        let payload = EventPayload::BatchDeadLettered {
+            batch: item.batch,
+            attempts,
+            error: error.clone(),
+            outcomes: dead.outcomes,
+        };
+        self.settle(item, &payload, at, Some((&error, attempts)))
+            .await
+    }
+
+    async fn settle(
+        &self,
+        item: &WorkItem,
+        payload: &EventPayload,
+        at: Timestamp,
+        dead_letter: Option<(&str, u32)>,
+    ) -> Result<Option<u64>, StoreError> {
         let guard = format!("batch:{}", item.batch);
-        self.append(item.action_id, &guard, &payload, at, Some(item))
+        self.append(item.action_id, &guard, payload, at, Some(item), dead_letter)
             .await
     }
 
@@ -208,6 +307,7 @@ impl EventStore {
         payload: &EventPayload,
         at: Timestamp,
         settles: Option<&WorkItem>,
+        dead_letter: Option<(&str, u32)>,
     ) -> Result<Option<u64>, StoreError> {
         let partition = self.keys.partition_of(action);
         let completed = EventPayload::Completed {};
@@ -219,6 +319,7 @@ impl EventStore {
             .key(self.keys.feed(partition))
             .key(self.keys.batches(action))
             .key(self.keys.work(partition))
+            .key(self.keys.dead_letters(partition))
             .arg(action.to_string())
             .arg(guard)
             .arg(SCHEMA_VERSION)
@@ -237,6 +338,12 @@ impl EventStore {
                     .unwrap_or_default(),
             )
             .arg(CONSUMER_GROUP)
+            .arg(dead_letter.map(|(error, _)| error).unwrap_or_default())
+            .arg(
+                dead_letter
+                    .map(|(_, attempts)| attempts)
+                    .unwrap_or_default(),
+            )
             .invoke_async(&mut self.conn.clone())
             .await?;
         match seq {

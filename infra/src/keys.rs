@@ -4,12 +4,15 @@
 //! | key | type | what |
 //! |---|---|---|
 //! | `P:{n}:events:<action>` | stream | the action's events; never trimmed (replay) |
-//! | `P:{n}:meta:<action>` | hash | seq counter, batch counters, idempotency guards |
+//! | `P:{n}:meta:<action>` | hash | seq counter, batch counters, append guards, attempts per batch |
 //! | `P:{n}:batches:<action>` | hash | batch number -> records JSON; deleted when applied |
+//! | `P:{n}:batches:<action>:staging:<token>` | hash | one submission's batches until commit renames it |
 //! | `P:{n}:work` | stream | one entry per batch ready to apply; group `consumers` |
+//! | `P:{n}:dead` | stream | batches that failed every attempt, with their records and error |
 //! | `P:{n}:feed` | stream | "action X has events up to seq S"; group `projector` |
 //! | `P:{n}:schedule` | zset | scheduled actions by start time (ms) |
 //! | `P:{n}:actions` | zset | every action by creation time (ms); replay walks it |
+//! | `idem:<sha256>` | string | `Idempotency-Key` of an account -> "<action> <body sha256>", 24 h |
 
 use domain::ActionId;
 
@@ -59,6 +62,21 @@ impl Keys {
         self.action_key(action, "batches")
     }
 
+    /// Where one submission stages its batches; `commit_action` renames it to `batches`.
+    pub fn staging(&self, action: ActionId, token: &str) -> String {
+        format!("{}:staging:{token}", self.batches(action))
+    }
+
+    pub fn dead_letters(&self, partition: u32) -> String {
+        self.partition_key(partition, "dead")
+    }
+
+    /// `digest` is the hex SHA-256 of the account and the client's key, so that any bytes a
+    /// client sends end up as a fixed-size key.
+    pub fn idempotency(&self, digest: &str) -> String {
+        format!("{}:idem:{digest}", self.prefix)
+    }
+
     pub fn work(&self, partition: u32) -> String {
         self.partition_key(partition, "work")
     }
@@ -90,7 +108,9 @@ mod tests {
             keys.events(action),
             keys.meta(action),
             keys.batches(action),
+            keys.staging(action, "t"),
             keys.work(partition),
+            keys.dead_letters(partition),
             keys.feed(partition),
             keys.schedule(partition),
         ] {

@@ -10,6 +10,7 @@ pub mod event_store;
 pub mod keys;
 pub mod mongo;
 pub mod redis_conn;
+pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
 pub mod views;

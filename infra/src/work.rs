@@ -178,3 +178,27 @@ pub async fn keep_claimed<C: ConnectionLike + Send + Sync>(
         .await?;
     Ok(())
 }
+
+/// Gives an entry back to the group before its consumer exits: its idle time is set to
+/// `idle`, the claim threshold, so any live consumer's next `XAUTOCLAIM` takes it at once
+/// instead of waiting for a silent consumer to look dead.
+pub async fn hand_back<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    item: &WorkItem,
+    group: &str,
+    consumer: &str,
+    idle: Duration,
+) -> Result<(), StoreError> {
+    let _: redis::Value = redis::cmd("XCLAIM")
+        .arg(&item.stream)
+        .arg(group)
+        .arg(consumer)
+        .arg(0)
+        .arg(&item.entry_id)
+        .arg("IDLE")
+        .arg(idle.as_millis() as u64)
+        .arg("JUSTID")
+        .query_async(conn)
+        .await?;
+    Ok(())
+}

@@ -53,6 +53,19 @@ pub enum ProjectorError {
     Fold(#[from] domain::FoldError),
 }
 
+impl ProjectorError {
+    /// Errors that retrying cannot fix: the action's stored events themselves are wrong.
+    /// One such action must not stall the projection of every other.
+    fn is_about_the_data(&self) -> bool {
+        matches!(
+            self,
+            ProjectorError::Fold(_)
+                | ProjectorError::Bson(_)
+                | ProjectorError::Store(infra::StoreError::Corrupt(_))
+        )
+    }
+}
+
 struct Projector {
     store: EventStore,
     database: Database,
@@ -68,12 +81,17 @@ async fn connect(config: &ProjectorConfig) -> Result<(EventStore, Database), Pro
     Ok((EventStore::new(conn, keys), database))
 }
 
-/// Follows the feeds until `shutdown` is cancelled.
+/// Follows the feeds until `shutdown` is cancelled. Waits for Redis and MongoDB at start
+/// and after any outage (capped backoff with jitter); views resume from their checkpoints.
 pub async fn run(
     config: ProjectorConfig,
     shutdown: CancellationToken,
 ) -> Result<(), ProjectorError> {
-    let (store, database) = connect(&config).await?;
+    let Some((store, database)) =
+        infra::retry::until_ok("redis and mongodb", &shutdown, || connect(&config)).await
+    else {
+        return Ok(());
+    };
     let feeds = store
         .keys()
         .partitions()
@@ -86,13 +104,12 @@ pub async fn run(
         config,
     };
     tracing::info!(name = %projector.config.name, "projector started");
-    let mut failures = 0u32;
+    let mut delays = infra::retry::reconnect_delays();
     while !shutdown.is_cancelled() {
         match projector.follow(&shutdown).await {
             Ok(()) => break,
             Err(error) => {
-                failures += 1;
-                let pause = Duration::from_millis((100u64 << failures.min(6)).min(5_000));
+                let pause = delays.next().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(%error, ?pause, "projector interrupted; resuming from its checkpoints");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -132,7 +149,13 @@ impl Projector {
                 .filter_map(|id| ActionId::parse(&id))
                 .collect();
             for action in actions {
-                project_action(&self.store, &self.database, action).await?;
+                match project_action(&self.store, &self.database, action).await {
+                    Ok(()) => {}
+                    Err(error) if error.is_about_the_data() => {
+                        tracing::error!(%action, %error, "cannot project this action; its view stays at its last good event");
+                    }
+                    Err(error) => return Err(error),
+                }
             }
             for feed in &self.feeds {
                 let ids: Vec<String> = entries

@@ -19,6 +19,7 @@ pub struct AppOptions {
     pub batch_size: u32,
     pub max_records_per_action: usize,
     pub max_body_bytes: usize,
+    pub max_batch_attempts: u32,
 }
 
 impl Default for AppOptions {
@@ -28,6 +29,7 @@ impl Default for AppOptions {
             batch_size: 100,
             max_records_per_action: 100_000,
             max_body_bytes: 16 * 1024 * 1024,
+            max_batch_attempts: 8,
         }
     }
 }
@@ -68,6 +70,8 @@ impl TestApp {
             batch_size: options.batch_size,
             max_body_bytes: options.max_body_bytes,
             max_records_per_action: options.max_records_per_action,
+            idempotency_ttl_secs: 3600,
+            shutdown_grace_ms: 5_000,
         };
         let state = AppState::connect(&api_config).await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -75,7 +79,7 @@ impl TestApp {
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let handle = tokio::spawn(async move {
-            if let Err(error) = api::serve(listener, state, token).await {
+            if let Err(error) = api::serve(listener, state, token, Duration::from_secs(5)).await {
                 eprintln!("api stopped with error: {error}");
             }
         });
@@ -95,7 +99,34 @@ impl TestApp {
             app.start_consumer();
         }
         app.start_projector();
+        app.wait_for_groups(options.consumers > 0).await?;
         Ok(app)
+    }
+
+    /// Waits until the projector (and the consumers, if any) have created their consumer
+    /// groups, so that tests see a settled key space.
+    async fn wait_for_groups(&self, consumers: bool) -> Result<()> {
+        let keys = infra::Keys::new(&self.store.redis_key_prefix, self.store.partitions);
+        let mut expected: Vec<String> = keys.partitions().map(|p| keys.feed(p)).collect();
+        if consumers {
+            expected.extend(keys.partitions().map(|p| keys.work(p)));
+        }
+        let mut conn = infra::redis_conn::shared(&self.store.redis_url).await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut missing = 0;
+            for key in &expected {
+                let exists: bool = redis::AsyncCommands::exists(&mut conn, key).await?;
+                missing += usize::from(!exists);
+            }
+            if missing == 0 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{missing} consumer groups were not created within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn consumer_config(&self, name: String) -> ConsumerConfig {
@@ -107,6 +138,10 @@ impl TestApp {
             claim_idle_ms: 5_000,
             statements_per_command: 32,
             scheduler_tick_ms: 50,
+            max_batch_attempts: self.options.max_batch_attempts,
+            retry_first_delay_ms: 50,
+            retry_max_delay_ms: 500,
+            shutdown_grace_ms: 5_000,
         }
     }
 

@@ -361,7 +361,7 @@ async fn two_consumers_share_a_20k_record_action_with_exact_results() -> Result<
     let appliers: BTreeSet<String> = events
         .iter()
         .filter_map(|event| match &event.envelope.payload {
-            domain::EventPayload::BatchProcessed { applied_by, .. } => applied_by.clone(),
+            domain::EventPayload::BatchProcessed { consumer, .. } => Some(consumer.clone()),
             _ => None,
         })
         .map(|worker| {

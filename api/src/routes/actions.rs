@@ -12,7 +12,7 @@ use domain::{
     EventPayload, RecordOutcome, SCHEMA_VERSION,
 };
 use futures::TryStreamExt;
-use infra::event_store::NewAction;
+use infra::event_store::{Commit, NewAction};
 use infra::mongo::ACTION_VIEWS;
 use infra::views::StoredActionView;
 use mongodb::bson::{doc, Document};
@@ -23,6 +23,7 @@ use ulid::Ulid;
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ErrorBody};
+use crate::idempotency::{self, Claim, IdempotencyKey};
 use crate::query::QueryParams;
 use crate::submission::{self, SubmitRequest};
 use crate::{read_model, AppState};
@@ -38,10 +39,14 @@ pub const LIST_SKIP_MAX: u64 = 100_000;
 /// queues the action. The response is the action view as of acceptance.
 #[utoipa::path(post, path = "/bulk-actions", tag = "bulk-actions",
     request_body(content = SubmitRequest, content_type = "application/json"),
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "1-255 visible ASCII characters; resubmitting with the same key and body returns the original action (remembered 24 h)")),
     responses(
-        (status = 202, description = "Accepted; `Location` names the action", body = ActionView,
-            headers(("Location" = String, description = "/bulk-actions/{actionId}"))),
+        (status = 202, description = "Accepted; `Location` names the action. A resubmission with a known `Idempotency-Key` gets the original action and `Idempotent-Replayed: true`", body = ActionView,
+            headers(("Location" = String, description = "/bulk-actions/{actionId}"),
+                    ("Idempotent-Replayed" = String, description = "`true` on a replayed answer"))),
         (status = 400, description = "The request is invalid; nothing was written", body = ErrorBody),
+        (status = 422, description = "The `Idempotency-Key` was used with a different body", body = ErrorBody),
         (status = 413, description = "Body larger than MAX_BODY_BYTES", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
         (status = 503, description = "Redis or MongoDB unavailable; retry", body = ErrorBody),
@@ -69,13 +74,16 @@ pub async fn submit(
         other => ApiError::bad_request("unreadable_body", other.body_text()),
     })?;
 
+    let idempotency_key = IdempotencyKey::from_headers(&headers)?;
     let max_records = state.config.max_records_per_action;
     let batch_size = state.config.batch_size;
+    let wants_fingerprint = idempotency_key.is_some();
     // Parsing and planning a large body is CPU work; keep it off the async workers.
-    let (submission, plan) = tokio::task::spawn_blocking(move || {
+    let (submission, plan, body_fingerprint) = tokio::task::spawn_blocking(move || {
         submission::parse(&body, max_records).map(|submission| {
             let plan = plan_action(&submission.data, submission.action_type, batch_size);
-            (submission, plan)
+            let body_fingerprint = wants_fingerprint.then(|| idempotency::fingerprint(&body));
+            (submission, plan, body_fingerprint)
         })
     })
     .await
@@ -87,7 +95,24 @@ pub async fn submit(
         )
     })??;
 
-    let action_id = state.next_action_id();
+    let candidate = state.next_action_id();
+    let action_id = match (&idempotency_key, &body_fingerprint) {
+        (Some(key), Some(body_fingerprint)) => {
+            let claim = idempotency::claim(
+                &state,
+                &submission.account_id,
+                key,
+                body_fingerprint,
+                candidate,
+            )
+            .await?;
+            match claim {
+                Claim::Proceed(id) => id,
+                Claim::Replay(id) => return replay(&state, id).await,
+            }
+        }
+        _ => candidate,
+    };
     let created_at = infra::clock::now();
     let start_at = submission.scheduled_for.filter(|at| *at > created_at);
     let batch_count = u32::try_from(plan.batches.len()).unwrap_or(u32::MAX);
@@ -110,7 +135,12 @@ pub async fn submit(
         events.push(EventPayload::Completed {});
     }
 
-    state.store.stage_batches(action_id, &plan.batches).await?;
+    // A token of this submission's own: a racing retry of the same action stages apart.
+    let staging_token = Ulid::new().to_string();
+    state
+        .store
+        .stage_batches(action_id, &staging_token, &plan.batches)
+        .await?;
     let new_action = NewAction {
         action_id,
         account_id: &submission.account_id,
@@ -120,16 +150,37 @@ pub async fn submit(
         start_at,
         created_at,
         events,
+        staging_token: &staging_token,
     };
-    state.store.commit_action(&new_action).await?;
+    if state.store.commit_action(&new_action).await? == Commit::AlreadyExisted {
+        return replay(&state, action_id).await;
+    }
     tracing::info!(%action_id, account = %submission.account_id, records = total_records, batches = batch_count, "bulk action accepted");
 
     let view = opening_view(&new_action)?;
-    let location = format!("/bulk-actions/{action_id}");
+    Ok(accepted(view))
+}
+
+fn accepted(view: ActionView) -> Response {
+    let location = format!("/bulk-actions/{}", view.action_id);
     let mut response = (StatusCode::ACCEPTED, Json(view)).into_response();
     if let Ok(location) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, location);
     }
+    response
+}
+
+/// The answer to a resubmission with a known `Idempotency-Key`: the original action as it
+/// stands now, flagged as a replay.
+async fn replay(state: &AppState, action: ActionId) -> Result<Response, ApiError> {
+    let view = read_model::action_view(state, action)
+        .await?
+        .ok_or_else(ApiError::action_not_found)?;
+    tracing::info!(%action, "idempotent resubmission; answering with the original action");
+    let mut response = accepted(view);
+    response
+        .headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
     Ok(response)
 }
 

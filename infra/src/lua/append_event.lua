@@ -5,11 +5,13 @@
 -- batch also advances the done counter and, with the last batch, appends Completed in the
 -- same step, so exactly one Completed is ever written. When a work entry id is given, the
 -- batch payload and the work entry are removed in the same step, so "recorded" and "done"
--- cannot disagree after a crash.
+-- cannot disagree after a crash. A dead-lettered batch is copied, records and all, to the
+-- dead-letter stream in the same step, before its payload is removed.
 --
--- KEYS: meta, events, feed, batches, work
+-- KEYS: meta, events, feed, batches, work, deadLetters
 -- ARGV: action, guard, schemaVersion, eventId, type, at, data, settlesBatch ('1'/'0'),
---       completedId, completedType, completedData, batchNumber, workEntryId, group
+--       completedId, completedType, completedData, batchNumber, workEntryId, group,
+--       deadLetterError ('' = not dead-lettered), attempts
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return -1
 end
@@ -28,6 +30,11 @@ if ARGV[2] == '' or redis.call('HSETNX', KEYS[1], ARGV[2], 1) == 1 then
     end
   end
   redis.call('XADD', KEYS[3], '*', 'action', action, 'seq', seq)
+  if ARGV[15] ~= '' then
+    redis.call('XADD', KEYS[6], '*', 'action', action, 'batch', ARGV[12],
+      'attempts', ARGV[16], 'error', ARGV[15], 'at', ARGV[6],
+      'records', redis.call('HGET', KEYS[4], ARGV[12]) or '')
+  end
 end
 if ARGV[13] ~= '' then
   redis.call('HDEL', KEYS[4], ARGV[12])

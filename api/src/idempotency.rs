@@ -1,0 +1,147 @@
+//! `Idempotency-Key`: a client that resubmits after a timeout or a crash gets the action it
+//! created the first time, not a second one.
+//!
+//! The key is scoped to the account. Its first use reserves `idem:<digest>` in Redis (24 h
+//! by default) for a freshly generated action id plus a fingerprint of the body; a later
+//! use with the same body gets that action id back. If the first submission died before
+//! committing, the retry takes over the reserved id and commits it itself; `commit_action`
+//! creates an action at most once, so two racing submissions still make one action.
+
+use axum::http::{HeaderMap, StatusCode};
+use domain::{AccountId, ActionId};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::AppState;
+
+pub const HEADER: &str = "idempotency-key";
+const MAX_KEY_LEN: usize = 255;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    /// 1 to 255 visible ASCII characters (what Stripe, PayPal and the IETF draft accept).
+    pub fn from_headers(headers: &HeaderMap) -> Result<Option<Self>, ApiError> {
+        let mut values = headers.get_all(HEADER).iter();
+        let Some(value) = values.next() else {
+            return Ok(None);
+        };
+        let invalid = |why: &str| {
+            ApiError::bad_request("invalid_idempotency_key", format!("Idempotency-Key {why}"))
+        };
+        if values.next().is_some() {
+            return Err(invalid("must be sent once"));
+        }
+        let key = value
+            .to_str()
+            .map_err(|_| invalid("must be visible ASCII"))?;
+        if key.is_empty() || key.len() > MAX_KEY_LEN {
+            return Err(invalid("must be 1 to 255 characters long"));
+        }
+        if !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(invalid("must be visible ASCII without spaces"));
+        }
+        Ok(Some(Self(key.to_owned())))
+    }
+}
+
+/// What the key says about this submission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Proceed and create the action under this id.
+    Proceed(ActionId),
+    /// The action exists: answer with it.
+    Replay(ActionId),
+}
+
+/// Hex SHA-256 of the request body: a reused key with a different body is a client bug.
+pub fn fingerprint(body: &[u8]) -> String {
+    hex(&Sha256::digest(body))
+}
+
+pub async fn claim(
+    state: &AppState,
+    account: &AccountId,
+    key: &IdempotencyKey,
+    body_fingerprint: &str,
+    candidate: ActionId,
+) -> Result<Claim, ApiError> {
+    let digest = {
+        let mut hasher = Sha256::new();
+        hasher.update(account.as_str().as_bytes());
+        hasher.update([0]);
+        hasher.update(key.0.as_bytes());
+        hex(&hasher.finalize())
+    };
+    let redis_key = state.store.keys().idempotency(&digest);
+    let ours = format!("{candidate} {body_fingerprint}");
+    let holder = state
+        .store
+        .reserve(&redis_key, &ours, state.config.idempotency_ttl_secs)
+        .await?;
+    let Some(holder) = holder else {
+        return Ok(Claim::Proceed(candidate));
+    };
+    let (held_id, held_fingerprint) = holder.split_once(' ').unwrap_or((holder.as_str(), ""));
+    let Some(held_id) = ActionId::parse(held_id) else {
+        // Not ours to interpret; never let it block the client.
+        tracing::error!(%redis_key, "unreadable idempotency record; proceeding without it");
+        return Ok(Claim::Proceed(candidate));
+    };
+    if held_fingerprint != body_fingerprint {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request body",
+        )
+        .with_details(json!({ "actionId": held_id.to_string() })));
+    }
+    if state.store.meta(held_id).await?.is_some() {
+        Ok(Claim::Replay(held_id))
+    } else {
+        Ok(Claim::Proceed(held_id))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(values: &[&[u8]]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(HEADER, HeaderValue::from_bytes(value).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn keys_are_visible_ascii_of_bounded_length() {
+        assert_eq!(IdempotencyKey::from_headers(&headers(&[])).unwrap(), None);
+        assert!(IdempotencyKey::from_headers(&headers(&[b"order-42:retry"]))
+            .unwrap()
+            .is_some());
+        let long = vec![b'k'; MAX_KEY_LEN + 1];
+        for bad in [&b"has space"[..], b"", &long, "é".as_bytes()] {
+            assert!(
+                IdempotencyKey::from_headers(&headers(&[bad])).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert!(IdempotencyKey::from_headers(&headers(&[b"a", b"b"])).is_err());
+    }
+
+    #[test]
+    fn fingerprints_are_stable_hex() {
+        assert_eq!(fingerprint(b"x"), fingerprint(b"x"));
+        assert_ne!(fingerprint(b"x"), fingerprint(b"y"));
+        assert_eq!(fingerprint(b"").len(), 64);
+    }
+}
