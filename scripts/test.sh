@@ -14,5 +14,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy "${locked[@]}" --workspace --all-targets -q -- -D warnings
+echo "== cargo build (the binaries the fault tests run as processes)"
+cargo build "${locked[@]}" --bins -p api -p consumer -p projector
 echo "== cargo test"
 cargo test "${locked[@]}" --workspace --no-fail-fast

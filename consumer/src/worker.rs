@@ -21,8 +21,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apply::{ContactWriter, Target};
 
-const CLAIM_BATCH: usize = 16;
-
 /// How a batch that fails is retried.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
@@ -79,9 +77,13 @@ impl Worker {
         let mut from = ReadFrom::OwnPending;
         let mut last_claim: Option<Instant> = None;
         while !shutdown.is_cancelled() {
+            // Abandoned work goes before new work; while there is some, keep claiming.
             if last_claim.is_none_or(|at| at.elapsed() >= self.claim_idle / 2) {
                 last_claim = Some(Instant::now());
-                self.claim_abandoned(&mut conn, shutdown).await?;
+                if self.claim_abandoned(&mut conn, shutdown).await? {
+                    last_claim = None;
+                    continue;
+                }
             }
             let entries = work::read_group(
                 &mut conn,
@@ -104,34 +106,32 @@ impl Worker {
         Ok(())
     }
 
+    /// Claims and applies one abandoned batch, if any. One at a time: whatever a worker
+    /// claims sits in its name unattended until it gets to it, and other workers would
+    /// only claim it back.
     async fn claim_abandoned(
         &self,
         conn: &mut MultiplexedConnection,
         shutdown: &CancellationToken,
-    ) -> Result<(), infra::StoreError> {
+    ) -> Result<bool, infra::StoreError> {
         for stream in &self.streams {
-            let claimed = work::claim_idle(
-                conn,
-                stream,
-                CONSUMER_GROUP,
-                &self.name,
-                self.claim_idle,
-                CLAIM_BATCH,
-            )
-            .await?;
-            for entry in claimed {
-                if shutdown.is_cancelled() {
-                    // Claimed but not started: give it straight back.
-                    if let Some(item) = work::work_item(stream.clone(), &entry) {
-                        self.hand_back(&item).await;
-                    }
-                    continue;
+            let claimed =
+                work::claim_idle(conn, stream, CONSUMER_GROUP, &self.name, self.claim_idle, 1)
+                    .await?;
+            let Some(entry) = claimed.into_iter().next() else {
+                continue;
+            };
+            if shutdown.is_cancelled() {
+                if let Some(item) = work::work_item(stream.clone(), &entry) {
+                    self.hand_back(&item).await;
                 }
-                tracing::info!(worker = %self.name, entry = %entry.id, "claimed abandoned work");
-                self.handle(conn, stream.clone(), &entry, shutdown).await?;
+                return Ok(false);
             }
+            tracing::info!(worker = %self.name, entry = %entry.id, "claimed abandoned work");
+            self.handle(conn, stream.clone(), &entry, shutdown).await?;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     async fn handle(

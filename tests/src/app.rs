@@ -1,16 +1,14 @@
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use api::{ApiConfig, AppState};
 use consumer::ConsumerConfig;
 use infra::StoreConfig;
-use mongodb::bson::Document;
-use mongodb::Database;
 use projector::ProjectorConfig;
-use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::client::ApiClient;
 use crate::services::Services;
 
 #[derive(Debug, Clone)]
@@ -43,9 +41,7 @@ struct Running {
 /// private set of services.
 pub struct TestApp {
     pub services: Services,
-    pub base_url: String,
-    pub http: reqwest::Client,
-    pub database: Database,
+    pub client: ApiClient,
     store: StoreConfig,
     options: AppOptions,
     api: Running,
@@ -86,9 +82,7 @@ impl TestApp {
         let database = infra::mongo::connect(&services.mongodb_uri, "bulk-tests").await?;
         let mut app = TestApp {
             services,
-            base_url,
-            http: reqwest::Client::new(),
-            database,
+            client: ApiClient::new(base_url, database),
             store,
             options: options.clone(),
             api: Running { shutdown, handle },
@@ -196,111 +190,16 @@ impl TestApp {
         &self.options
     }
 
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base_url)
-    }
-
-    pub async fn post_json(&self, path: &str, body: &Value) -> Result<(u16, Value)> {
-        let response = self.http.post(self.url(path)).json(body).send().await?;
-        let status = response.status().as_u16();
-        Ok((status, response.json().await.unwrap_or(Value::Null)))
-    }
-
-    pub async fn post_raw(
-        &self,
-        path: &str,
-        content_type: &str,
-        body: Vec<u8>,
-    ) -> Result<(u16, Value)> {
-        let response = self
-            .http
-            .post(self.url(path))
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await?;
-        let status = response.status().as_u16();
-        Ok((status, response.json().await.unwrap_or(Value::Null)))
-    }
-
-    pub async fn get_json(&self, path: &str) -> Result<(u16, Value)> {
-        let response = self.http.get(self.url(path)).send().await?;
-        let status = response.status().as_u16();
-        Ok((status, response.json().await.unwrap_or(Value::Null)))
-    }
-
-    /// Submits an action and returns its id; fails unless the api answered 202.
-    pub async fn submit(&self, body: &Value) -> Result<String> {
-        let (status, view) = self.post_json("/bulk-actions", body).await?;
-        if status != 202 {
-            bail!("expected 202, got {status}: {view}");
-        }
-        view["actionId"]
-            .as_str()
-            .map(str::to_owned)
-            .context("no actionId")
-    }
-
-    /// Waits until the action's projected view (the list, not the read-your-writes path)
-    /// says it is terminal, so that stats, logs and list are all settled.
-    pub async fn wait_projected_terminal(
-        &self,
-        action_id: &str,
-        timeout: Duration,
-    ) -> Result<Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let view = self
-                .database
-                .collection::<Document>(infra::mongo::ACTION_VIEWS)
-                .find_one(mongodb::bson::doc! { "_id": action_id })
-                .await?;
-            if let Some(view) = view {
-                let status = view.get_str("status").unwrap_or_default();
-                if matches!(status, "completed" | "failed" | "cancelled") {
-                    let (code, body) = self.get_json(&format!("/bulk-actions/{action_id}")).await?;
-                    if code == 200 {
-                        return Ok(body);
-                    }
-                }
-            }
-            if Instant::now() > deadline {
-                let (_, body) = self.get_json(&format!("/bulk-actions/{action_id}")).await?;
-                bail!("action {action_id} not terminal after {timeout:?}: {body}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Every log line of an action, following cursors.
-    pub async fn all_logs(&self, action_id: &str) -> Result<Vec<Value>> {
-        let mut lines = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let path = match &cursor {
-                None => format!("/bulk-actions/{action_id}/logs?limit=1000"),
-                Some(cursor) => {
-                    format!("/bulk-actions/{action_id}/logs?limit=1000&cursor={cursor}")
-                }
-            };
-            let (status, page) = self.get_json(&path).await?;
-            if status != 200 {
-                bail!("logs returned {status}: {page}");
-            }
-            lines.extend(page["items"].as_array().cloned().unwrap_or_default());
-            match page["nextCursor"].as_str() {
-                Some(next) => cursor = Some(next.to_owned()),
-                None => return Ok(lines),
-            }
-        }
-    }
-
-    pub fn contacts(&self) -> mongodb::Collection<Document> {
-        self.database.collection(infra::mongo::CONTACTS)
-    }
-
     pub async fn replay(&self) -> Result<projector::ReplayReport> {
         Ok(projector::replay(&self.projector_config()).await?)
+    }
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = ApiClient;
+
+    fn deref(&self) -> &ApiClient {
+        &self.client
     }
 }
 

@@ -3,10 +3,15 @@
 //!
 //! `Services::start` launches a private `redis-server`, PostgreSQL and FerretDB on free
 //! ports with temporary data directories; dropping it stops them. `TestApp::spawn` runs the
-//! api, consumers and projector against those services.
+//! api, consumers and projector in-process against those services; `Deployment::start`
+//! runs the real binaries as child processes, for the tests that kill them.
 
 mod app;
+mod client;
+mod deployment;
 mod services;
 
 pub use app::{AppOptions, TestApp};
+pub use client::{ApiClient, ONE_REPLY};
+pub use deployment::{Deployment, DeploymentOptions};
 pub use services::Services;

@@ -11,6 +11,10 @@ pub struct Services {
     pub redis_url: String,
     pub mongodb_uri: String,
     pub redis_port: u16,
+    pg_bin: PathBuf,
+    pg_port: u16,
+    pg_socket_dir: PathBuf,
+    ferretdb_port: u16,
     redis: Option<Child>,
     postgres: Option<Child>,
     ferretdb: Option<Child>,
@@ -102,6 +106,10 @@ impl Services {
             redis_url: String::new(),
             mongodb_uri: String::new(),
             redis_port: 0,
+            pg_bin: PathBuf::new(),
+            pg_port: 0,
+            pg_socket_dir: PathBuf::new(),
+            ferretdb_port: 0,
             redis: None,
             postgres: None,
             ferretdb: None,
@@ -184,12 +192,18 @@ impl Services {
             .context("starting postgres")?;
         self.postgres = Some(postgres);
         wait_for_port(pg_port, "postgres", Duration::from_secs(20))?;
+        self.pg_bin = pg_bin;
+        self.pg_port = pg_port;
+        self.pg_socket_dir = pg_dir;
+        self.start_ferretdb(free_port()?)
+    }
 
+    fn start_ferretdb(&mut self, port: u16) -> Result<()> {
+        let pg_port = self.pg_port;
         let ferretdb_bin = binary(
             "FERRETDB_BIN",
             &[which("ferretdb"), vec![go_bin().join("ferretdb")]].concat(),
         )?;
-        let port = free_port()?;
         let ferretdb = Command::new(ferretdb_bin)
             .arg(format!("--listen-addr=127.0.0.1:{port}"))
             .arg("--handler=postgresql")
@@ -202,17 +216,62 @@ impl Services {
             .context("starting ferretdb")?;
         self.ferretdb = Some(ferretdb);
         wait_for_port(port, "ferretdb", Duration::from_secs(20))?;
+        self.ferretdb_port = port;
         self.mongodb_uri = format!("mongodb://127.0.0.1:{port}/crm-bulk-actions");
         Ok(())
     }
 
     /// SIGKILLs redis-server and starts it again on the same port and data (AOF).
     pub fn restart_redis(&mut self) -> Result<()> {
-        if let Some(mut child) = self.redis.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.kill_redis();
         self.start_redis(self.redis_port)
+    }
+
+    /// SIGKILLs redis-server; `start_redis_again` brings it back on the same data.
+    pub fn kill_redis(&mut self) {
+        kill(&mut self.redis);
+    }
+
+    pub fn start_redis_again(&mut self) -> Result<()> {
+        self.start_redis(self.redis_port)
+    }
+
+    /// SIGKILLs the MongoDB-compatible server (its PostgreSQL keeps the data).
+    pub fn kill_mongodb(&mut self) {
+        kill(&mut self.ferretdb);
+    }
+
+    pub fn start_mongodb_again(&mut self) -> Result<()> {
+        self.start_ferretdb(self.ferretdb_port)
+    }
+
+    /// Runs SQL against FerretDB's own PostgreSQL, e.g. to make the store itself fail.
+    pub fn psql(&self, sql: &str) -> Result<String> {
+        let output = as_postgres(&self.pg_bin.join("psql"))
+            .arg("-h")
+            .arg(&self.pg_socket_dir)
+            .args([
+                "-p",
+                &self.pg_port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
+            .args(["-v", "ON_ERROR_STOP=1", "-A", "-t", "-c", sql])
+            .output()
+            .context("running psql")?;
+        if !output.status.success() {
+            bail!("psql failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+}
+
+fn kill(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
@@ -229,6 +288,10 @@ impl Drop for Services {
         {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if std::env::var_os("KEEP_TEST_DIRS").is_some() {
+            let dir = std::mem::replace(&mut self.dir, TempDir::new().expect("a temp dir"));
+            eprintln!("kept {}", dir.keep().display());
         }
     }
 }

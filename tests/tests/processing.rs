@@ -34,21 +34,6 @@ fn codes(logs: &[Value]) -> BTreeMap<u64, String> {
         .collect()
 }
 
-async fn all_docs(app: &TestApp, collection: &str) -> Result<Vec<Document>> {
-    use futures::TryStreamExt;
-    let options = mongodb::options::FindOptions::builder()
-        .sort(doc! { "_id": 1 })
-        .build();
-    Ok(app
-        .database
-        .collection::<Document>(collection)
-        .find(doc! {})
-        .with_options(options)
-        .await?
-        .try_collect()
-        .await?)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_action_type_changes_exactly_the_contacts_it_should() -> Result<()> {
     let app = TestApp::spawn(AppOptions::default()).await?;
@@ -219,16 +204,16 @@ async fn every_action_type_changes_exactly_the_contacts_it_should() -> Result<()
 
     // The same streams, replayed into empty views, give the very same documents.
     let before = (
-        all_docs(&app, "bulk_actions").await?,
-        all_docs(&app, "bulk_action_logs").await?,
+        app.all_docs("bulk_actions").await?,
+        app.all_docs("bulk_action_logs").await?,
     );
     let mut app = app;
     app.stop_projector().await;
     let report = app.replay().await?;
     assert_eq!(report.actions, 4);
     let after = (
-        all_docs(&app, "bulk_actions").await?,
-        all_docs(&app, "bulk_action_logs").await?,
+        app.all_docs("bulk_actions").await?,
+        app.all_docs("bulk_action_logs").await?,
     );
     assert_eq!(before.0, after.0);
     assert_eq!(before.1, after.1);
@@ -383,11 +368,11 @@ async fn two_consumers_share_a_20k_record_action_with_exact_results() -> Result<
         1
     );
 
-    let before = all_docs(&app, "bulk_actions").await?;
+    let before = app.all_docs("bulk_actions").await?;
     app.stop_projector().await;
     app.replay().await?;
-    assert_eq!(before, all_docs(&app, "bulk_actions").await?);
-    assert_eq!(all_docs(&app, "bulk_action_logs").await?.len(), 20_000);
+    assert_eq!(before, app.all_docs("bulk_actions").await?);
+    assert_eq!(app.all_docs("bulk_action_logs").await?.len(), 20_000);
     Ok(())
 }
 
@@ -427,4 +412,102 @@ fn chrono_in(delay: Duration) -> String {
     domain::Timestamp::from_millis(millis)
         .map(|t| t.to_string())
         .unwrap_or_default()
+}
+
+/// Streams are never rewritten, so events of schema version 1 stay in them for good. This
+/// writes an action exactly as a v1 build stored it (raw stream entries, `appliedBy` in
+/// `BatchProcessed`) and requires the api's read path, the live projector and a replay to
+/// read it through the upcaster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stored_by_schema_version_1_are_upcast_on_read() -> Result<()> {
+    let app = TestApp::spawn(AppOptions {
+        consumers: 0,
+        ..AppOptions::default()
+    })
+    .await?;
+    let keys = infra::Keys::new("test", 4);
+    let action = domain::ActionId::from_ulid(ulid::Ulid::new());
+    let id = action.to_string();
+    let partition = keys.partition_of(action);
+    let v1_events = [
+        (
+            "Created",
+            r#"{"accountId":"legacy","entityType":"contact","actionType":"update","totalRecords":2,"batchCount":1,"scheduledFor":null}"#,
+        ),
+        ("Started", "{}"),
+        (
+            "BatchProcessed",
+            r#"{"batch":0,"outcomes":[{"index":0,"email":"a@legacy.io","code":"updated"},{"index":1,"email":"b@legacy.io","code":"not_found","message":"no contact with this email in the account"}],"appliedBy":"old-host-1-0"}"#,
+        ),
+        ("Completed", "{}"),
+    ];
+    let mut conn = infra::redis_conn::shared(&app.services.redis_url).await?;
+    let mut pipe = redis::pipe();
+    for (seq, (type_name, data)) in (1u64..).zip(v1_events) {
+        let at = format!("2025-01-01T00:00:0{seq}.000Z");
+        pipe.xadd(
+            keys.events(action),
+            "*",
+            &[
+                ("id", ulid::Ulid::new().to_string()),
+                ("action", id.clone()),
+                ("seq", seq.to_string()),
+                ("v", "1".to_owned()),
+                ("type", type_name.to_owned()),
+                ("at", at),
+                ("data", data.to_owned()),
+            ],
+        )
+        .ignore();
+    }
+    pipe.hset_multiple(
+        keys.meta(action),
+        &[
+            ("seq", "4"),
+            ("account", "legacy"),
+            ("actionType", "update"),
+            ("entityType", "contact"),
+            ("batches", "1"),
+            ("done", "1"),
+        ],
+    )
+    .ignore()
+    .zadd(keys.actions(partition), &id, 1_735_689_600_000i64)
+    .ignore()
+    .xadd(
+        keys.feed(partition),
+        "*",
+        &[("action", &id), ("seq", &"4".to_owned())],
+    )
+    .ignore();
+    pipe.exec_async(&mut conn).await?;
+
+    // The live projector picks it up from the feed.
+    let view = app.wait_projected_terminal(&id, WAIT).await?;
+    assert_eq!(view["status"], "completed");
+    assert_eq!(
+        (view["succeeded"].as_u64(), view["failed"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(view["byReason"]["not_found"], 1);
+    let store = infra::EventStore::new(conn, keys);
+    let events = store.read(action, None, 10).await?;
+    assert!(matches!(
+        &events[2].envelope.payload,
+        domain::EventPayload::BatchProcessed { consumer, attempt: 1, .. } if consumer == "old-host-1-0"
+    ));
+    assert_eq!(events[2].envelope.schema_version, 1);
+    let logs = app.all_logs(&id).await?;
+    assert_eq!(
+        codes(&logs),
+        BTreeMap::from([(0, "updated".into()), (1, "not_found".into())])
+    );
+
+    // A replay reads the same old events into the same view.
+    let before = app.all_docs("bulk_actions").await?;
+    let mut app = app;
+    app.stop_projector().await;
+    app.replay().await?;
+    assert_eq!(before, app.all_docs("bulk_actions").await?);
+    Ok(())
 }

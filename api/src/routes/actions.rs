@@ -334,6 +334,8 @@ pub async fn list_actions(
     let options = FindOptions::builder()
         .sort(doc! { "createdAt": -1, "_id": -1 })
         .limit(limit as i64)
+        // The whole page in the first reply: one round trip, and no `getMore` to lose.
+        .batch_size(limit as u32)
         .skip(skip)
         .build();
     let (items, total) = tokio::try_join!(

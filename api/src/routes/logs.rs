@@ -92,6 +92,8 @@ pub async fn get_logs(
     let options = FindOptions::builder()
         .sort(doc! { "index": 1 })
         .limit(limit as i64 + 1)
+        // The whole page in the first reply: one round trip, and no `getMore` to lose.
+        .batch_size(limit as u32 + 1)
         .build();
     let mut lines: Vec<StoredLogEntry> = state
         .database

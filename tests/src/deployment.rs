@@ -1,0 +1,312 @@
+//! The platform as it runs in production: the real `api`, `consumer` and `projector`
+//! binaries as child processes, configured through their environment, over a private set of
+//! services. Fault tests kill them with SIGKILL, stop them with SIGTERM and restart them.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::client::ApiClient;
+use crate::services::Services;
+
+/// Paths of the three binaries, built once per test binary.
+struct Binaries {
+    dir: PathBuf,
+}
+
+static BINARIES: OnceLock<std::result::Result<Binaries, String>> = OnceLock::new();
+
+/// Builds the binaries (a no-op when they are fresh) so a test never runs stale ones.
+/// Cargo releases its build lock before running tests, so this nested build is safe.
+fn binaries() -> Result<&'static Binaries> {
+    let built = BINARIES.get_or_init(|| {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .map(Path::to_path_buf)
+            .ok_or("no workspace directory")?;
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let mut build = Command::new(cargo);
+        // `cargo test` hands its test processes variables (CARGO_PKG_*, CARGO_MANIFEST_DIR,
+        // ...) that would make this nested build look dirty and rebuild everything.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if name.starts_with("CARGO_") && name != "CARGO_HOME" && name != "CARGO_TARGET_DIR" {
+                build.env_remove(name.as_ref());
+            }
+        }
+        build.current_dir(&workspace).args([
+            "build",
+            "--bins",
+            "-p",
+            "api",
+            "-p",
+            "consumer",
+            "-p",
+            "projector",
+        ]);
+        if std::env::var("CI").is_ok_and(|ci| ci == "true") {
+            build.arg("--locked");
+        }
+        let status = build.status().map_err(|e| format!("running cargo: {e}"))?;
+        if !status.success() {
+            return Err(format!("cargo build of the binaries failed: {status}"));
+        }
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| workspace.join("target"));
+        Ok(Binaries {
+            dir: target.join("debug"),
+        })
+    });
+    built.as_ref().map_err(|error| anyhow::anyhow!("{error}"))
+}
+
+/// Knobs of a deployment under test: short timeouts so faults heal in seconds.
+#[derive(Debug, Clone)]
+pub struct DeploymentOptions {
+    pub batch_size: u32,
+    pub consumer_concurrency: usize,
+    pub claim_idle_ms: u64,
+    pub max_batch_attempts: u32,
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for DeploymentOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            consumer_concurrency: 2,
+            claim_idle_ms: 2_000,
+            max_batch_attempts: 8,
+            shutdown_grace_ms: 3_000,
+        }
+    }
+}
+
+pub struct Deployment {
+    pub services: Services,
+    pub client: ApiClient,
+    options: DeploymentOptions,
+    api_port: u16,
+    api: Option<Child>,
+    consumers: BTreeMap<String, Child>,
+    projector: Option<Child>,
+    starts: u32,
+}
+
+impl Deployment {
+    /// Services, one api, the named consumers and one projector, all ready.
+    pub async fn start(options: DeploymentOptions, consumers: &[&str]) -> Result<Self> {
+        let binaries_ready = tokio::task::spawn_blocking(|| binaries().map(|_| ()));
+        let services = tokio::task::spawn_blocking(Services::start).await??;
+        binaries_ready.await??;
+        let api_port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let database = infra::mongo::connect(&services.mongodb_uri, "bulk-fault-tests").await?;
+        let client = ApiClient::new(format!("http://127.0.0.1:{api_port}"), database);
+        let mut deployment = Deployment {
+            services,
+            client,
+            options,
+            api_port,
+            api: None,
+            consumers: BTreeMap::new(),
+            projector: None,
+            starts: 0,
+        };
+        deployment.start_projector()?;
+        for name in consumers {
+            deployment.start_consumer(name)?;
+        }
+        deployment.start_api()?;
+        deployment.wait_ready(Duration::from_secs(60)).await?;
+        Ok(deployment)
+    }
+
+    fn command(&mut self, binary: &str) -> Result<Command> {
+        let path = binaries()?.dir.join(binary);
+        self.starts += 1;
+        let log = self
+            .services
+            .dir()
+            .join(format!("{binary}-{}.log", self.starts));
+        let log = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let mut command = Command::new(path);
+        let options = &self.options;
+        command
+            // Away from the repository, so no developer's `.env` leaks in.
+            .current_dir(self.services.dir())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info,consumer=debug")
+            .env("MONGODB_URI", &self.services.mongodb_uri)
+            .env("REDIS_URL", &self.services.redis_url)
+            .env("REDIS_KEY_PREFIX", "test")
+            .env("STREAM_PARTITIONS", "4")
+            .env("HOST", "127.0.0.1")
+            .env("PORT", self.api_port.to_string())
+            .env("BATCH_SIZE", options.batch_size.to_string())
+            .env(
+                "CONSUMER_CONCURRENCY",
+                options.consumer_concurrency.to_string(),
+            )
+            .env("CONSUMER_BLOCK_MS", "200")
+            .env("PROJECTOR_BLOCK_MS", "200")
+            .env("CLAIM_IDLE_MS", options.claim_idle_ms.to_string())
+            .env("MAX_BATCH_ATTEMPTS", options.max_batch_attempts.to_string())
+            .env("RETRY_FIRST_DELAY_MS", "50")
+            .env("RETRY_MAX_DELAY_MS", "500")
+            .env("SCHEDULER_TICK_MS", "50")
+            .env("SHUTDOWN_GRACE_MS", options.shutdown_grace_ms.to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        Ok(command)
+    }
+
+    pub fn start_api(&mut self) -> Result<()> {
+        let child = self.command("api")?.spawn().context("starting api")?;
+        self.api = Some(child);
+        Ok(())
+    }
+
+    pub fn kill_api(&mut self) {
+        sigkill(self.api.take());
+    }
+
+    /// Starts a consumer; reusing a killed one's name makes it find its own pending work.
+    pub fn start_consumer(&mut self, name: &str) -> Result<()> {
+        let child = self
+            .command("consumer")?
+            .env("CONSUMER_NAME", name)
+            .spawn()
+            .context("starting consumer")?;
+        if let Some(old) = self.consumers.insert(name.to_owned(), child) {
+            sigkill(Some(old));
+        }
+        Ok(())
+    }
+
+    pub fn kill_consumer(&mut self, name: &str) {
+        sigkill(self.consumers.remove(name));
+    }
+
+    /// SIGTERMs a consumer and waits for it to exit; returns how long that took.
+    pub async fn terminate_consumer(&mut self, name: &str, timeout: Duration) -> Result<Duration> {
+        let child = self
+            .consumers
+            .remove(name)
+            .with_context(|| format!("no consumer {name}"))?;
+        let (took, status) = terminate(child, timeout).await?;
+        if !status.success() {
+            bail!("consumer {name} exited with {status} after SIGTERM");
+        }
+        Ok(took)
+    }
+
+    /// SIGTERMs the api and waits for it to exit.
+    pub async fn terminate_api(&mut self, timeout: Duration) -> Result<Duration> {
+        let child = self.api.take().context("no api running")?;
+        let (took, status) = terminate(child, timeout).await?;
+        if !status.success() {
+            bail!("api exited with {status} after SIGTERM");
+        }
+        Ok(took)
+    }
+
+    pub fn start_projector(&mut self) -> Result<()> {
+        let child = self
+            .command("projector")?
+            .env("PROJECTOR_NAME", "fault-projector")
+            .arg("run")
+            .spawn()
+            .context("starting projector")?;
+        self.projector = Some(child);
+        Ok(())
+    }
+
+    pub fn kill_projector(&mut self) {
+        sigkill(self.projector.take());
+    }
+
+    /// Runs `projector replay` to completion (the live projector should be stopped).
+    pub async fn replay(&mut self) -> Result<()> {
+        let mut command = self.command("projector")?;
+        let status = tokio::task::spawn_blocking(move || command.arg("replay").status()).await??;
+        if !status.success() {
+            bail!("projector replay failed: {status}");
+        }
+        Ok(())
+    }
+
+    /// Polls `/readyz` until it answers 200.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok((200, _)) = self.client.get_json("/readyz").await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("api not ready within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Where the processes' logs are, for a failing test's message.
+    pub fn logs_dir(&self) -> &Path {
+        self.services.dir()
+    }
+}
+
+impl std::ops::Deref for Deployment {
+    type Target = ApiClient;
+
+    fn deref(&self) -> &ApiClient {
+        &self.client
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        sigkill(self.api.take());
+        sigkill(self.projector.take());
+        for (_, child) in std::mem::take(&mut self.consumers) {
+            sigkill(Some(child));
+        }
+    }
+}
+
+fn sigkill(child: Option<Child>) {
+    if let Some(mut child) = child {
+        // `Child::kill` is SIGKILL on Unix: no chance to clean up, like a crash.
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+async fn terminate(mut child: Child, timeout: Duration) -> Result<(Duration, ExitStatus)> {
+    let sent = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    if !status.success() {
+        bail!("kill -TERM failed");
+    }
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok((sent.elapsed(), status));
+        }
+        if sent.elapsed() > timeout {
+            sigkill(Some(child));
+            bail!("did not exit within {timeout:?} of SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
