@@ -41,6 +41,20 @@ pub enum ApplyError {
     Mongo(#[from] mongodb::error::Error),
     #[error("the server refused part of the batch: {0}")]
     Refused(String),
+    #[error("remembering what the batch found: {0}")]
+    Memory(#[from] infra::StoreError),
+}
+
+/// Where an attempt at a batch leaves what later attempts must agree with. Deletes need it:
+/// once an attempt has deleted a contact, a retry can no longer find it, yet must still
+/// report it `deleted`, not `not_found`.
+pub trait BatchMemory {
+    /// Records `found` as the emails this batch found in the account, unless an earlier
+    /// attempt recorded its own; returns what is recorded (the first attempt's list).
+    fn found_once(
+        &self,
+        found: Vec<String>,
+    ) -> impl std::future::Future<Output = Result<Vec<String>, infra::StoreError>> + Send;
 }
 
 impl ApplyError {
@@ -48,8 +62,10 @@ impl ApplyError {
     /// is right, and the attempt must not count towards dead-lettering the batch. Anything
     /// else is an answer from the server about this batch.
     pub fn is_outage(&self) -> bool {
-        let ApplyError::Mongo(error) = self else {
-            return false;
+        let error = match self {
+            ApplyError::Mongo(error) => error,
+            ApplyError::Memory(infra::StoreError::Redis(_)) => return true,
+            _ => return false,
         };
         matches!(
             *error.kind,
@@ -84,6 +100,7 @@ impl ContactWriter {
         &self,
         target: Target<'_>,
         batch: &Batch,
+        memory: &impl BatchMemory,
     ) -> Result<Vec<RecordOutcome>, ApplyError> {
         if batch.records.is_empty() {
             return Ok(Vec::new());
@@ -94,7 +111,7 @@ impl ContactWriter {
             ActionType::Update => self.update(account, batch, now).await,
             ActionType::Upsert => self.upsert(target, batch, now).await,
             ActionType::Create => self.create(target, batch, now).await,
-            ActionType::Delete => self.delete(account, batch).await,
+            ActionType::Delete => self.delete(account, batch, memory).await,
         }
     }
 
@@ -187,12 +204,21 @@ impl ContactWriter {
             .collect())
     }
 
+    /// One `find`, the found emails remembered (so every attempt deletes and reports the
+    /// same set as the first), then one `delete` with `$in`.
     async fn delete(
         &self,
         account: &AccountId,
         batch: &Batch,
+        memory: &impl BatchMemory,
     ) -> Result<Vec<RecordOutcome>, ApplyError> {
-        let existing = self.existing_emails(account, &batch.records).await?;
+        let mut found: Vec<String> = self
+            .existing_emails(account, &batch.records)
+            .await?
+            .into_iter()
+            .collect();
+        found.sort_unstable();
+        let existing: HashSet<String> = memory.found_once(found).await?.into_iter().collect();
         if !existing.is_empty() {
             let emails: Vec<&str> = existing.iter().map(String::as_str).collect();
             self.contacts()

@@ -19,7 +19,7 @@ use infra::EventStore;
 use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{ContactWriter, Target};
+use crate::apply::{BatchMemory, ContactWriter, Target};
 
 /// How a batch that fails is retried.
 #[derive(Debug, Clone, Copy)]
@@ -244,9 +244,13 @@ impl Worker {
             action_type: meta.action_type,
             attempt,
         };
+        let memory = Memory {
+            store: &self.store,
+            item,
+        };
         let mut outage_delays = infra::retry::reconnect_delays();
         loop {
-            match self.writer.apply(target, batch).await {
+            match self.writer.apply(target, batch, &memory).await {
                 Ok(outcomes) => return AttemptResult::Applied(outcomes),
                 Err(error) if error.is_outage() => {
                     let pause = outage_delays.next().unwrap_or(Duration::from_secs(5));
@@ -332,6 +336,20 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+/// A batch's memory across attempts: fields of the action's meta hash in Redis.
+struct Memory<'a> {
+    store: &'a EventStore,
+    item: &'a WorkItem,
+}
+
+impl BatchMemory for Memory<'_> {
+    async fn found_once(&self, found: Vec<String>) -> Result<Vec<String>, infra::StoreError> {
+        let value = serde_json::to_string(&found)?;
+        let held = self.store.remember_once(self.item, "found", &value).await?;
+        Ok(serde_json::from_str(&held)?)
     }
 }
 

@@ -217,6 +217,25 @@ impl EventStore {
         Ok(holder)
     }
 
+    /// Stores `value` under `name` for this batch unless an earlier attempt stored one;
+    /// returns what is stored. Removed when the batch settles.
+    pub async fn remember_once(
+        &self,
+        item: &WorkItem,
+        name: &str,
+        value: &str,
+    ) -> Result<String, StoreError> {
+        let key = self.keys.meta(item.action_id);
+        let field = format!("{name}:{}", item.batch);
+        let (_, held): (i64, String) = redis::pipe()
+            .atomic()
+            .hset_nx(&key, &field, value)
+            .hget(&key, &field)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(held)
+    }
+
     /// Counts one more attempt at a batch and returns its number (1 for the first).
     /// Counted before the attempt, so attempts that crash their consumer count too.
     pub async fn begin_attempt(&self, item: &WorkItem) -> Result<u32, StoreError> {

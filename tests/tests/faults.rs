@@ -255,7 +255,10 @@ async fn a_projector_killed_mid_action_resumes_to_the_views_a_replay_builds() ->
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     eprintln!("the projector was SIGKILLed {kills} times while projecting");
-    ensure!(kills >= 3, "the projection outran the faults ({kills} kills)");
+    ensure!(
+        kills >= 3,
+        "the projection outran the faults ({kills} kills)"
+    );
     let first_view = wait_done(&deployment, &first, Duration::from_secs(60)).await?;
     let second_view = wait_done(&deployment, &second, Duration::from_secs(60)).await?;
     ensure!(first_view["succeeded"] == 20_000, "{first_view}");

@@ -511,3 +511,98 @@ async fn events_stored_by_schema_version_1_are_upcast_on_read() -> Result<()> {
     assert_eq!(before, app.all_docs("bulk_actions").await?);
     Ok(())
 }
+
+/// A consumer that dies after its writes landed but before it recorded them leaves the
+/// batch to a second attempt that finds the store already changed. Whatever the action
+/// type, the second attempt must report what the first one did. Here the first attempt
+/// runs to the end and is simply not recorded, which is that crash at its worst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_attempt_reports_what_the_first_one_did() -> Result<()> {
+    use consumer::{ContactWriter, Target};
+    use domain::{AccountId, ActionType};
+
+    struct Redis(infra::EventStore, infra::work::WorkItem);
+    impl consumer::BatchMemory for Redis {
+        async fn found_once(&self, found: Vec<String>) -> Result<Vec<String>, infra::StoreError> {
+            let held = self
+                .0
+                .remember_once(&self.1, "found", &serde_json::to_string(&found)?)
+                .await?;
+            Ok(serde_json::from_str(&held)?)
+        }
+    }
+
+    let app = TestApp::spawn(AppOptions {
+        consumers: 0,
+        ..AppOptions::default()
+    })
+    .await?;
+    infra::mongo::ensure_contact_indexes(&app.database).await?;
+    let writer = ContactWriter {
+        database: app.database.clone(),
+        statements_per_command: 32,
+    };
+    let store = infra::EventStore::new(
+        infra::redis_conn::shared(&app.services.redis_url).await?,
+        infra::Keys::new("test", 4),
+    );
+    let account = AccountId::parse("retry").expect("valid");
+    // An existing contact, so that upsert and create meet one they did not make.
+    app.contacts()
+        .insert_one(doc! { "accountId": "retry", "email": "old@retry.io", "name": "Old" })
+        .await?;
+    let records: Vec<Value> = ["new1@retry.io", "new2@retry.io", "old@retry.io"]
+        .iter()
+        .map(|email| json!({ "email": email, "name": "N" }))
+        .collect();
+
+    let mut expectations = vec![
+        (ActionType::Upsert, ["created", "created", "updated"]),
+        (ActionType::Create, ["created", "created", "already_exists"]),
+        (ActionType::Update, ["updated", "updated", "updated"]),
+        (ActionType::Delete, ["deleted", "deleted", "deleted"]),
+    ];
+    for (action_type, expected) in expectations.drain(..) {
+        if action_type == ActionType::Create {
+            // Start create from the same store state upsert met.
+            app.contacts()
+                .delete_many(doc! { "email": { "$in": ["new1@retry.io", "new2@retry.io"] } })
+                .await?;
+        }
+        let action = domain::ActionId::from_ulid(ulid::Ulid::new());
+        let plan = domain::plan_action(&records, action_type, 100);
+        let batch = &plan.batches[0];
+        let item = infra::work::WorkItem {
+            stream: "unused".into(),
+            entry_id: "0-1".into(),
+            action_id: action,
+            batch: 0,
+        };
+        let memory = Redis(store.clone(), item);
+        let mut reports = Vec::new();
+        for attempt in [1, 2] {
+            let target = Target {
+                account: &account,
+                action,
+                action_type,
+                attempt,
+            };
+            let outcomes = writer.apply(target, batch, &memory).await?;
+            reports.push(
+                outcomes
+                    .iter()
+                    .map(|o| o.code.as_str().to_owned())
+                    .collect::<Vec<_>>(),
+            );
+        }
+        assert_eq!(reports[0], expected, "{action_type:?}, first attempt");
+        assert_eq!(reports[1], expected, "{action_type:?}, second attempt");
+    }
+    assert_eq!(
+        app.contacts()
+            .count_documents(doc! { "accountId": "retry" })
+            .await?,
+        0
+    );
+    Ok(())
+}

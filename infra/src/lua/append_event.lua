@@ -38,6 +38,7 @@ if ARGV[2] == '' or redis.call('HSETNX', KEYS[1], ARGV[2], 1) == 1 then
 end
 if ARGV[13] ~= '' then
   redis.call('HDEL', KEYS[4], ARGV[12])
+  redis.call('HDEL', KEYS[1], 'found:' .. ARGV[12])
   redis.call('XACK', KEYS[5], ARGV[14], ARGV[13])
   redis.call('XDEL', KEYS[5], ARGV[13])
 end
