@@ -14,8 +14,8 @@
 //! manage are left as they are, whatever their shape.
 //!
 //! Contacts the platform inserts carry `createdByBulkAction: <actionId>`. A retried attempt
-//! at a create or upsert batch first looks up which of its emails an earlier attempt of
-//! this very action inserted before dying; those are `created` and are not inserted again,
+//! at a create or upsert batch looks up which of its emails an earlier attempt of this very
+//! action inserted (before its insert, and again for what collided); those are `created`,
 //! so a crash does not turn `created` into `updated` or `already_exists`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -152,14 +152,13 @@ impl ContactWriter {
         batch: &Batch,
         now: DateTime,
     ) -> Result<Vec<RecordOutcome>, ApplyError> {
-        let (_, fresh) = self.split_off_earlier_inserts(target, batch).await?;
-        let refused = self.insert(target, &fresh, now).await?;
+        let refused = self.insert_once(target, batch, now).await?;
         let mut existing = Vec::with_capacity(refused.len());
-        for (position, (code, message)) in &refused {
-            if *code != DUPLICATE_KEY {
-                return Err(ApplyError::Refused(message.clone()));
+        for (record, code, message) in refused {
+            if code != DUPLICATE_KEY {
+                return Err(ApplyError::Refused(message));
             }
-            existing.push(fresh[*position]);
+            existing.push(record);
         }
         self.set_all_fields(target.account, &existing, now).await?;
         let updated: HashSet<&str> = existing.iter().map(|r| email_of(r)).collect();
@@ -182,12 +181,11 @@ impl ContactWriter {
         batch: &Batch,
         now: DateTime,
     ) -> Result<Vec<RecordOutcome>, ApplyError> {
-        let (_, fresh) = self.split_off_earlier_inserts(target, batch).await?;
         let refused: HashMap<&str, (i32, String)> = self
-            .insert(target, &fresh, now)
+            .insert_once(target, batch, now)
             .await?
             .into_iter()
-            .map(|(position, refusal)| (email_of(fresh[position]), refusal))
+            .map(|(record, code, message)| (email_of(record), (code, message)))
             .collect();
         Ok(batch
             .records
@@ -275,34 +273,62 @@ impl ContactWriter {
             .collect())
     }
 
-    /// Splits a batch into the emails whose contact an earlier attempt at this very batch
-    /// inserted (they are done: `created`) and the records still to insert. A first attempt
-    /// has no earlier one and costs no lookup; a retry looks first, because inserting
-    /// what exists is far slower than finding it on some servers (FerretDB: seconds per
-    /// 500 collisions).
-    async fn split_off_earlier_inserts<'b>(
+    /// Of `records`, the emails whose contact this action inserted in an earlier attempt
+    /// at this batch. A first attempt has had no earlier one and costs no lookup.
+    async fn inserted_earlier(
+        &self,
+        target: Target<'_>,
+        records: &[&PlannedRecord],
+    ) -> Result<HashSet<String>, ApplyError> {
+        if target.attempt <= 1 || records.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let emails: Vec<&str> = records.iter().map(|r| email_of(r)).collect();
+        let at_most = emails.len();
+        let filter = doc! {
+            "accountId": target.account.as_str(),
+            "email": { "$in": emails },
+            CREATED_BY: target.action.to_string(),
+        };
+        self.emails_matching(filter, at_most).await
+    }
+
+    /// Inserts what an earlier attempt did not, and returns the records whose insert hit an
+    /// existing contact that this action did not make, with every other refusal.
+    ///
+    /// On a retry it asks twice. Before inserting, because inserting what exists is far
+    /// slower than finding it on some servers (FerretDB: seconds per 500 duplicate keys).
+    /// After, because the dead attempt's last command may still be running on the server
+    /// (a server finishes a command whose client died), so contacts of ours can appear
+    /// between the first look and the insert.
+    async fn insert_once<'b>(
         &self,
         target: Target<'_>,
         batch: &'b Batch,
-    ) -> Result<(HashSet<String>, Vec<&'b PlannedRecord>), ApplyError> {
-        let ours = if target.attempt <= 1 {
-            HashSet::new()
-        } else {
-            let emails: Vec<&str> = batch.records.iter().map(email_of).collect();
-            let at_most = emails.len();
-            let filter = doc! {
-                "accountId": target.account.as_str(),
-                "email": { "$in": emails },
-                CREATED_BY: target.action.to_string(),
-            };
-            self.emails_matching(filter, at_most).await?
-        };
-        let fresh = batch
-            .records
-            .iter()
-            .filter(|r| !ours.contains(email_of(r)))
+        now: DateTime,
+    ) -> Result<Vec<(&'b PlannedRecord, i32, String)>, ApplyError> {
+        let all: Vec<&PlannedRecord> = batch.records.iter().collect();
+        let before = self.inserted_earlier(target, &all).await?;
+        let fresh: Vec<&PlannedRecord> = all
+            .into_iter()
+            .filter(|r| !before.contains(email_of(r)))
             .collect();
-        Ok((ours, fresh))
+        let refused: Vec<(&PlannedRecord, i32, String)> = self
+            .insert(target, &fresh, now)
+            .await?
+            .into_iter()
+            .map(|(position, (code, message))| (fresh[position], code, message))
+            .collect();
+        let collided: Vec<&PlannedRecord> = refused
+            .iter()
+            .filter(|(_, code, _)| *code == DUPLICATE_KEY)
+            .map(|(record, _, _)| *record)
+            .collect();
+        let after = self.inserted_earlier(target, &collided).await?;
+        Ok(refused
+            .into_iter()
+            .filter(|(record, _, _)| !after.contains(email_of(record)))
+            .collect())
     }
 
     /// Unordered insert of new contacts. Returns the refused positions with code and message.

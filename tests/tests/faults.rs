@@ -521,3 +521,60 @@ async fn a_poison_batch_is_dead_lettered_and_the_action_completes() -> Result<()
     assert_no_work_left(&deployment).await?;
     assert_replay_reproduces_views(&mut deployment).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_stopped_at_its_deadline_hands_its_batches_back() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    // No grace at all, and a claim idle time longer than the test may take: without the
+    // hand-back, the interrupted batches would sit pending for a minute.
+    let options = DeploymentOptions {
+        shutdown_grace_ms: 0,
+        claim_idle_ms: 60_000,
+        consumer_concurrency: 4,
+        ..DeploymentOptions::default()
+    };
+    let mut deployment = Deployment::start(options, &["c-a"]).await?;
+    let records = 20_000;
+    let action = deployment.submit(&upsert_body("handback", records)).await?;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let took = deployment
+        .terminate_consumer("c-a", Duration::from_secs(10))
+        .await?;
+    eprintln!("consumer exited {took:?} after SIGTERM with no grace");
+
+    // What it held is pending, but marked as idle for the whole claim time already.
+    let mut conn = infra::redis_conn::shared(&deployment.services.redis_url).await?;
+    let keys = infra::Keys::new("test", 4);
+    let mut handed_back = 0;
+    for partition in keys.partitions() {
+        let pending: redis::streams::StreamPendingCountReply =
+            redis::AsyncCommands::xpending_count(
+                &mut conn,
+                keys.work(partition),
+                infra::keys::CONSUMER_GROUP,
+                "-",
+                "+",
+                100,
+            )
+            .await?;
+        for entry in pending.ids {
+            ensure!(
+                entry.last_delivered_ms >= 60_000,
+                "a pending batch was not handed back: idle {} ms",
+                entry.last_delivered_ms
+            );
+            handed_back += 1;
+        }
+    }
+    eprintln!("{handed_back} batches were handed back");
+    ensure!(handed_back > 0, "SIGTERM found no batch in flight");
+
+    let started = Instant::now();
+    deployment.start_consumer("c-b")?;
+    wait_done(&deployment, &action, Duration::from_secs(45)).await?;
+    eprintln!(
+        "a new consumer finished the action {:?} later",
+        started.elapsed()
+    );
+    assert_exact_upsert(&deployment, "handback", &action, records, records / 500).await
+}
