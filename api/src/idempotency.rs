@@ -68,14 +68,7 @@ pub async fn claim(
     body_fingerprint: &str,
     candidate: ActionId,
 ) -> Result<Claim, ApiError> {
-    let digest = {
-        let mut hasher = Sha256::new();
-        hasher.update(account.as_str().as_bytes());
-        hasher.update([0]);
-        hasher.update(key.0.as_bytes());
-        hex(&hasher.finalize())
-    };
-    let redis_key = state.store.keys().idempotency(&digest);
+    let redis_key = redis_key(state, account, key);
     let ours = format!("{candidate} {body_fingerprint}");
     let holder = state
         .store
@@ -103,6 +96,34 @@ pub async fn claim(
     } else {
         Ok(Claim::Proceed(held_id))
     }
+}
+
+/// The action a key already stands for, if it was committed with this same body; reserves
+/// nothing. For answering a resubmission that would otherwise be refused.
+pub async fn committed(
+    state: &AppState,
+    account: &AccountId,
+    key: &IdempotencyKey,
+    body_fingerprint: &str,
+) -> Result<Option<ActionId>, ApiError> {
+    let Some(holder) = state.store.holder(&redis_key(state, account, key)).await? else {
+        return Ok(None);
+    };
+    let Some((id, fingerprint)) = holder.split_once(' ') else {
+        return Ok(None);
+    };
+    let Some(id) = ActionId::parse(id).filter(|_| fingerprint == body_fingerprint) else {
+        return Ok(None);
+    };
+    Ok(state.store.meta(id).await?.map(|_| id))
+}
+
+fn redis_key(state: &AppState, account: &AccountId, key: &IdempotencyKey) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(account.as_str().as_bytes());
+    hasher.update([0]);
+    hasher.update(key.0.as_bytes());
+    state.store.keys().idempotency(&hex(&hasher.finalize()))
 }
 
 fn hex(bytes: &[u8]) -> String {

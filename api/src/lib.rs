@@ -56,6 +56,10 @@ pub struct ApiConfig {
     #[arg(long, env = "MAX_RECORDS_PER_ACTION", default_value_t = 1_000_000)]
     pub max_records_per_action: usize,
 
+    /// How far ahead `scheduledFor` may be (days).
+    #[arg(long, env = "SCHEDULE_HORIZON_DAYS", default_value_t = 365)]
+    pub schedule_horizon_days: u32,
+
     /// How long an `Idempotency-Key` is remembered (seconds).
     #[arg(long, env = "IDEMPOTENCY_TTL_SECS", default_value_t = 24 * 3600)]
     pub idempotency_ttl_secs: u64,
@@ -70,6 +74,7 @@ pub struct Settings {
     pub max_body_bytes: usize,
     pub max_records_per_action: usize,
     pub idempotency_ttl_secs: u64,
+    pub schedule_horizon_days: u32,
 }
 
 #[derive(Clone)]
@@ -110,6 +115,7 @@ impl AppState {
                 max_body_bytes: config.max_body_bytes,
                 max_records_per_action: config.max_records_per_action,
                 idempotency_ttl_secs: config.idempotency_ttl_secs.max(1),
+                schedule_horizon_days: config.schedule_horizon_days,
             }),
             ids: Arc::new(std::sync::Mutex::new(ulid::Generator::new())),
         })

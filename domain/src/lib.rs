@@ -11,6 +11,7 @@ pub mod ids;
 pub mod outcome;
 pub mod plan;
 pub mod record;
+pub mod schedule;
 pub mod time;
 pub mod view;
 
@@ -20,5 +21,6 @@ pub use ids::{AccountId, ActionId};
 pub use outcome::{OutcomeCode, OutcomeStatus, RecordOutcome};
 pub use plan::{plan_action, ActionPlan, Batch, PlannedRecord};
 pub use record::{ContactChange, Email, RecordError};
+pub use schedule::ScheduleError;
 pub use time::Timestamp;
 pub use view::{ActionStats, ActionView, FoldError};

@@ -236,6 +236,11 @@ impl EventStore {
         Ok(held)
     }
 
+    /// The value holding a key reserved with `reserve`.
+    pub async fn holder(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.conn.clone().get(key).await?)
+    }
+
     /// Counts one more attempt at a batch and returns its number (1 for the first).
     /// Counted before the attempt, so attempts that crash their consumer count too.
     pub async fn begin_attempt(&self, item: &WorkItem) -> Result<u32, StoreError> {

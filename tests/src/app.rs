@@ -67,6 +67,7 @@ impl TestApp {
             max_body_bytes: options.max_body_bytes,
             max_records_per_action: options.max_records_per_action,
             idempotency_ttl_secs: 3600,
+            schedule_horizon_days: 30,
             shutdown_grace_ms: 5_000,
         };
         let state = AppState::connect(&api_config).await?;

@@ -118,6 +118,18 @@ async fn bad_requests_get_a_stable_code_and_write_nothing() -> Result<()> {
             "invalid_scheduled_for",
         ),
         (
+            "scheduledFor in the past",
+            with("scheduledFor", json!("2020-01-01T00:00:00Z")),
+            400,
+            "scheduled_for_in_past",
+        ),
+        (
+            "scheduledFor beyond the horizon (30 days in tests)",
+            with("scheduledFor", json!("2099-01-01T00:00:00+02:00")),
+            400,
+            "scheduled_for_too_far",
+        ),
+        (
             "unknown top-level field",
             with("$where", json!("1")),
             400,
@@ -465,5 +477,65 @@ async fn health_readiness_and_openapi() -> Result<()> {
             "{schema} missing"
         );
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_replays_the_original_action_even_after_its_start_time() -> Result<()> {
+    let app = TestApp::spawn(AppOptions::default()).await?;
+    let in_a_second = domain::Timestamp::from_millis(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as i64
+            + 1_000,
+    )
+    .map(|at| at.to_string())
+    .unwrap_or_default();
+    let body = with("scheduledFor", json!(in_a_second));
+    let post = |body: Value, key: Option<&'static str>| {
+        let app = &app;
+        async move {
+            let mut request = app.http.post(app.url("/bulk-actions")).json(&body);
+            if let Some(key) = key {
+                request = request.header("Idempotency-Key", key);
+            }
+            let response = request.send().await?;
+            let replayed = response.headers().get("idempotent-replayed").is_some();
+            let status = response.status().as_u16();
+            anyhow::Ok((status, replayed, response.json::<Value>().await?))
+        }
+    };
+
+    let (status, replayed, first) = post(body.clone(), Some("k-1")).await?;
+    assert_eq!(
+        (status, replayed, first["status"].as_str()),
+        (202, false, Some("scheduled"))
+    );
+    let (status, replayed, again) = post(body.clone(), Some("k-1")).await?;
+    assert_eq!((status, replayed), (202, true));
+    assert_eq!(again["actionId"], first["actionId"]);
+
+    // Past the start time and its clock-skew tolerance: a new submission is refused, the
+    // resubmission of the original is still answered with it.
+    tokio::time::sleep(Duration::from_millis(6_500)).await;
+    let (status, _, refused) = post(body.clone(), None).await?;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (400, Some("scheduled_for_in_past"))
+    );
+    let (status, replayed, late) = post(body.clone(), Some("k-1")).await?;
+    assert_eq!((status, replayed), (202, true));
+    assert_eq!(late["actionId"], first["actionId"]);
+
+    let (status, _, reused) = post(valid(), Some("k-1")).await?;
+    assert_eq!(
+        (status, reused["error"]["code"].as_str()),
+        (422, Some("idempotency_key_reused"))
+    );
+    let (status, _, bad) = post(valid(), Some("has space")).await?;
+    assert_eq!(
+        (status, bad["error"]["code"].as_str()),
+        (400, Some("invalid_idempotency_key"))
+    );
     Ok(())
 }

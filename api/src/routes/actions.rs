@@ -9,7 +9,7 @@ use axum::Json;
 use domain::view::fold;
 use domain::{
     plan_action, ActionId, ActionStats, ActionStatus, ActionView, EntityType, EventEnvelope,
-    EventPayload, RecordOutcome, SCHEMA_VERSION,
+    EventPayload, RecordOutcome, ScheduleError, SCHEMA_VERSION,
 };
 use futures::TryStreamExt;
 use infra::event_store::{Commit, NewAction};
@@ -95,6 +95,26 @@ pub async fn submit(
         )
     })??;
 
+    let created_at = infra::clock::now();
+    let start_at = match domain::schedule::start_time(
+        submission.scheduled_for,
+        created_at,
+        state.config.schedule_horizon_days,
+    ) {
+        Ok(start_at) => start_at,
+        Err(error) => {
+            // A resubmission of an action that exists gets it, even once its time has passed.
+            if let (Some(key), Some(body_fingerprint)) = (&idempotency_key, &body_fingerprint) {
+                let existing =
+                    idempotency::committed(&state, &submission.account_id, key, body_fingerprint)
+                        .await?;
+                if let Some(id) = existing {
+                    return replay(&state, id).await;
+                }
+            }
+            return Err(schedule_refused(error));
+        }
+    };
     let candidate = state.next_action_id();
     let action_id = match (&idempotency_key, &body_fingerprint) {
         (Some(key), Some(body_fingerprint)) => {
@@ -113,8 +133,6 @@ pub async fn submit(
         }
         _ => candidate,
     };
-    let created_at = infra::clock::now();
-    let start_at = submission.scheduled_for.filter(|at| *at > created_at);
     let batch_count = u32::try_from(plan.batches.len()).unwrap_or(u32::MAX);
     let total_records = plan.total_records;
     let mut events = vec![EventPayload::Created {
@@ -182,6 +200,25 @@ async fn replay(state: &AppState, action: ActionId) -> Result<Response, ApiError
         .headers_mut()
         .insert("idempotent-replayed", HeaderValue::from_static("true"));
     Ok(response)
+}
+
+fn schedule_refused(error: ScheduleError) -> ApiError {
+    let message = error.to_string();
+    match error {
+        ScheduleError::InPast { late_by_ms } => {
+            ApiError::bad_request("scheduled_for_in_past", message).with_details(json!({
+                "field": "scheduledFor",
+                "lateByMs": late_by_ms,
+                "toleranceMs": domain::schedule::CLOCK_SKEW_TOLERANCE_MS,
+            }))
+        }
+        ScheduleError::BeyondHorizon { horizon_days } => {
+            ApiError::bad_request("scheduled_for_too_far", message).with_details(json!({
+                "field": "scheduledFor",
+                "horizonDays": horizon_days,
+            }))
+        }
+    }
 }
 
 fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
