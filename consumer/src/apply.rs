@@ -76,6 +76,18 @@ impl ApplyError {
     }
 }
 
+/// The memory of a batch that is on a work stream: fields of its action's meta in Redis.
+pub struct BatchInRedis<'a> {
+    pub store: &'a infra::EventStore,
+    pub item: &'a infra::work::WorkItem,
+}
+
+impl BatchMemory for BatchInRedis<'_> {
+    async fn found_once(&self, found: Vec<String>) -> Result<Vec<String>, infra::StoreError> {
+        self.store.found_once(self.item, &found).await
+    }
+}
+
 /// The batch to apply and where it comes from.
 #[derive(Debug, Clone, Copy)]
 pub struct Target<'a> {

@@ -15,7 +15,7 @@ use infra::{EventStore, Keys, StoreConfig};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use apply::{ApplyError, BatchMemory, ContactWriter, Target};
+pub use apply::{ApplyError, BatchInRedis, BatchMemory, ContactWriter, Target};
 
 #[derive(Debug, Clone, Args)]
 pub struct ConsumerConfig {

@@ -19,7 +19,7 @@ use infra::EventStore;
 use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{BatchMemory, ContactWriter, Target};
+use crate::apply::{BatchInRedis, ContactWriter, Target};
 
 /// How a batch that fails is retried.
 #[derive(Debug, Clone, Copy)]
@@ -244,7 +244,7 @@ impl Worker {
             action_type: meta.action_type,
             attempt,
         };
-        let memory = Memory {
+        let memory = BatchInRedis {
             store: &self.store,
             item,
         };
@@ -336,20 +336,6 @@ impl Worker {
                 }
             }
         }
-    }
-}
-
-/// A batch's memory across attempts: fields of the action's meta hash in Redis.
-struct Memory<'a> {
-    store: &'a EventStore,
-    item: &'a WorkItem,
-}
-
-impl BatchMemory for Memory<'_> {
-    async fn found_once(&self, found: Vec<String>) -> Result<Vec<String>, infra::StoreError> {
-        let value = serde_json::to_string(&found)?;
-        let held = self.store.remember_once(self.item, "found", &value).await?;
-        Ok(serde_json::from_str(&held)?)
     }
 }
 

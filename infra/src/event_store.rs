@@ -217,23 +217,24 @@ impl EventStore {
         Ok(holder)
     }
 
-    /// Stores `value` under `name` for this batch unless an earlier attempt stored one;
-    /// returns what is stored. Removed when the batch settles.
-    pub async fn remember_once(
+    /// Records `found` (the emails a delete batch found in the account) unless an earlier
+    /// attempt at the batch recorded its own, and returns what is recorded: every attempt
+    /// then deletes and reports the first attempt's set. `append_event.lua` removes it when
+    /// the batch settles.
+    pub async fn found_once(
         &self,
         item: &WorkItem,
-        name: &str,
-        value: &str,
-    ) -> Result<String, StoreError> {
+        found: &[String],
+    ) -> Result<Vec<String>, StoreError> {
         let key = self.keys.meta(item.action_id);
-        let field = format!("{name}:{}", item.batch);
+        let field = format!("found:{}", item.batch);
         let (_, held): (i64, String) = redis::pipe()
             .atomic()
-            .hset_nx(&key, &field, value)
+            .hset_nx(&key, &field, serde_json::to_string(found)?)
             .hget(&key, &field)
             .query_async(&mut self.conn.clone())
             .await?;
-        Ok(held)
+        Ok(serde_json::from_str(&held)?)
     }
 
     /// The value holding a key reserved with `reserve`.

@@ -521,17 +521,6 @@ async fn a_second_attempt_reports_what_the_first_one_did() -> Result<()> {
     use consumer::{ContactWriter, Target};
     use domain::{AccountId, ActionType};
 
-    struct Redis(infra::EventStore, infra::work::WorkItem);
-    impl consumer::BatchMemory for Redis {
-        async fn found_once(&self, found: Vec<String>) -> Result<Vec<String>, infra::StoreError> {
-            let held = self
-                .0
-                .remember_once(&self.1, "found", &serde_json::to_string(&found)?)
-                .await?;
-            Ok(serde_json::from_str(&held)?)
-        }
-    }
-
     let app = TestApp::spawn(AppOptions {
         consumers: 0,
         ..AppOptions::default()
@@ -578,7 +567,10 @@ async fn a_second_attempt_reports_what_the_first_one_did() -> Result<()> {
             action_id: action,
             batch: 0,
         };
-        let memory = Redis(store.clone(), item);
+        let memory = consumer::BatchInRedis {
+            store: &store,
+            item: &item,
+        };
         let mut reports = Vec::new();
         for attempt in [1, 2] {
             let target = Target {
