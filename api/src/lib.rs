@@ -7,6 +7,7 @@ mod error;
 mod idempotency;
 mod openapi;
 mod query;
+mod rate_limit;
 mod read_model;
 mod routes;
 mod submission;
@@ -67,6 +68,25 @@ pub struct ApiConfig {
     /// On SIGTERM, how long in-flight requests may take before the process exits anyway (ms).
     #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 20_000)]
     pub shutdown_grace_ms: u64,
+
+    /// Requests an account may make per minute, across all api instances, unless the admin
+    /// api set its own limit.
+    #[arg(long, env = "RATE_LIMIT_REQUESTS_PER_MINUTE", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub requests_per_minute: u32,
+
+    /// Seconds of an account's request pace that may come at once after a quiet spell.
+    /// Any 60 s window admits at most the limit plus this burst.
+    #[arg(long, env = "RATE_LIMIT_REQUEST_BURST_SECONDS", default_value_t = 6)]
+    pub request_burst_seconds: u32,
+
+    /// The consumers' default processing limit, reported by the admin api (set it to the
+    /// same value as the consumers').
+    #[arg(long, env = "RATE_LIMIT_RECORDS_PER_MINUTE", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub records_per_minute: u32,
+
+    /// Bearer token of the `/admin` endpoints; unset, they are disabled.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 pub struct Settings {
@@ -75,6 +95,10 @@ pub struct Settings {
     pub max_records_per_action: usize,
     pub idempotency_ttl_secs: u64,
     pub schedule_horizon_days: u32,
+    pub requests_per_minute: u32,
+    pub request_burst_seconds: u32,
+    pub records_per_minute: u32,
+    pub admin_token: Option<String>,
 }
 
 #[derive(Clone)]
@@ -88,7 +112,21 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn next_action_id(&self) -> domain::ActionId {
+    /// A fresh action id in `account`'s partition, where its queue and budgets live.
+    /// Consecutive ids of one millisecond differ by one in their random part, so this
+    /// takes at most one id per partition.
+    pub fn next_action_id(&self, account: &domain::AccountId) -> domain::ActionId {
+        let keys = self.store.keys();
+        let home = keys.account_partition(account);
+        loop {
+            let id = self.generate_id();
+            if keys.partition_of(id) == home {
+                return id;
+            }
+        }
+    }
+
+    fn generate_id(&self) -> domain::ActionId {
         let generated = self
             .ids
             .lock()
@@ -116,6 +154,10 @@ impl AppState {
                 max_records_per_action: config.max_records_per_action,
                 idempotency_ttl_secs: config.idempotency_ttl_secs.max(1),
                 schedule_horizon_days: config.schedule_horizon_days,
+                requests_per_minute: config.requests_per_minute,
+                request_burst_seconds: config.request_burst_seconds,
+                records_per_minute: config.records_per_minute,
+                admin_token: config.admin_token.clone().filter(|token| !token.is_empty()),
             }),
             ids: Arc::new(std::sync::Mutex::new(ulid::Generator::new())),
         })
@@ -133,14 +175,25 @@ pub enum ApiStartError {
 }
 
 pub fn router(state: AppState) -> Router {
-    use routes::{actions, health, logs};
+    use axum::routing::post;
+    use routes::{actions, admin, control, health, logs};
     let max_body = state.config.max_body_bytes;
     Router::new()
         .route(
             "/bulk-actions",
             get(actions::list_actions).post(actions::submit),
         )
-        .route("/bulk-actions/{action_id}", get(actions::get_action))
+        .route(
+            "/bulk-actions/{action_id}",
+            get(actions::get_action).patch(control::amend),
+        )
+        .route("/bulk-actions/{action_id}/cancel", post(control::cancel))
+        .route("/bulk-actions/{action_id}/pause", post(control::pause))
+        .route("/bulk-actions/{action_id}/resume", post(control::resume))
+        .route(
+            "/admin/accounts/{account_id}/limits",
+            get(admin::get_limits).put(admin::put_limits),
+        )
         .route("/bulk-actions/{action_id}/stats", get(actions::get_stats))
         .route("/bulk-actions/{action_id}/logs", get(logs::get_logs))
         .route("/healthz", get(health::healthz))
@@ -157,6 +210,7 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(rate_limit::stamp_quota))
         .layer(TraceLayer::new_for_http())
         .layer(CatchPanicLayer::custom(|_| {
             axum::response::IntoResponse::into_response(ApiError::new(

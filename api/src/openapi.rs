@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::OpenApi;
 
 use crate::error::{ErrorBody, ErrorDetail};
-use crate::routes::{actions, health, logs};
+use crate::routes::{actions, admin, control, health, logs};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,14 +15,34 @@ use crate::routes::{actions, health, logs};
         actions::get_action,
         actions::get_stats,
         actions::list_actions,
+        control::cancel,
+        control::pause,
+        control::resume,
+        control::amend,
         logs::get_logs,
+        admin::get_limits,
+        admin::put_limits,
         health::healthz,
         health::readyz,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
-    tags((name = "bulk-actions"), (name = "health")),
+    modifiers(&AdminToken),
+    tags((name = "bulk-actions"), (name = "admin"), (name = "health")),
 )]
 pub struct ApiDoc;
+
+struct AdminToken;
+
+impl utoipa::Modify for AdminToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
 
 pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())

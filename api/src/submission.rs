@@ -1,6 +1,7 @@
 //! Reading a `POST /bulk-actions` body into a submission, with one precise error code per
 //! way it can be wrong. Nothing is written before this has accepted the whole request.
 
+use domain::pacing::{self, Pacing, PacingError};
 use domain::{AccountId, ActionType, EntityType, Timestamp};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -14,6 +15,8 @@ pub struct Submission {
     pub action_type: ActionType,
     pub data: Vec<Value>,
     pub scheduled_for: Option<Timestamp>,
+    pub pacing: Option<Pacing>,
+    pub max_records_per_minute: Option<u32>,
 }
 
 /// The request body, as documented in the OpenAPI schema. Parsing is done by hand in
@@ -33,6 +36,12 @@ pub struct SubmitRequest {
     /// RFC 3339; in the future, the action waits until then.
     #[schema(value_type = Option<String>, format = DateTime, example = "2030-03-20T10:00:00Z")]
     scheduled_for: Option<String>,
+    /// Drip mode: at most `batchSize` records every `intervalSeconds` (below the account's
+    /// processing limit). Batches are no larger than `batchSize`.
+    pacing: Option<Pacing>,
+    /// This action's own ceiling on records applied per minute, below the account's.
+    #[schema(minimum = 1, maximum = 10000000)]
+    max_records_per_minute: Option<u32>,
 }
 
 /// One contact record. Unknown fields, `$`-prefixed or dotted keys, and wrong types fail
@@ -48,12 +57,14 @@ pub struct ContactRecord {
     status: Option<String>,
 }
 
-const FIELDS: [&str; 5] = [
+const FIELDS: [&str; 7] = [
     "accountId",
     "entityType",
     "actionType",
     "data",
     "scheduledFor",
+    "pacing",
+    "maxRecordsPerMinute",
 ];
 
 pub fn parse(body: &[u8], max_records: usize) -> Result<Submission, ApiError> {
@@ -122,23 +133,8 @@ pub fn parse(body: &[u8], max_records: usize) -> Result<Submission, ApiError> {
         .with_details(json!({ "limit": max_records, "received": data.len() })));
     }
 
-    let scheduled_for = match object.get("scheduledFor") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(raw)) => Some(Timestamp::parse_rfc3339(raw).ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_scheduled_for",
-                "scheduledFor must be an RFC 3339 date-time, e.g. 2030-03-20T10:00:00Z",
-            )
-            .with_details(json!({ "field": "scheduledFor" }))
-        })?),
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "invalid_scheduled_for",
-                "scheduledFor must be a string",
-            )
-            .with_details(json!({ "field": "scheduledFor" })))
-        }
-    };
+    let scheduled_for = scheduled_for(object.get("scheduledFor"))?;
+    let (pacing, max_records_per_minute) = pace(&object)?;
 
     let mut object = object;
     let data = match object.remove("data") {
@@ -151,7 +147,45 @@ pub fn parse(body: &[u8], max_records: usize) -> Result<Submission, ApiError> {
         action_type,
         data,
         scheduled_for,
+        pacing,
+        max_records_per_minute,
     })
+}
+
+/// Reads `scheduledFor` (absent or null: none).
+pub fn scheduled_for(raw: Option<&Value>) -> Result<Option<Timestamp>, ApiError> {
+    match raw {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(raw)) => Timestamp::parse_rfc3339(raw).map(Some).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_scheduled_for",
+                "scheduledFor must be an RFC 3339 date-time, e.g. 2030-03-20T10:00:00Z",
+            )
+            .with_details(json!({ "field": "scheduledFor" }))
+        }),
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_scheduled_for",
+            "scheduledFor must be a string",
+        )
+        .with_details(json!({ "field": "scheduledFor" }))),
+    }
+}
+
+/// Reads `pacing` and `maxRecordsPerMinute` (absent or null: none).
+pub fn pace(object: &Map<String, Value>) -> Result<(Option<Pacing>, Option<u32>), ApiError> {
+    let invalid = |error: PacingError| {
+        ApiError::bad_request("invalid_pacing", error.to_string())
+            .with_details(json!({ "field": error.field }))
+    };
+    let pacing = match object.get("pacing") {
+        None | Some(Value::Null) => None,
+        Some(raw) => Some(Pacing::parse(raw).map_err(invalid)?),
+    };
+    let max = match object.get("maxRecordsPerMinute") {
+        None | Some(Value::Null) => None,
+        Some(raw) => Some(pacing::parse_max_records_per_minute(raw).map_err(invalid)?),
+    };
+    Ok((pacing, max))
 }
 
 fn required_string<'a>(
@@ -219,5 +253,17 @@ mod tests {
             "invalid_scheduled_for"
         );
         assert_eq!(code(r#"{"accountId":"a","$where":"1"}"#), "unknown_field");
+        assert_eq!(
+            code(
+                r#"{"accountId":"a","entityType":"contact","actionType":"update","data":[1],"pacing":{"batchSize":0,"intervalSeconds":5}}"#
+            ),
+            "invalid_pacing"
+        );
+        assert_eq!(
+            code(
+                r#"{"accountId":"a","entityType":"contact","actionType":"update","data":[1],"maxRecordsPerMinute":"fast"}"#
+            ),
+            "invalid_pacing"
+        );
     }
 }

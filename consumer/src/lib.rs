@@ -5,9 +5,11 @@
 //! more processes to scale out: the consumer group shares the batches among them.
 
 mod apply;
+mod dispatcher;
 mod scheduler;
 mod worker;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
@@ -64,6 +66,25 @@ pub struct ConsumerConfig {
     /// back to the group and the process exits (ms).
     #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 20_000)]
     pub shutdown_grace_ms: u64,
+
+    /// Records an account may have applied per minute, across all consumers, unless the
+    /// admin api set its own limit.
+    #[arg(long, env = "RATE_LIMIT_RECORDS_PER_MINUTE", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub records_per_minute: u32,
+
+    /// Seconds of an account's processing pace that may go at once after a quiet spell
+    /// (at least one batch always may). 0 keeps the pace smooth.
+    #[arg(long, env = "RATE_LIMIT_RECORDS_BURST_SECONDS", default_value_t = 0)]
+    pub records_burst_seconds: u32,
+
+    /// Batches kept in the work streams beyond one per live worker.
+    #[arg(long, env = "DISPATCH_LOOKAHEAD", default_value_t = 1)]
+    pub dispatch_lookahead: u32,
+
+    /// Longest pause between dispatch rounds (ms); rounds also run when a batch settles
+    /// and when a held-back batch's time comes.
+    #[arg(long, env = "DISPATCH_TICK_MS", default_value_t = 100)]
+    pub dispatch_tick_ms: u64,
 }
 
 impl ConsumerConfig {
@@ -121,6 +142,7 @@ pub async fn run(config: ConsumerConfig, shutdown: CancellationToken) -> Result<
         max_delay: Duration::from_millis(config.retry_max_delay_ms),
     };
     let claim_idle = Duration::from_millis(config.claim_idle_ms);
+    let settled = Arc::new(tokio::sync::Notify::new());
     let mut in_flight: Vec<(String, worker::InFlight)> = Vec::new();
     let mut tasks = JoinSet::new();
     for number in 0..config.concurrency.max(1) {
@@ -140,9 +162,22 @@ pub async fn run(config: ConsumerConfig, shutdown: CancellationToken) -> Result<
             claim_idle,
             retry,
             in_flight: slot,
+            records_per_minute: config.records_per_minute,
+            settled: settled.clone(),
         };
         tasks.spawn(worker.run(shutdown.clone()));
     }
+    let dispatcher = dispatcher::Dispatcher {
+        store: store.clone(),
+        process_name: base_name.clone(),
+        workers: config.concurrency.max(1),
+        records_per_minute: config.records_per_minute,
+        burst_seconds: config.records_burst_seconds,
+        lookahead: config.dispatch_lookahead,
+        tick: Duration::from_millis(config.dispatch_tick_ms.max(1)),
+        settled,
+    };
+    tasks.spawn(dispatcher.run(shutdown.clone()));
     tasks.spawn(scheduler::run(
         store.clone(),
         Duration::from_millis(config.scheduler_tick_ms),

@@ -9,7 +9,10 @@
 //! crashes count too, and the batch goes to the dead-letter stream after `max_attempts`.
 
 use std::sync::{Arc, Mutex};
+
+use infra::flow::ParkDecision;
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 use domain::{Batch, OutcomeCode, RecordOutcome};
 use infra::event_store::{ActionMeta, DeadLetter};
@@ -44,6 +47,10 @@ pub struct Worker {
     pub claim_idle: Duration,
     pub retry: RetryPolicy,
     pub in_flight: InFlight,
+    /// The default processing limit, to refund a parked batch's charge.
+    pub records_per_minute: u32,
+    /// Pinged after each batch, so the dispatcher tops the work stream up at once.
+    pub settled: Arc<Notify>,
 }
 
 enum AttemptResult {
@@ -76,6 +83,7 @@ impl Worker {
         work::ensure_groups(&mut conn, &self.streams, CONSUMER_GROUP).await?;
         let mut from = ReadFrom::OwnPending;
         let mut last_claim: Option<Instant> = None;
+        let mut next_stream = 0usize;
         while !shutdown.is_cancelled() {
             // Abandoned work goes before new work; while there is some, keep claiming.
             if last_claim.is_none_or(|at| at.elapsed() >= self.claim_idle / 2) {
@@ -85,25 +93,69 @@ impl Worker {
                     continue;
                 }
             }
-            let entries = work::read_group(
-                &mut conn,
-                &self.streams,
-                CONSUMER_GROUP,
-                &self.name,
-                from,
-                1,
-                self.block,
-            )
-            .await?;
-            if entries.is_empty() && from == ReadFrom::OwnPending {
-                from = ReadFrom::New;
-                continue;
-            }
+            let entries = match from {
+                ReadFrom::OwnPending => {
+                    let entries = self.read(&mut conn, &self.streams, from).await?;
+                    if entries.is_empty() {
+                        from = ReadFrom::New;
+                        continue;
+                    }
+                    entries
+                }
+                ReadFrom::New => self.read_next(&mut conn, &mut next_stream).await?,
+            };
             for (stream, entry) in entries {
                 self.handle(&mut conn, stream, &entry, shutdown).await?;
+                self.settled.notify_one();
             }
         }
         Ok(())
+    }
+
+    async fn read(
+        &self,
+        conn: &mut MultiplexedConnection,
+        streams: &[String],
+        from: ReadFrom,
+    ) -> Result<Vec<(String, redis::streams::StreamId)>, infra::StoreError> {
+        work::read_group(
+            conn,
+            streams,
+            CONSUMER_GROUP,
+            &self.name,
+            from,
+            1,
+            self.block,
+        )
+        .await
+    }
+
+    /// One new entry, taking the partitions in turn so that none is served before the
+    /// others; blocks on all of them when all are empty.
+    async fn read_next(
+        &self,
+        conn: &mut MultiplexedConnection,
+        next_stream: &mut usize,
+    ) -> Result<Vec<(String, redis::streams::StreamId)>, infra::StoreError> {
+        let count = self.streams.len();
+        for offset in 0..count {
+            let stream = &self.streams[(*next_stream + offset) % count];
+            let entries = work::read_group(
+                conn,
+                std::slice::from_ref(stream),
+                CONSUMER_GROUP,
+                &self.name,
+                ReadFrom::New,
+                1,
+                Duration::ZERO,
+            )
+            .await?;
+            if !entries.is_empty() {
+                *next_stream = (*next_stream + offset + 1) % count;
+                return Ok(entries);
+            }
+        }
+        self.read(conn, &self.streams, ReadFrom::New).await
     }
 
     /// Claims and applies one abandoned batch, if any. One at a time: whatever a worker
@@ -171,6 +223,25 @@ impl Worker {
             // The payload is removed in the same step that records the batch, so it was done.
             return discard_item(conn, item).await;
         };
+        let mut cancelled = meta.cancelled;
+        if meta.paused && !cancelled {
+            let cost = u32::try_from(batch.records.len()).unwrap_or(u32::MAX);
+            match self
+                .store
+                .park(item, &meta.account_id, cost, self.records_per_minute)
+                .await?
+            {
+                ParkDecision::Parked => {
+                    tracing::debug!(action = %item.action_id, batch = item.batch, "batch parked: its action is paused");
+                    return Ok(());
+                }
+                ParkDecision::Cancelled => cancelled = true,
+                ParkDecision::Run => {}
+            }
+        }
+        if cancelled {
+            return self.settle_unprocessed(item, &batch).await;
+        }
         self.store
             .append_once(
                 item.action_id,
@@ -263,6 +334,28 @@ impl Worker {
                 Err(error) => return AttemptResult::Failed(error.to_string()),
             }
         }
+    }
+
+    /// A batch of a cancelled action is never applied: each record is `unprocessed`.
+    async fn settle_unprocessed(
+        &self,
+        item: &WorkItem,
+        batch: &Batch,
+    ) -> Result<(), infra::StoreError> {
+        let outcomes = batch
+            .records
+            .iter()
+            .map(|record| RecordOutcome {
+                index: record.index,
+                email: Some(record.change.email.as_str().to_owned()),
+                code: OutcomeCode::Unprocessed,
+                message: Some("the action was cancelled before this record was applied".into()),
+            })
+            .collect();
+        self.store
+            .settle_cancelled(item, outcomes, infra::clock::now())
+            .await?;
+        Ok(())
     }
 
     async fn dead_letter(

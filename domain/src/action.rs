@@ -72,6 +72,11 @@ pub enum ActionStatus {
     Queued,
     /// A consumer has started applying batches.
     Running,
+    /// Held on request: keeps its place, takes no budget, until resumed.
+    Paused,
+    /// A cancel was requested; batches already being applied finish, the rest become
+    /// `unprocessed`.
+    Cancelling,
     /// Every record has an outcome.
     Completed,
     /// The action could not be carried out at all.
@@ -81,10 +86,12 @@ pub enum ActionStatus {
 }
 
 impl ActionStatus {
-    pub const ALL: [ActionStatus; 6] = [
+    pub const ALL: [ActionStatus; 8] = [
         ActionStatus::Scheduled,
         ActionStatus::Queued,
         ActionStatus::Running,
+        ActionStatus::Paused,
+        ActionStatus::Cancelling,
         ActionStatus::Completed,
         ActionStatus::Failed,
         ActionStatus::Cancelled,
@@ -99,10 +106,20 @@ impl ActionStatus {
             ActionStatus::Scheduled => "scheduled",
             ActionStatus::Queued => "queued",
             ActionStatus::Running => "running",
+            ActionStatus::Paused => "paused",
+            ActionStatus::Cancelling => "cancelling",
             ActionStatus::Completed => "completed",
             ActionStatus::Failed => "failed",
             ActionStatus::Cancelled => "cancelled",
         }
+    }
+
+    /// Waiting for or doing work, and neither paused nor being cancelled.
+    pub fn is_active(&self) -> bool {
+        matches!(
+            self,
+            ActionStatus::Scheduled | ActionStatus::Queued | ActionStatus::Running
+        )
     }
 
     pub fn is_terminal(&self) -> bool {

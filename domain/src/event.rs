@@ -11,6 +11,7 @@ use ulid::Ulid;
 use crate::action::{ActionType, EntityType};
 use crate::ids::{AccountId, ActionId};
 use crate::outcome::RecordOutcome;
+use crate::pacing::Pacing;
 use crate::time::Timestamp;
 
 /// The schema version written by this build.
@@ -18,7 +19,10 @@ use crate::time::Timestamp;
 /// - 1: the first release.
 /// - 2: `BatchProcessed` names the consumer in `consumer` (was the optional `appliedBy`) and
 ///   says which `attempt` applied it; `BatchDeadLettered` exists.
-pub const SCHEMA_VERSION: u16 = 2;
+/// - 3: pacing on `Created`; `Paused`, `Resumed`, `CancelRequested`, `BatchCancelled`,
+///   `Rescheduled` and `PacingChanged` exist. Nothing changed shape, so no upcast step:
+///   the bump makes older builds refuse these streams instead of misreading them.
+pub const SCHEMA_VERSION: u16 = 3;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventEnvelope {
@@ -44,6 +48,10 @@ pub enum EventPayload {
         batch_count: u32,
         #[serde(default)]
         scheduled_for: Option<Timestamp>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pacing: Option<Pacing>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_records_per_minute: Option<u32>,
     },
     /// Records that failed validation at submission (one event per chunk).
     RecordRejected { records: Vec<RecordOutcome> },
@@ -73,6 +81,27 @@ pub enum EventPayload {
         error: String,
         outcomes: Vec<RecordOutcome>,
     },
+    /// The action stopped taking budget; it keeps its place and its queued batches.
+    Paused {},
+    /// A paused action goes on where it was.
+    Resumed {},
+    /// The action is being cancelled: batches already being applied finish, every other
+    /// batch is settled by `BatchCancelled`, then `Completed` ends it as `cancelled`.
+    CancelRequested {},
+    /// A batch that was never applied because of a cancel; each record is `unprocessed`.
+    BatchCancelled {
+        batch: u32,
+        outcomes: Vec<RecordOutcome>,
+    },
+    /// A scheduled action's start time moved.
+    #[serde(rename_all = "camelCase")]
+    Rescheduled { scheduled_for: Timestamp },
+    /// The action's pace changed; `None` fields remove that limit.
+    #[serde(rename_all = "camelCase")]
+    PacingChanged {
+        pacing: Option<Pacing>,
+        max_records_per_minute: Option<u32>,
+    },
     /// Every record has an outcome.
     Completed {},
 }
@@ -95,6 +124,12 @@ impl EventPayload {
             EventPayload::Started {} => "Started",
             EventPayload::BatchProcessed { .. } => "BatchProcessed",
             EventPayload::BatchDeadLettered { .. } => "BatchDeadLettered",
+            EventPayload::Paused {} => "Paused",
+            EventPayload::Resumed {} => "Resumed",
+            EventPayload::CancelRequested {} => "CancelRequested",
+            EventPayload::BatchCancelled { .. } => "BatchCancelled",
+            EventPayload::Rescheduled { .. } => "Rescheduled",
+            EventPayload::PacingChanged { .. } => "PacingChanged",
             EventPayload::Completed {} => "Completed",
         }
     }
@@ -127,7 +162,8 @@ impl EventPayload {
                 records
             }
             EventPayload::BatchProcessed { outcomes, .. }
-            | EventPayload::BatchDeadLettered { outcomes, .. } => outcomes,
+            | EventPayload::BatchDeadLettered { outcomes, .. }
+            | EventPayload::BatchCancelled { outcomes, .. } => outcomes,
             _ => &[],
         }
     }
@@ -172,6 +208,28 @@ mod tests {
                 total_records: 3,
                 batch_count: 1,
                 scheduled_for: Timestamp::parse_rfc3339("2030-01-01T00:00:00Z"),
+                pacing: Some(Pacing {
+                    batch_size: 10,
+                    interval_seconds: 60,
+                }),
+                max_records_per_minute: None,
+            },
+            EventPayload::CancelRequested {},
+            EventPayload::BatchCancelled {
+                batch: 1,
+                outcomes: vec![RecordOutcome {
+                    index: 3,
+                    email: Some("e@f.co".into()),
+                    code: OutcomeCode::Unprocessed,
+                    message: None,
+                }],
+            },
+            EventPayload::Rescheduled {
+                scheduled_for: Timestamp::parse_rfc3339("2031-01-01T00:00:00Z").unwrap(),
+            },
+            EventPayload::PacingChanged {
+                pacing: None,
+                max_records_per_minute: Some(100),
             },
             EventPayload::BatchProcessed {
                 batch: 4,

@@ -78,6 +78,19 @@ impl AccountId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The partition that holds this account's actions, queues and budgets among
+    /// `partitions` (>= 1). FNV-1a, written out here because it must never change between
+    /// builds or platforms: it decides where existing data lives.
+    pub fn partition(&self, partitions: u32) -> u32 {
+        let hash = self
+            .0
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+                (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+            });
+        (hash % u64::from(partitions.max(1))) as u32
+    }
 }
 
 impl fmt::Display for AccountId {
@@ -106,6 +119,15 @@ mod tests {
             AccountId::parse(&"a".repeat(129)),
             Err(AccountIdError::TooLong)
         );
+    }
+
+    #[test]
+    fn account_partitions_never_change() {
+        // Pinned values: changing the hash would strand every stored action.
+        let acme = AccountId::parse("acme").unwrap();
+        assert_eq!(acme.partition(1), 0);
+        assert_eq!(acme.partition(4), 3); // FNV-1a("acme") = 0x0724d383f4f6de0f
+        assert_eq!(AccountId::parse("").map(|a| a.partition(4)).ok(), None);
     }
 
     #[test]

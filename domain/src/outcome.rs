@@ -11,13 +11,16 @@ pub enum OutcomeStatus {
     Succeeded,
     Failed,
     Skipped,
+    /// Never attempted: the action was cancelled first.
+    Unprocessed,
 }
 
 impl OutcomeStatus {
-    pub const ALL: [OutcomeStatus; 3] = [
+    pub const ALL: [OutcomeStatus; 4] = [
         OutcomeStatus::Succeeded,
         OutcomeStatus::Failed,
         OutcomeStatus::Skipped,
+        OutcomeStatus::Unprocessed,
     ];
 
     pub fn parse(raw: &str) -> Option<Self> {
@@ -29,6 +32,7 @@ impl OutcomeStatus {
             OutcomeStatus::Succeeded => "succeeded",
             OutcomeStatus::Failed => "failed",
             OutcomeStatus::Skipped => "skipped",
+            OutcomeStatus::Unprocessed => "unprocessed",
         }
     }
 }
@@ -60,6 +64,9 @@ pub enum OutcomeCode {
     /// The record's batch failed on every attempt and was moved to the dead-letter stream.
     /// Whether the store kept part of it is unknown: the batch is kept for re-driving.
     DeadLettered,
+    // unprocessed
+    /// The action was cancelled before this record's batch was applied; nothing was written.
+    Unprocessed,
 }
 
 impl OutcomeCode {
@@ -71,6 +78,7 @@ impl OutcomeCode {
             NotAnObject | MissingEmail | InvalidEmail | InvalidType | InvalidValue
             | UnknownField | ForbiddenFieldName | NoFieldsToUpdate | NotFound | StoreError
             | DeadLettered => OutcomeStatus::Failed,
+            Unprocessed => OutcomeStatus::Unprocessed,
         }
     }
 
@@ -93,6 +101,7 @@ impl OutcomeCode {
             NotFound => "not_found",
             StoreError => "store_error",
             DeadLettered => "dead_lettered",
+            Unprocessed => "unprocessed",
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::action::{ActionStatus, ActionType, EntityType};
 use crate::event::{EventEnvelope, EventPayload};
 use crate::ids::{AccountId, ActionId};
 use crate::outcome::{OutcomeStatus, RecordOutcome};
+use crate::pacing::Pacing;
 use crate::time::Timestamp;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,18 +29,37 @@ pub struct ActionView {
     pub succeeded: u32,
     pub failed: u32,
     pub skipped: u32,
+    /// Records never attempted because the action was cancelled.
+    #[serde(default)]
+    pub unprocessed: u32,
     /// processedRecords / totalRecords, 0.0 to 1.0.
     pub progress: f64,
     pub created_at: Timestamp,
     pub scheduled_for: Option<Timestamp>,
+    /// When the action became eligible to run: at creation, or when its schedule released it.
+    #[serde(default)]
+    pub queued_at: Option<Timestamp>,
     pub started_at: Option<Timestamp>,
+    /// Set while the action is paused.
+    #[serde(default)]
+    pub paused_at: Option<Timestamp>,
+    #[serde(default)]
+    pub cancel_requested_at: Option<Timestamp>,
     pub completed_at: Option<Timestamp>,
+    /// Drip mode: at most `batchSize` records every `intervalSeconds`.
+    #[serde(default)]
+    pub pacing: Option<Pacing>,
+    #[serde(default)]
+    pub max_records_per_minute: Option<u32>,
     /// Count of failed and skipped records per reason code.
     pub by_reason: BTreeMap<String, u32>,
     pub batch_count: u32,
     pub batches_processed: u32,
     /// Batches that failed every attempt and went to the dead-letter stream.
     pub batches_dead_lettered: u32,
+    /// Batches settled as `unprocessed` by a cancel.
+    #[serde(default)]
+    pub batches_cancelled: u32,
     /// Records settled by batches (not at submission); the numerator of the throughput.
     pub processed_by_batches: u32,
     /// Sequence number of the last event folded into this view.
@@ -74,6 +94,7 @@ pub struct ActionStats {
     pub succeeded: u32,
     pub failed: u32,
     pub skipped: u32,
+    pub unprocessed: u32,
     pub by_reason: BTreeMap<String, u32>,
     /// From start to completion, or to `now` while running; null before start.
     pub duration_ms: Option<i64>,
@@ -118,11 +139,43 @@ pub fn apply_event(
             view.count(records);
         }
         EventPayload::Released {} => {
+            view.queued_at = Some(event.occurred_at);
             if view.status == ActionStatus::Scheduled {
                 view.status = ActionStatus::Queued;
             }
         }
         EventPayload::Started {} => view.start(event.occurred_at),
+        EventPayload::Paused {} => {
+            if view.status.is_active() {
+                view.status = ActionStatus::Paused;
+                view.paused_at = Some(event.occurred_at);
+            }
+        }
+        EventPayload::Resumed {} => {
+            if view.status == ActionStatus::Paused {
+                view.paused_at = None;
+                view.status = view.unpaused_status();
+            }
+        }
+        EventPayload::CancelRequested {} => {
+            if !view.status.is_terminal() {
+                view.status = ActionStatus::Cancelling;
+                view.paused_at = None;
+                view.cancel_requested_at = Some(event.occurred_at);
+            }
+        }
+        EventPayload::BatchCancelled { outcomes, .. } => {
+            view.count(outcomes);
+            view.batches_cancelled += 1;
+        }
+        EventPayload::Rescheduled { scheduled_for } => view.scheduled_for = Some(*scheduled_for),
+        EventPayload::PacingChanged {
+            pacing,
+            max_records_per_minute,
+        } => {
+            view.pacing = *pacing;
+            view.max_records_per_minute = *max_records_per_minute;
+        }
         EventPayload::BatchProcessed { outcomes, .. } => {
             view.start(event.occurred_at);
             view.count(outcomes);
@@ -137,6 +190,7 @@ pub fn apply_event(
         }
         EventPayload::Completed {} => {
             view.status = view.final_status();
+            view.paused_at = None;
             view.completed_at = Some(event.occurred_at);
         }
     }
@@ -160,6 +214,8 @@ fn created(event: &EventEnvelope) -> ActionView {
         total_records,
         batch_count,
         scheduled_for,
+        pacing,
+        max_records_per_minute,
     } = &event.payload
     else {
         unreachable!("created() is only called with a Created payload");
@@ -180,15 +236,22 @@ fn created(event: &EventEnvelope) -> ActionView {
         succeeded: 0,
         failed: 0,
         skipped: 0,
+        unprocessed: 0,
         progress: 0.0,
         created_at: event.occurred_at,
         scheduled_for: *scheduled_for,
+        queued_at: future_start.is_none().then_some(event.occurred_at),
         started_at: None,
+        paused_at: None,
+        cancel_requested_at: None,
         completed_at: None,
+        pacing: *pacing,
+        max_records_per_minute: *max_records_per_minute,
         by_reason: BTreeMap::new(),
         batch_count: *batch_count,
         batches_processed: 0,
         batches_dead_lettered: 0,
+        batches_cancelled: 0,
         processed_by_batches: 0,
         last_seq: event.seq,
     }
@@ -199,15 +262,34 @@ impl ActionView {
         if self.started_at.is_none() {
             self.started_at = Some(at);
         }
+        if self.queued_at.is_none() {
+            // A batch can only run once the action is queued; older streams lack `Released`
+            // for actions paused while scheduled, so the first sign of work stands in.
+            self.queued_at = Some(at);
+        }
         if matches!(self.status, ActionStatus::Scheduled | ActionStatus::Queued) {
             self.status = ActionStatus::Running;
         }
     }
 
-    /// `failed` when the store could apply nothing at all: some batch was dead-lettered and
-    /// no record succeeded. Anything less is `completed`, with the failures in its counts.
+    /// Where a paused action stands once resumed.
+    fn unpaused_status(&self) -> ActionStatus {
+        if self.started_at.is_some() {
+            ActionStatus::Running
+        } else if self.queued_at.is_some() {
+            ActionStatus::Queued
+        } else {
+            ActionStatus::Scheduled
+        }
+    }
+
+    /// `cancelled` when a cancel was requested; otherwise `failed` when the store could
+    /// apply nothing at all: some batch was dead-lettered and no record succeeded. Anything
+    /// less is `completed`, with the failures in its counts.
     fn final_status(&self) -> ActionStatus {
-        if self.batches_dead_lettered > 0 && self.succeeded == 0 {
+        if self.cancel_requested_at.is_some() {
+            ActionStatus::Cancelled
+        } else if self.batches_dead_lettered > 0 && self.succeeded == 0 {
             ActionStatus::Failed
         } else {
             ActionStatus::Completed
@@ -220,6 +302,7 @@ impl ActionView {
                 OutcomeStatus::Succeeded => self.succeeded += 1,
                 OutcomeStatus::Failed => self.failed += 1,
                 OutcomeStatus::Skipped => self.skipped += 1,
+                OutcomeStatus::Unprocessed => self.unprocessed += 1,
             }
             if outcome.status() != OutcomeStatus::Succeeded {
                 *self
@@ -255,6 +338,7 @@ impl ActionView {
             succeeded: self.succeeded,
             failed: self.failed,
             skipped: self.skipped,
+            unprocessed: self.unprocessed,
             by_reason: self.by_reason.clone(),
             duration_ms,
             records_per_second,
@@ -292,6 +376,8 @@ mod tests {
                 total_records: 6,
                 batch_count: 2,
                 scheduled_for: None,
+                pacing: None,
+                max_records_per_minute: None,
             },
             EventPayload::RecordSkipped {
                 records: vec![outcome(5, OutcomeCode::DuplicateEmail)],

@@ -59,6 +59,9 @@ pub struct ActionMeta {
     pub action_type: ActionType,
     pub entity_type: EntityType,
     pub head_seq: u64,
+    /// A cancel was requested: batches not yet applied are settled as unprocessed.
+    pub cancelled: bool,
+    pub paused: bool,
 }
 
 /// Everything `commit_action` writes.
@@ -68,6 +71,12 @@ pub struct NewAction<'a> {
     pub action_type: ActionType,
     pub entity_type: EntityType,
     pub batch_count: u32,
+    /// Records per batch (every batch but the last is full).
+    pub batch_size: u32,
+    /// Records in all batches together; what the processing budget is charged.
+    pub records_in_batches: u32,
+    /// The action's own pace, below its account's limit.
+    pub pace: Option<domain::pacing::Bucket>,
     /// `None` starts now.
     pub start_at: Option<Timestamp>,
     pub created_at: Timestamp,
@@ -93,17 +102,22 @@ pub struct DeadLetter {
     pub outcomes: Vec<RecordOutcome>,
 }
 
-struct Scripts {
+pub(crate) struct Scripts {
     commit_action: Script,
     append_event: Script,
     release_action: Script,
+    pub(crate) dispatch: Script,
+    pub(crate) control: Script,
+    pub(crate) park: Script,
+    pub(crate) amend: Script,
+    pub(crate) request_budget: Script,
 }
 
 #[derive(Clone)]
 pub struct EventStore {
-    conn: ConnectionManager,
-    keys: Keys,
-    scripts: Arc<Scripts>,
+    pub(crate) conn: ConnectionManager,
+    pub(crate) keys: Keys,
+    pub(crate) scripts: Arc<Scripts>,
 }
 
 impl EventStore {
@@ -112,6 +126,11 @@ impl EventStore {
             commit_action: Script::new(include_str!("lua/commit_action.lua")),
             append_event: Script::new(include_str!("lua/append_event.lua")),
             release_action: Script::new(include_str!("lua/release_action.lua")),
+            dispatch: Script::new(include_str!("lua/dispatch.lua")),
+            control: Script::new(include_str!("lua/control.lua")),
+            park: Script::new(include_str!("lua/park.lua")),
+            amend: Script::new(include_str!("lua/amend.lua")),
+            request_budget: Script::new(include_str!("lua/request_budget.lua")),
         };
         Self {
             conn,
@@ -164,10 +183,11 @@ impl EventStore {
             .key(self.keys.events(action))
             .key(self.keys.feed(partition))
             .key(self.keys.batches(action))
-            .key(self.keys.work(partition))
+            .key(self.keys.account_queue(partition, new.account_id))
             .key(self.keys.schedule(partition))
             .key(self.keys.actions(partition))
             .key(self.keys.staging(action, new.staging_token))
+            .key(self.keys.ready(partition))
             .arg(action.to_string())
             .arg(new.account_id.as_str())
             .arg(new.action_type.as_str())
@@ -180,6 +200,14 @@ impl EventStore {
             )
             .arg(new.created_at.millis())
             .arg(SCHEMA_VERSION)
+            .arg(new.batch_size)
+            .arg(new.records_in_batches)
+            .arg(
+                new.pace
+                    .map(|pace| pace.emission_ms.to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(new.pace.map(|pace| pace.burst).unwrap_or_default())
             .arg(new.events.len());
         for payload in &new.events {
             invocation
@@ -313,6 +341,21 @@ impl EventStore {
             .await
     }
 
+    /// Settles a batch of a cancelled action without applying it: every record
+    /// `unprocessed`.
+    pub async fn settle_cancelled(
+        &self,
+        item: &WorkItem,
+        outcomes: Vec<RecordOutcome>,
+        at: Timestamp,
+    ) -> Result<Option<u64>, StoreError> {
+        let payload = EventPayload::BatchCancelled {
+            batch: item.batch,
+            outcomes,
+        };
+        self.settle(item, &payload, at, None).await
+    }
+
     async fn settle(
         &self,
         item: &WorkItem,
@@ -378,9 +421,15 @@ impl EventStore {
         }
     }
 
-    /// Queues a scheduled action's batches. Returns false if another scheduler did.
+    /// Puts a scheduled action whose time has come in its account's queue. Returns false if
+    /// another scheduler did.
     pub async fn release(&self, action: ActionId, at: Timestamp) -> Result<bool, StoreError> {
         let partition = self.keys.partition_of(action);
+        let Some(account) = self.account_of(action).await? else {
+            return Err(StoreError::Corrupt(format!(
+                "scheduled action {action} has no meta"
+            )));
+        };
         let payload = EventPayload::Released {};
         let released: i64 = self
             .scripts
@@ -389,7 +438,8 @@ impl EventStore {
             .key(self.keys.meta(action))
             .key(self.keys.events(action))
             .key(self.keys.feed(partition))
-            .key(self.keys.work(partition))
+            .key(self.keys.account_queue(partition, &account))
+            .key(self.keys.ready(partition))
             .arg(action.to_string())
             .arg(SCHEMA_VERSION)
             .arg(Ulid::new().to_string())
@@ -441,7 +491,26 @@ impl EventStore {
             entity_type: EntityType::parse(field("entityType")?)
                 .ok_or_else(|| corrupt("entityType"))?,
             head_seq: field("seq")?.parse().map_err(|_| corrupt("seq"))?,
+            cancelled: fields.get("cancelled").is_some_and(|flag| flag == "1"),
+            paused: fields.get("paused").is_some_and(|flag| flag == "1"),
         }))
+    }
+
+    /// The account an action belongs to; `None` for an unknown action.
+    pub async fn account_of(
+        &self,
+        action: ActionId,
+    ) -> Result<Option<domain::AccountId>, StoreError> {
+        let raw: Option<String> = self
+            .conn
+            .clone()
+            .hget(self.keys.meta(action), "account")
+            .await?;
+        raw.map(|raw| {
+            domain::AccountId::parse(&raw)
+                .map_err(|_| StoreError::Corrupt(format!("meta of {action}: bad account")))
+        })
+        .transpose()
     }
 
     /// A staged or queued batch; `None` once it has been applied and removed.

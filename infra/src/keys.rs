@@ -12,9 +12,21 @@
 //! | `P:{n}:feed` | stream | "action X has events up to seq S"; group `projector` |
 //! | `P:{n}:schedule` | zset | scheduled actions by start time (ms) |
 //! | `P:{n}:actions` | zset | every action by creation time (ms); replay walks it |
+//! | `P:{n}:ready` | zset | accounts with actions to dispatch, by the dispatch turn that last served them |
+//! | `P:{n}:dispatch` | hash | `turn`: the dispatch counter behind `ready`'s scores |
+//! | `P:{n}:queue:<account>` | zset | the account's eligible actions, by creation time (ms) |
+//! | `P:{n}:parked:<action>` | set | batches that reached a consumer while the action was paused |
+//! | `P:{n}:budget:records:<account>` | string | the account's processing GCRA TAT (ms) |
+//! | `P:{n}:budget:requests:<account>` | string | the account's api request GCRA TAT (ms) |
+//! | `P:{n}:limits:<account>` | hash | per-account overrides: `recordsPerMinute`, `requestsPerMinute` |
+//! | `P:consumers` | hash | live consumer process -> "<workers> <expires ms>", sizes the dispatch |
 //! | `idem:<sha256>` | string | `Idempotency-Key` of an account -> "<action> <body sha256>", 24 h |
+//!
+//! An account's keys live in the partition of its actions: new actions are minted in
+//! `AccountId::partition`, so one account has one queue and one budget, and the dispatch
+//! script reaches them all in one slot.
 
-use domain::ActionId;
+use domain::{AccountId, ActionId};
 
 pub const CONSUMER_GROUP: &str = "consumers";
 pub const PROJECTOR_GROUP: &str = "projector";
@@ -39,6 +51,58 @@ impl Keys {
 
     pub fn partition_of(&self, action: ActionId) -> u32 {
         action.partition(self.partitions)
+    }
+
+    /// Where an account's new actions, queue, budgets and limits live.
+    pub fn account_partition(&self, account: &AccountId) -> u32 {
+        account.partition(self.partitions)
+    }
+
+    /// `<prefix>:{n}:`, the start of every key in partition `n`; the dispatch script builds
+    /// per-account and per-action keys from it.
+    pub fn partition_prefix(&self, partition: u32) -> String {
+        format!("{}:{{{partition}}}:", self.prefix)
+    }
+
+    pub fn ready(&self, partition: u32) -> String {
+        self.partition_key(partition, "ready")
+    }
+
+    pub fn dispatch(&self, partition: u32) -> String {
+        self.partition_key(partition, "dispatch")
+    }
+
+    pub fn account_queue(&self, partition: u32, account: &AccountId) -> String {
+        format!("{}queue:{account}", self.partition_prefix(partition))
+    }
+
+    pub fn records_budget(&self, partition: u32, account: &AccountId) -> String {
+        format!(
+            "{}budget:records:{account}",
+            self.partition_prefix(partition)
+        )
+    }
+
+    pub fn requests_budget(&self, account: &AccountId) -> String {
+        let partition = self.account_partition(account);
+        format!(
+            "{}budget:requests:{account}",
+            self.partition_prefix(partition)
+        )
+    }
+
+    /// Per-account limit overrides. Kept in the account's partition; `partition` is given
+    /// so that the processing side reads the copy beside the action it dispatches.
+    pub fn limits(&self, partition: u32, account: &AccountId) -> String {
+        format!("{}limits:{account}", self.partition_prefix(partition))
+    }
+
+    pub fn parked(&self, action: ActionId) -> String {
+        self.action_key(action, "parked")
+    }
+
+    pub fn consumers(&self) -> String {
+        format!("{}:consumers", self.prefix)
     }
 
     fn partition_key(&self, partition: u32, name: &str) -> String {
@@ -113,9 +177,27 @@ mod tests {
             keys.dead_letters(partition),
             keys.feed(partition),
             keys.schedule(partition),
+            keys.parked(action),
+            keys.ready(partition),
         ] {
             assert!(key.starts_with("bulk:"), "{key}");
             assert!(key.contains(&tag), "{key}");
         }
+        let account = AccountId::parse("acme").unwrap();
+        let home = keys.account_partition(&account);
+        let tag = format!("{{{home}}}");
+        for key in [
+            keys.account_queue(home, &account),
+            keys.records_budget(home, &account),
+            keys.requests_budget(&account),
+            keys.limits(home, &account),
+            keys.ready(home),
+            keys.dispatch(home),
+        ] {
+            assert!(key.contains(&tag), "{key}");
+        }
+        assert!(keys
+            .account_queue(home, &account)
+            .starts_with(&keys.partition_prefix(home)));
     }
 }

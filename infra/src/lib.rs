@@ -7,6 +7,7 @@
 pub mod clock;
 pub mod config;
 pub mod event_store;
+pub mod flow;
 pub mod keys;
 pub mod mongo;
 pub mod redis_conn;

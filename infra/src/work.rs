@@ -68,7 +68,10 @@ pub async fn read_group<C: ConnectionLike + Send + Sync>(
     let start = match from {
         ReadFrom::OwnPending => "0",
         ReadFrom::New => {
-            options = options.block(block.as_millis() as usize);
+            // BLOCK 0 would wait forever: a zero `block` means "do not wait".
+            if !block.is_zero() {
+                options = options.block(block.as_millis() as usize);
+            }
             ">"
         }
     };

@@ -18,6 +18,11 @@ pub struct AppOptions {
     pub max_records_per_action: usize,
     pub max_body_bytes: usize,
     pub max_batch_attempts: u32,
+    /// The processing limit of every account (default: high enough never to bind).
+    pub records_per_minute: u32,
+    /// The request limit of every account (default: high enough never to bind).
+    pub requests_per_minute: u32,
+    pub admin_token: Option<String>,
 }
 
 impl Default for AppOptions {
@@ -28,6 +33,9 @@ impl Default for AppOptions {
             max_records_per_action: 100_000,
             max_body_bytes: 16 * 1024 * 1024,
             max_batch_attempts: 8,
+            records_per_minute: 100_000_000,
+            requests_per_minute: 1_000_000,
+            admin_token: None,
         }
     }
 }
@@ -69,6 +77,10 @@ impl TestApp {
             idempotency_ttl_secs: 3600,
             schedule_horizon_days: 30,
             shutdown_grace_ms: 5_000,
+            requests_per_minute: options.requests_per_minute,
+            request_burst_seconds: 6,
+            records_per_minute: options.records_per_minute,
+            admin_token: options.admin_token.clone(),
         };
         let state = AppState::connect(&api_config).await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -137,6 +149,10 @@ impl TestApp {
             retry_first_delay_ms: 50,
             retry_max_delay_ms: 500,
             shutdown_grace_ms: 5_000,
+            records_per_minute: self.options.records_per_minute,
+            records_burst_seconds: 0,
+            dispatch_lookahead: 1,
+            dispatch_tick_ms: 50,
         }
     }
 

@@ -74,6 +74,10 @@ pub struct DeploymentOptions {
     pub claim_idle_ms: u64,
     pub max_batch_attempts: u32,
     pub shutdown_grace_ms: u64,
+    pub records_per_minute: u32,
+    pub requests_per_minute: u32,
+    /// Further settings for every process, e.g. `("ADMIN_TOKEN", "...")`.
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl Default for DeploymentOptions {
@@ -84,6 +88,9 @@ impl Default for DeploymentOptions {
             claim_idle_ms: 2_000,
             max_batch_attempts: 8,
             shutdown_grace_ms: 3_000,
+            records_per_minute: 100_000_000,
+            requests_per_minute: 1_000_000,
+            env: Vec::new(),
         }
     }
 }
@@ -94,6 +101,8 @@ pub struct Deployment {
     options: DeploymentOptions,
     api_port: u16,
     api: Option<Child>,
+    /// More api instances, each on its own port, sharing Redis and MongoDB.
+    other_apis: Vec<Child>,
     consumers: BTreeMap<String, Child>,
     projector: Option<Child>,
     starts: u32,
@@ -116,6 +125,7 @@ impl Deployment {
             options,
             api_port,
             api: None,
+            other_apis: Vec::new(),
             consumers: BTreeMap::new(),
             projector: None,
             starts: 0,
@@ -164,6 +174,15 @@ impl Deployment {
             .env("RETRY_MAX_DELAY_MS", "500")
             .env("SCHEDULER_TICK_MS", "50")
             .env("SHUTDOWN_GRACE_MS", options.shutdown_grace_ms.to_string())
+            .env(
+                "RATE_LIMIT_RECORDS_PER_MINUTE",
+                options.records_per_minute.to_string(),
+            )
+            .env(
+                "RATE_LIMIT_REQUESTS_PER_MINUTE",
+                options.requests_per_minute.to_string(),
+            )
+            .envs(options.env.iter().map(|(name, value)| (name, value)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -174,6 +193,31 @@ impl Deployment {
         let child = self.command("api")?.spawn().context("starting api")?;
         self.api = Some(child);
         Ok(())
+    }
+
+    /// Starts one more api instance on a free port and returns a client of it.
+    pub async fn start_another_api(&mut self) -> Result<ApiClient> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = self
+            .command("api")?
+            .env("PORT", port.to_string())
+            .spawn()
+            .context("starting another api")?;
+        self.other_apis.push(child);
+        let client = ApiClient::new(
+            format!("http://127.0.0.1:{port}"),
+            self.client.database.clone(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !matches!(client.get_json("/readyz").await, Ok((200, _))) {
+            if Instant::now() > deadline {
+                anyhow::bail!("the second api did not become ready");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(client)
     }
 
     pub fn kill_api(&mut self) {
@@ -276,6 +320,9 @@ impl std::ops::Deref for Deployment {
 impl Drop for Deployment {
     fn drop(&mut self) {
         sigkill(self.api.take());
+        for child in std::mem::take(&mut self.other_apis) {
+            sigkill(Some(child));
+        }
         sigkill(self.projector.take());
         for (_, child) in std::mem::take(&mut self.consumers) {
             sigkill(Some(child));

@@ -5,7 +5,7 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use domain::view::fold;
 use domain::{
     plan_action, ActionId, ActionStats, ActionStatus, ActionView, EntityType, EventEnvelope,
@@ -25,6 +25,8 @@ use utoipa::ToSchema;
 use crate::error::{ApiError, ErrorBody};
 use crate::idempotency::{self, Claim, IdempotencyKey};
 use crate::query::QueryParams;
+use crate::rate_limit::{self, QuotaSlot};
+use crate::routes::control::admitted_action;
 use crate::submission::{self, SubmitRequest};
 use crate::{read_model, AppState};
 
@@ -49,10 +51,12 @@ pub const LIST_SKIP_MAX: u64 = 100_000;
         (status = 422, description = "The `Idempotency-Key` was used with a different body", body = ErrorBody),
         (status = 413, description = "Body larger than MAX_BODY_BYTES", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
+        (status = 429, description = "The account's request budget is spent; see `Retry-After`", body = ErrorBody),
         (status = 503, description = "Redis or MongoDB unavailable; retry", body = ErrorBody),
     ))]
 pub async fn submit(
     State(state): State<AppState>,
+    Extension(slot): Extension<QuotaSlot>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -76,11 +80,12 @@ pub async fn submit(
 
     let idempotency_key = IdempotencyKey::from_headers(&headers)?;
     let max_records = state.config.max_records_per_action;
-    let batch_size = state.config.batch_size;
+    let configured_batch_size = state.config.batch_size;
     let wants_fingerprint = idempotency_key.is_some();
     // Parsing and planning a large body is CPU work; keep it off the async workers.
     let (submission, plan, body_fingerprint) = tokio::task::spawn_blocking(move || {
         submission::parse(&body, max_records).map(|submission| {
+            let batch_size = batch_size_of(configured_batch_size, submission.pacing);
             let plan = plan_action(&submission.data, submission.action_type, batch_size);
             let body_fingerprint = wants_fingerprint.then(|| idempotency::fingerprint(&body));
             (submission, plan, body_fingerprint)
@@ -94,6 +99,7 @@ pub async fn submit(
             error.to_string(),
         )
     })??;
+    rate_limit::admit(&state, &slot, &submission.account_id).await?;
 
     let created_at = infra::clock::now();
     let start_at = match domain::schedule::start_time(
@@ -115,7 +121,8 @@ pub async fn submit(
             return Err(schedule_refused(error));
         }
     };
-    let candidate = state.next_action_id();
+    let batch_size = batch_size_of(configured_batch_size, submission.pacing);
+    let candidate = state.next_action_id(&submission.account_id);
     let action_id = match (&idempotency_key, &body_fingerprint) {
         (Some(key), Some(body_fingerprint)) => {
             let claim = idempotency::claim(
@@ -142,6 +149,8 @@ pub async fn submit(
         total_records,
         batch_count,
         scheduled_for: submission.scheduled_for,
+        pacing: submission.pacing,
+        max_records_per_minute: submission.max_records_per_minute,
     }];
     events.extend(chunked(plan.rejected, batch_size, |records| {
         EventPayload::RecordRejected { records }
@@ -165,6 +174,13 @@ pub async fn submit(
         action_type: submission.action_type,
         entity_type: submission.entity_type,
         batch_count,
+        batch_size: batch_size as u32,
+        records_in_batches: plan.batches.iter().map(|b| b.records.len() as u32).sum(),
+        pace: domain::pacing::action_bucket(
+            submission.pacing,
+            submission.max_records_per_minute,
+            batch_size as u32,
+        ),
         start_at,
         created_at,
         events,
@@ -177,6 +193,12 @@ pub async fn submit(
 
     let view = opening_view(&new_action)?;
     Ok(accepted(view))
+}
+
+/// A drip never releases more than its own batch at once, so its batches are no larger.
+fn batch_size_of(configured: usize, pacing: Option<domain::Pacing>) -> usize {
+    domain::pacing::planned_batch_size(u32::try_from(configured).unwrap_or(u32::MAX), pacing)
+        as usize
 }
 
 fn accepted(view: ActionView) -> Response {
@@ -202,7 +224,7 @@ async fn replay(state: &AppState, action: ActionId) -> Result<Response, ApiError
     Ok(response)
 }
 
-fn schedule_refused(error: ScheduleError) -> ApiError {
+pub fn schedule_refused(error: ScheduleError) -> ApiError {
     let message = error.to_string();
     match error {
         ScheduleError::InPast { late_by_ms } => {
@@ -221,7 +243,7 @@ fn schedule_refused(error: ScheduleError) -> ApiError {
     }
 }
 
-fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -293,9 +315,10 @@ pub fn parse_action_id(raw: &str) -> Result<ActionId, ApiError> {
     ))]
 pub async fn get_action(
     State(state): State<AppState>,
+    Extension(slot): Extension<QuotaSlot>,
     Path(raw_id): Path<String>,
 ) -> Result<Json<ActionView>, ApiError> {
-    let action = parse_action_id(&raw_id)?;
+    let action = admitted_action(&state, &slot, &raw_id).await?;
     read_model::action_view(&state, action)
         .await?
         .map(Json)
@@ -312,9 +335,10 @@ pub async fn get_action(
     ))]
 pub async fn get_stats(
     State(state): State<AppState>,
+    Extension(slot): Extension<QuotaSlot>,
     Path(raw_id): Path<String>,
 ) -> Result<Json<ActionStats>, ApiError> {
-    let action = parse_action_id(&raw_id)?;
+    let action = admitted_action(&state, &slot, &raw_id).await?;
     let view = read_model::action_view(&state, action)
         .await?
         .ok_or_else(ApiError::action_not_found)?;
@@ -346,6 +370,7 @@ pub struct ActionList {
     responses((status = 200, body = ActionList), (status = 400, body = ErrorBody)))]
 pub async fn list_actions(
     State(state): State<AppState>,
+    Extension(slot): Extension<QuotaSlot>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<ActionList>, ApiError> {
     let Query(pairs) =
@@ -356,6 +381,7 @@ pub async fn list_actions(
     )?;
     let mut filter = Document::new();
     if let Some(account) = params.parsed("accountId", |raw| domain::AccountId::parse(raw).ok())? {
+        rate_limit::admit(&state, &slot, &account).await?;
         filter.insert("accountId", account.as_str());
     }
     if let Some(status) = params.parsed("status", ActionStatus::parse)? {

@@ -2,7 +2,7 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::Json;
+use axum::{Extension, Json};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use domain::{OutcomeCode, OutcomeStatus};
@@ -16,7 +16,8 @@ use utoipa::ToSchema;
 
 use crate::error::{ApiError, ErrorBody};
 use crate::query::{invalid, QueryParams};
-use crate::routes::actions::parse_action_id;
+use crate::rate_limit::QuotaSlot;
+use crate::routes::control::admitted_action;
 use crate::AppState;
 
 pub const LOGS_LIMIT_DEFAULT: u64 = 100;
@@ -54,10 +55,11 @@ pub struct LogPage {
     responses((status = 200, body = LogPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_logs(
     State(state): State<AppState>,
+    Extension(slot): Extension<QuotaSlot>,
     Path(raw_id): Path<String>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<LogPage>, ApiError> {
-    let action = parse_action_id(&raw_id)?;
+    let action = admitted_action(&state, &slot, &raw_id).await?;
     let Query(pairs) =
         query.map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))?;
     let params = QueryParams::parse(pairs, &["status", "limit", "cursor"])?;

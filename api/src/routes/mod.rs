@@ -1,3 +1,5 @@
 pub mod actions;
+pub mod admin;
+pub mod control;
 pub mod health;
 pub mod logs;

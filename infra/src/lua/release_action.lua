@@ -1,7 +1,8 @@
--- Moves a scheduled action whose time has come into the work stream, once: the ZREM is the
--- claim, so two schedulers racing on the same action release it one time.
+-- Makes a scheduled action whose time has come eligible to run, once: the ZREM is the
+-- claim, so two schedulers racing on the same action release it one time. A paused action
+-- is released too (it leaves the schedule) but joins its account's queue only on resume.
 --
--- KEYS: schedule, meta, events, feed, work
+-- KEYS: schedule, meta, events, feed, queue (the account's), ready
 -- ARGV: action, schemaVersion, eventId, type, at, data
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
   return 0
@@ -11,8 +12,14 @@ local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
 redis.call('XADD', KEYS[3], '*', 'id', ARGV[3], 'action', action, 'seq', seq,
   'v', ARGV[2], 'type', ARGV[4], 'at', ARGV[5], 'data', ARGV[6])
 redis.call('XADD', KEYS[4], '*', 'action', action, 'seq', seq)
-local batches = tonumber(redis.call('HGET', KEYS[2], 'batches') or '0')
-for batch = 0, batches - 1 do
-  redis.call('XADD', KEYS[5], '*', 'action', action, 'batch', batch)
+local f = redis.call('HMGET', KEYS[2], 'paused', 'cancelled', 'created', 'account', 'dispatched')
+-- Scheduled by a build before dispatching existed: nothing of it was queued yet.
+if f[5] == false then
+  redis.call('HSET', KEYS[2], 'dispatched', 0)
+end
+redis.call('HSET', KEYS[2], 'queued', 1)
+if f[1] ~= '1' and f[2] ~= '1' then
+  redis.call('ZADD', KEYS[5], f[3] or 0, action)
+  redis.call('ZADD', KEYS[6], 'NX', 0, f[4])
 end
 return 1

@@ -1,0 +1,165 @@
+//! Operator endpoints, behind the `ADMIN_TOKEN` bearer token (disabled without one).
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::Json;
+use domain::AccountId;
+use infra::flow::AccountLimits;
+use serde::Serialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+use crate::error::{ApiError, ErrorBody};
+use crate::AppState;
+
+/// An account's limits: what applies, and which of it is the account's own.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitsView {
+    account_id: String,
+    /// Api requests per minute that apply to the account.
+    requests_per_minute: u32,
+    /// Records applied per minute that apply to the account.
+    records_per_minute: u32,
+    overrides: LimitOverrides,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitOverrides {
+    requests_per_minute: Option<u32>,
+    records_per_minute: Option<u32>,
+}
+
+/// Read an account's limits.
+#[utoipa::path(get, path = "/admin/accounts/{accountId}/limits", tag = "admin",
+    params(("accountId" = String, Path)),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, body = LimitsView),
+        (status = 400, body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "Admin endpoints are disabled (no ADMIN_TOKEN)", body = ErrorBody),
+    ))]
+pub async fn get_limits(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(raw_account): Path<String>,
+) -> Result<Json<LimitsView>, ApiError> {
+    authorize(&state, &headers)?;
+    let account = parse_account(&raw_account)?;
+    let overrides = state.store.account_limits(&account).await?;
+    Ok(Json(view(&state, &account, overrides)))
+}
+
+/// Set an account's own limits (replacing earlier ones); `null` or absent returns a limit
+/// to the default. Applies to the next request and the next dispatched batch.
+#[utoipa::path(put, path = "/admin/accounts/{accountId}/limits", tag = "admin",
+    params(("accountId" = String, Path)),
+    security(("admin_token" = [])),
+    request_body(content = LimitOverrides, content_type = "application/json"),
+    responses(
+        (status = 200, body = LimitsView),
+        (status = 400, body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "Admin endpoints are disabled (no ADMIN_TOKEN)", body = ErrorBody),
+    ))]
+pub async fn put_limits(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(raw_account): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<LimitsView>, ApiError> {
+    authorize(&state, &headers)?;
+    let account = parse_account(&raw_account)?;
+    let body =
+        body.map_err(|rejection| ApiError::bad_request("unreadable_body", rejection.body_text()))?;
+    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(&body) else {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "the body must be a JSON object of requestsPerMinute and recordsPerMinute",
+        ));
+    };
+    const FIELDS: [&str; 2] = ["requestsPerMinute", "recordsPerMinute"];
+    if let Some(unknown) = fields.keys().find(|key| !FIELDS.contains(&key.as_str())) {
+        return Err(
+            ApiError::bad_request("unknown_field", format!("unknown field {unknown:?}"))
+                .with_details(json!({ "field": unknown, "allowed": FIELDS })),
+        );
+    }
+    let limit = |name: &'static str| -> Result<Option<u32>, ApiError> {
+        match fields.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(value) => value
+                .as_u64()
+                .filter(|n| (1..=u64::from(u32::MAX)).contains(n))
+                .map(|n| Some(n as u32))
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_field",
+                        format!("{name} must be a positive integer"),
+                    )
+                    .with_details(json!({ "field": name }))
+                }),
+        }
+    };
+    let overrides = AccountLimits {
+        requests_per_minute: limit("requestsPerMinute")?,
+        records_per_minute: limit("recordsPerMinute")?,
+    };
+    state.store.set_account_limits(&account, overrides).await?;
+    tracing::info!(%account, ?overrides, "account limits set");
+    Ok(Json(view(&state, &account, overrides)))
+}
+
+fn view(state: &AppState, account: &AccountId, overrides: AccountLimits) -> LimitsView {
+    LimitsView {
+        account_id: account.as_str().to_owned(),
+        requests_per_minute: overrides
+            .requests_per_minute
+            .unwrap_or(state.config.requests_per_minute),
+        records_per_minute: overrides
+            .records_per_minute
+            .unwrap_or(state.config.records_per_minute),
+        overrides: LimitOverrides {
+            requests_per_minute: overrides.requests_per_minute,
+            records_per_minute: overrides.records_per_minute,
+        },
+    }
+}
+
+fn parse_account(raw: &str) -> Result<AccountId, ApiError> {
+    AccountId::parse(raw).map_err(|error| {
+        ApiError::bad_request("invalid_account_id", error.to_string())
+            .with_details(json!({ "field": "accountId" }))
+    })
+}
+
+/// Compares digests, not the tokens, so the comparison's time says nothing about how much
+/// of a guess was right.
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = &state.config.admin_token else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "admin_disabled",
+            "admin endpoints are disabled: set ADMIN_TOKEN to enable them",
+        ));
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if Sha256::digest(presented.as_bytes()) == Sha256::digest(expected.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "admin endpoints need `Authorization: Bearer <ADMIN_TOKEN>`",
+        ))
+    }
+}

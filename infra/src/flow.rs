@@ -1,0 +1,351 @@
+//! Flow control on Redis: dispatching batches fairly within budgets, cancel, pause and
+//! resume, pacing and rescheduling, api request budgets and per-account limit overrides.
+//! Each decision is one Lua script (see `lua/`), atomic for every process sharing Redis.
+
+use std::collections::HashMap;
+
+use domain::pacing::Bucket;
+use domain::rate::{Quota, RatePolicy};
+use domain::{AccountId, ActionId, EventPayload, Timestamp, SCHEMA_VERSION};
+use redis::AsyncCommands;
+use ulid::Ulid;
+
+use crate::event_store::{EventStore, StoreError};
+use crate::keys::CONSUMER_GROUP;
+use crate::work::WorkItem;
+
+/// What the dispatcher of one partition may hand out in one call.
+#[derive(Debug, Clone, Copy)]
+pub struct DispatchLimits {
+    /// The processing limit of accounts without an override.
+    pub default_records_per_minute: u32,
+    /// Seconds of an account's pace that may go at once (never less than one batch).
+    pub burst_seconds: u32,
+    /// Most work entries (delivered or not) the partition's work stream may hold.
+    pub max_outstanding: u32,
+    /// Most batches handed out per call, to keep each script run short.
+    pub max_grants: u32,
+}
+
+/// The result of one dispatch call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dispatched {
+    pub granted: u32,
+    /// How soon a batch held back by a budget or a pace could go; `None`: none is.
+    pub wait_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Cancel,
+    Pause,
+    Resume,
+}
+
+/// How a cancel, pause, resume or amendment went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlOutcome {
+    Done,
+    /// It was so already (a repeated request): nothing was written.
+    AlreadySo,
+    UnknownAction,
+    /// Every record has an outcome.
+    Finished,
+    BeingCancelled,
+    /// A start time cannot move once the action has left the schedule.
+    AlreadyReleased,
+}
+
+impl ControlOutcome {
+    fn from_code(code: i64) -> Self {
+        match code {
+            1 => ControlOutcome::Done,
+            0 => ControlOutcome::AlreadySo,
+            -1 => ControlOutcome::UnknownAction,
+            -2 => ControlOutcome::Finished,
+            -3 => ControlOutcome::BeingCancelled,
+            _ => ControlOutcome::AlreadyReleased,
+        }
+    }
+}
+
+/// A PATCH of an action.
+#[derive(Debug, Clone, Default)]
+pub struct Amendment {
+    pub start_at: Option<Timestamp>,
+    /// `Some(pace)` sets the pace (`Some(None)`: removes it); the event says how it was
+    /// asked for.
+    pub pace: Option<(Option<Bucket>, EventPayload)>,
+}
+
+/// What a consumer does with a batch of a paused action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParkDecision {
+    Parked,
+    /// Resumed meanwhile: apply it.
+    Run,
+    /// Cancelled meanwhile: settle it as unprocessed.
+    Cancelled,
+}
+
+/// Per-account overrides of the default limits; `None` uses the default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AccountLimits {
+    pub requests_per_minute: Option<u32>,
+    pub records_per_minute: Option<u32>,
+}
+
+impl EventStore {
+    /// Hands out the batches of one partition that may go now.
+    pub async fn dispatch(
+        &self,
+        partition: u32,
+        limits: DispatchLimits,
+    ) -> Result<Dispatched, StoreError> {
+        let (granted, wait): (u32, i64) = self
+            .scripts
+            .dispatch
+            .key(self.keys.ready(partition))
+            .key(self.keys.dispatch(partition))
+            .key(self.keys.work(partition))
+            .arg(self.keys.partition_prefix(partition))
+            .arg(limits.default_records_per_minute.max(1))
+            .arg(limits.burst_seconds)
+            .arg(limits.max_outstanding.max(1))
+            .arg(limits.max_grants.max(1))
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(Dispatched {
+            granted,
+            wait_ms: u64::try_from(wait).ok(),
+        })
+    }
+
+    /// Cancels, pauses or resumes an action and records it in its stream.
+    pub async fn control(
+        &self,
+        action: ActionId,
+        command: Control,
+        at: Timestamp,
+    ) -> Result<ControlOutcome, StoreError> {
+        let Some(account) = self.account_of(action).await? else {
+            return Ok(ControlOutcome::UnknownAction);
+        };
+        let partition = self.keys.partition_of(action);
+        let (name, payload) = match command {
+            Control::Cancel => ("cancel", EventPayload::CancelRequested {}),
+            Control::Pause => ("pause", EventPayload::Paused {}),
+            Control::Resume => ("resume", EventPayload::Resumed {}),
+        };
+        let code: i64 = self
+            .scripts
+            .control
+            .key(self.keys.meta(action))
+            .key(self.keys.events(action))
+            .key(self.keys.feed(partition))
+            .key(self.keys.work(partition))
+            .key(self.keys.schedule(partition))
+            .key(self.keys.account_queue(partition, &account))
+            .key(self.keys.ready(partition))
+            .key(self.keys.parked(action))
+            .arg(name)
+            .arg(action.to_string())
+            .arg(SCHEMA_VERSION)
+            .arg(Ulid::new().to_string())
+            .arg(payload.type_name())
+            .arg(at.to_string())
+            .arg(payload.data_json())
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(ControlOutcome::from_code(code))
+    }
+
+    /// Moves a scheduled action's start and/or changes its pace, atomically.
+    pub async fn amend(
+        &self,
+        action: ActionId,
+        amendment: &Amendment,
+        at: Timestamp,
+    ) -> Result<ControlOutcome, StoreError> {
+        let partition = self.keys.partition_of(action);
+        let rescheduled = amendment
+            .start_at
+            .map(|scheduled_for| EventPayload::Rescheduled { scheduled_for });
+        let (pace_change, bucket, paced) = match &amendment.pace {
+            Some((bucket, payload)) => ("1", *bucket, Some(payload)),
+            None => ("0", None, None),
+        };
+        let code: i64 = self
+            .scripts
+            .amend
+            .key(self.keys.meta(action))
+            .key(self.keys.events(action))
+            .key(self.keys.feed(partition))
+            .key(self.keys.schedule(partition))
+            .arg(action.to_string())
+            .arg(SCHEMA_VERSION)
+            .arg(at.to_string())
+            .arg(
+                amendment
+                    .start_at
+                    .map(|start| start.millis().to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(pace_change)
+            .arg(
+                bucket
+                    .map(|b| b.emission_ms.to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(bucket.map(|b| b.burst).unwrap_or_default())
+            .arg(Ulid::new().to_string())
+            .arg("Rescheduled")
+            .arg(rescheduled.map(|p| p.data_json()).unwrap_or_default())
+            .arg(Ulid::new().to_string())
+            .arg("PacingChanged")
+            .arg(paced.map(|p| p.data_json()).unwrap_or_default())
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(ControlOutcome::from_code(code))
+    }
+
+    /// Parks a delivered batch of a paused action (see `lua/park.lua`).
+    pub async fn park(
+        &self,
+        item: &WorkItem,
+        account: &AccountId,
+        cost: u32,
+        default_records_per_minute: u32,
+    ) -> Result<ParkDecision, StoreError> {
+        let partition = self.keys.partition_of(item.action_id);
+        let decision: String = self
+            .scripts
+            .park
+            .key(self.keys.meta(item.action_id))
+            .key(self.keys.parked(item.action_id))
+            .key(&item.stream)
+            .key(self.keys.records_budget(partition, account))
+            .key(self.keys.limits(partition, account))
+            .arg(item.batch)
+            .arg(&item.entry_id)
+            .arg(CONSUMER_GROUP)
+            .arg(cost)
+            .arg(default_records_per_minute.max(1))
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(match decision.as_str() {
+            "parked" => ParkDecision::Parked,
+            "cancelled" => ParkDecision::Cancelled,
+            _ => ParkDecision::Run,
+        })
+    }
+
+    /// The records per batch an action was planned with (`None`: unknown action, or one
+    /// created before this was recorded).
+    pub async fn batch_size_of(&self, action: ActionId) -> Result<Option<u32>, StoreError> {
+        Ok(self
+            .conn
+            .clone()
+            .hget(self.keys.meta(action), "batchSize")
+            .await?)
+    }
+
+    /// Charges one api request to its account's budget.
+    pub async fn admit_request(
+        &self,
+        account: &AccountId,
+        default_requests_per_minute: u32,
+        burst_seconds: u32,
+    ) -> Result<Quota, StoreError> {
+        let partition = self.keys.account_partition(account);
+        let (allowed, ahead, per_minute, burst): (i64, String, u32, u32) = self
+            .scripts
+            .request_budget
+            .key(self.keys.requests_budget(account))
+            .key(self.keys.limits(partition, account))
+            .arg(default_requests_per_minute.max(1))
+            .arg(burst_seconds)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let ahead_ms: f64 = ahead
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("request budget returned {ahead:?}")))?;
+        Ok(RatePolicy { per_minute, burst }.quota(allowed == 1, ahead_ms))
+    }
+
+    pub async fn account_limits(&self, account: &AccountId) -> Result<AccountLimits, StoreError> {
+        let partition = self.keys.account_partition(account);
+        let fields: HashMap<String, u32> = self
+            .conn
+            .clone()
+            .hgetall(self.keys.limits(partition, account))
+            .await?;
+        Ok(AccountLimits {
+            requests_per_minute: fields.get("requestsPerMinute").copied(),
+            records_per_minute: fields.get("recordsPerMinute").copied(),
+        })
+    }
+
+    /// Replaces an account's overrides (`None` removes one).
+    pub async fn set_account_limits(
+        &self,
+        account: &AccountId,
+        limits: AccountLimits,
+    ) -> Result<(), StoreError> {
+        let partition = self.keys.account_partition(account);
+        let key = self.keys.limits(partition, account);
+        let mut pipe = redis::pipe();
+        pipe.atomic().del(&key).ignore();
+        if let Some(value) = limits.requests_per_minute {
+            pipe.hset(&key, "requestsPerMinute", value).ignore();
+        }
+        if let Some(value) = limits.records_per_minute {
+            pipe.hset(&key, "recordsPerMinute", value).ignore();
+        }
+        pipe.exec_async(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    /// Announces a consumer process and its worker count until `expires_ms`.
+    pub async fn register_consumer(
+        &self,
+        name: &str,
+        workers: usize,
+        expires_ms: i64,
+    ) -> Result<(), StoreError> {
+        let _: () = self
+            .conn
+            .clone()
+            .hset(
+                self.keys.consumers(),
+                name,
+                format!("{workers} {expires_ms}"),
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn deregister_consumer(&self, name: &str) -> Result<(), StoreError> {
+        let _: () = self.conn.clone().hdel(self.keys.consumers(), name).await?;
+        Ok(())
+    }
+
+    /// Workers of all live consumer processes; forgets processes whose announcement
+    /// expired (they died without deregistering).
+    pub async fn live_workers(&self, now_ms: i64) -> Result<u32, StoreError> {
+        let key = self.keys.consumers();
+        let entries: HashMap<String, String> = self.conn.clone().hgetall(&key).await?;
+        let mut workers = 0u32;
+        for (name, value) in entries {
+            let mut parts = value.split(' ');
+            let count: u32 = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            let expires: i64 = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            if expires < now_ms {
+                let _: () = self.conn.clone().hdel(&key, &name).await?;
+            } else {
+                workers = workers.saturating_add(count);
+            }
+        }
+        Ok(workers)
+    }
+}

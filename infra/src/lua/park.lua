@@ -1,0 +1,29 @@
+-- A consumer got a batch of a paused action: put it aside, unapplied, and give back the
+-- budget it was charged, so a paused action takes none. Decided here, atomically with
+-- pause/resume/cancel: a batch of an action resumed meanwhile is applied, and one of an
+-- action cancelled meanwhile is settled as unprocessed, never parked (a cancel has already
+-- emptied the parked set and would not see it).
+--
+-- KEYS: meta, parked, work, budget (the account's records), limits (the account's)
+-- ARGV: batch, workEntryId, group, cost (records), defaultRecordsPerMinute
+-- Returns 'parked', 'run' or 'cancelled'.
+local f = redis.call('HMGET', KEYS[1], 'paused', 'cancelled', 'paceEmitMs', 'paceTat')
+if f[2] == '1' then
+  return 'cancelled'
+end
+if f[1] ~= '1' then
+  return 'run'
+end
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('XACK', KEYS[3], ARGV[3], ARGV[2])
+redis.call('XDEL', KEYS[3], ARGV[2])
+local cost = tonumber(ARGV[4])
+local tat = tonumber(redis.call('GET', KEYS[4]) or '0')
+if tat > 0 then
+  local rpm = tonumber(redis.call('HGET', KEYS[5], 'recordsPerMinute') or ARGV[5])
+  redis.call('SET', KEYS[4], tostring(tat - cost * 60000 / rpm), 'KEEPTTL')
+end
+if f[3] and f[4] then
+  redis.call('HSET', KEYS[1], 'paceTat', tostring(tonumber(f[4]) - cost * tonumber(f[3])))
+end
+return 'parked'

@@ -1,0 +1,19 @@
+-- Admits one api request against its account's request budget (GCRA), atomically, so
+-- every api instance shares one budget. Time is Redis' clock.
+--
+-- KEYS: budget (the account's requests), limits (the account's)
+-- ARGV: defaultRequestsPerMinute, burstSeconds
+-- Returns {allowed (1/0), aheadMs (string), requestsPerMinute, burst}: aheadMs is how far
+-- the bucket's TAT is ahead of now after this request (refused: would have been).
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local rpm = tonumber(redis.call('HGET', KEYS[2], 'requestsPerMinute') or ARGV[1])
+local burst = math.max(1, math.floor(rpm * tonumber(ARGV[2]) / 60))
+local emission = 60000 / rpm
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now) + emission
+local ahead = tat - now
+if ahead <= burst * emission + 0.001 then
+  redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil(ahead) + 1000)
+  return {1, tostring(ahead), rpm, burst}
+end
+return {0, tostring(ahead), rpm, burst}
