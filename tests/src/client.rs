@@ -12,6 +12,20 @@ use serde_json::Value;
 /// outage would then fail the `getMore`.
 pub const ONE_REPLY: u32 = 1_000_000;
 
+/// An answer with its headers.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|value| value.to_str().ok())
+    }
+}
+
 #[derive(Clone)]
 pub struct ApiClient {
     pub base_url: String,
@@ -54,6 +68,31 @@ impl ApiClient {
             .await?;
         let status = response.status().as_u16();
         Ok((status, response.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// Any request, with its headers in the answer; `body` goes as JSON.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply> {
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        Ok(Reply {
+            status,
+            headers,
+            body: response.json().await.unwrap_or(Value::Null),
+        })
     }
 
     pub async fn get_json(&self, path: &str) -> Result<(u16, Value)> {

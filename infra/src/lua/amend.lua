@@ -12,11 +12,11 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 end
 local action = ARGV[1]
 local f = redis.call('HMGET', KEYS[1], 'batches', 'done', 'cancelled')
-if f[3] == '1' then
-  return -3
-end
 if tonumber(f[2] or '0') >= tonumber(f[1] or '0') then
   return -2
+end
+if f[3] == '1' then
+  return -3
 end
 if ARGV[4] ~= '' and redis.call('ZSCORE', KEYS[4], action) == false then
   return -4

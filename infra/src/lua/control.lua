@@ -19,11 +19,14 @@ local command, action = ARGV[1], ARGV[2]
 local f = redis.call('HMGET', KEYS[1], 'batches', 'done', 'cancelled', 'paused', 'dispatched',
   'queued', 'created', 'account')
 local batches = tonumber(f[1] or '0')
-if f[3] == '1' then
-  return command == 'cancel' and 0 or -3
+if f[3] == '1' and command == 'cancel' then
+  return 0
 end
 if tonumber(f[2] or '0') >= batches then
   return -2
+end
+if f[3] == '1' then
+  return -3
 end
 
 local function leave_queue()

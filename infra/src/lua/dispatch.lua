@@ -9,8 +9,11 @@
 --
 -- Budgets are GCRA over records: one record costs 60000 / limit ms of the account's
 -- theoretical arrival time (TAT), and a batch may go when the TAT, after it, is at most
--- max(batch, burst) records' worth ahead of now. Time is Redis' own clock, so every
--- dispatcher in every consumer process shares one timeline.
+-- max(batch, burst) records' worth (plus SLACK_MS) ahead of now. Time is Redis' own clock,
+-- so every dispatcher in every consumer process shares one timeline. SLACK_MS lets a batch
+-- go a moment before its exact time: a dispatcher always wakes a little late, and without
+-- it every late wake-up would be lost from the budget and the long-run rate would fall
+-- short of the limit.
 --
 -- Per-account and per-action keys are derived from `prefix` (the partition's
 -- "<prefix>:{n}:"), so they share the partition's hash slot; Redis Cluster runs this as
@@ -29,6 +32,7 @@ local room = tonumber(ARGV[4]) - redis.call('XLEN', KEYS[3])
 local max_grants = tonumber(ARGV[5])
 local granted = 0
 local wait = -1
+local SLACK_MS = 100
 
 local function hold_until(at)
   local ms = math.ceil(at - now)
@@ -85,7 +89,7 @@ local function try_account(account)
       local records = tonumber(f[4] or tostring(size * tonumber(f[1])))
       local cost = math.max(1, math.min(size, records - batch * size))
       local burst = math.max(cost, rpm * burst_seconds / 60)
-      local account_at = base + (cost - burst) * emission
+      local account_at = base + (cost - burst) * emission - SLACK_MS
       if account_at > now then
         -- No budget: none of this account's actions can go.
         hold_until(account_at)
@@ -97,7 +101,7 @@ local function try_account(account)
       local pace_at = now
       if pace_emit > 0 then
         local pace_burst = math.max(cost, tonumber(f[8] or '0'))
-        pace_at = pace_base + (cost - pace_burst) * pace_emit
+        pace_at = pace_base + (cost - pace_burst) * pace_emit - SLACK_MS
       end
       if pace_at > now then
         hold_until(pace_at) -- this action waits; the account's next one may go

@@ -1,0 +1,651 @@
+//! Flow control end to end: cancel, pause and resume at every status, PATCH of start time
+//! and pace, punctual schedules, fairness across accounts, the processing limit across two
+//! consumer processes, the request limit across two api processes, and a schedule that
+//! survives restarting every process and Redis.
+//!
+//! These tests measure time, so they run one at a time.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use bulk_tests::{ApiClient, AppOptions, Deployment, DeploymentOptions, TestApp};
+use domain::{ActionId, EventPayload, Timestamp};
+use infra::{EventStore, StoredEvent};
+use mongodb::bson::doc;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+const WAIT: Duration = Duration::from_secs(90);
+
+fn create(account: &str, emails: std::ops::Range<usize>) -> Value {
+    let data: Vec<Value> = emails
+        .map(|i| json!({ "email": format!("u{i}@{account}.io"), "name": format!("U{i}") }))
+        .collect();
+    json!({ "accountId": account, "entityType": "contact", "actionType": "create", "data": data })
+}
+
+fn at_offset(ms: i64) -> String {
+    let now = infra::clock::now().millis();
+    Timestamp::from_millis(now + ms)
+        .expect("a time near now")
+        .to_string()
+}
+
+fn millis(view: &Value, field: &str) -> Result<i64> {
+    let raw = view[field]
+        .as_str()
+        .with_context(|| format!("{field} in {view}"))?;
+    Ok(Timestamp::parse_rfc3339(raw).context("rfc 3339")?.millis())
+}
+
+async fn events(redis_url: &str, action: &str) -> Result<Vec<StoredEvent>> {
+    let store = EventStore::new(
+        infra::redis_conn::shared(redis_url).await?,
+        infra::Keys::new("test", 4),
+    );
+    let action = ActionId::parse(action).context("a ULID")?;
+    Ok(store.read(action, None, 100_000).await?)
+}
+
+/// When each batch settled (ms), in order.
+async fn settle_times(redis_url: &str, action: &str) -> Result<Vec<(i64, usize, String)>> {
+    Ok(events(redis_url, action)
+        .await?
+        .into_iter()
+        .filter_map(|event| match event.envelope.payload {
+            EventPayload::BatchProcessed {
+                outcomes, consumer, ..
+            } => Some((
+                event.envelope.occurred_at.millis(),
+                outcomes.len(),
+                consumer,
+            )),
+            _ => None,
+        })
+        .collect())
+}
+
+async fn post(client: &ApiClient, path: &str) -> Result<(u16, Value)> {
+    client.post_json(path, &json!({})).await
+}
+
+async fn patch(client: &ApiClient, action: &str, body: Value) -> Result<(u16, Value)> {
+    let reply = client
+        .send(
+            Method::PATCH,
+            &format!("/bulk-actions/{action}"),
+            Some(&body),
+            &[],
+        )
+        .await?;
+    Ok((reply.status, reply.body))
+}
+
+async fn view(client: &ApiClient, action: &str) -> Result<Value> {
+    let (status, body) = client.get_json(&format!("/bulk-actions/{action}")).await?;
+    ensure!(status == 200, "GET {action}: {status} {body}");
+    Ok(body)
+}
+
+async fn wait_status(client: &ApiClient, action: &str, wanted: &str) -> Result<Value> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let body = view(client, action).await?;
+        if body["status"] == wanted {
+            return Ok(body);
+        }
+        if Instant::now() > deadline {
+            bail!("{action} never became {wanted}: {body}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
+}
+
+async fn contacts_of(client: &ApiClient, account: &str) -> Result<u64> {
+    Ok(client
+        .contacts()
+        .count_documents(doc! { "accountId": account })
+        .await?)
+}
+
+/// A cancelled action's books: every record either applied or `unprocessed`, the contacts
+/// are exactly the applied ones, and each unprocessed record has its log line.
+async fn assert_cancelled(client: &ApiClient, action: &str, records: u64) -> Result<Value> {
+    let body = client.wait_projected_terminal(action, WAIT).await?;
+    assert_eq!(body["status"], "cancelled", "{body}");
+    let succeeded = body["succeeded"].as_u64().unwrap_or(0);
+    let unprocessed = body["unprocessed"].as_u64().unwrap_or(0);
+    assert_eq!(succeeded + unprocessed, records, "{body}");
+    assert_eq!(body["processedRecords"].as_u64(), Some(succeeded), "{body}");
+    // Counted in the database: paging 200,000 lines through the api would take minutes.
+    let logs = client
+        .database
+        .collection::<mongodb::bson::Document>(infra::mongo::LOG_VIEWS);
+    let unprocessed_lines = logs
+        .count_documents(
+            doc! { "actionId": action, "status": "unprocessed", "code": "unprocessed" },
+        )
+        .await?;
+    assert_eq!(unprocessed_lines, unprocessed);
+    assert_eq!(
+        logs.count_documents(doc! { "actionId": action }).await?,
+        records
+    );
+    let (status, page) = client
+        .get_json(&format!(
+            "/bulk-actions/{action}/logs?status=unprocessed&limit=5"
+        ))
+        .await?;
+    assert_eq!(status, 200);
+    if unprocessed > 0 {
+        assert_eq!(page["items"][0]["status"], "unprocessed", "{page}");
+    }
+    let stats = client
+        .get_json(&format!("/bulk-actions/{action}/stats"))
+        .await?
+        .1;
+    assert_eq!(stats["unprocessed"].as_u64(), Some(unprocessed), "{stats}");
+    Ok(body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_pause_and_resume_at_every_status() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    // 100 records per second per account: actions stay in flight long enough to act on.
+    let app = TestApp::spawn(AppOptions {
+        batch_size: 100,
+        records_per_minute: 6_000,
+        ..AppOptions::default()
+    })
+    .await?;
+
+    // Finished: every command is a conflict.
+    let done = app.submit(&create("done", 0..5)).await?;
+    app.wait_projected_terminal(&done, WAIT).await?;
+    for command in ["cancel", "pause", "resume"] {
+        let (status, body) = post(&app, &format!("/bulk-actions/{done}/{command}")).await?;
+        assert_eq!((status, code(&body)), (409, "action_finished"), "{command}");
+    }
+    let (status, body) = post(&app, "/bulk-actions/01JDQ6V4J8Q0Y5Z6X7W8V9T0S1/cancel").await?;
+    assert_eq!((status, code(&body)), (404, "not_found"));
+
+    // Scheduled: pause and resume keep it scheduled; cancel leaves every record unprocessed.
+    let mut body = create("sched", 0..300);
+    body["scheduledFor"] = json!(at_offset(3_600_000));
+    let scheduled = app.submit(&body).await?;
+    let (status, paused) = post(&app, &format!("/bulk-actions/{scheduled}/pause")).await?;
+    assert_eq!((status, paused["status"].as_str()), (200, Some("paused")));
+    let (status, again) = post(&app, &format!("/bulk-actions/{scheduled}/pause")).await?;
+    assert_eq!((status, again["status"].as_str()), (200, Some("paused")));
+    let (_, resumed) = post(&app, &format!("/bulk-actions/{scheduled}/resume")).await?;
+    assert_eq!(resumed["status"], "scheduled");
+    let (status, cancelling) = post(&app, &format!("/bulk-actions/{scheduled}/cancel")).await?;
+    assert_eq!(status, 200);
+    assert!(
+        matches!(
+            cancelling["status"].as_str(),
+            Some("cancelling" | "cancelled")
+        ),
+        "{cancelling}"
+    );
+    let cancelled = assert_cancelled(&app, &scheduled, 300).await?;
+    assert_eq!(cancelled["unprocessed"], 300);
+    let (status, again) = post(&app, &format!("/bulk-actions/{scheduled}/cancel")).await?;
+    assert_eq!((status, again["status"].as_str()), (200, Some("cancelled")));
+    let (status, body) = post(&app, &format!("/bulk-actions/{scheduled}/pause")).await?;
+    assert_eq!((status, code(&body)), (409, "action_finished"));
+    assert_eq!(contacts_of(&app, "sched").await?, 0);
+
+    // Running, and queued behind it in the same account (an account's actions go in order).
+    let running = app.submit(&create("busy", 0..1000)).await?;
+    let queued = app.submit(&create("busy", 1000..2000)).await?;
+    wait_status(&app, &running, "running").await?;
+    assert_eq!(view(&app, &queued).await?["status"], "queued");
+    let (_, body) = post(&app, &format!("/bulk-actions/{queued}/pause")).await?;
+    assert_eq!(body["status"], "paused");
+    let (_, body) = post(&app, &format!("/bulk-actions/{queued}/resume")).await?;
+    assert_eq!(body["status"], "queued");
+
+    // A paused action makes no progress and takes no budget: its account's next action runs.
+    let (_, body) = post(&app, &format!("/bulk-actions/{running}/pause")).await?;
+    assert_eq!(body["status"], "paused");
+    tokio::time::sleep(Duration::from_millis(1500)).await; // batches in flight settle
+    let held = view(&app, &running).await?["processedRecords"].clone();
+    wait_status(&app, &queued, "running").await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let still = view(&app, &running).await?;
+    assert_eq!(still["processedRecords"], held, "no progress while paused");
+    assert_eq!(still["status"], "paused");
+    let (status, body) = post(&app, &format!("/bulk-actions/{queued}/cancel")).await?;
+    assert_eq!((status, body["status"].as_str()), (200, Some("cancelling")));
+    let (status, body) = post(&app, &format!("/bulk-actions/{queued}/pause")).await?;
+    assert_eq!((status, code(&body)), (409, "action_cancelling"));
+    let queued_done = assert_cancelled(&app, &queued, 1000).await?;
+
+    let (_, body) = post(&app, &format!("/bulk-actions/{running}/resume")).await?;
+    assert_eq!(body["status"], "running");
+    let deadline = Instant::now() + WAIT;
+    while view(&app, &running).await?["processedRecords"] == held {
+        ensure!(Instant::now() < deadline, "no progress after resume");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, _) = post(&app, &format!("/bulk-actions/{running}/cancel")).await?;
+    assert_eq!(status, 200);
+    let running_done = assert_cancelled(&app, &running, 1000).await?;
+    assert!(
+        running_done["unprocessed"].as_u64() > Some(0),
+        "{running_done}"
+    );
+    assert_eq!(
+        contacts_of(&app, "busy").await?,
+        running_done["succeeded"].as_u64().unwrap_or(0)
+            + queued_done["succeeded"].as_u64().unwrap_or(0)
+    );
+
+    // The admin api is off without ADMIN_TOKEN.
+    let (status, body) = app.get_json("/admin/accounts/busy/limits").await?;
+    assert_eq!((status, code(&body)), (404, "admin_disabled"));
+
+    // Views rebuilt from the streams alone are the same.
+    let views_before = app.all_docs(infra::mongo::ACTION_VIEWS).await?;
+    app.replay().await?;
+    assert_eq!(
+        app.all_docs(infra::mongo::ACTION_VIEWS).await?,
+        views_before
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patch_moves_a_start_and_paces_an_action() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let app = TestApp::spawn(AppOptions {
+        batch_size: 100,
+        ..AppOptions::default()
+    })
+    .await?;
+    let mut body = create("p", 0..200);
+    body["scheduledFor"] = json!(at_offset(3_600_000));
+    let action = app.submit(&body).await?;
+    for (patch_body, status, expected) in [
+        (json!({}), 400, "empty_patch"),
+        (json!({ "name": "x" }), 400, "unknown_field"),
+        (json!([1]), 400, "invalid_body"),
+        (
+            json!({ "scheduledFor": "2001-01-01T00:00:00Z" }),
+            400,
+            "scheduled_for_in_past",
+        ),
+        (
+            json!({ "scheduledFor": null }),
+            400,
+            "invalid_scheduled_for",
+        ),
+        (
+            json!({ "pacing": { "batchSize": 0, "intervalSeconds": 1 } }),
+            400,
+            "invalid_pacing",
+        ),
+        (
+            json!({ "maxRecordsPerMinute": { "$gt": 1 } }),
+            400,
+            "invalid_pacing",
+        ),
+    ] {
+        let (got, reply) = patch(&app, &action, patch_body.clone()).await?;
+        assert_eq!((got, code(&reply)), (status, expected), "{patch_body}");
+    }
+
+    // Move the start close, and drip 50 records a second: the two 100-record batches go
+    // two seconds apart.
+    let start = at_offset(1_500);
+    let (status, moved) = patch(
+        &app,
+        &action,
+        json!({ "scheduledFor": start, "pacing": { "batchSize": 50, "intervalSeconds": 1 } }),
+    )
+    .await?;
+    assert_eq!(status, 200, "{moved}");
+    assert_eq!(moved["status"], "scheduled");
+    assert_eq!(moved["scheduledFor"], json!(start));
+    assert_eq!(
+        moved["pacing"],
+        json!({ "batchSize": 50, "intervalSeconds": 1 })
+    );
+    let done = app.wait_projected_terminal(&action, WAIT).await?;
+    assert_eq!(done["succeeded"], 200);
+    let late = millis(&done, "startedAt")? - millis(&done, "scheduledFor")?;
+    assert!(
+        (0..1000).contains(&late),
+        "started {late} ms after its time"
+    );
+    let settles = settle_times(&app.services.redis_url, &action).await?;
+    assert_eq!(settles.len(), 2);
+    let gap = settles[1].0 - settles[0].0;
+    assert!(gap >= 1_600, "the drip let two batches go {gap} ms apart");
+    let (status, body) = patch(&app, &action, json!({ "maxRecordsPerMinute": 10 })).await?;
+    assert_eq!((status, code(&body)), (409, "action_finished"));
+
+    // A start that has come cannot move.
+    let mut body = create("p2", 0..10);
+    body["scheduledFor"] = json!(at_offset(300));
+    let released = app.submit(&body).await?;
+    app.wait_projected_terminal(&released, WAIT).await?;
+    let mut body = create("p3", 0..10);
+    body["scheduledFor"] = json!(at_offset(200));
+    body["pacing"] = json!({ "batchSize": 1, "intervalSeconds": 3600 });
+    let dripping = app.submit(&body).await?;
+    wait_status(&app, &dripping, "running").await?;
+    let (status, body) = patch(
+        &app,
+        &dripping,
+        json!({ "scheduledFor": at_offset(60_000) }),
+    )
+    .await?;
+    assert_eq!((status, code(&body)), (409, "action_already_released"));
+    // One record an hour: lift the pace and it finishes.
+    let (status, body) = patch(&app, &dripping, json!({ "pacing": null })).await?;
+    assert_eq!(
+        (status, body["pacing"].clone()),
+        (200, Value::Null),
+        "{body}"
+    );
+    let done = app.wait_projected_terminal(&dripping, WAIT).await?;
+    assert_eq!(
+        (done["succeeded"].as_u64(), done["batchCount"].as_u64()),
+        (Some(10), Some(10))
+    );
+
+    // A pace given at submission: 3 batches of 100 at 100 records per second.
+    let mut body = create("p4", 0..300);
+    body["maxRecordsPerMinute"] = json!(6_000);
+    let capped = app.submit(&body).await?;
+    app.wait_projected_terminal(&capped, WAIT).await?;
+    let settles = settle_times(&app.services.redis_url, &capped).await?;
+    let span = settles[2].0 - settles[0].0;
+    assert!(span >= 1_700, "300 records at 100/s took {span} ms");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_actions_start_within_a_second_of_their_time() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let app = TestApp::spawn(AppOptions::default()).await?;
+    let mut actions = Vec::new();
+    for i in 0..40 {
+        let mut body = create(&format!("s{i}"), 0..5);
+        body["scheduledFor"] = json!(at_offset(2_000 + i * 100));
+        actions.push(app.submit(&body).await?);
+    }
+    let mut lateness = Vec::new();
+    for action in &actions {
+        let done = app.wait_projected_terminal(action, WAIT).await?;
+        assert_eq!(done["succeeded"], 5);
+        let scheduled = millis(&done, "scheduledFor")?;
+        assert!(
+            millis(&done, "queuedAt")? >= scheduled,
+            "released early: {done}"
+        );
+        lateness.push(millis(&done, "startedAt")? - scheduled);
+    }
+    lateness.sort_unstable();
+    let p50 = lateness[lateness.len() / 2];
+    let p99 = lateness[(lateness.len() * 99).div_ceil(100) - 1];
+    println!(
+        "scheduled start lateness over 40 actions: p50 {p50} ms, p99 {p99} ms, max {} ms",
+        lateness[39]
+    );
+    assert!(lateness[0] >= 0, "an action started before its time");
+    assert!(p99 < 1_000, "p99 lateness {p99} ms");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_accounts_backlog_does_not_delay_another_account() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let app = TestApp::spawn(AppOptions {
+        consumers: 2,
+        batch_size: 500,
+        max_records_per_action: 200_000,
+        max_body_bytes: 32 * 1024 * 1024,
+        ..AppOptions::default()
+    })
+    .await?;
+    // What 1,000 records take on an idle system.
+    let alone = app.submit(&create("alone", 0..1000)).await?;
+    let alone = app.wait_projected_terminal(&alone, WAIT).await?;
+    let baseline = millis(&alone, "completedAt")? - millis(&alone, "createdAt")?;
+
+    let big = app.submit(&create("big", 0..200_000)).await?;
+    let deadline = Instant::now() + WAIT;
+    while view(&app, &big).await?["batchesProcessed"].as_u64() < Some(4) {
+        ensure!(Instant::now() < deadline, "the big action did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let big_before = view(&app, &big).await?["processedRecords"]
+        .as_u64()
+        .unwrap_or(0);
+    let small = app.submit(&create("small", 0..1000)).await?;
+    let small = app.wait_projected_terminal(&small, WAIT).await?;
+    let took = millis(&small, "completedAt")? - millis(&small, "createdAt")?;
+    let big_view = view(&app, &big).await?;
+    let big_after = big_view["processedRecords"].as_u64().unwrap_or(0);
+    println!(
+        "1,000 records alone: {baseline} ms; behind a 200,000-record backlog: {took} ms; \
+         the backlog went on from {big_before} to {big_after} records meanwhile"
+    );
+    assert_eq!(small["succeeded"], 1000);
+    assert_eq!(
+        big_view["status"], "running",
+        "the backlog must still be there"
+    );
+    assert!(
+        big_after > big_before,
+        "the big account kept making progress"
+    );
+    assert!(
+        took <= 3 * baseline + 2_000,
+        "the small action took {took} ms, alone {baseline} ms"
+    );
+
+    // Cancelling the rest of a large running action.
+    let (status, _) = post(&app, &format!("/bulk-actions/{big}/cancel")).await?;
+    assert_eq!(status, 200);
+    let big_done = assert_cancelled(&app, &big, 200_000).await?;
+    assert_eq!(
+        contacts_of(&app, "big").await?,
+        big_done["succeeded"].as_u64().unwrap_or(0)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_consumer_processes_hold_the_processing_limit_within_two_percent() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let deployment = Deployment::start(
+        DeploymentOptions {
+            batch_size: 100,
+            records_per_minute: 30_000,
+            ..DeploymentOptions::default()
+        },
+        &["c1", "c2"],
+    )
+    .await?;
+    let action = deployment
+        .client
+        .submit(&create("metered", 0..15_000))
+        .await?;
+    let done = deployment
+        .client
+        .wait_projected_terminal(&action, WAIT)
+        .await?;
+    assert_eq!(done["succeeded"], 15_000);
+    let settles = settle_times(&deployment.services.redis_url, &action).await?;
+    let consumers: BTreeSet<&str> = settles
+        .iter()
+        .map(|(_, _, consumer)| consumer.split('-').next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        consumers.len(),
+        2,
+        "both processes applied batches: {consumers:?}"
+    );
+    let first = settles.first().context("settled batches")?;
+    let last = settles.last().context("settled batches")?;
+    let after_first: usize = settles[1..].iter().map(|(_, records, _)| records).sum();
+    let seconds = (last.0 - first.0) as f64 / 1000.0;
+    let rate = after_first as f64 / seconds;
+    println!("processing rate across two consumers: {rate:.1} records/s against a limit of 500/s over {seconds:.1} s");
+    ensure!(
+        (rate / 500.0 - 1.0).abs() <= 0.02,
+        "rate {rate:.1}/s is not within 2% of 500/s"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_api_processes_share_one_request_budget() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut deployment = Deployment::start(
+        DeploymentOptions {
+            requests_per_minute: 120,
+            env: vec![
+                ("RATE_LIMIT_REQUEST_BURST_SECONDS", "10".into()),
+                ("ADMIN_TOKEN", "s3cret-admin".into()),
+            ],
+            ..DeploymentOptions::default()
+        },
+        &["c1"],
+    )
+    .await?;
+    let second = deployment.start_another_api().await?;
+    let first = deployment.client.clone();
+    let list = "/bulk-actions?accountId=acme";
+
+    // 120 a minute with a 10 s burst: 20 pass at once, then one every 500 ms.
+    let mut replies = Vec::new();
+    for i in 0..40 {
+        let client = if i % 2 == 0 { &first } else { &second };
+        replies.push(client.send(Method::GET, list, None, &[]).await?);
+    }
+    let allowed = replies.iter().filter(|reply| reply.status == 200).count();
+    assert!((20..=22).contains(&allowed), "{allowed} of 40 allowed");
+    assert!(replies
+        .iter()
+        .all(|reply| matches!(reply.status, 200 | 429)));
+    let opening = &replies[0];
+    assert_eq!(
+        opening.header("ratelimit-policy"),
+        Some("\"per-minute\";q=120;w=60")
+    );
+    assert_eq!(opening.header("ratelimit"), Some("\"per-minute\";r=19;t=1"));
+    assert_eq!(opening.header("ratelimit-limit"), Some("120"));
+    assert_eq!(opening.header("ratelimit-remaining"), Some("19"));
+    assert_eq!(opening.header("ratelimit-reset"), Some("1"));
+    let refused = replies
+        .iter()
+        .find(|reply| reply.status == 429)
+        .context("a 429")?;
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(refused.header("ratelimit-remaining"), Some("0"));
+    assert_eq!(code(&refused.body), "rate_limited");
+    assert_eq!(refused.body["error"]["details"]["policy"], "per-minute");
+    assert_eq!(refused.body["error"]["details"]["limit"], 120);
+    // Another account has its own budget.
+    let other = second
+        .send(Method::GET, "/bulk-actions?accountId=other", None, &[])
+        .await?;
+    assert_eq!(other.status, 200);
+    // Waiting as told is enough.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(second.send(Method::GET, list, None, &[]).await?.status, 200);
+
+    // Admin: the token is required, then the account's own limit applies at once.
+    let path = "/admin/accounts/acme/limits";
+    let none = first.send(Method::GET, path, None, &[]).await?;
+    assert_eq!((none.status, code(&none.body)), (401, "unauthorized"));
+    let wrong = first
+        .send(Method::GET, path, None, &[("authorization", "Bearer nope")])
+        .await?;
+    assert_eq!(wrong.status, 401);
+    let admin = [("authorization", "Bearer s3cret-admin")];
+    let limits = first.send(Method::GET, path, None, &admin).await?;
+    assert_eq!(limits.status, 200);
+    assert_eq!(limits.body["requestsPerMinute"], 120);
+    assert_eq!(limits.body["overrides"]["requestsPerMinute"], Value::Null);
+    let set = first
+        .send(
+            Method::PUT,
+            path,
+            Some(&json!({ "requestsPerMinute": 60_000, "recordsPerMinute": 5_000 })),
+            &admin,
+        )
+        .await?;
+    assert_eq!(set.status, 200, "{:?}", set.body);
+    assert_eq!(set.body["overrides"]["requestsPerMinute"], 60_000);
+    for _ in 0..30 {
+        let reply = second.send(Method::GET, list, None, &[]).await?;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.header("ratelimit-limit"), Some("60000"));
+    }
+    let bad = first
+        .send(
+            Method::PUT,
+            path,
+            Some(&json!({ "requestsPerMinute": 0 })),
+            &admin,
+        )
+        .await?;
+    assert_eq!((bad.status, code(&bad.body)), (400, "invalid_field"));
+    drop(deployment);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_survives_restarting_every_process_and_redis() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut deployment = Deployment::start(DeploymentOptions::default(), &["c1"]).await?;
+    let mut body = create("later", 0..500);
+    body["scheduledFor"] = json!(at_offset(8_000));
+    let action = deployment.client.submit(&body).await?;
+    // Redis appends to its AOF every second: give it that second before the crash.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    deployment.kill_api();
+    deployment.kill_consumer("c1");
+    deployment.kill_projector();
+    deployment.services.kill_redis();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    deployment.services.start_redis_again()?;
+    deployment.start_projector()?;
+    deployment.start_consumer("c1")?;
+    deployment.start_api()?;
+    deployment.wait_ready(WAIT).await?;
+    assert_eq!(
+        view(&deployment.client, &action).await?["status"],
+        "scheduled"
+    );
+    let done = deployment
+        .client
+        .wait_projected_terminal(&action, WAIT)
+        .await?;
+    assert_eq!(done["succeeded"], 500);
+    let late = millis(&done, "startedAt")? - millis(&done, "scheduledFor")?;
+    println!("after a restart of everything, the action started {late} ms after its time");
+    assert!(
+        (0..1000).contains(&late),
+        "started {late} ms after its time"
+    );
+    let contacts = deployment
+        .client
+        .all_docs(infra::mongo::CONTACTS)
+        .await?
+        .len();
+    assert_eq!(contacts, 500);
+    Ok(())
+}
