@@ -65,6 +65,9 @@ start ferretdb "$FERRETDB_BIN" --listen-addr="127.0.0.1:$DEV_MONGO_PORT" --handl
   --postgresql-url="postgres://postgres@127.0.0.1:$DEV_PG_PORT/ferretdb?pool_max_conns=400" --debug-addr=- --telemetry=disable --log-level=warn
 wait_port ferretdb "$DEV_MONGO_PORT"
 
+# The admin api (per-account limits) needs a token; one is made once and kept in .dev.
+[ -s "$DEV/admin-token" ] || head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$DEV/admin-token"
+export ADMIN_TOKEN="${ADMIN_TOKEN:-$(cat "$DEV/admin-token")}"
 export REDIS_URL="redis://127.0.0.1:$DEV_REDIS_PORT"
 export MONGODB_URI="mongodb://127.0.0.1:$DEV_MONGO_PORT/crm-bulk-actions"
 export PORT
@@ -91,5 +94,9 @@ cat <<MSG
   Try:
     curl -si -X POST http://127.0.0.1:$PORT/bulk-actions -H 'content-type: application/json' \\
       -d '{"accountId":"demo","entityType":"contact","actionType":"upsert","data":[{"email":"ann@example.com","name":"Ann","age":31}]}'
+
+  Each account may apply 10,000 records a minute (RATE_LIMIT_RECORDS_PER_MINUTE). Raise one:
+    curl -s -X PUT http://127.0.0.1:$PORT/admin/accounts/demo/limits -H "authorization: Bearer \$(cat $DEV/admin-token)" \
+      -H 'content-type: application/json' -d '{"recordsPerMinute": 1000000}'
 
 MSG
