@@ -342,16 +342,10 @@ impl Worker {
         item: &WorkItem,
         batch: &Batch,
     ) -> Result<(), infra::StoreError> {
-        let outcomes = batch
-            .records
-            .iter()
-            .map(|record| RecordOutcome {
-                index: record.index,
-                email: Some(record.change.email.as_str().to_owned()),
-                code: OutcomeCode::Unprocessed,
-                message: Some("the action was cancelled before this record was applied".into()),
-            })
-            .collect();
+        let outcomes = batch.outcomes_all(
+            OutcomeCode::Unprocessed,
+            "the action was cancelled before this record was applied",
+        );
         self.store
             .settle_cancelled(item, outcomes, infra::clock::now())
             .await?;
@@ -373,16 +367,7 @@ impl Worker {
             "the batch failed {attempts} attempts and was moved to the dead-letter stream; \
              the record may be partly applied. Last error: {error}"
         );
-        let outcomes = batch
-            .records
-            .iter()
-            .map(|record| RecordOutcome {
-                index: record.index,
-                email: Some(record.change.email.as_str().to_owned()),
-                code: OutcomeCode::DeadLettered,
-                message: Some(message.clone()),
-            })
-            .collect();
+        let outcomes = batch.outcomes_all(OutcomeCode::DeadLettered, &message);
         tracing::error!(action = %item.action_id, batch = item.batch, attempts, %error, "batch dead-lettered");
         self.store
             .dead_letter(

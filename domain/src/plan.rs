@@ -28,6 +28,22 @@ pub struct Batch {
     pub records: Vec<PlannedRecord>,
 }
 
+impl Batch {
+    /// The same outcome for every record of the batch: a batch settled without being
+    /// applied record by record (dead-lettered, or cancelled before it ran).
+    pub fn outcomes_all(&self, code: OutcomeCode, message: &str) -> Vec<RecordOutcome> {
+        self.records
+            .iter()
+            .map(|record| RecordOutcome {
+                index: record.index,
+                email: Some(record.change.email.as_str().to_owned()),
+                code,
+                message: Some(message.to_owned()),
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActionPlan {
     pub total_records: u32,

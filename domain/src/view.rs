@@ -527,4 +527,101 @@ mod tests {
         assert_eq!(view.status, ActionStatus::Failed);
         assert_eq!(view.processed_records, 6);
     }
+
+    fn envelopes(payloads: Vec<EventPayload>) -> Vec<EventEnvelope> {
+        let action_id = history()[0].action_id;
+        payloads
+            .into_iter()
+            .zip(1u64..)
+            .map(|(payload, seq)| EventEnvelope {
+                event_id: Ulid::from_parts(seq, 0),
+                action_id,
+                seq,
+                schema_version: crate::SCHEMA_VERSION,
+                occurred_at: at(seq as i64 * 1000),
+                payload,
+            })
+            .collect()
+    }
+
+    fn created(scheduled_for: Option<Timestamp>) -> EventPayload {
+        EventPayload::Created {
+            account_id: AccountId::parse("acme").unwrap(),
+            entity_type: EntityType::Contact,
+            action_type: ActionType::Create,
+            total_records: 4,
+            batch_count: 2,
+            scheduled_for,
+            pacing: None,
+            max_records_per_minute: None,
+        }
+    }
+
+    fn statuses(payloads: Vec<EventPayload>) -> Vec<ActionStatus> {
+        let events = envelopes(payloads);
+        (1..=events.len())
+            .map(|n| fold(None, &events[..n]).unwrap().unwrap().status)
+            .collect()
+    }
+
+    #[test]
+    fn pause_and_resume_return_to_where_the_action_was() {
+        use ActionStatus::*;
+        let scheduled = Some(at(60_000));
+        assert_eq!(
+            statuses(vec![
+                created(scheduled),
+                EventPayload::Paused {},
+                EventPayload::Resumed {},
+                EventPayload::Paused {},
+                EventPayload::Released {},
+                EventPayload::Resumed {},
+                EventPayload::Started {},
+                EventPayload::Paused {},
+                EventPayload::Paused {},
+                EventPayload::Resumed {},
+            ]),
+            vec![
+                Scheduled, Paused, Scheduled, Paused, Paused, Queued, Running, Paused, Paused,
+                Running
+            ]
+        );
+    }
+
+    #[test]
+    fn a_cancel_ends_cancelled_with_unprocessed_records() {
+        let events = envelopes(vec![
+            created(None),
+            EventPayload::Started {},
+            EventPayload::BatchProcessed {
+                batch: 0,
+                outcomes: vec![
+                    outcome(0, OutcomeCode::Created),
+                    outcome(1, OutcomeCode::Created),
+                ],
+                consumer: "c".into(),
+                attempt: 1,
+            },
+            EventPayload::Paused {},
+            EventPayload::CancelRequested {},
+            EventPayload::BatchCancelled {
+                batch: 1,
+                outcomes: vec![
+                    outcome(2, OutcomeCode::Unprocessed),
+                    outcome(3, OutcomeCode::Unprocessed),
+                ],
+            },
+            EventPayload::Completed {},
+        ]);
+        let cancelling = fold(None, &events[..5]).unwrap().unwrap();
+        assert_eq!(cancelling.status, ActionStatus::Cancelling);
+        assert_eq!(cancelling.paused_at, None);
+        let view = fold(None, &events).unwrap().unwrap();
+        assert_eq!(view.status, ActionStatus::Cancelled);
+        assert_eq!((view.succeeded, view.unprocessed), (2, 2));
+        assert_eq!(view.processed_records, 2);
+        assert_eq!(view.batches_cancelled, 1);
+        assert_eq!(view.by_reason.get("unprocessed"), Some(&2));
+        assert_eq!(view.stats(at(99_000)).unprocessed, 2);
+    }
 }

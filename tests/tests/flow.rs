@@ -649,3 +649,42 @@ async fn a_schedule_survives_restarting_every_process_and_redis() -> Result<()> 
     assert_eq!(contacts, 500);
     Ok(())
 }
+
+/// A benchmark, not part of the suite: the default limit (10,000 records a minute) held by
+/// two consumer processes over a five-minute window.
+/// `cargo test -p bulk-tests --test flow -- --ignored --nocapture five_minute`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "takes six minutes; see docs/benchmarks.md"]
+async fn five_minute_window_at_the_default_limit() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let deployment = Deployment::start(
+        DeploymentOptions {
+            batch_size: 100,
+            records_per_minute: 10_000,
+            ..DeploymentOptions::default()
+        },
+        &["c1", "c2"],
+    )
+    .await?;
+    let action = deployment
+        .client
+        .submit(&create("steady", 0..60_000))
+        .await?;
+    tokio::time::sleep(Duration::from_secs(305)).await;
+    let settles = settle_times(&deployment.services.redis_url, &action).await?;
+    let start = settles.first().context("settled batches")?.0;
+    let in_window: usize = settles
+        .iter()
+        .filter(|(at, _, _)| *at < start + 300_000)
+        .map(|(_, records, _)| records)
+        .sum();
+    println!(
+        "records applied in the first 300 s: {in_window} against a limit of 50,000 ({:+.2}%)",
+        (in_window as f64 / 50_000.0 - 1.0) * 100.0
+    );
+    ensure!(
+        (in_window as f64 / 50_000.0 - 1.0).abs() <= 0.02,
+        "{in_window} records in five minutes"
+    );
+    Ok(())
+}
