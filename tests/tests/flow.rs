@@ -185,6 +185,14 @@ async fn cancel_pause_and_resume_at_every_status() -> Result<()> {
     assert_eq!((status, again["status"].as_str()), (200, Some("paused")));
     let (_, resumed) = post(&app, &format!("/bulk-actions/{scheduled}/resume")).await?;
     assert_eq!(resumed["status"], "scheduled");
+    let (_, again) = post(&app, &format!("/bulk-actions/{scheduled}/resume")).await?;
+    assert_eq!(
+        again["status"], "scheduled",
+        "resuming what is not paused changes nothing"
+    );
+    // Cancelling a paused action.
+    let (_, paused) = post(&app, &format!("/bulk-actions/{scheduled}/pause")).await?;
+    assert_eq!(paused["status"], "paused");
     let (status, cancelling) = post(&app, &format!("/bulk-actions/{scheduled}/cancel")).await?;
     assert_eq!(status, 200);
     assert!(
@@ -198,8 +206,10 @@ async fn cancel_pause_and_resume_at_every_status() -> Result<()> {
     assert_eq!(cancelled["unprocessed"], 300);
     let (status, again) = post(&app, &format!("/bulk-actions/{scheduled}/cancel")).await?;
     assert_eq!((status, again["status"].as_str()), (200, Some("cancelled")));
-    let (status, body) = post(&app, &format!("/bulk-actions/{scheduled}/pause")).await?;
-    assert_eq!((status, code(&body)), (409, "action_finished"));
+    for command in ["pause", "resume"] {
+        let (status, body) = post(&app, &format!("/bulk-actions/{scheduled}/{command}")).await?;
+        assert_eq!((status, code(&body)), (409, "action_finished"), "{command}");
+    }
     assert_eq!(contacts_of(&app, "sched").await?, 0);
 
     // Running, and queued behind it in the same account (an account's actions go in order).
@@ -471,20 +481,33 @@ async fn two_consumer_processes_hold_the_processing_limit_within_two_percent() -
     let deployment = Deployment::start(
         DeploymentOptions {
             batch_size: 100,
-            records_per_minute: 30_000,
+            env: vec![("ADMIN_TOKEN", "s3cret-admin".into())],
             ..DeploymentOptions::default()
         },
         &["c1", "c2"],
     )
     .await?;
-    let action = deployment
-        .client
-        .submit(&create("metered", 0..15_000))
+    let client = &deployment.client;
+    // The account's own limit, set through the admin api: 30,000 a minute, 500 a second.
+    let limits = client
+        .send(
+            Method::PUT,
+            "/admin/accounts/metered/limits",
+            Some(&json!({ "recordsPerMinute": 30_000 })),
+            &[("authorization", "Bearer s3cret-admin")],
+        )
         .await?;
-    let done = deployment
-        .client
-        .wait_projected_terminal(&action, WAIT)
-        .await?;
+    assert_eq!(limits.status, 200, "{:?}", limits.body);
+    assert_eq!(limits.body["recordsPerMinute"], 30_000);
+    let action = client.submit(&create("metered", 0..15_000)).await?;
+    // Another account, without a limit of its own, is not held back meanwhile.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let free = client.submit(&create("free", 0..5_000)).await?;
+    let free = client.wait_projected_terminal(&free, WAIT).await?;
+    let free_took = millis(&free, "completedAt")? - millis(&free, "createdAt")?;
+    assert_eq!(view(client, &action).await?["status"], "running");
+
+    let done = client.wait_projected_terminal(&action, WAIT).await?;
     assert_eq!(done["succeeded"], 15_000);
     let settles = settle_times(&deployment.services.redis_url, &action).await?;
     let consumers: BTreeSet<&str> = settles
@@ -501,10 +524,17 @@ async fn two_consumer_processes_hold_the_processing_limit_within_two_percent() -
     let after_first: usize = settles[1..].iter().map(|(_, records, _)| records).sum();
     let seconds = (last.0 - first.0) as f64 / 1000.0;
     let rate = after_first as f64 / seconds;
-    println!("processing rate across two consumers: {rate:.1} records/s against a limit of 500/s over {seconds:.1} s");
+    println!(
+        "processing rate across two consumers: {rate:.1} records/s against a limit of 500/s \
+         over {seconds:.1} s; meanwhile 5,000 records of another account took {free_took} ms"
+    );
     ensure!(
         (rate / 500.0 - 1.0).abs() <= 0.02,
         "rate {rate:.1}/s is not within 2% of 500/s"
+    );
+    ensure!(
+        free_took < 10_000,
+        "the unlimited account took {free_took} ms"
     );
     Ok(())
 }
