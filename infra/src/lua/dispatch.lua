@@ -33,6 +33,7 @@ local max_grants = tonumber(ARGV[5])
 local granted = 0
 local wait = -1
 local SLACK_MS = 100
+local MAX_ACCOUNTS = 1000
 
 local function hold_until(at)
   local ms = math.ceil(at - now)
@@ -134,7 +135,8 @@ local function try_account(account)
 end
 
 while room > 0 and granted < max_grants do
-  local accounts = redis.call('ZRANGE', KEYS[1], 0, 99)
+  -- Accounts without budget keep their place at the front, so look far enough past them.
+  local accounts = redis.call('ZRANGE', KEYS[1], 0, MAX_ACCOUNTS - 1)
   local progress = false
   for _, account in ipairs(accounts) do
     if room <= 0 or granted >= max_grants then
