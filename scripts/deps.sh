@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the platform needs to run and test locally, and only what is missing:
-#   redis-server (Debian package), FerretDB v1.24.2 (built with Go), a Rust toolchain check.
+#   redis-server (Debian package), FerretDB v1.24.2 (built with Go), a Rust toolchain check,
+#   and for the tests schemathesis (PyPI, in its own virtualenv).
 # Source it (it exports REDIS_SERVER_BIN and FERRETDB_BIN) or run it.
 set -euo pipefail
 
 FERRETDB_VERSION="v1.24.2"
+SCHEMATHESIS_VERSION="4.32.5"
 
 log() { printf '\033[1m[deps]\033[0m %s\n' "$*" >&2; }
 
@@ -77,6 +79,19 @@ ensure_rust() {
   fi
 }
 
+# schemathesis (PyPI) fuzzes the api from its OpenAPI document in the test suite; it lives
+# in a virtualenv of its own so the system Python is left alone.
+ensure_schemathesis() {
+  local venv="${XDG_CACHE_HOME:-$HOME/.cache}/crm-bulk-tools/venv"
+  if ! "$venv/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+    log "installing schemathesis $SCHEMATHESIS_VERSION (PyPI) into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
+  fi
+  SCHEMATHESIS_BIN="$venv/bin/st"
+  export SCHEMATHESIS_BIN
+}
+
 ensure_all() {
   ensure_rust
   ensure_redis
@@ -89,4 +104,6 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   log "redis-server: $REDIS_SERVER_BIN"
   log "ferretdb:     $FERRETDB_BIN"
   log "postgresql:   $PG_BIN_DIR"
+  ensure_schemathesis
+  log "schemathesis: $SCHEMATHESIS_BIN"
 fi

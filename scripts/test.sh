@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
 ensure_all
+ensure_schemathesis
 
 locked=()
 [ "${CI:-}" = "true" ] && locked=(--locked)

@@ -83,6 +83,15 @@ for _ in $(seq 1 100); do
 done
 curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null || { log "api is not ready; see $DEV/logs/api.log"; exit 1; }
 
+# A demo account with an API key, kept in .dev and made again if Redis lost it.
+DEMO_KEY_FILE="$DEV/demo-api-key"
+if ! [ -s "$DEMO_KEY_FILE" ] ||
+  ! curl -fsS -o /dev/null -H "authorization: Bearer $(cat "$DEMO_KEY_FILE")" "http://127.0.0.1:$PORT/bulk-actions?limit=1"; then
+  curl -fsS -X POST -H "authorization: Bearer $ADMIN_TOKEN" "http://127.0.0.1:$PORT/admin/accounts/demo/api-keys" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["apiKey"])' > "$DEMO_KEY_FILE"
+fi
+DEMO_KEY="$(cat "$DEMO_KEY_FILE")"
+
 cat <<MSG
 
   CRM bulk action platform is up.
@@ -91,9 +100,13 @@ cat <<MSG
     MongoDB:   $MONGODB_URI   (FerretDB on PostgreSQL :$DEV_PG_PORT)
     Logs:      $DEV/logs/        Stop: scripts/down.sh
 
-  Try:
+  Demo account "demo", API key in $DEMO_KEY_FILE. Try:
     curl -si -X POST http://127.0.0.1:$PORT/bulk-actions -H 'content-type: application/json' \\
-      -d '{"accountId":"demo","entityType":"contact","actionType":"upsert","data":[{"email":"ann@example.com","name":"Ann","age":31}]}'
+      -H 'authorization: Bearer $DEMO_KEY' \\
+      -d '{"entityType":"contact","actionType":"upsert","data":[{"email":"ann@example.com","name":"Ann","age":31}]}'
+    curl -s http://127.0.0.1:$PORT/bulk-actions -H 'authorization: Bearer $DEMO_KEY'
+
+  Admin token (API keys, limits) in $DEV/admin-token.
 
   Each account may apply 10,000 records a minute (RATE_LIMIT_RECORDS_PER_MINUTE). Raise one:
     curl -s -X PUT http://127.0.0.1:$PORT/admin/accounts/demo/limits -H "authorization: Bearer \$(cat $DEV/admin-token)" \

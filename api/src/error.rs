@@ -1,7 +1,7 @@
 //! The one error shape of the API: `{"error": {"code", "message", "details"}}`, where `code`
 //! is a stable snake_case string clients can switch on.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -31,6 +31,8 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     details: Value,
+    /// Whether the response challenges for a bearer token (`WWW-Authenticate: Bearer`).
+    bearer_challenge: bool,
 }
 
 impl ApiError {
@@ -40,6 +42,15 @@ impl ApiError {
             code,
             message: message.into(),
             details: json!({}),
+            bearer_challenge: false,
+        }
+    }
+
+    /// A `401`: tells the client to send a bearer token.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self {
+            bearer_challenge: true,
+            ..Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
         }
     }
 
@@ -58,6 +69,16 @@ impl ApiError {
             "not_found",
             "no bulk action with this id",
         )
+    }
+
+    /// An `accountId` in a request that is not the API key's account.
+    pub fn account_mismatch(named: &domain::AccountId) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "account_mismatch",
+            "the accountId is not the account of the API key",
+        )
+        .with_details(json!({ "accountId": named.as_str() }))
     }
 
     pub fn status(&self) -> StatusCode {
@@ -81,7 +102,13 @@ impl IntoResponse for ApiError {
                 details: self.details,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if self.bearer_challenge {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
     }
 }
 

@@ -3,6 +3,7 @@
 //! It writes only an action's opening events and staged batches (through the event store's
 //! commit script); it never writes contacts or views.
 
+mod auth;
 mod error;
 mod idempotency;
 mod openapi;
@@ -193,6 +194,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/admin/accounts/{account_id}/limits",
             get(admin::get_limits).put(admin::put_limits),
+        )
+        .route(
+            "/admin/accounts/{account_id}/api-keys",
+            get(admin::list_keys).post(admin::create_key),
+        )
+        .route(
+            "/admin/accounts/{account_id}/api-keys/{key_id}",
+            axum::routing::delete(admin::revoke_key),
         )
         .route("/bulk-actions/{action_id}/stats", get(actions::get_stats))
         .route("/bulk-actions/{action_id}/logs", get(logs::get_logs))

@@ -2,6 +2,9 @@
 //! return, so it cannot drift from the code.
 
 use axum::Json;
+use utoipa::openapi::content::ContentBuilder;
+use utoipa::openapi::response::{Response, ResponseBuilder};
+use utoipa::openapi::{Ref, RefOr};
 use utoipa::OpenApi;
 
 use crate::error::{ErrorBody, ErrorDetail};
@@ -22,26 +25,92 @@ use crate::routes::{actions, admin, control, health, logs};
         logs::get_logs,
         admin::get_limits,
         admin::put_limits,
+        admin::create_key,
+        admin::list_keys,
+        admin::revoke_key,
         health::healthz,
         health::readyz,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
-    modifiers(&AdminToken),
+    modifiers(&SecuritySchemes),
     tags((name = "bulk-actions"), (name = "admin"), (name = "health")),
 )]
 pub struct ApiDoc;
 
-struct AdminToken;
+struct SecuritySchemes;
 
-impl utoipa::Modify for AdminToken {
+impl utoipa::Modify for SecuritySchemes {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        use utoipa::openapi::security::{
+            HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "admin_token",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        // Every /bulk-actions operation needs an API key, and every operation behind a
+        // credential can answer with the errors any such request can get.
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let bulk = path.starts_with("/bulk-actions");
+            let admin = path.starts_with("/admin");
+            if !bulk && !admin {
+                continue;
+            }
+            for operation in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let scheme = if bulk { "api_key" } else { "admin_token" };
+                operation.security =
+                    Some(vec![SecurityRequirement::new(scheme, Vec::<String>::new())]);
+                let mut common = vec![
+                    ("401", "No valid credential (`unauthorized`)"),
+                    (
+                        "503",
+                        "Redis or MongoDB unavailable; retry (`dependency_unavailable`)",
+                    ),
+                ];
+                if bulk {
+                    common.push((
+                        "429",
+                        "The account's request budget is spent; see `Retry-After` (`rate_limited`)",
+                    ));
+                }
+                for (status, description) in common {
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| error_response(description));
+                }
+            }
+        }
     }
+}
+
+fn error_response(description: &str) -> RefOr<Response> {
+    RefOr::T(
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build(),
+    )
 }
 
 pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {

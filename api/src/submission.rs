@@ -25,8 +25,9 @@ pub struct Submission {
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SubmitRequest {
+    /// Optional: the API key's account. Another account is `403 account_mismatch`.
     #[schema(example = "acme-corp")]
-    account_id: String,
+    account_id: Option<String>,
     #[schema(example = "contact")]
     entity_type: EntityType,
     #[schema(example = "update")]
@@ -67,7 +68,9 @@ const FIELDS: [&str; 7] = [
     "maxRecordsPerMinute",
 ];
 
-pub fn parse(body: &[u8], max_records: usize) -> Result<Submission, ApiError> {
+/// `caller` is the API key's account: the body may name it in `accountId` (any other
+/// account is `403 account_mismatch`) or leave it out.
+pub fn parse(body: &[u8], max_records: usize, caller: &AccountId) -> Result<Submission, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|error| {
         ApiError::bad_request(
             "malformed_json",
@@ -88,9 +91,18 @@ pub fn parse(body: &[u8], max_records: usize) -> Result<Submission, ApiError> {
         );
     }
 
-    let account_raw = required_string(&object, "accountId")?;
-    let account_id = AccountId::parse(account_raw)
-        .map_err(|error| invalid_field("accountId", error.to_string()))?;
+    let account_id = match object.get("accountId") {
+        None | Some(Value::Null) => caller.clone(),
+        Some(Value::String(raw)) => {
+            let named = AccountId::parse(raw)
+                .map_err(|error| invalid_field("accountId", error.to_string()))?;
+            if &named != caller {
+                return Err(ApiError::account_mismatch(&named));
+            }
+            named
+        }
+        Some(_) => return Err(invalid_field("accountId", "accountId must be a string")),
+    };
 
     let entity_raw = required_string(&object, "entityType")?;
     let entity_type = EntityType::parse(entity_raw).ok_or_else(|| {
@@ -213,7 +225,7 @@ mod tests {
     use super::*;
 
     fn code(body: &str) -> &'static str {
-        match parse(body.as_bytes(), 10) {
+        match parse(body.as_bytes(), 10, &AccountId::parse("a").unwrap()) {
             Ok(_) => "ok",
             Err(error) => error.code(),
         }
@@ -226,6 +238,7 @@ mod tests {
         assert_eq!(code("{"), "malformed_json");
         assert_eq!(code("[]"), "invalid_body");
         assert_eq!(code(r#"{"entityType":"contact"}"#), "missing_field");
+        assert_eq!(code(r#"{"accountId":"b"}"#), "account_mismatch");
         assert_eq!(code(r#"{"accountId":5}"#), "invalid_field");
         assert_eq!(code(r#"{"accountId":"a b"}"#), "invalid_field");
         assert_eq!(

@@ -52,6 +52,9 @@ pub enum EventPayload {
         pacing: Option<Pacing>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         max_records_per_minute: Option<u32>,
+        /// The id of the API key that submitted it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        api_key_id: Option<String>,
     },
     /// Records that failed validation at submission (one event per chunk).
     RecordRejected { records: Vec<RecordOutcome> },
@@ -82,12 +85,25 @@ pub enum EventPayload {
         outcomes: Vec<RecordOutcome>,
     },
     /// The action stopped taking budget; it keeps its place and its queued batches.
-    Paused {},
+    #[serde(rename_all = "camelCase")]
+    Paused {
+        /// The API key that asked for it (as on every event a client causes).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        api_key_id: Option<String>,
+    },
     /// A paused action goes on where it was.
-    Resumed {},
+    #[serde(rename_all = "camelCase")]
+    Resumed {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        api_key_id: Option<String>,
+    },
     /// The action is being cancelled: batches already being applied finish, every other
     /// batch is settled by `BatchCancelled`, then `Completed` ends it as `cancelled`.
-    CancelRequested {},
+    #[serde(rename_all = "camelCase")]
+    CancelRequested {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        api_key_id: Option<String>,
+    },
     /// A batch that was never applied because of a cancel; each record is `unprocessed`.
     BatchCancelled {
         batch: u32,
@@ -95,12 +111,18 @@ pub enum EventPayload {
     },
     /// A scheduled action's start time moved.
     #[serde(rename_all = "camelCase")]
-    Rescheduled { scheduled_for: Timestamp },
+    Rescheduled {
+        scheduled_for: Timestamp,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        api_key_id: Option<String>,
+    },
     /// The action's pace changed; `None` fields remove that limit.
     #[serde(rename_all = "camelCase")]
     PacingChanged {
         pacing: Option<Pacing>,
         max_records_per_minute: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        api_key_id: Option<String>,
     },
     /// Every record has an outcome.
     Completed {},
@@ -124,9 +146,9 @@ impl EventPayload {
             EventPayload::Started {} => "Started",
             EventPayload::BatchProcessed { .. } => "BatchProcessed",
             EventPayload::BatchDeadLettered { .. } => "BatchDeadLettered",
-            EventPayload::Paused {} => "Paused",
-            EventPayload::Resumed {} => "Resumed",
-            EventPayload::CancelRequested {} => "CancelRequested",
+            EventPayload::Paused { .. } => "Paused",
+            EventPayload::Resumed { .. } => "Resumed",
+            EventPayload::CancelRequested { .. } => "CancelRequested",
             EventPayload::BatchCancelled { .. } => "BatchCancelled",
             EventPayload::Rescheduled { .. } => "Rescheduled",
             EventPayload::PacingChanged { .. } => "PacingChanged",
@@ -213,8 +235,9 @@ mod tests {
                     interval_seconds: 60,
                 }),
                 max_records_per_minute: None,
+                api_key_id: Some("01JDQ6V4J8Q0Y5Z6X7W8V9T0S1".into()),
             },
-            EventPayload::CancelRequested {},
+            EventPayload::CancelRequested { api_key_id: None },
             EventPayload::BatchCancelled {
                 batch: 1,
                 outcomes: vec![RecordOutcome {
@@ -226,10 +249,12 @@ mod tests {
             },
             EventPayload::Rescheduled {
                 scheduled_for: Timestamp::parse_rfc3339("2031-01-01T00:00:00Z").unwrap(),
+                api_key_id: Some("k".into()),
             },
             EventPayload::PacingChanged {
                 pacing: None,
                 max_records_per_minute: Some(100),
+                api_key_id: None,
             },
             EventPayload::BatchProcessed {
                 batch: 4,

@@ -51,6 +51,9 @@ pub struct ActionView {
     pub pacing: Option<Pacing>,
     #[serde(default)]
     pub max_records_per_minute: Option<u32>,
+    /// The API key that submitted the action.
+    #[serde(default)]
+    pub api_key_id: Option<String>,
     /// Count of failed and skipped records per reason code.
     pub by_reason: BTreeMap<String, u32>,
     pub batch_count: u32,
@@ -145,19 +148,19 @@ pub fn apply_event(
             }
         }
         EventPayload::Started {} => view.start(event.occurred_at),
-        EventPayload::Paused {} => {
+        EventPayload::Paused { .. } => {
             if view.status.is_active() {
                 view.status = ActionStatus::Paused;
                 view.paused_at = Some(event.occurred_at);
             }
         }
-        EventPayload::Resumed {} => {
+        EventPayload::Resumed { .. } => {
             if view.status == ActionStatus::Paused {
                 view.paused_at = None;
                 view.status = view.unpaused_status();
             }
         }
-        EventPayload::CancelRequested {} => {
+        EventPayload::CancelRequested { .. } => {
             if !view.status.is_terminal() {
                 view.status = ActionStatus::Cancelling;
                 view.paused_at = None;
@@ -168,10 +171,13 @@ pub fn apply_event(
             view.count(outcomes);
             view.batches_cancelled += 1;
         }
-        EventPayload::Rescheduled { scheduled_for } => view.scheduled_for = Some(*scheduled_for),
+        EventPayload::Rescheduled { scheduled_for, .. } => {
+            view.scheduled_for = Some(*scheduled_for)
+        }
         EventPayload::PacingChanged {
             pacing,
             max_records_per_minute,
+            ..
         } => {
             view.pacing = *pacing;
             view.max_records_per_minute = *max_records_per_minute;
@@ -216,6 +222,7 @@ fn created(event: &EventEnvelope) -> ActionView {
         scheduled_for,
         pacing,
         max_records_per_minute,
+        api_key_id,
     } = &event.payload
     else {
         unreachable!("created() is only called with a Created payload");
@@ -247,6 +254,7 @@ fn created(event: &EventEnvelope) -> ActionView {
         completed_at: None,
         pacing: *pacing,
         max_records_per_minute: *max_records_per_minute,
+        api_key_id: api_key_id.clone(),
         by_reason: BTreeMap::new(),
         batch_count: *batch_count,
         batches_processed: 0,
@@ -378,6 +386,7 @@ mod tests {
                 scheduled_for: None,
                 pacing: None,
                 max_records_per_minute: None,
+                api_key_id: None,
             },
             EventPayload::RecordSkipped {
                 records: vec![outcome(5, OutcomeCode::DuplicateEmail)],
@@ -554,6 +563,7 @@ mod tests {
             scheduled_for,
             pacing: None,
             max_records_per_minute: None,
+            api_key_id: None,
         }
     }
 
@@ -571,15 +581,15 @@ mod tests {
         assert_eq!(
             statuses(vec![
                 created(scheduled),
-                EventPayload::Paused {},
-                EventPayload::Resumed {},
-                EventPayload::Paused {},
+                EventPayload::Paused { api_key_id: None },
+                EventPayload::Resumed { api_key_id: None },
+                EventPayload::Paused { api_key_id: None },
                 EventPayload::Released {},
-                EventPayload::Resumed {},
+                EventPayload::Resumed { api_key_id: None },
                 EventPayload::Started {},
-                EventPayload::Paused {},
-                EventPayload::Paused {},
-                EventPayload::Resumed {},
+                EventPayload::Paused { api_key_id: None },
+                EventPayload::Paused { api_key_id: None },
+                EventPayload::Resumed { api_key_id: None },
             ]),
             vec![
                 Scheduled, Paused, Scheduled, Paused, Paused, Queued, Running, Paused, Paused,
@@ -602,8 +612,8 @@ mod tests {
                 consumer: "c".into(),
                 attempt: 1,
             },
-            EventPayload::Paused {},
-            EventPayload::CancelRequested {},
+            EventPayload::Paused { api_key_id: None },
+            EventPayload::CancelRequested { api_key_id: None },
             EventPayload::BatchCancelled {
                 batch: 1,
                 outcomes: vec![

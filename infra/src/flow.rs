@@ -76,6 +76,8 @@ pub struct Amendment {
     /// `Some(pace)` sets the pace (`Some(None)`: removes it); the event says how it was
     /// asked for.
     pub pace: Option<(Option<Bucket>, EventPayload)>,
+    /// The key that asked, recorded in `Rescheduled`.
+    pub api_key_id: Option<String>,
 }
 
 /// What a consumer does with a batch of a paused action.
@@ -122,20 +124,23 @@ impl EventStore {
     }
 
     /// Cancels, pauses or resumes an action and records it in its stream.
+    /// `api_key_id` is the key that asked, recorded in the event.
     pub async fn control(
         &self,
         action: ActionId,
         command: Control,
         at: Timestamp,
+        api_key_id: Option<&str>,
     ) -> Result<ControlOutcome, StoreError> {
         let Some(account) = self.account_of(action).await? else {
             return Ok(ControlOutcome::UnknownAction);
         };
         let partition = self.keys.partition_of(action);
+        let api_key_id = api_key_id.map(str::to_owned);
         let (name, payload) = match command {
-            Control::Cancel => ("cancel", EventPayload::CancelRequested {}),
-            Control::Pause => ("pause", EventPayload::Paused {}),
-            Control::Resume => ("resume", EventPayload::Resumed {}),
+            Control::Cancel => ("cancel", EventPayload::CancelRequested { api_key_id }),
+            Control::Pause => ("pause", EventPayload::Paused { api_key_id }),
+            Control::Resume => ("resume", EventPayload::Resumed { api_key_id }),
         };
         let code: i64 = self
             .scripts
@@ -170,7 +175,10 @@ impl EventStore {
         let partition = self.keys.partition_of(action);
         let rescheduled = amendment
             .start_at
-            .map(|scheduled_for| EventPayload::Rescheduled { scheduled_for });
+            .map(|scheduled_for| EventPayload::Rescheduled {
+                scheduled_for,
+                api_key_id: amendment.api_key_id.clone(),
+            });
         let (pace_change, bucket, paced) = match &amendment.pace {
             Some((bucket, payload)) => ("1", *bucket, Some(payload)),
             None => ("0", None, None),

@@ -20,6 +20,7 @@
 //! | `P:{n}:budget:requests:<account>` | string | the account's api request GCRA TAT (ms) |
 //! | `P:{n}:limits:<account>` | hash | per-account overrides: `recordsPerMinute`, `requestsPerMinute` |
 //! | `P:consumers` | hash | live consumer process -> "<workers> <expires ms>", sizes the dispatch |
+//! | `P:apikey:<keyId>`, `P:apikeys:<account>` | hash, zset | API keys (see `api_keys`) |
 //! | `idem:<sha256>` | string | `Idempotency-Key` of an account -> "<action> <body sha256>", 24 h |
 //!
 //! An account's keys live in the partition of its actions: new actions are minted in
@@ -43,6 +44,10 @@ impl Keys {
             prefix: prefix.into(),
             partitions: partitions.max(1),
         }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     pub fn partitions(&self) -> impl Iterator<Item = u32> {

@@ -4,6 +4,7 @@
 //! scripts) and the MongoDB view documents are defined once, here, so that every binary
 //! agrees on them.
 
+pub mod api_keys;
 pub mod clock;
 pub mod config;
 pub mod event_store;

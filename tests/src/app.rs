@@ -35,7 +35,7 @@ impl Default for AppOptions {
             max_batch_attempts: 8,
             records_per_minute: 100_000_000,
             requests_per_minute: 1_000_000,
-            admin_token: None,
+            admin_token: Some(crate::client::TEST_ADMIN_TOKEN.to_owned()),
         }
     }
 }
@@ -95,7 +95,10 @@ impl TestApp {
         let database = infra::mongo::connect(&services.mongodb_uri, "bulk-tests").await?;
         let mut app = TestApp {
             services,
-            client: ApiClient::new(base_url, database),
+            client: match &options.admin_token {
+                Some(token) => ApiClient::new(base_url, database).with_admin(token),
+                None => ApiClient::new(base_url, database),
+            },
             store,
             options: options.clone(),
             api: Running { shutdown, handle },

@@ -1,5 +1,7 @@
 //! HTTP and database helpers for talking to a running api, in-process or a real process.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -26,13 +28,27 @@ impl Reply {
     }
 }
 
+/// The admin token every test deployment runs with, unless a test sets its own.
+pub const TEST_ADMIN_TOKEN: &str = "test-admin-token";
+
+/// A client of the api that authenticates like a real one: each request carries an API key
+/// of the account it is about (the body's or query's `accountId`, or the account of the
+/// action in the path; "acme" otherwise), made on first use through the admin api. Tests
+/// of authentication itself pass their own `authorization` header to `send`.
 #[derive(Clone)]
 pub struct ApiClient {
     pub base_url: String,
     pub http: reqwest::Client,
     /// The platform's database, for checking contacts and views directly.
     pub database: Database,
+    admin_token: Option<String>,
+    /// Account -> API key, shared by clones (and by clients of other api instances).
+    keys: Arc<Mutex<HashMap<String, String>>>,
+    /// Action -> account, learnt from submissions.
+    owners: Arc<Mutex<HashMap<String, String>>>,
 }
+
+const DEFAULT_ACCOUNT: &str = "acme";
 
 impl ApiClient {
     pub fn new(base_url: String, database: Database) -> Self {
@@ -40,6 +56,23 @@ impl ApiClient {
             base_url,
             http: reqwest::Client::new(),
             database,
+            admin_token: None,
+            keys: Arc::default(),
+            owners: Arc::default(),
+        }
+    }
+
+    /// Makes API keys with this admin token when it needs one.
+    pub fn with_admin(mut self, token: &str) -> Self {
+        self.admin_token = Some(token.to_owned());
+        self
+    }
+
+    /// The same client (keys and all) talking to another api instance.
+    pub fn at(&self, base_url: String) -> Self {
+        Self {
+            base_url,
+            ..self.clone()
         }
     }
 
@@ -47,10 +80,116 @@ impl ApiClient {
         format!("{}{path}", self.base_url)
     }
 
-    pub async fn post_json(&self, path: &str, body: &Value) -> Result<(u16, Value)> {
-        let response = self.http.post(self.url(path)).json(body).send().await?;
+    /// The API key of `account`, made through the admin api the first time.
+    pub async fn key_for(&self, account: &str) -> Result<String> {
+        if let Some(key) = self
+            .keys
+            .lock()
+            .ok()
+            .and_then(|keys| keys.get(account).cloned())
+        {
+            return Ok(key);
+        }
+        let admin = self
+            .admin_token
+            .as_deref()
+            .context("this client has no admin token to make API keys with")?;
+        let response = self
+            .http
+            .post(self.url(&format!("/admin/accounts/{account}/api-keys")))
+            .bearer_auth(admin)
+            .send()
+            .await?;
         let status = response.status().as_u16();
-        Ok((status, response.json().await.unwrap_or(Value::Null)))
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if status != 201 {
+            bail!("making an API key for {account}: {status} {body}");
+        }
+        let key = body["apiKey"].as_str().context("apiKey")?.to_owned();
+        if let Ok(mut keys) = self.keys.lock() {
+            keys.insert(account.to_owned(), key.clone());
+        }
+        Ok(key)
+    }
+
+    /// The account a request is about, as described on the type.
+    /// A named account that is not a valid id gets the default account's key, so that the
+    /// api, not the client, answers the malformed request.
+    fn account_of(&self, path: &str, body: Option<&Value>) -> String {
+        let valid = |raw: &str| domain::AccountId::parse(raw).is_ok();
+        if let Some(account) = body.and_then(|body| body["accountId"].as_str()) {
+            return if valid(account) {
+                account
+            } else {
+                DEFAULT_ACCOUNT
+            }
+            .to_owned();
+        }
+        if let Some((_, query)) = path.split_once('?') {
+            let named = query
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("accountId="));
+            if let Some(account) = named {
+                return if valid(account) {
+                    account
+                } else {
+                    DEFAULT_ACCOUNT
+                }
+                .to_owned();
+            }
+        }
+        let action = path
+            .strip_prefix("/bulk-actions/")
+            .map(|rest| rest.split(['/', '?']).next().unwrap_or_default());
+        action
+            .and_then(|id| self.owners.lock().ok()?.get(id).cloned())
+            .unwrap_or_else(|| DEFAULT_ACCOUNT.to_owned())
+    }
+
+    fn needs_key(path: &str) -> bool {
+        path.starts_with("/bulk-actions")
+    }
+
+    async fn authorized(
+        &self,
+        request: reqwest::RequestBuilder,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<reqwest::RequestBuilder> {
+        if !Self::needs_key(path) || self.admin_token.is_none() {
+            return Ok(request);
+        }
+        let key = self.key_for(&self.account_of(path, body)).await?;
+        Ok(request.bearer_auth(key))
+    }
+
+    /// Records whose action this is, for an action this client did not submit itself.
+    pub fn remember_owner(&self, action: &str, account: &str) {
+        if let Ok(mut owners) = self.owners.lock() {
+            owners.insert(action.to_owned(), account.to_owned());
+        }
+    }
+
+    /// Remembers whose action a `202` created, to authenticate later requests about it.
+    fn learn_owner(&self, path: &str, request: Option<&Value>, status: u16, reply: &Value) {
+        if path == "/bulk-actions" && status == 202 {
+            if let Some(action) = reply["actionId"].as_str() {
+                self.remember_owner(action, &self.account_of(path, request));
+            }
+        }
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Result<(u16, Value)> {
+        let request = self.http.post(self.url(path)).json(body);
+        let response = self
+            .authorized(request, path, Some(body))
+            .await?
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        let reply = response.json().await.unwrap_or(Value::Null);
+        self.learn_owner(path, Some(body), status, &reply);
+        Ok((status, reply))
     }
 
     pub async fn post_raw(
@@ -59,18 +198,25 @@ impl ApiClient {
         content_type: &str,
         body: Vec<u8>,
     ) -> Result<(u16, Value)> {
-        let response = self
+        let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+        let request = self
             .http
             .post(self.url(path))
             .header("content-type", content_type)
-            .body(body)
+            .body(body);
+        let response = self
+            .authorized(request, path, parsed.as_ref())
+            .await?
             .send()
             .await?;
         let status = response.status().as_u16();
-        Ok((status, response.json().await.unwrap_or(Value::Null)))
+        let reply = response.json().await.unwrap_or(Value::Null);
+        self.learn_owner(path, parsed.as_ref(), status, &reply);
+        Ok((status, reply))
     }
 
-    /// Any request, with its headers in the answer; `body` goes as JSON.
+    /// Any request, with its headers in the answer; `body` goes as JSON. An `authorization`
+    /// among `headers` replaces the automatic API key.
     pub async fn send(
         &self,
         method: reqwest::Method,
@@ -82,21 +228,30 @@ impl ApiClient {
         if let Some(body) = body {
             request = request.json(body);
         }
+        let explicit = headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("authorization"));
+        if !explicit {
+            request = self.authorized(request, path, body).await?;
+        }
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
         let response = request.send().await?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
+        let reply = response.json().await.unwrap_or(Value::Null);
+        self.learn_owner(path, body, status, &reply);
         Ok(Reply {
             status,
             headers,
-            body: response.json().await.unwrap_or(Value::Null),
+            body: reply,
         })
     }
 
     pub async fn get_json(&self, path: &str) -> Result<(u16, Value)> {
-        let response = self.http.get(self.url(path)).send().await?;
+        let request = self.http.get(self.url(path));
+        let response = self.authorized(request, path, None).await?.send().await?;
         let status = response.status().as_u16();
         Ok((status, response.json().await.unwrap_or(Value::Null)))
     }
@@ -128,6 +283,9 @@ impl ApiClient {
                 .find_one(mongodb::bson::doc! { "_id": action_id })
                 .await?;
             if let Some(view) = view {
+                if let Ok(account) = view.get_str("accountId") {
+                    self.remember_owner(action_id, account);
+                }
                 let status = view.get_str("status").unwrap_or_default();
                 if matches!(status, "completed" | "failed" | "cancelled") {
                     let (code, body) = self.get_json(&format!("/bulk-actions/{action_id}")).await?;

@@ -118,7 +118,14 @@ impl Deployment {
             .local_addr()?
             .port();
         let database = infra::mongo::connect(&services.mongodb_uri, "bulk-fault-tests").await?;
-        let client = ApiClient::new(format!("http://127.0.0.1:{api_port}"), database);
+        let admin_token = options
+            .env
+            .iter()
+            .find(|(name, _)| *name == "ADMIN_TOKEN")
+            .map_or(crate::client::TEST_ADMIN_TOKEN, |(_, value)| value.as_str())
+            .to_owned();
+        let client = ApiClient::new(format!("http://127.0.0.1:{api_port}"), database)
+            .with_admin(&admin_token);
         let mut deployment = Deployment {
             services,
             client,
@@ -182,6 +189,7 @@ impl Deployment {
                 "RATE_LIMIT_REQUESTS_PER_MINUTE",
                 options.requests_per_minute.to_string(),
             )
+            .env("ADMIN_TOKEN", crate::client::TEST_ADMIN_TOKEN)
             .envs(options.env.iter().map(|(name, value)| (name, value)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -206,10 +214,7 @@ impl Deployment {
             .spawn()
             .context("starting another api")?;
         self.other_apis.push(child);
-        let client = ApiClient::new(
-            format!("http://127.0.0.1:{port}"),
-            self.client.database.clone(),
-        );
+        let client = self.client.at(format!("http://127.0.0.1:{port}"));
         let deadline = Instant::now() + Duration::from_secs(60);
         while !matches!(client.get_json("/readyz").await, Ok((200, _))) {
             if Instant::now() > deadline {

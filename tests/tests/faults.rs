@@ -334,8 +334,15 @@ async fn an_api_killed_while_accepting_leaves_whole_actions_or_none() -> Result<
             } else {
                 upsert_body("nokey", 5_000)
             };
+            let api_key = client
+                .key_for(body["accountId"].as_str().unwrap_or(""))
+                .await?;
             let post = tokio::spawn(async move {
-                let mut request = client.http.post(client.url("/bulk-actions")).json(&body);
+                let mut request = client
+                    .http
+                    .post(client.url("/bulk-actions"))
+                    .bearer_auth(api_key)
+                    .json(&body);
                 if with_key {
                     request = request.header("Idempotency-Key", key);
                 }
@@ -358,9 +365,13 @@ async fn an_api_killed_while_accepting_leaves_whole_actions_or_none() -> Result<
     let submit = |body: Value| {
         let client = deployment.client.clone();
         async move {
+            let api_key = client
+                .key_for(body["accountId"].as_str().unwrap_or(""))
+                .await?;
             let response = client
                 .http
                 .post(client.url("/bulk-actions"))
+                .bearer_auth(api_key)
                 .header("Idempotency-Key", key)
                 .json(&body)
                 .send()

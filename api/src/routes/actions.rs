@@ -15,18 +15,19 @@ use futures::TryStreamExt;
 use infra::event_store::{Commit, NewAction};
 use infra::mongo::ACTION_VIEWS;
 use infra::views::StoredActionView;
-use mongodb::bson::{doc, Document};
+use mongodb::bson::doc;
 use mongodb::options::FindOptions;
 use serde::Serialize;
 use serde_json::json;
 use ulid::Ulid;
 use utoipa::ToSchema;
 
+use crate::auth;
 use crate::error::{ApiError, ErrorBody};
 use crate::idempotency::{self, Claim, IdempotencyKey};
 use crate::query::QueryParams;
-use crate::rate_limit::{self, QuotaSlot};
-use crate::routes::control::admitted_action;
+use crate::rate_limit::QuotaSlot;
+use crate::routes::control::owned_action;
 use crate::submission::{self, SubmitRequest};
 use crate::{read_model, AppState};
 
@@ -48,6 +49,7 @@ pub const LIST_SKIP_MAX: u64 = 100_000;
             headers(("Location" = String, description = "/bulk-actions/{actionId}"),
                     ("Idempotent-Replayed" = String, description = "`true` on a replayed answer"))),
         (status = 400, description = "The request is invalid; nothing was written", body = ErrorBody),
+        (status = 403, description = "`accountId` names another account than the API key's (`account_mismatch`)", body = ErrorBody),
         (status = 422, description = "The `Idempotency-Key` was used with a different body", body = ErrorBody),
         (status = 413, description = "Body larger than MAX_BODY_BYTES", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
@@ -60,6 +62,7 @@ pub async fn submit(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let caller = auth::admit(&state, &slot, &headers).await?;
     require_json(&headers)?;
     let body = body.map_err(|rejection| match rejection {
         BytesRejection::FailedToBufferBody(_)
@@ -82,9 +85,10 @@ pub async fn submit(
     let max_records = state.config.max_records_per_action;
     let configured_batch_size = state.config.batch_size;
     let wants_fingerprint = idempotency_key.is_some();
+    let caller_account = caller.account.clone();
     // Parsing and planning a large body is CPU work; keep it off the async workers.
     let (submission, plan, body_fingerprint) = tokio::task::spawn_blocking(move || {
-        submission::parse(&body, max_records).map(|submission| {
+        submission::parse(&body, max_records, &caller_account).map(|submission| {
             let batch_size = batch_size_of(configured_batch_size, submission.pacing);
             let plan = plan_action(&submission.data, submission.action_type, batch_size);
             let body_fingerprint = wants_fingerprint.then(|| idempotency::fingerprint(&body));
@@ -99,7 +103,6 @@ pub async fn submit(
             error.to_string(),
         )
     })??;
-    rate_limit::admit(&state, &slot, &submission.account_id).await?;
 
     let created_at = infra::clock::now();
     let start_at = match domain::schedule::start_time(
@@ -151,6 +154,7 @@ pub async fn submit(
         scheduled_for: submission.scheduled_for,
         pacing: submission.pacing,
         max_records_per_minute: submission.max_records_per_minute,
+        api_key_id: Some(caller.key_id.clone()),
     }];
     events.extend(chunked(plan.rejected, batch_size, |records| {
         EventPayload::RecordRejected { records }
@@ -316,9 +320,10 @@ pub fn parse_action_id(raw: &str) -> Result<ActionId, ApiError> {
 pub async fn get_action(
     State(state): State<AppState>,
     Extension(slot): Extension<QuotaSlot>,
+    headers: HeaderMap,
     Path(raw_id): Path<String>,
 ) -> Result<Json<ActionView>, ApiError> {
-    let action = admitted_action(&state, &slot, &raw_id).await?;
+    let (_, action) = owned_action(&state, &slot, &headers, &raw_id).await?;
     read_model::action_view(&state, action)
         .await?
         .map(Json)
@@ -336,9 +341,10 @@ pub async fn get_action(
 pub async fn get_stats(
     State(state): State<AppState>,
     Extension(slot): Extension<QuotaSlot>,
+    headers: HeaderMap,
     Path(raw_id): Path<String>,
 ) -> Result<Json<ActionStats>, ApiError> {
-    let action = admitted_action(&state, &slot, &raw_id).await?;
+    let (_, action) = owned_action(&state, &slot, &headers, &raw_id).await?;
     let view = read_model::action_view(&state, action)
         .await?
         .ok_or_else(ApiError::action_not_found)?;
@@ -367,23 +373,30 @@ pub struct ActionList {
         ("limit" = Option<u64>, Query, minimum = 1, maximum = 100),
         ("skip" = Option<u64>, Query, minimum = 0, maximum = 100000),
     ),
-    responses((status = 200, body = ActionList), (status = 400, body = ErrorBody)))]
+    responses(
+        (status = 200, body = ActionList),
+        (status = 400, body = ErrorBody),
+        (status = 403, description = "`accountId` names another account than the API key's (`account_mismatch`)", body = ErrorBody),
+    ))]
 pub async fn list_actions(
     State(state): State<AppState>,
     Extension(slot): Extension<QuotaSlot>,
+    headers: HeaderMap,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<ActionList>, ApiError> {
+    let caller = auth::admit(&state, &slot, &headers).await?;
     let Query(pairs) =
         query.map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))?;
     let params = QueryParams::parse(
         pairs,
         &["accountId", "status", "entityType", "limit", "skip"],
     )?;
-    let mut filter = Document::new();
     if let Some(account) = params.parsed("accountId", |raw| domain::AccountId::parse(raw).ok())? {
-        rate_limit::admit(&state, &slot, &account).await?;
-        filter.insert("accountId", account.as_str());
+        if account != caller.account {
+            return Err(ApiError::account_mismatch(&account));
+        }
     }
+    let mut filter = doc! { "accountId": caller.account.as_str() };
     if let Some(status) = params.parsed("status", ActionStatus::parse)? {
         filter.insert("status", status.as_str());
     }

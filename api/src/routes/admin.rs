@@ -3,7 +3,7 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use domain::AccountId;
 use infra::flow::AccountLimits;
@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
+use crate::auth;
 use crate::error::{ApiError, ErrorBody};
 use crate::AppState;
 
@@ -115,6 +116,129 @@ pub async fn put_limits(
     Ok(Json(view(&state, &account, overrides)))
 }
 
+/// A new API key; `apiKey` is shown this once and stored only as a hash.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedKey {
+    key_id: String,
+    #[schema(example = "bka_01JDQ6V4J8Q0Y5Z6X7W8V9T0S1.q6kT...")]
+    api_key: String,
+    account_id: String,
+    created_at: domain::Timestamp,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyInfo {
+    key_id: String,
+    created_at: domain::Timestamp,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct KeyList {
+    items: Vec<KeyInfo>,
+}
+
+/// Make an API key for an account (the account exists once it has a key).
+#[utoipa::path(post, path = "/admin/accounts/{accountId}/api-keys", tag = "admin",
+    params(("accountId" = String, Path)),
+    security(("admin_token" = [])),
+    responses(
+        (status = 201, body = CreatedKey),
+        (status = 400, body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "Admin endpoints are disabled (no ADMIN_TOKEN)", body = ErrorBody),
+    ))]
+pub async fn create_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(raw_account): Path<String>,
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
+    authorize(&state, &headers)?;
+    let account = parse_account(&raw_account)?;
+    let minted = auth::mint_key();
+    let created_at = infra::clock::now();
+    state
+        .store
+        .store_api_key(&infra::api_keys::StoredKey {
+            key_id: minted.key_id.clone(),
+            account: account.clone(),
+            digest: minted.digest,
+            created_at,
+        })
+        .await?;
+    tracing::info!(%account, key_id = %minted.key_id, "api key created");
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedKey {
+            key_id: minted.key_id,
+            api_key: minted.token,
+            account_id: account.as_str().to_owned(),
+            created_at,
+        }),
+    ))
+}
+
+/// List an account's API keys (ids only; secrets are never stored).
+#[utoipa::path(get, path = "/admin/accounts/{accountId}/api-keys", tag = "admin",
+    params(("accountId" = String, Path)),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, body = KeyList),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ))]
+pub async fn list_keys(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(raw_account): Path<String>,
+) -> Result<Json<KeyList>, ApiError> {
+    authorize(&state, &headers)?;
+    let account = parse_account(&raw_account)?;
+    let items = state
+        .store
+        .api_keys_of(&account)
+        .await?
+        .into_iter()
+        .map(|key| KeyInfo {
+            key_id: key.key_id,
+            created_at: key.created_at,
+        })
+        .collect();
+    Ok(Json(KeyList { items }))
+}
+
+/// Revoke an API key: requests with it are `401` from now on.
+#[utoipa::path(delete, path = "/admin/accounts/{accountId}/api-keys/{keyId}", tag = "admin",
+    params(("accountId" = String, Path), ("keyId" = String, Path)),
+    security(("admin_token" = [])),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, description = "No such key for this account, or admin disabled", body = ErrorBody),
+    ))]
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((raw_account, key_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    authorize(&state, &headers)?;
+    let account = parse_account(&raw_account)?;
+    if ulid::Ulid::from_string(&key_id).is_err()
+        || !state.store.revoke_api_key(&account, &key_id).await?
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "api_key_not_found",
+            "this account has no API key with that id",
+        ));
+    }
+    tracing::info!(%account, %key_id, "api key revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
 fn view(state: &AppState, account: &AccountId, overrides: AccountLimits) -> LimitsView {
     LimitsView {
         account_id: account.as_str().to_owned(),
@@ -148,17 +272,11 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
             "admin endpoints are disabled: set ADMIN_TOKEN to enable them",
         ));
     };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .unwrap_or_default();
+    let presented = auth::bearer(headers).unwrap_or_default();
     if Sha256::digest(presented.as_bytes()) == Sha256::digest(expected.as_bytes()) {
         Ok(())
     } else {
-        Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
+        Err(auth::unauthorized(
             "admin endpoints need `Authorization: Bearer <ADMIN_TOKEN>`",
         ))
     }

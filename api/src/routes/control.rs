@@ -14,8 +14,9 @@ use serde_json::{json, Value};
 use utoipa::ToSchema;
 
 use super::actions::{parse_action_id, require_json, schedule_refused};
+use crate::auth::{self, Caller};
 use crate::error::{ApiError, ErrorBody};
-use crate::rate_limit::{self, QuotaSlot};
+use crate::rate_limit::QuotaSlot;
 use crate::{read_model, submission, AppState};
 
 /// Cancel a bulk action.
@@ -34,9 +35,10 @@ use crate::{read_model, submission, AppState};
 pub async fn cancel(
     State(state): State<AppState>,
     Extension(slot): Extension<QuotaSlot>,
+    headers: HeaderMap,
     Path(raw_id): Path<String>,
 ) -> Result<Json<ActionView>, ApiError> {
-    command(&state, &slot, &raw_id, Control::Cancel).await
+    command(&state, &slot, &headers, &raw_id, Control::Cancel).await
 }
 
 /// Pause a bulk action.
@@ -54,9 +56,10 @@ pub async fn cancel(
 pub async fn pause(
     State(state): State<AppState>,
     Extension(slot): Extension<QuotaSlot>,
+    headers: HeaderMap,
     Path(raw_id): Path<String>,
 ) -> Result<Json<ActionView>, ApiError> {
-    command(&state, &slot, &raw_id, Control::Pause).await
+    command(&state, &slot, &headers, &raw_id, Control::Pause).await
 }
 
 /// Resume a paused bulk action where it was. Resuming an action that is not paused changes
@@ -72,21 +75,23 @@ pub async fn pause(
 pub async fn resume(
     State(state): State<AppState>,
     Extension(slot): Extension<QuotaSlot>,
+    headers: HeaderMap,
     Path(raw_id): Path<String>,
 ) -> Result<Json<ActionView>, ApiError> {
-    command(&state, &slot, &raw_id, Control::Resume).await
+    command(&state, &slot, &headers, &raw_id, Control::Resume).await
 }
 
 async fn command(
     state: &AppState,
     slot: &QuotaSlot,
+    headers: &HeaderMap,
     raw_id: &str,
     command: Control,
 ) -> Result<Json<ActionView>, ApiError> {
-    let action = admitted_action(state, slot, raw_id).await?;
+    let (caller, action) = owned_action(state, slot, headers, raw_id).await?;
     let outcome = state
         .store
-        .control(action, command, infra::clock::now())
+        .control(action, command, infra::clock::now(), Some(&caller.key_id))
         .await?;
     refused(outcome)?;
     if outcome == ControlOutcome::Done {
@@ -132,7 +137,7 @@ pub async fn amend(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ActionView>, ApiError> {
-    let action = admitted_action(&state, &slot, &raw_id).await?;
+    let (caller, action) = owned_action(&state, &slot, &headers, &raw_id).await?;
     require_json(&headers)?;
     let body =
         body.map_err(|rejection| ApiError::bad_request("unreadable_body", rejection.body_text()))?;
@@ -157,7 +162,10 @@ pub async fn amend(
             "nothing to change: give scheduledFor, pacing or maxRecordsPerMinute",
         ));
     }
-    let mut amendment = Amendment::default();
+    let mut amendment = Amendment {
+        api_key_id: Some(caller.key_id.clone()),
+        ..Amendment::default()
+    };
     if fields.contains_key("scheduledFor") {
         let requested =
             submission::scheduled_for(fields.get("scheduledFor"))?.ok_or_else(|| {
@@ -194,6 +202,7 @@ pub async fn amend(
         let event = EventPayload::PacingChanged {
             pacing,
             max_records_per_minute: max,
+            api_key_id: Some(caller.key_id.clone()),
         };
         amendment.pace = Some((bucket, event));
     }
@@ -206,20 +215,20 @@ pub async fn amend(
     current_view(&state, action).await
 }
 
-/// Parses the id, finds the action's account and charges the request to it.
-pub async fn admitted_action(
+/// Authenticates the caller and finds the action among its account's. Another account's
+/// action is `404`, exactly like one that does not exist: the answer must not tell.
+pub async fn owned_action(
     state: &AppState,
     slot: &QuotaSlot,
+    headers: &HeaderMap,
     raw_id: &str,
-) -> Result<ActionId, ApiError> {
+) -> Result<(Caller, ActionId), ApiError> {
+    let caller = auth::admit(state, slot, headers).await?;
     let action = parse_action_id(raw_id)?;
-    let account = state
-        .store
-        .account_of(action)
-        .await?
-        .ok_or_else(ApiError::action_not_found)?;
-    rate_limit::admit(state, slot, &account).await?;
-    Ok(action)
+    match state.store.account_of(action).await? {
+        Some(account) if account == caller.account => Ok((caller, action)),
+        _ => Err(ApiError::action_not_found()),
+    }
 }
 
 fn refused(outcome: ControlOutcome) -> Result<(), ApiError> {

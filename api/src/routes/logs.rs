@@ -2,6 +2,7 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::{Extension, Json};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -17,7 +18,7 @@ use utoipa::ToSchema;
 use crate::error::{ApiError, ErrorBody};
 use crate::query::{invalid, QueryParams};
 use crate::rate_limit::QuotaSlot;
-use crate::routes::control::admitted_action;
+use crate::routes::control::owned_action;
 use crate::AppState;
 
 pub const LOGS_LIMIT_DEFAULT: u64 = 100;
@@ -56,10 +57,11 @@ pub struct LogPage {
 pub async fn get_logs(
     State(state): State<AppState>,
     Extension(slot): Extension<QuotaSlot>,
+    headers: HeaderMap,
     Path(raw_id): Path<String>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<LogPage>, ApiError> {
-    let action = admitted_action(&state, &slot, &raw_id).await?;
+    let (_, action) = owned_action(&state, &slot, &headers, &raw_id).await?;
     let Query(pairs) =
         query.map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))?;
     let params = QueryParams::parse(pairs, &["status", "limit", "cursor"])?;

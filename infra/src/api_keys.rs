@@ -1,0 +1,114 @@
+//! API keys in Redis. A key is stored only as the SHA-256 of its secret, under its id;
+//! the secret itself is shown once, when it is made, and never stored.
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `P:apikey:<keyId>` | hash | `account`, `digest` (hex SHA-256 of the secret), `createdAt` |
+//! | `P:apikeys:<account>` | zset | the account's key ids by creation time (ms) |
+
+use domain::{AccountId, Timestamp};
+use redis::AsyncCommands;
+
+use crate::event_store::{EventStore, StoreError};
+
+/// A stored key, without its secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    pub key_id: String,
+    pub account: AccountId,
+    /// Hex SHA-256 of the secret.
+    pub digest: String,
+    pub created_at: Timestamp,
+}
+
+impl EventStore {
+    fn api_key_key(&self, key_id: &str) -> String {
+        format!("{}:apikey:{key_id}", self.keys.prefix())
+    }
+
+    fn account_keys_key(&self, account: &AccountId) -> String {
+        format!("{}:apikeys:{account}", self.keys.prefix())
+    }
+
+    pub async fn store_api_key(&self, key: &StoredKey) -> Result<(), StoreError> {
+        redis::pipe()
+            .atomic()
+            .hset_multiple(
+                self.api_key_key(&key.key_id),
+                &[
+                    ("account", key.account.as_str().to_owned()),
+                    ("digest", key.digest.clone()),
+                    ("createdAt", key.created_at.to_string()),
+                ],
+            )
+            .ignore()
+            .zadd(
+                self.account_keys_key(&key.account),
+                &key.key_id,
+                key.created_at.millis(),
+            )
+            .ignore()
+            .exec_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn api_key(&self, key_id: &str) -> Result<Option<StoredKey>, StoreError> {
+        let fields: std::collections::HashMap<String, String> =
+            self.conn.clone().hgetall(self.api_key_key(key_id)).await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let corrupt = || StoreError::Corrupt(format!("api key {key_id} is malformed"));
+        Ok(Some(StoredKey {
+            key_id: key_id.to_owned(),
+            account: fields
+                .get("account")
+                .and_then(|raw| AccountId::parse(raw).ok())
+                .ok_or_else(corrupt)?,
+            digest: fields.get("digest").cloned().ok_or_else(corrupt)?,
+            created_at: fields
+                .get("createdAt")
+                .and_then(|raw| Timestamp::parse_rfc3339(raw))
+                .ok_or_else(corrupt)?,
+        }))
+    }
+
+    /// Removes an account's key; false when the account has no such key.
+    pub async fn revoke_api_key(
+        &self,
+        account: &AccountId,
+        key_id: &str,
+    ) -> Result<bool, StoreError> {
+        match self.api_key(key_id).await? {
+            Some(key) if &key.account == account => {
+                redis::pipe()
+                    .atomic()
+                    .del(self.api_key_key(key_id))
+                    .ignore()
+                    .zrem(self.account_keys_key(account), key_id)
+                    .ignore()
+                    .exec_async(&mut self.conn.clone())
+                    .await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// The account's live keys, oldest first.
+    pub async fn api_keys_of(&self, account: &AccountId) -> Result<Vec<StoredKey>, StoreError> {
+        let ids: Vec<String> = self
+            .conn
+            .clone()
+            .zrange(self.account_keys_key(account), 0, -1)
+            .await?;
+        let mut keys = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(key) = self.api_key(&id).await? {
+                keys.push(key);
+            }
+        }
+        Ok(keys)
+    }
+}
