@@ -5,7 +5,10 @@
 //! A key is `bka_<keyId>.<secret>`: the id (a ULID) finds the stored key in one lookup, and
 //! the secret (256 random bits) is compared by its SHA-256, the only form it is stored in.
 
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap};
+use axum::middleware::Next;
+use axum::response::Response;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use domain::AccountId;
@@ -100,6 +103,24 @@ pub async fn admit(
         account: stored.account,
         key_id: stored.key_id,
     })
+}
+
+/// Middleware of every `/bulk-actions` route: authenticates and charges the request before
+/// its handler runs, so nothing of an unauthenticated request's body is ever read. Handlers
+/// take the `Caller` from the request's extensions.
+pub async fn require_key(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let slot = request
+        .extensions()
+        .get::<QuotaSlot>()
+        .cloned()
+        .unwrap_or_default();
+    let caller = admit(&state, &slot, request.headers()).await?;
+    request.extensions_mut().insert(caller);
+    Ok(next.run(request).await)
 }
 
 #[cfg(test)]

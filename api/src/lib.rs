@@ -179,7 +179,9 @@ pub fn router(state: AppState) -> Router {
     use axum::routing::post;
     use routes::{actions, admin, control, health, logs};
     let max_body = state.config.max_body_bytes;
-    Router::new()
+    // Every /bulk-actions route is behind an API key, checked before the handler reads
+    // anything of the request.
+    let bulk_actions = Router::new()
         .route(
             "/bulk-actions",
             get(actions::list_actions).post(actions::submit),
@@ -191,6 +193,14 @@ pub fn router(state: AppState) -> Router {
         .route("/bulk-actions/{action_id}/cancel", post(control::cancel))
         .route("/bulk-actions/{action_id}/pause", post(control::pause))
         .route("/bulk-actions/{action_id}/resume", post(control::resume))
+        .route("/bulk-actions/{action_id}/stats", get(actions::get_stats))
+        .route("/bulk-actions/{action_id}/logs", get(logs::get_logs))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ));
+    Router::new()
+        .merge(bulk_actions)
         .route(
             "/admin/accounts/{account_id}/limits",
             get(admin::get_limits).put(admin::put_limits),
@@ -203,8 +213,6 @@ pub fn router(state: AppState) -> Router {
             "/admin/accounts/{account_id}/api-keys/{key_id}",
             axum::routing::delete(admin::revoke_key),
         )
-        .route("/bulk-actions/{action_id}/stats", get(actions::get_stats))
-        .route("/bulk-actions/{action_id}/logs", get(logs::get_logs))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::openapi_json))

@@ -585,6 +585,27 @@ async fn every_request_belongs_to_its_keys_account() -> Result<()> {
         assert_eq!(body["error"]["code"], "unauthorized");
     }
 
+    // The key is checked before the body is read: announce a 20 MB body, send none, and
+    // the answer is an immediate 401 (reading the body first would wait for it forever).
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let address = app.base_url.trim_start_matches("http://").to_owned();
+        let mut stream = tokio::net::TcpStream::connect(&address).await?;
+        let head = format!(
+            "POST /bulk-actions HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            20 * 1024 * 1024
+        );
+        stream.write_all(head.as_bytes()).await?;
+        let mut answer = vec![0u8; 512];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("no answer without the body: the body is read before the key")
+            })??;
+        let answer = String::from_utf8_lossy(&answer[..read]);
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    }
+
     let acme = bearer(&app.key_for("acme").await?);
     let beta = bearer(&app.key_for("beta").await?);
     let as_beta = [("authorization", beta.as_str())];

@@ -22,11 +22,10 @@ use serde_json::json;
 use ulid::Ulid;
 use utoipa::ToSchema;
 
-use crate::auth;
+use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::idempotency::{self, Claim, IdempotencyKey};
 use crate::query::QueryParams;
-use crate::rate_limit::QuotaSlot;
 use crate::routes::control::owned_action;
 use crate::submission::{self, SubmitRequest};
 use crate::{read_model, AppState};
@@ -58,11 +57,10 @@ pub const LIST_SKIP_MAX: u64 = 100_000;
     ))]
 pub async fn submit(
     State(state): State<AppState>,
-    Extension(slot): Extension<QuotaSlot>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = auth::admit(&state, &slot, &headers).await?;
     require_json(&headers)?;
     let body = body.map_err(|rejection| match rejection {
         BytesRejection::FailedToBufferBody(_)
@@ -319,11 +317,10 @@ pub fn parse_action_id(raw: &str) -> Result<ActionId, ApiError> {
     ))]
 pub async fn get_action(
     State(state): State<AppState>,
-    Extension(slot): Extension<QuotaSlot>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(raw_id): Path<String>,
 ) -> Result<Json<ActionView>, ApiError> {
-    let (_, action) = owned_action(&state, &slot, &headers, &raw_id).await?;
+    let action = owned_action(&state, &caller, &raw_id).await?;
     read_model::action_view(&state, action)
         .await?
         .map(Json)
@@ -340,11 +337,10 @@ pub async fn get_action(
     ))]
 pub async fn get_stats(
     State(state): State<AppState>,
-    Extension(slot): Extension<QuotaSlot>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(raw_id): Path<String>,
 ) -> Result<Json<ActionStats>, ApiError> {
-    let (_, action) = owned_action(&state, &slot, &headers, &raw_id).await?;
+    let action = owned_action(&state, &caller, &raw_id).await?;
     let view = read_model::action_view(&state, action)
         .await?
         .ok_or_else(ApiError::action_not_found)?;
@@ -380,11 +376,9 @@ pub struct ActionList {
     ))]
 pub async fn list_actions(
     State(state): State<AppState>,
-    Extension(slot): Extension<QuotaSlot>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<ActionList>, ApiError> {
-    let caller = auth::admit(&state, &slot, &headers).await?;
     let Query(pairs) =
         query.map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))?;
     let params = QueryParams::parse(

@@ -14,9 +14,8 @@ use serde_json::{json, Value};
 use utoipa::ToSchema;
 
 use super::actions::{parse_action_id, require_json, schedule_refused};
-use crate::auth::{self, Caller};
+use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::rate_limit::QuotaSlot;
 use crate::{read_model, submission, AppState};
 
 /// Cancel a bulk action.
@@ -34,11 +33,10 @@ use crate::{read_model, submission, AppState};
     ))]
 pub async fn cancel(
     State(state): State<AppState>,
-    Extension(slot): Extension<QuotaSlot>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(raw_id): Path<String>,
 ) -> Result<Json<ActionView>, ApiError> {
-    command(&state, &slot, &headers, &raw_id, Control::Cancel).await
+    command(&state, &caller, &raw_id, Control::Cancel).await
 }
 
 /// Pause a bulk action.
@@ -55,11 +53,10 @@ pub async fn cancel(
     ))]
 pub async fn pause(
     State(state): State<AppState>,
-    Extension(slot): Extension<QuotaSlot>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(raw_id): Path<String>,
 ) -> Result<Json<ActionView>, ApiError> {
-    command(&state, &slot, &headers, &raw_id, Control::Pause).await
+    command(&state, &caller, &raw_id, Control::Pause).await
 }
 
 /// Resume a paused bulk action where it was. Resuming an action that is not paused changes
@@ -74,21 +71,19 @@ pub async fn pause(
     ))]
 pub async fn resume(
     State(state): State<AppState>,
-    Extension(slot): Extension<QuotaSlot>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(raw_id): Path<String>,
 ) -> Result<Json<ActionView>, ApiError> {
-    command(&state, &slot, &headers, &raw_id, Control::Resume).await
+    command(&state, &caller, &raw_id, Control::Resume).await
 }
 
 async fn command(
     state: &AppState,
-    slot: &QuotaSlot,
-    headers: &HeaderMap,
+    caller: &Caller,
     raw_id: &str,
     command: Control,
 ) -> Result<Json<ActionView>, ApiError> {
-    let (caller, action) = owned_action(state, slot, headers, raw_id).await?;
+    let action = owned_action(state, caller, raw_id).await?;
     let outcome = state
         .store
         .control(action, command, infra::clock::now(), Some(&caller.key_id))
@@ -132,12 +127,12 @@ const AMEND_FIELDS: [&str; 3] = ["scheduledFor", "pacing", "maxRecordsPerMinute"
     ))]
 pub async fn amend(
     State(state): State<AppState>,
-    Extension(slot): Extension<QuotaSlot>,
+    Extension(caller): Extension<Caller>,
     Path(raw_id): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ActionView>, ApiError> {
-    let (caller, action) = owned_action(&state, &slot, &headers, &raw_id).await?;
+    let action = owned_action(&state, &caller, &raw_id).await?;
     require_json(&headers)?;
     let body =
         body.map_err(|rejection| ApiError::bad_request("unreadable_body", rejection.body_text()))?;
@@ -215,18 +210,16 @@ pub async fn amend(
     current_view(&state, action).await
 }
 
-/// Authenticates the caller and finds the action among its account's. Another account's
-/// action is `404`, exactly like one that does not exist: the answer must not tell.
+/// Finds the action among the caller's account's. Another account's action is `404`,
+/// exactly like one that does not exist: the answer must not tell.
 pub async fn owned_action(
     state: &AppState,
-    slot: &QuotaSlot,
-    headers: &HeaderMap,
+    caller: &Caller,
     raw_id: &str,
-) -> Result<(Caller, ActionId), ApiError> {
-    let caller = auth::admit(state, slot, headers).await?;
+) -> Result<ActionId, ApiError> {
     let action = parse_action_id(raw_id)?;
     match state.store.account_of(action).await? {
-        Some(account) if account == caller.account => Ok((caller, action)),
+        Some(account) if account == caller.account => Ok(action),
         _ => Err(ApiError::action_not_found()),
     }
 }

@@ -2,7 +2,6 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
 use axum::{Extension, Json};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -15,9 +14,9 @@ use mongodb::options::FindOptions;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::query::{invalid, QueryParams};
-use crate::rate_limit::QuotaSlot;
 use crate::routes::control::owned_action;
 use crate::AppState;
 
@@ -56,12 +55,11 @@ pub struct LogPage {
     responses((status = 200, body = LogPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_logs(
     State(state): State<AppState>,
-    Extension(slot): Extension<QuotaSlot>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(raw_id): Path<String>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<LogPage>, ApiError> {
-    let (_, action) = owned_action(&state, &slot, &headers, &raw_id).await?;
+    let action = owned_action(&state, &caller, &raw_id).await?;
     let Query(pairs) =
         query.map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))?;
     let params = QueryParams::parse(pairs, &["status", "limit", "cursor"])?;
