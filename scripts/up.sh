@@ -109,7 +109,7 @@ cat <<MSG
   Admin token (API keys, limits) in $DEV/admin-token.
 
   Each account may apply 10,000 records a minute (RATE_LIMIT_RECORDS_PER_MINUTE). Raise one:
-    curl -s -X PUT http://127.0.0.1:$PORT/admin/accounts/demo/limits -H "authorization: Bearer \$(cat $DEV/admin-token)" \
+    curl -s -X PUT http://127.0.0.1:$PORT/admin/accounts/demo/limits -H "authorization: Bearer \$(cat $DEV/admin-token)" \\
       -H 'content-type: application/json' -d '{"recordsPerMinute": 1000000}'
 
 MSG
