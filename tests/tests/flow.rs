@@ -714,3 +714,68 @@ async fn five_minute_window_at_the_default_limit() -> Result<()> {
     );
     Ok(())
 }
+
+/// Two api processes behind one load balancer share nothing but Redis and MongoDB: an
+/// action submitted through one is read, replayed, paused, resumed and cancelled through
+/// the other, and answers agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_api_processes_serve_the_same_action() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut deployment = Deployment::start(
+        DeploymentOptions {
+            batch_size: 100,
+            records_per_minute: 6_000,
+            ..DeploymentOptions::default()
+        },
+        &["c1"],
+    )
+    .await?;
+    let second = deployment.start_another_api().await?;
+    let first = deployment.client.clone();
+    let body = create("shared", 0..2_000);
+    let key = first.key_for("shared").await?;
+    let headers = [
+        ("authorization", format!("Bearer {key}")),
+        ("idempotency-key", "import-42".to_owned()),
+    ];
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let submitted = first
+        .send(Method::POST, "/bulk-actions", Some(&body), &headers)
+        .await?;
+    assert_eq!(submitted.status, 202, "{}", submitted.body);
+    let action = submitted.body["actionId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    // Read your own write through the other instance, at once.
+    let (status, seen) = second.get_json(&format!("/bulk-actions/{action}")).await?;
+    assert_eq!(
+        (status, seen["actionId"].as_str()),
+        (200, Some(action.as_str()))
+    );
+    // The same Idempotency-Key through the other instance is the same action.
+    let replayed = second
+        .send(Method::POST, "/bulk-actions", Some(&body), &headers)
+        .await?;
+    assert_eq!(replayed.status, 202);
+    assert_eq!(replayed.header("idempotent-replayed"), Some("true"));
+    assert_eq!(replayed.body["actionId"], json!(action));
+    // Control through one, observed through the other.
+    wait_status(&first, &action, "running").await?;
+    let (_, paused) = post(&second, &format!("/bulk-actions/{action}/pause")).await?;
+    assert_eq!(paused["status"], "paused");
+    assert_eq!(view(&first, &action).await?["status"], "paused");
+    let (_, resumed) = post(&first, &format!("/bulk-actions/{action}/resume")).await?;
+    assert_eq!(resumed["status"], "running");
+    let (status, _) = post(&second, &format!("/bulk-actions/{action}/cancel")).await?;
+    assert_eq!(status, 200);
+    let done = first.wait_projected_terminal(&action, WAIT).await?;
+    assert_eq!(done["status"], "cancelled");
+    let (_, through_second) = second.get_json(&format!("/bulk-actions/{action}")).await?;
+    assert_eq!(through_second, done);
+    assert_eq!(
+        done["succeeded"].as_u64().unwrap_or(0) + done["unprocessed"].as_u64().unwrap_or(0),
+        2_000
+    );
+    Ok(())
+}
