@@ -85,6 +85,11 @@ pub struct ConsumerConfig {
     /// and when a held-back batch's time comes.
     #[arg(long, env = "DISPATCH_TICK_MS", default_value_t = 100)]
     pub dispatch_tick_ms: u64,
+
+    /// For benchmarks only: extra time each batch takes (ms), as a remote CRM api would
+    /// add; shows how throughput scales with consumers when the store is not the limit.
+    #[arg(long, env = "SIMULATED_BATCH_LATENCY_MS", default_value_t = 0)]
+    pub simulated_batch_latency_ms: u64,
 }
 
 impl ConsumerConfig {
@@ -164,6 +169,7 @@ pub async fn run(config: ConsumerConfig, shutdown: CancellationToken) -> Result<
             in_flight: slot,
             records_per_minute: config.records_per_minute,
             settled: settled.clone(),
+            simulated_latency: Duration::from_millis(config.simulated_batch_latency_ms),
         };
         tasks.spawn(worker.run(shutdown.clone()));
     }

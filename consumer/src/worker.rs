@@ -51,6 +51,8 @@ pub struct Worker {
     pub records_per_minute: u32,
     /// Pinged after each batch, so the dispatcher tops the work stream up at once.
     pub settled: Arc<Notify>,
+    /// Benchmarks only: added to every attempt, like a slow downstream api.
+    pub simulated_latency: Duration,
 }
 
 enum AttemptResult {
@@ -319,6 +321,12 @@ impl Worker {
             store: &self.store,
             item,
         };
+        if !self.simulated_latency.is_zero() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return AttemptResult::Interrupted,
+                _ = tokio::time::sleep(self.simulated_latency) => {}
+            }
+        }
         let mut outage_delays = infra::retry::reconnect_delays();
         loop {
             match self.writer.apply(target, batch, &memory).await {

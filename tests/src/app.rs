@@ -156,6 +156,7 @@ impl TestApp {
             records_burst_seconds: 0,
             dispatch_lookahead: 1,
             dispatch_tick_ms: 50,
+            simulated_batch_latency_ms: 0,
         }
     }
 

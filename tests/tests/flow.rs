@@ -779,3 +779,51 @@ async fn two_api_processes_serve_the_same_action() -> Result<()> {
     );
     Ok(())
 }
+
+/// A benchmark, not part of the suite: every batch waits 200 ms on a simulated downstream
+/// api, so throughput is bound by how many batches are in flight, not by the store; 1, 2
+/// and 4 consumer processes of 4 workers each should scale it about linearly.
+/// `cargo test -p bulk-tests --test flow -- --ignored --nocapture consumers_scale`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark of about a minute; see docs/benchmarks.md"]
+async fn consumers_scale_out_when_batches_wait_on_a_slow_downstream() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let records = 8_000;
+    let mut rates = Vec::new();
+    for processes in [1usize, 2, 4] {
+        let names: Vec<String> = (0..processes).map(|i| format!("c{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let deployment = Deployment::start(
+            DeploymentOptions {
+                batch_size: 20,
+                consumer_concurrency: 4,
+                env: vec![("SIMULATED_BATCH_LATENCY_MS", "200".into())],
+                ..DeploymentOptions::default()
+            },
+            &names,
+        )
+        .await?;
+        // Every consumer announces its workers before the dispatch sizes the queue by them.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let action = deployment
+            .client
+            .submit(&create(&format!("scale{processes}"), 0..records))
+            .await?;
+        let done = deployment
+            .client
+            .wait_projected_terminal(&action, WAIT)
+            .await?;
+        ensure!(done["succeeded"] == records, "{done}");
+        let settles = settle_times(&deployment.services.redis_url, &action).await?;
+        let first = settles.first().context("settles")?.0;
+        let last = settles.last().context("settles")?.0;
+        let after_first: usize = settles[1..].iter().map(|(_, n, _)| n).sum();
+        let rate = after_first as f64 * 1000.0 / (last - first) as f64;
+        println!("{processes} consumer process(es), 4 workers each: {rate:.0} records/s");
+        rates.push(rate);
+    }
+    let (two, four) = (rates[1] / rates[0], rates[2] / rates[0]);
+    println!("scaling: 2 processes {two:.2}x, 4 processes {four:.2}x of one");
+    ensure!(two >= 1.8 && four >= 3.4, "scaling {two:.2}x / {four:.2}x");
+    Ok(())
+}
