@@ -827,3 +827,58 @@ async fn consumers_scale_out_when_batches_wait_on_a_slow_downstream() -> Result<
     ensure!(two >= 1.8 && four >= 3.4, "scaling {two:.2}x / {four:.2}x");
     Ok(())
 }
+
+/// A measurement, not part of the suite: what an action leaves in Redis once it is done.
+/// Work entries and batch payloads are removed as batches settle; the event stream stays
+/// (replay needs it).
+/// `cargo test -p bulk-tests --test flow -- --ignored --nocapture redis_bytes`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; see docs/benchmarks.md"]
+async fn redis_bytes_per_record_of_a_finished_action() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let deployment = Deployment::start(DeploymentOptions::default(), &["c1"]).await?;
+    let mut conn = infra::redis_conn::shared(&deployment.services.redis_url).await?;
+    let keys = infra::Keys::new("test", 4);
+    for records in [10_000usize, 100_000] {
+        let action = deployment
+            .client
+            .submit(&create(&format!("mem{records}"), 0..records))
+            .await?;
+        deployment
+            .client
+            .wait_projected_terminal(&action, WAIT)
+            .await?;
+        let id = ActionId::parse(&action).context("ulid")?;
+        let bytes = |key: String| {
+            let mut conn = conn.clone();
+            async move {
+                let used: Option<u64> = redis::cmd("MEMORY")
+                    .arg("USAGE")
+                    .arg(&key)
+                    .arg("SAMPLES")
+                    .arg(0)
+                    .query_async(&mut conn)
+                    .await?;
+                anyhow::Ok(used.unwrap_or(0))
+            }
+        };
+        let events = bytes(keys.events(id)).await?;
+        let meta = bytes(keys.meta(id)).await?;
+        let batches = bytes(keys.batches(id)).await?;
+        let work: u64 = {
+            let mut total = 0;
+            for partition in keys.partitions() {
+                total +=
+                    redis::AsyncCommands::xlen::<_, u64>(&mut conn, keys.work(partition)).await?;
+            }
+            total
+        };
+        println!(
+            "{records} records: event stream {events} bytes ({:.1} per record), meta {meta} bytes, \
+             batch payloads left {batches} bytes, work entries left {work}",
+            events as f64 / records as f64
+        );
+        ensure!(batches == 0 && work == 0, "work left behind");
+    }
+    Ok(())
+}
