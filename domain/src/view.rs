@@ -375,7 +375,6 @@ mod tests {
     }
 
     fn history() -> Vec<EventEnvelope> {
-        let action_id = ActionId::from_ulid(Ulid::from_parts(1, 1));
         let payloads = vec![
             EventPayload::Created {
                 account_id: AccountId::parse("acme").unwrap(),
@@ -415,18 +414,7 @@ mod tests {
             },
             EventPayload::Completed {},
         ];
-        payloads
-            .into_iter()
-            .zip(1u64..)
-            .map(|(payload, seq)| EventEnvelope {
-                event_id: Ulid::from_parts(seq, 0),
-                action_id,
-                seq,
-                schema_version: crate::SCHEMA_VERSION,
-                occurred_at: at(seq as i64 * 1000),
-                payload,
-            })
-            .collect()
+        envelopes(payloads)
     }
 
     #[test]
@@ -537,8 +525,9 @@ mod tests {
         assert_eq!(view.processed_records, 6);
     }
 
+    /// The payloads as one action's events, seq 1, 2, … a second apart.
     fn envelopes(payloads: Vec<EventPayload>) -> Vec<EventEnvelope> {
-        let action_id = history()[0].action_id;
+        let action_id = ActionId::from_ulid(Ulid::from_parts(1, 1));
         payloads
             .into_iter()
             .zip(1u64..)
