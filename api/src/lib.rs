@@ -1,7 +1,8 @@
 //! The HTTP api: accepts bulk actions and serves their views.
 //!
-//! It writes only an action's opening events and staged batches (through the event store's
-//! commit script); it never writes contacts or views.
+//! It writes only to Redis: an action's opening events and staged batches, the events of
+//! cancel, pause, resume and PATCH (each through an event store script), request budgets,
+//! API keys and limit overrides. It never writes contacts or views.
 
 mod auth;
 mod error;
