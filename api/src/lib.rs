@@ -7,6 +7,7 @@
 mod auth;
 mod error;
 mod idempotency;
+mod ingest;
 mod openapi;
 mod query;
 mod rate_limit;
@@ -55,6 +56,15 @@ pub struct ApiConfig {
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Largest accepted NDJSON or CSV upload, in bytes. Streamed, never held whole.
+    #[arg(long, env = "MAX_UPLOAD_BYTES", default_value_t = 1024 * 1024 * 1024)]
+    pub max_upload_bytes: usize,
+
+    /// Longest NDJSON line or CSV row, in bytes. A longer NDJSON line fails its own record
+    /// (`record_too_large`); a longer CSV row refuses the upload.
+    #[arg(long, env = "MAX_RECORD_BYTES", default_value_t = 64 * 1024)]
+    pub max_record_bytes: usize,
+
     /// Most records one action may hold.
     #[arg(long, env = "MAX_RECORDS_PER_ACTION", default_value_t = 1_000_000)]
     pub max_records_per_action: usize,
@@ -94,6 +104,8 @@ pub struct ApiConfig {
 pub struct Settings {
     pub batch_size: usize,
     pub max_body_bytes: usize,
+    pub max_upload_bytes: usize,
+    pub max_record_bytes: usize,
     pub max_records_per_action: usize,
     pub idempotency_ttl_secs: u64,
     pub schedule_horizon_days: u32,
@@ -153,6 +165,8 @@ impl AppState {
             config: Arc::new(Settings {
                 batch_size: config.batch_size as usize,
                 max_body_bytes: config.max_body_bytes,
+                max_upload_bytes: config.max_upload_bytes,
+                max_record_bytes: config.max_record_bytes.max(1),
                 max_records_per_action: config.max_records_per_action,
                 idempotency_ttl_secs: config.idempotency_ttl_secs.max(1),
                 schedule_horizon_days: config.schedule_horizon_days,
@@ -178,14 +192,14 @@ pub enum ApiStartError {
 
 pub fn router(state: AppState) -> Router {
     use axum::routing::post;
-    use routes::{actions, admin, control, health, logs};
+    use routes::{actions, admin, control, health, logs, submit};
     let max_body = state.config.max_body_bytes;
     // Every /bulk-actions route is behind an API key, checked before the handler reads
     // anything of the request.
     let bulk_actions = Router::new()
         .route(
             "/bulk-actions",
-            get(actions::list_actions).post(actions::submit),
+            get(actions::list_actions).post(submit::submit),
         )
         .route(
             "/bulk-actions/{action_id}",

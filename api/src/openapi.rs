@@ -8,13 +8,13 @@ use utoipa::openapi::{Ref, RefOr};
 use utoipa::OpenApi;
 
 use crate::error::{ErrorBody, ErrorDetail};
-use crate::routes::{actions, admin, control, health, logs};
+use crate::routes::{actions, admin, control, health, logs, submit};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "CRM Bulk Action Platform", description = "Submit bulk changes to CRM contacts and follow them record by record. Every error body is `{\"error\": {\"code\", \"message\", \"details\"}}`."),
     paths(
-        actions::submit,
+        submit::submit,
         actions::get_action,
         actions::get_stats,
         actions::list_actions,

@@ -9,14 +9,20 @@ use utoipa::ToSchema;
 
 use crate::error::ApiError;
 
-pub struct Submission {
+/// Everything about a submission but its records.
+pub struct ActionSettings {
     pub account_id: AccountId,
     pub entity_type: EntityType,
     pub action_type: ActionType,
-    pub data: Vec<Value>,
     pub scheduled_for: Option<Timestamp>,
     pub pacing: Option<Pacing>,
     pub max_records_per_minute: Option<u32>,
+}
+
+/// A JSON submission: its settings and its records, in memory.
+pub struct Submission {
+    pub settings: ActionSettings,
+    pub data: Vec<Value>,
 }
 
 /// The request body, as documented in the OpenAPI schema. Parsing is done by hand in
@@ -58,6 +64,18 @@ pub struct ContactRecord {
     status: Option<String>,
 }
 
+/// The settings of a streamed upload (`application/x-ndjson`, `text/csv`), as query
+/// parameters: the body holds only records.
+pub const QUERY_SETTINGS: [&str; 7] = [
+    "accountId",
+    "entityType",
+    "actionType",
+    "scheduledFor",
+    "pacingBatchSize",
+    "pacingIntervalSeconds",
+    "maxRecordsPerMinute",
+];
+
 const FIELDS: [&str; 7] = [
     "accountId",
     "entityType",
@@ -90,41 +108,7 @@ pub fn parse(body: &[u8], max_records: usize, caller: &AccountId) -> Result<Subm
                 .with_details(json!({ "field": unknown, "allowed": FIELDS })),
         );
     }
-
-    let account_id = match object.get("accountId") {
-        None | Some(Value::Null) => caller.clone(),
-        Some(Value::String(raw)) => {
-            let named = AccountId::parse(raw)
-                .map_err(|error| invalid_field("accountId", error.to_string()))?;
-            if &named != caller {
-                return Err(ApiError::account_mismatch(&named));
-            }
-            named
-        }
-        Some(_) => return Err(invalid_field("accountId", "accountId must be a string")),
-    };
-
-    let entity_raw = required_string(&object, "entityType")?;
-    let entity_type = EntityType::parse(entity_raw).ok_or_else(|| {
-        ApiError::bad_request(
-            "unsupported_entity_type",
-            format!("entityType {entity_raw:?} is not supported"),
-        )
-        .with_details(
-            json!({ "field": "entityType", "supported": EntityType::ALL.map(|t| t.as_str()) }),
-        )
-    })?;
-
-    let action_raw = required_string(&object, "actionType")?;
-    let action_type = ActionType::parse(action_raw).ok_or_else(|| {
-        ApiError::bad_request(
-            "unsupported_action_type",
-            format!("actionType {action_raw:?} is not supported"),
-        )
-        .with_details(
-            json!({ "field": "actionType", "supported": ActionType::ALL.map(|t| t.as_str()) }),
-        )
-    })?;
+    let settings = parse_settings(&object, caller)?;
 
     let data = match object.get("data") {
         None | Some(Value::Null) => return Err(missing_field("data")),
@@ -145,19 +129,96 @@ pub fn parse(body: &[u8], max_records: usize, caller: &AccountId) -> Result<Subm
         .with_details(json!({ "limit": max_records, "received": data.len() })));
     }
 
-    let scheduled_for = scheduled_for(object.get("scheduledFor"))?;
-    let (pacing, max_records_per_minute) = pace(&object)?;
-
     let mut object = object;
     let data = match object.remove("data") {
         Some(Value::Array(records)) => records,
         _ => Vec::new(),
     };
-    Ok(Submission {
+    Ok(Submission { settings, data })
+}
+
+/// The settings of a streamed upload, from its query parameters. Numbers arrive as text
+/// and are read as JSON numbers, so every mistake gets the code it gets in a JSON body.
+pub fn parse_query(
+    pairs: Vec<(String, String)>,
+    caller: &AccountId,
+) -> Result<ActionSettings, ApiError> {
+    let params = crate::query::QueryParams::parse(pairs, &QUERY_SETTINGS)?;
+    let mut object = Map::new();
+    for field in ["accountId", "entityType", "actionType", "scheduledFor"] {
+        if let Some(raw) = params.text(field) {
+            object.insert(field.to_owned(), Value::from(raw));
+        }
+    }
+    let number = |raw: &str| {
+        raw.parse::<u64>()
+            .map(Value::from)
+            .unwrap_or_else(|_| Value::from(raw))
+    };
+    if let Some(raw) = params.text("maxRecordsPerMinute") {
+        object.insert("maxRecordsPerMinute".to_owned(), number(raw));
+    }
+    let batch_size = params.text("pacingBatchSize");
+    let interval = params.text("pacingIntervalSeconds");
+    if batch_size.is_some() || interval.is_some() {
+        let mut pacing = Map::new();
+        if let Some(raw) = batch_size {
+            pacing.insert("batchSize".to_owned(), number(raw));
+        }
+        if let Some(raw) = interval {
+            pacing.insert("intervalSeconds".to_owned(), number(raw));
+        }
+        object.insert("pacing".to_owned(), Value::Object(pacing));
+    }
+    parse_settings(&object, caller)
+}
+
+/// The settings in a JSON object: a request body, or query parameters made into one.
+fn parse_settings(
+    object: &Map<String, Value>,
+    caller: &AccountId,
+) -> Result<ActionSettings, ApiError> {
+    let account_id = match object.get("accountId") {
+        None | Some(Value::Null) => caller.clone(),
+        Some(Value::String(raw)) => {
+            let named = AccountId::parse(raw)
+                .map_err(|error| invalid_field("accountId", error.to_string()))?;
+            if &named != caller {
+                return Err(ApiError::account_mismatch(&named));
+            }
+            named
+        }
+        Some(_) => return Err(invalid_field("accountId", "accountId must be a string")),
+    };
+
+    let entity_raw = required_string(object, "entityType")?;
+    let entity_type = EntityType::parse(entity_raw).ok_or_else(|| {
+        ApiError::bad_request(
+            "unsupported_entity_type",
+            format!("entityType {entity_raw:?} is not supported"),
+        )
+        .with_details(
+            json!({ "field": "entityType", "supported": EntityType::ALL.map(|t| t.as_str()) }),
+        )
+    })?;
+
+    let action_raw = required_string(object, "actionType")?;
+    let action_type = ActionType::parse(action_raw).ok_or_else(|| {
+        ApiError::bad_request(
+            "unsupported_action_type",
+            format!("actionType {action_raw:?} is not supported"),
+        )
+        .with_details(
+            json!({ "field": "actionType", "supported": ActionType::ALL.map(|t| t.as_str()) }),
+        )
+    })?;
+
+    let scheduled_for = scheduled_for(object.get("scheduledFor"))?;
+    let (pacing, max_records_per_minute) = pace(object)?;
+    Ok(ActionSettings {
         account_id,
         entity_type,
         action_type,
-        data,
         scheduled_for,
         pacing,
         max_records_per_minute,

@@ -22,7 +22,7 @@ pub use event::{EventEnvelope, EventPayload, SCHEMA_VERSION};
 pub use ids::{AccountId, ActionId};
 pub use outcome::{OutcomeCode, OutcomeStatus, RecordOutcome};
 pub use pacing::Pacing;
-pub use plan::{plan_action, ActionPlan, Batch, PlannedRecord};
+pub use plan::{plan_action, ActionPlan, Batch, PlanSummary, Planned, PlannedRecord, Planner};
 pub use record::{ContactChange, Email, RecordError};
 pub use schedule::ScheduleError;
 pub use time::Timestamp;

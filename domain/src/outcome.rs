@@ -58,6 +58,11 @@ pub enum OutcomeCode {
     UnknownField,
     ForbiddenFieldName,
     NoFieldsToUpdate,
+    /// A line or row of a streamed upload that is not a record: not JSON, not UTF-8, or a
+    /// CSV row with the wrong number of fields.
+    MalformedRecord,
+    /// A line or row of a streamed upload longer than the record size limit.
+    RecordTooLarge,
     // failed: applying it
     NotFound,
     StoreError,
@@ -76,8 +81,8 @@ impl OutcomeCode {
             Created | Updated | Deleted => OutcomeStatus::Succeeded,
             DuplicateEmail | AlreadyExists => OutcomeStatus::Skipped,
             NotAnObject | MissingEmail | InvalidEmail | InvalidType | InvalidValue
-            | UnknownField | ForbiddenFieldName | NoFieldsToUpdate | NotFound | StoreError
-            | DeadLettered => OutcomeStatus::Failed,
+            | UnknownField | ForbiddenFieldName | NoFieldsToUpdate | MalformedRecord
+            | RecordTooLarge | NotFound | StoreError | DeadLettered => OutcomeStatus::Failed,
             Unprocessed => OutcomeStatus::Unprocessed,
         }
     }
@@ -98,6 +103,8 @@ impl OutcomeCode {
             UnknownField => "unknown_field",
             ForbiddenFieldName => "forbidden_field_name",
             NoFieldsToUpdate => "no_fields_to_update",
+            MalformedRecord => "malformed_record",
+            RecordTooLarge => "record_too_large",
             NotFound => "not_found",
             StoreError => "store_error",
             DeadLettered => "dead_lettered",

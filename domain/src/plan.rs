@@ -6,15 +6,19 @@
 //!    later one is skipped with `duplicate_email`. Validation comes first so that a broken
 //!    record never shadows a good one with the same email;
 //! 3. kept records are cut, in input order, into batches of at most `batch_size`.
+//!
+//! `Planner` applies them to a stream of records; `plan_action` to a slice.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use crate::action::ActionType;
+use crate::event::EventPayload;
 use crate::outcome::{OutcomeCode, RecordOutcome};
-use crate::record::ContactChange;
+use crate::record::{ContactChange, Email};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlannedRecord {
@@ -54,48 +58,195 @@ pub struct ActionPlan {
     pub duplicates: Vec<RecordOutcome>,
 }
 
-/// `batch_size` is clamped to at least 1.
+/// A whole plan at once, for input that is already in memory. `batch_size` is clamped to
+/// at least 1.
 pub fn plan_action(records: &[Value], action_type: ActionType, batch_size: usize) -> ActionPlan {
-    let batch_size = batch_size.max(1);
-    let mut seen = HashSet::with_capacity(records.len());
-    let mut kept = Vec::with_capacity(records.len());
-    let mut rejected = Vec::new();
-    let mut duplicates = Vec::new();
+    let mut planner = Planner::new(action_type, batch_size);
+    let mut plan = ActionPlan {
+        total_records: 0,
+        batches: Vec::new(),
+        rejected: Vec::new(),
+        duplicates: Vec::new(),
+    };
+    let mut keep = |planned: Planned| match planned {
+        Planned::Batch(batch) => plan.batches.push(batch),
+        Planned::Outcomes(EventPayload::RecordSkipped { records }) => {
+            plan.duplicates.extend(records)
+        }
+        Planned::Outcomes(event) => plan
+            .rejected
+            .extend(event.record_outcomes().iter().cloned()),
+    };
+    for record in records {
+        if let Some(planned) = planner.push(record) {
+            keep(planned);
+        }
+    }
+    let (rest, summary) = planner.finish();
+    rest.into_iter().for_each(&mut keep);
+    plan.total_records = summary.total_records;
+    plan
+}
 
-    for (position, record) in records.iter().enumerate() {
-        let index = u32::try_from(position).unwrap_or(u32::MAX);
-        match ContactChange::parse(record, action_type) {
-            Err(error) => rejected.push(RecordOutcome {
+/// What the planner hands out as soon as it is complete, so that an upload of any size is
+/// planned in memory bounded by one batch, one chunk of outcomes and the dedup set.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Planned {
+    /// A full batch of kept records (the last one may be short).
+    Batch(Batch),
+    /// `RecordRejected` or `RecordSkipped` with up to one batch's worth of outcomes.
+    Outcomes(EventPayload),
+}
+
+/// The totals of a finished plan: what `Created` says and the opening outcomes' counts.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PlanSummary {
+    pub total_records: u32,
+    pub batch_count: u32,
+    pub records_in_batches: u32,
+    /// Outcome events handed out (each one `Planned::Outcomes`).
+    pub outcome_events: u32,
+    /// Records settled at submission, per code: rejected and duplicates.
+    pub opening_outcomes: BTreeMap<OutcomeCode, u32>,
+}
+
+/// 128 bits of SHA-256 of a normalised email. A million of them take 16 MB where the
+/// emails themselves would take several times that; an accidental collision is as likely
+/// as guessing a random 128-bit key, and a crafted one needs a SHA-256 break.
+type EmailDigest = [u8; 16];
+
+/// Plans an action one record at a time, by the rules at the top of this module.
+pub struct Planner {
+    action_type: ActionType,
+    batch_size: usize,
+    seen: HashSet<EmailDigest>,
+    filling: Vec<PlannedRecord>,
+    rejected: Vec<RecordOutcome>,
+    duplicates: Vec<RecordOutcome>,
+    summary: PlanSummary,
+}
+
+impl Planner {
+    /// `batch_size` is clamped to at least 1; it also sizes the outcome events.
+    pub fn new(action_type: ActionType, batch_size: usize) -> Self {
+        let batch_size = batch_size.max(1);
+        Self {
+            action_type,
+            batch_size,
+            seen: HashSet::new(),
+            filling: Vec::with_capacity(batch_size.min(10_000)),
+            rejected: Vec::new(),
+            duplicates: Vec::new(),
+            summary: PlanSummary::default(),
+        }
+    }
+
+    /// Records pushed so far.
+    pub fn records(&self) -> u32 {
+        self.summary.total_records
+    }
+
+    /// The next record of the input.
+    pub fn push(&mut self, record: &Value) -> Option<Planned> {
+        let index = self.next_index();
+        match ContactChange::parse(record, self.action_type) {
+            Err(error) => self.reject(RecordOutcome {
                 index,
                 email: raw_email(record),
                 code: error.code,
                 message: Some(error.message),
             }),
-            Ok(change) if !seen.insert(change.email.clone()) => duplicates.push(RecordOutcome {
-                index,
-                email: Some(change.email.as_str().to_owned()),
-                code: OutcomeCode::DuplicateEmail,
-                message: Some("an earlier record in this action has the same email".into()),
-            }),
-            Ok(change) => kept.push(PlannedRecord { index, change }),
+            Ok(change) if !self.seen.insert(digest(&change.email)) => {
+                self.duplicates.push(RecordOutcome {
+                    index,
+                    email: Some(change.email.as_str().to_owned()),
+                    code: OutcomeCode::DuplicateEmail,
+                    message: Some("an earlier record in this action has the same email".into()),
+                });
+                self.tally(OutcomeCode::DuplicateEmail);
+                (self.duplicates.len() >= self.batch_size).then(|| self.take_duplicates())
+            }
+            Ok(change) => {
+                self.filling.push(PlannedRecord { index, change });
+                (self.filling.len() >= self.batch_size).then(|| self.take_batch())
+            }
         }
     }
 
-    let batches = kept
-        .chunks(batch_size)
-        .zip(0u32..)
-        .map(|(chunk, number)| Batch {
-            number,
-            records: chunk.to_vec(),
+    /// The next record of the input, which could not be read as one (a malformed line of
+    /// a stream): it fails with `code` and takes its place in the numbering.
+    pub fn push_unreadable(&mut self, code: OutcomeCode, message: String) -> Option<Planned> {
+        let index = self.next_index();
+        self.reject(RecordOutcome {
+            index,
+            email: None,
+            code,
+            message: Some(message),
         })
-        .collect();
-
-    ActionPlan {
-        total_records: u32::try_from(records.len()).unwrap_or(u32::MAX),
-        batches,
-        rejected,
-        duplicates,
     }
+
+    /// Hands out what is left and the totals.
+    pub fn finish(mut self) -> (Vec<Planned>, PlanSummary) {
+        let mut rest = Vec::new();
+        if !self.filling.is_empty() {
+            rest.push(self.take_batch());
+        }
+        if !self.rejected.is_empty() {
+            rest.push(self.take_rejected());
+        }
+        if !self.duplicates.is_empty() {
+            rest.push(self.take_duplicates());
+        }
+        (rest, self.summary)
+    }
+
+    fn next_index(&mut self) -> u32 {
+        let index = self.summary.total_records;
+        self.summary.total_records = index.saturating_add(1);
+        index
+    }
+
+    fn reject(&mut self, outcome: RecordOutcome) -> Option<Planned> {
+        self.tally(outcome.code);
+        self.rejected.push(outcome);
+        (self.rejected.len() >= self.batch_size).then(|| self.take_rejected())
+    }
+
+    fn tally(&mut self, code: OutcomeCode) {
+        *self.summary.opening_outcomes.entry(code).or_default() += 1;
+    }
+
+    fn take_batch(&mut self) -> Planned {
+        let records = std::mem::replace(
+            &mut self.filling,
+            Vec::with_capacity(self.batch_size.min(10_000)),
+        );
+        let number = self.summary.batch_count;
+        self.summary.batch_count += 1;
+        self.summary.records_in_batches += records.len() as u32;
+        Planned::Batch(Batch { number, records })
+    }
+
+    fn take_rejected(&mut self) -> Planned {
+        self.summary.outcome_events += 1;
+        Planned::Outcomes(EventPayload::RecordRejected {
+            records: std::mem::take(&mut self.rejected),
+        })
+    }
+
+    fn take_duplicates(&mut self) -> Planned {
+        self.summary.outcome_events += 1;
+        Planned::Outcomes(EventPayload::RecordSkipped {
+            records: std::mem::take(&mut self.duplicates),
+        })
+    }
+}
+
+fn digest(email: &Email) -> EmailDigest {
+    let full = Sha256::digest(email.as_str().as_bytes());
+    let mut short = [0u8; 16];
+    short.copy_from_slice(&full[..16]);
+    short
 }
 
 /// For the log line of a rejected record: what the client sent as email, if it was text.

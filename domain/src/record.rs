@@ -113,7 +113,27 @@ pub struct ContactChange {
     pub fields: ContactFields,
 }
 
-const KNOWN_FIELDS: [&str; 4] = ["email", "name", "age", "status"];
+/// The fields a record may have.
+pub const KNOWN_FIELDS: [&str; 4] = ["email", "name", "age", "status"];
+
+/// The JSON record a row of text cells stands for (a CSV row under its header): an empty
+/// cell leaves its field out, as an absent JSON field does, and `age` is a number when
+/// the cell is one. Anything else stays text, so that `ContactChange::parse` gives a bad
+/// cell the same code as the same mistake in JSON.
+pub fn record_from_cells<'a>(cells: impl IntoIterator<Item = (&'a str, &'a str)>) -> Value {
+    let mut record = Map::new();
+    for (field, cell) in cells {
+        if cell.is_empty() {
+            continue;
+        }
+        let value = match (field, cell.trim().parse::<i64>()) {
+            ("age", Ok(number)) => Value::from(number),
+            _ => Value::from(cell),
+        };
+        record.insert(field.to_owned(), value);
+    }
+    Value::Object(record)
+}
 
 impl ContactChange {
     pub fn parse(record: &Value, action_type: ActionType) -> Result<Self, RecordError> {

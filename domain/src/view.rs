@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::action::{ActionStatus, ActionType, EntityType};
 use crate::event::{EventEnvelope, EventPayload};
 use crate::ids::{AccountId, ActionId};
-use crate::outcome::{OutcomeStatus, RecordOutcome};
+use crate::outcome::{OutcomeCode, OutcomeStatus, RecordOutcome};
 use crate::pacing::Pacing;
 use crate::time::Timestamp;
 
@@ -306,18 +306,21 @@ impl ActionView {
 
     fn count(&mut self, outcomes: &[RecordOutcome]) {
         for outcome in outcomes {
-            match outcome.status() {
-                OutcomeStatus::Succeeded => self.succeeded += 1,
-                OutcomeStatus::Failed => self.failed += 1,
-                OutcomeStatus::Skipped => self.skipped += 1,
-                OutcomeStatus::Unprocessed => self.unprocessed += 1,
-            }
-            if outcome.status() != OutcomeStatus::Succeeded {
-                *self
-                    .by_reason
-                    .entry(outcome.code.as_str().to_owned())
-                    .or_default() += 1;
-            }
+            self.tally(outcome.code, 1);
+        }
+    }
+
+    /// Counts `records` more records settled with `code`. What folding their outcome
+    /// events does, for a caller that kept only the counts (a streamed submission).
+    pub fn tally(&mut self, code: OutcomeCode, records: u32) {
+        match code.status() {
+            OutcomeStatus::Succeeded => self.succeeded += records,
+            OutcomeStatus::Failed => self.failed += records,
+            OutcomeStatus::Skipped => self.skipped += records,
+            OutcomeStatus::Unprocessed => self.unprocessed += records,
+        }
+        if code.status() != OutcomeStatus::Succeeded {
+            *self.by_reason.entry(code.as_str().to_owned()).or_default() += records;
         }
         self.processed_records = self.succeeded + self.failed + self.skipped;
         self.progress = if self.total_records == 0 {

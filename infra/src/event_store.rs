@@ -16,12 +16,8 @@ use redis::{AsyncCommands, Script};
 use ulid::Ulid;
 
 use crate::keys::{Keys, CONSUMER_GROUP};
+use crate::staging::Staging;
 use crate::work::WorkItem;
-
-/// How long staged batch payloads live if their submission never commits.
-const STAGED_BATCH_TTL_SECS: i64 = 24 * 3600;
-/// Batches per HSET while staging: keeps each command well under Redis' argument limits.
-const STAGE_CHUNK: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -80,10 +76,11 @@ pub struct NewAction<'a> {
     /// `None` starts now.
     pub start_at: Option<Timestamp>,
     pub created_at: Timestamp,
-    /// The opening events, in order; `Created` first.
+    /// The opening events, in order; `Created` first. The staged outcome events go in
+    /// right after it.
     pub events: Vec<EventPayload>,
-    /// The token `stage_batches` staged this submission's batches under.
-    pub staging_token: &'a str,
+    /// Where this submission staged its batches and outcome events.
+    pub staging: &'a Staging,
 }
 
 /// Whether `commit_action` made the action exist.
@@ -147,32 +144,6 @@ impl EventStore {
         self.conn.clone()
     }
 
-    /// Stores batch payloads where no consumer can see them yet, under a `token` of this
-    /// submission's own. They expire unless `commit_action` follows.
-    pub async fn stage_batches(
-        &self,
-        action: ActionId,
-        token: &str,
-        batches: &[Batch],
-    ) -> Result<(), StoreError> {
-        let key = self.keys.staging(action, token);
-        let mut conn = self.conn.clone();
-        for chunk in batches.chunks(STAGE_CHUNK) {
-            let mut fields = Vec::with_capacity(chunk.len());
-            for batch in chunk {
-                fields.push((batch.number, serde_json::to_string(batch)?));
-            }
-            redis::pipe()
-                .hset_multiple(&key, &fields)
-                .ignore()
-                .expire(&key, STAGED_BATCH_TTL_SECS)
-                .ignore()
-                .exec_async(&mut conn)
-                .await?;
-        }
-        Ok(())
-    }
-
     /// Makes the action exist, unless it already did (a retried submission).
     pub async fn commit_action(&self, new: &NewAction<'_>) -> Result<Commit, StoreError> {
         let action = new.action_id;
@@ -186,8 +157,9 @@ impl EventStore {
             .key(self.keys.account_queue(partition, new.account_id))
             .key(self.keys.schedule(partition))
             .key(self.keys.actions(partition))
-            .key(self.keys.staging(action, new.staging_token))
+            .key(new.staging.batches_key())
             .key(self.keys.ready(partition))
+            .key(new.staging.events_key())
             .arg(action.to_string())
             .arg(new.account_id.as_str())
             .arg(new.action_type.as_str())
@@ -208,6 +180,7 @@ impl EventStore {
                     .unwrap_or_default(),
             )
             .arg(new.pace.map(|pace| pace.burst).unwrap_or_default())
+            .arg(new.staging.staged_events())
             .arg(new.events.len());
         for payload in &new.events {
             invocation

@@ -6,7 +6,8 @@
 //! | `P:{n}:events:<action>` | stream | the action's events; never trimmed (replay) |
 //! | `P:{n}:meta:<action>` | hash | seq counter, batch counters, append guards, attempts per batch |
 //! | `P:{n}:batches:<action>` | hash | batch number -> records JSON; deleted when applied |
-//! | `P:{n}:batches:<action>:staging:<token>` | hash | one submission's batches until commit renames it |
+//! | `P:{n}:staging:<token>:batches` | hash | one submission's batches until commit renames it |
+//! | `P:{n}:staging:<token>:events` | list | one submission's opening outcome events until commit |
 //! | `P:{n}:work` | stream | one entry per batch ready to apply; group `consumers` |
 //! | `P:{n}:dead` | stream | batches that failed every attempt, with their records and error |
 //! | `P:{n}:feed` | stream | "action X has events up to seq S"; group `projector` |
@@ -132,8 +133,18 @@ impl Keys {
     }
 
     /// Where one submission stages its batches; `commit_action` renames it to `batches`.
-    pub fn staging(&self, action: ActionId, token: &str) -> String {
-        format!("{}:staging:{token}", self.batches(action))
+    /// In the account's partition, where the action will be minted.
+    pub fn staged_batches(&self, partition: u32, token: &str) -> String {
+        format!(
+            "{}staging:{token}:batches",
+            self.partition_prefix(partition)
+        )
+    }
+
+    /// Where one submission stages its opening outcome events (rejected and duplicate
+    /// records), 3 list items per event: id, type, data.
+    pub fn staged_events(&self, partition: u32, token: &str) -> String {
+        format!("{}staging:{token}:events", self.partition_prefix(partition))
     }
 
     pub fn dead_letters(&self, partition: u32) -> String {
@@ -177,7 +188,8 @@ mod tests {
             keys.events(action),
             keys.meta(action),
             keys.batches(action),
-            keys.staging(action, "t"),
+            keys.staged_batches(partition, "t"),
+            keys.staged_events(partition, "t"),
             keys.work(partition),
             keys.dead_letters(partition),
             keys.feed(partition),

@@ -14,6 +14,7 @@ pub mod mongo;
 pub mod redis_conn;
 pub mod retry;
 pub mod shutdown;
+pub mod staging;
 pub mod telemetry;
 pub mod views;
 pub mod work;

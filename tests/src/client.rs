@@ -249,6 +249,46 @@ impl ApiClient {
         })
     }
 
+    /// Sends `body` as it is (a streamed upload: NDJSON, CSV), the settings in `path`'s
+    /// query; authenticated as the query's `accountId`.
+    pub async fn upload(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply> {
+        let mut request = self
+            .http
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body);
+        let explicit = headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("authorization"));
+        if !explicit {
+            request = self.authorized(request, path, None).await?;
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let reply = response.json().await.unwrap_or(Value::Null);
+        self.learn_owner(path.split('?').next().unwrap_or(path), None, status, &reply);
+        if status == 202 {
+            if let Some(action) = reply["actionId"].as_str() {
+                self.remember_owner(action, &self.account_of(path, None));
+            }
+        }
+        Ok(Reply {
+            status,
+            headers,
+            body: reply,
+        })
+    }
+
     pub async fn get_json(&self, path: &str) -> Result<(u16, Value)> {
         let request = self.http.get(self.url(path));
         let response = self.authorized(request, path, None).await?.send().await?;

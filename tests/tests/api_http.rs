@@ -843,6 +843,8 @@ async fn schemathesis_finds_no_5xx_and_no_undocumented_answer() -> Result<()> {
         let started = std::time::Instant::now();
         let output = tokio::process::Command::new(&bin)
             .current_dir(app.services.dir())
+            .env("PYTHONPATH", env!("CARGO_MANIFEST_DIR"))
+            .env("SCHEMATHESIS_HOOKS", "schemathesis_hooks")
             .args([
                 "run",
                 &app.url("/openapi.json"),

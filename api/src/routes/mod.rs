@@ -3,3 +3,4 @@ pub mod admin;
 pub mod control;
 pub mod health;
 pub mod logs;
+pub mod submit;

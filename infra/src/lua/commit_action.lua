@@ -1,39 +1,64 @@
 -- Makes a submitted action exist, all at once: its first events, its meta, and either its
 -- place in its account's queue (the dispatcher hands its batches to consumers from there)
--- or its place in the schedule. Before this runs the submission has staged
--- its batch payloads under a key of its own (with an expiry, so a submission that dies
--- leaves nothing behind); the commit renames that key, so two submissions racing on one
--- action id (an idempotent retry) never mix or expire each other's payloads.
+-- or its place in the schedule. Before this runs the submission has staged its batch
+-- payloads and its opening outcome events (rejected and duplicate records) under keys of
+-- its own, with an expiry, so a submission that dies leaves nothing behind; the commit
+-- renames the batches and moves the events into the stream, so two submissions racing on
+-- one action id (an idempotent retry) never mix or expire each other's data.
 -- Running it twice for one action changes nothing the second time.
 --
--- KEYS: meta, events, feed, batches, queue (the account's), schedule, actions, staging, ready
+-- KEYS: meta, events, feed, batches, queue (the account's), schedule, actions,
+--       staged batches, ready, staged events
 -- ARGV: action, account, actionType, entityType, batchCount, startAtMs ('' = now),
 --       createdAtMs, schemaVersion, batchSize, recordsInBatches, paceEmitMs ('' = none),
---       paceBurst, eventCount, then eventCount x (eventId, type, at, data)
--- Returns 1 when created, 0 when the action already existed, -1 when the staged batches
--- are gone (expired before the commit).
+--       paceBurst, stagedEventCount, eventCount, then eventCount x (eventId, type, at, data)
+--       The staged events go in after the first ARGV event (Created).
+-- Returns 1 when created, 0 when the action already existed, -1 when staged data is gone
+-- (expired before the commit).
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('DEL', KEYS[8])
+  redis.call('DEL', KEYS[8], KEYS[10])
   return 0
 end
 local batches = tonumber(ARGV[5])
 if batches > 0 and redis.call('EXISTS', KEYS[8]) == 0 then
   return -1
 end
-local action = ARGV[1]
-local event_count = tonumber(ARGV[13])
-for i = 0, event_count - 1 do
-  local base = 14 + i * 4
-  redis.call('XADD', KEYS[2], '*', 'id', ARGV[base], 'action', action, 'seq', i + 1,
-    'v', ARGV[8], 'type', ARGV[base + 1], 'at', ARGV[base + 2], 'data', ARGV[base + 3])
+local staged = tonumber(ARGV[13])
+if redis.call('LLEN', KEYS[10]) ~= staged * 3 then
+  return -1
 end
-redis.call('HSET', KEYS[1], 'seq', event_count, 'account', ARGV[2], 'actionType', ARGV[3],
+local action = ARGV[1]
+local event_count = tonumber(ARGV[14])
+local seq = 0
+local function append(id, type, at, data)
+  seq = seq + 1
+  redis.call('XADD', KEYS[2], '*', 'id', id, 'action', action, 'seq', seq,
+    'v', ARGV[8], 'type', type, 'at', at, 'data', data)
+end
+local function append_argv(i)
+  local base = 15 + i * 4
+  append(ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3])
+end
+append_argv(0)
+-- In slices, so that a large upload's outcomes never sit in the script's memory at once.
+local slice = 3 * 100
+for start = 0, staged * 3 - 1, slice do
+  local items = redis.call('LRANGE', KEYS[10], start, start + slice - 1)
+  for j = 1, #items, 3 do
+    append(items[j], items[j + 1], ARGV[17], items[j + 2])
+  end
+end
+redis.call('DEL', KEYS[10])
+for i = 1, event_count - 1 do
+  append_argv(i)
+end
+redis.call('HSET', KEYS[1], 'seq', seq, 'account', ARGV[2], 'actionType', ARGV[3],
   'entityType', ARGV[4], 'batches', ARGV[5], 'done', 0, 'dispatched', 0, 'created', ARGV[7],
   'batchSize', ARGV[9], 'records', ARGV[10], 'queued', ARGV[6] == '' and 1 or 0)
 if ARGV[11] ~= '' then
   redis.call('HSET', KEYS[1], 'paceEmitMs', ARGV[11], 'paceBurst', ARGV[12])
 end
-redis.call('XADD', KEYS[3], '*', 'action', action, 'seq', event_count)
+redis.call('XADD', KEYS[3], '*', 'action', action, 'seq', seq)
 redis.call('ZADD', KEYS[7], ARGV[7], action)
 if batches > 0 then
   redis.call('RENAME', KEYS[8], KEYS[4])

@@ -1,0 +1,257 @@
+//! `text/csv`: a header row naming the fields, then one record per row (RFC 4180, parsed
+//! with the `csv` crate).
+//!
+//! Header names are matched case-insensitively against the record fields; an unknown,
+//! repeated or missing `email` column refuses the upload, since it would fail every row.
+//! A row with the wrong number of cells, or not UTF-8, fails its own record
+//! (`malformed_record`). A row past the record size limit refuses the upload: an open
+//! quote makes the rest of the file one cell, and there is no telling where the row meant
+//! to end.
+
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use csv::{ByteRecord, ErrorKind};
+use domain::record::{record_from_cells, KNOWN_FIELDS};
+use domain::OutcomeCode;
+use serde_json::json;
+
+use super::{Record, UploadError};
+
+/// The parser's own buffer: what it may hold beyond the row it is reading.
+const PARSER_BUFFER: usize = 64 * 1024;
+
+pub struct CsvRecords<R> {
+    reader: csv::Reader<Budgeted<R>>,
+    fields: Vec<String>,
+    row: ByteRecord,
+    bytes_in_row: Arc<AtomicUsize>,
+    max_record_bytes: usize,
+}
+
+/// Reads the header row; the rows follow as the iterator is driven.
+pub fn open<R: Read>(input: R, max_record_bytes: usize) -> Result<CsvRecords<R>, UploadError> {
+    let bytes_in_row = Arc::new(AtomicUsize::new(0));
+    let budgeted = Budgeted {
+        inner: input,
+        bytes_in_row: bytes_in_row.clone(),
+        limit: max_record_bytes.saturating_add(PARSER_BUFFER),
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .buffer_capacity(PARSER_BUFFER)
+        .from_reader(budgeted);
+    let mut header = ByteRecord::new();
+    let has_header = reader
+        .read_byte_record(&mut header)
+        .map_err(|error| row_error(error, 1, max_record_bytes))?;
+    let fields = if has_header {
+        header_fields(&header)?
+    } else {
+        Vec::new()
+    };
+    bytes_in_row.store(0, Ordering::Relaxed);
+    Ok(CsvRecords {
+        reader,
+        fields,
+        row: ByteRecord::new(),
+        bytes_in_row,
+        max_record_bytes,
+    })
+}
+
+fn header_fields(header: &ByteRecord) -> Result<Vec<String>, UploadError> {
+    let refuse =
+        |message: String, details: serde_json::Value| UploadError::CsvHeader { message, details };
+    let mut fields: Vec<String> = Vec::with_capacity(header.len());
+    for (position, cell) in header.iter().enumerate() {
+        let cell = if position == 0 {
+            cell.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(cell)
+        } else {
+            cell
+        };
+        let name = String::from_utf8_lossy(cell).trim().to_lowercase();
+        if !KNOWN_FIELDS.contains(&name.as_str()) {
+            return Err(refuse(
+                format!("CSV column {name:?} is not a record field"),
+                json!({ "column": name, "allowed": KNOWN_FIELDS }),
+            ));
+        }
+        if fields.contains(&name) {
+            return Err(refuse(
+                format!("CSV column {name:?} appears twice"),
+                json!({ "column": name }),
+            ));
+        }
+        fields.push(name);
+    }
+    if !fields.iter().any(|field| field == "email") {
+        return Err(refuse(
+            "the CSV header row must name an email column".into(),
+            json!({ "columns": fields, "required": ["email"] }),
+        ));
+    }
+    Ok(fields)
+}
+
+impl<R: Read> Iterator for CsvRecords<R> {
+    type Item = Result<Record, UploadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.fields.is_empty() {
+            return None;
+        }
+        let line = self.reader.position().line();
+        let read = self.reader.read_byte_record(&mut self.row);
+        self.bytes_in_row.store(0, Ordering::Relaxed);
+        match read {
+            Ok(false) => None,
+            Ok(true) => Some(Ok(self.record(line))),
+            Err(error) => match error.kind() {
+                ErrorKind::UnequalLengths { len, .. } => Some(Ok(Record::Unreadable {
+                    code: OutcomeCode::MalformedRecord,
+                    message: format!(
+                        "CSV line {line} has {len} cells where the header has {}",
+                        self.fields.len()
+                    ),
+                })),
+                _ => Some(Err(row_error(error, line, self.max_record_bytes))),
+            },
+        }
+    }
+}
+
+impl<R> CsvRecords<R> {
+    fn record(&self, line: u64) -> Record {
+        let mut cells = Vec::with_capacity(self.row.len());
+        for cell in self.row.iter() {
+            match std::str::from_utf8(cell) {
+                Ok(text) => cells.push(text),
+                Err(_) => {
+                    return Record::Unreadable {
+                        code: OutcomeCode::MalformedRecord,
+                        message: format!("CSV line {line} is not UTF-8"),
+                    }
+                }
+            }
+        }
+        let pairs = self.fields.iter().map(String::as_str).zip(cells);
+        Record::Value(record_from_cells(pairs))
+    }
+}
+
+/// A read error that ends the upload.
+fn row_error(error: csv::Error, line: u64, max_record_bytes: usize) -> UploadError {
+    match error.into_kind() {
+        ErrorKind::Io(io) => {
+            let row_too_large = io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<RowTooLarge>().is_some());
+            if row_too_large {
+                UploadError::CsvRowTooLarge {
+                    row: line,
+                    limit: max_record_bytes,
+                }
+            } else {
+                UploadError::from_io(io)
+            }
+        }
+        other => UploadError::Unreadable(format!("CSV line {line}: {other:?}")),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("CSV row too large")]
+struct RowTooLarge;
+
+/// Counts the bytes handed to the parser since the current row began; past the limit the
+/// row is refused before the parser can hold it.
+struct Budgeted<R> {
+    inner: R,
+    bytes_in_row: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+impl<R: Read> Read for Budgeted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let read = self.inner.read(buf)?;
+        let in_row = self.bytes_in_row.fetch_add(read, Ordering::Relaxed) + read;
+        if in_row > self.limit {
+            return Err(io::Error::other(RowTooLarge));
+        }
+        Ok(read)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    type Read = Vec<Result<Value, (OutcomeCode, String)>>;
+
+    fn read(input: &str, max: usize) -> Result<Read, UploadError> {
+        let records = open(input.as_bytes(), max)?;
+        records
+            .map(|record| {
+                record.map(|record| match record {
+                    Record::Value(value) => Ok(value),
+                    Record::Unreadable { code, message } => Err((code, message)),
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rows_become_records_under_the_header() {
+        let input = "\u{feff}Email, Name ,age\na@x.io,Ann,42\n\"b@x.io\",\"Bob, \"\"Jr\"\"\",\nc@x.io,,old\n";
+        let records = read(input, 1000).unwrap();
+        assert_eq!(
+            records,
+            vec![
+                Ok(json!({"email": "a@x.io", "name": "Ann", "age": 42})),
+                Ok(json!({"email": "b@x.io", "name": "Bob, \"Jr\""})),
+                Ok(json!({"email": "c@x.io", "age": "old"})),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_row_with_the_wrong_cell_count_fails_alone() {
+        let records = read("email,name\na@x.io\nb@x.io,B,extra\nc@x.io,C\n", 1000).unwrap();
+        assert_eq!(records.len(), 3);
+        assert_eq!(
+            records[0].as_ref().err().map(|e| e.0),
+            Some(OutcomeCode::MalformedRecord)
+        );
+        assert!(records[0].as_ref().err().unwrap().1.contains("line 2"));
+        assert_eq!(
+            records[1].as_ref().err().map(|e| e.0),
+            Some(OutcomeCode::MalformedRecord)
+        );
+        assert_eq!(records[2], Ok(json!({"email": "c@x.io", "name": "C"})));
+    }
+
+    #[test]
+    fn a_bad_header_refuses_the_upload() {
+        for header in ["name,age\n", "email,phone\n", "email,Email\n"] {
+            let error = read(header, 1000).err();
+            assert!(
+                matches!(error, Some(UploadError::CsvHeader { .. })),
+                "{header}"
+            );
+        }
+        assert!(read("", 1000).unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_open_quote_refuses_the_upload_within_the_row_limit() {
+        let input = format!("email,name\na@x.io,\"{}\n", "x".repeat(300_000));
+        let error = read(&input, 1000).err();
+        assert!(
+            matches!(error, Some(UploadError::CsvRowTooLarge { row: 2, .. })),
+            "{error:?}"
+        );
+    }
+}

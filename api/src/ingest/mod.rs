@@ -1,0 +1,153 @@
+//! Turning a submission's records into staged batches and outcome events while they
+//! arrive, in memory bounded by a batch and the dedup set, whatever the upload's size.
+//!
+//! A reader (`ndjson`, `csv_rows`, or the records of a JSON body) yields records on a
+//! blocking thread, where the `Planner` validates, deduplicates and batches them; the
+//! planned pieces cross a small bounded channel to the request's task, which stages them in
+//! Redis. The channel is the backpressure: a slow Redis slows the reading of the body, and
+//! the body's bytes are never all in memory.
+
+pub mod csv_rows;
+pub mod ndjson;
+mod upload;
+
+use axum::http::StatusCode;
+use domain::{OutcomeCode, PlanSummary, Planned, Planner};
+use infra::staging::Staging;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+
+pub use upload::{body_reader, BodyTooLarge, Fingerprint};
+
+/// Planned pieces in flight between the planning thread and the staging task.
+const CHANNEL_DEPTH: usize = 16;
+/// Pieces staged per Redis round trip, at most.
+const STAGE_GROUP: usize = 8;
+
+/// One record of the input, or the place of one that could not be read.
+pub enum Record {
+    Value(Value),
+    Unreadable { code: OutcomeCode, message: String },
+}
+
+/// Why a whole upload is refused: nothing of it becomes an action.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("an action may hold at most {limit} records")]
+    TooManyRecords { limit: usize },
+    #[error("the request body is larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("the request body could not be read: {0}")]
+    Unreadable(String),
+    #[error("{message}")]
+    CsvHeader {
+        message: String,
+        details: serde_json::Value,
+    },
+    #[error("CSV row {row} is longer than {limit} bytes; is a quote left open?")]
+    CsvRowTooLarge { row: u64, limit: usize },
+}
+
+impl UploadError {
+    /// A failed read of the body: too large, or the client went away.
+    pub fn from_io(error: std::io::Error) -> Self {
+        let too_large = error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<BodyTooLarge>())
+            .map(|too_large| too_large.limit);
+        match too_large {
+            Some(limit) => UploadError::BodyTooLarge { limit },
+            None => UploadError::Unreadable(error.to_string()),
+        }
+    }
+}
+
+impl From<UploadError> for ApiError {
+    fn from(error: UploadError) -> Self {
+        let message = error.to_string();
+        match error {
+            UploadError::TooManyRecords { limit } => {
+                ApiError::bad_request("too_many_records", message)
+                    .with_details(json!({ "limit": limit }))
+            }
+            UploadError::BodyTooLarge { limit } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+                    .with_details(json!({ "limit": limit }))
+            }
+            UploadError::Unreadable(_) => ApiError::bad_request("unreadable_body", message),
+            UploadError::CsvHeader { details, .. } => {
+                ApiError::bad_request("invalid_csv_header", message).with_details(details)
+            }
+            UploadError::CsvRowTooLarge { row, limit } => {
+                ApiError::bad_request("record_too_large", message)
+                    .with_details(json!({ "row": row, "limit": limit }))
+            }
+        }
+    }
+}
+
+/// Plans the records `open` yields and stages what it plans. `open` runs on a blocking
+/// thread: it may block on the request body. On any error the staging area is left to its
+/// caller to discard.
+pub async fn plan_and_stage<I>(
+    open: impl FnOnce() -> Result<I, UploadError> + Send + 'static,
+    mut planner: Planner,
+    max_records: usize,
+    staging: &mut Staging,
+) -> Result<PlanSummary, ApiError>
+where
+    I: Iterator<Item = Result<Record, UploadError>>,
+{
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Planned>(CHANNEL_DEPTH);
+    let planning = tokio::task::spawn_blocking(move || -> Result<PlanSummary, UploadError> {
+        let send = |planned: Planned| {
+            // The receiver is gone only when staging failed; its error is the one reported.
+            sender
+                .blocking_send(planned)
+                .map_err(|_| UploadError::Unreadable("staging stopped".into()))
+        };
+        for record in open()? {
+            if planner.records() as usize >= max_records {
+                return Err(UploadError::TooManyRecords { limit: max_records });
+            }
+            let planned = match record? {
+                Record::Value(value) => planner.push(&value),
+                Record::Unreadable { code, message } => planner.push_unreadable(code, message),
+            };
+            if let Some(planned) = planned {
+                send(planned)?;
+            }
+        }
+        let (rest, summary) = planner.finish();
+        rest.into_iter().try_for_each(send)?;
+        Ok(summary)
+    });
+
+    let mut staged = Ok(());
+    let mut group = Vec::with_capacity(STAGE_GROUP);
+    while let Some(first) = receiver.recv().await {
+        group.push(first);
+        while group.len() < STAGE_GROUP {
+            match receiver.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        staged = staging.put(&group).await;
+        group.clear();
+        if staged.is_err() {
+            break;
+        }
+    }
+    drop(receiver);
+    let planned = planning.await.map_err(|error| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            error.to_string(),
+        )
+    })?;
+    staged?;
+    Ok(planned?)
+}
