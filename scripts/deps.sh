@@ -92,6 +92,15 @@ ensure_schemathesis() {
   export SCHEMATHESIS_BIN
 }
 
+# The load generator of the benchmark suite (scripts/bench.sh), not of the tests.
+ensure_wrk() {
+  if ! command -v wrk >/dev/null 2>&1; then
+    log "installing wrk (Debian package)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+  fi
+}
+
 ensure_all() {
   ensure_rust
   ensure_redis

@@ -23,8 +23,14 @@ static BINARIES: OnceLock<std::result::Result<Binaries, String>> = OnceLock::new
 
 /// Builds the binaries (a no-op when they are fresh) so a test never runs stale ones.
 /// Cargo releases its build lock before running tests, so this nested build is safe.
+/// `BULK_BINARIES_DIR` names binaries built elsewhere (the benchmark's release build).
 fn binaries() -> Result<&'static Binaries> {
     let built = BINARIES.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("BULK_BINARIES_DIR") {
+            return Ok(Binaries {
+                dir: PathBuf::from(dir),
+            });
+        }
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .map(Path::to_path_buf)
@@ -308,6 +314,22 @@ impl Deployment {
         }
     }
 
+    /// Peak resident memory (`VmHWM`, KiB) of every running process, by role.
+    pub fn peak_rss_kib(&self) -> Vec<(String, u64)> {
+        let mut peaks = Vec::new();
+        let mut read = |role: String, child: Option<&Child>| {
+            if let Some(kib) = child.and_then(|child| peak_rss_of(child.id())) {
+                peaks.push((role, kib));
+            }
+        };
+        read("api".into(), self.api.as_ref());
+        for (name, child) in &self.consumers {
+            read(format!("consumer {name}"), Some(child));
+        }
+        read("projector".into(), self.projector.as_ref());
+        peaks
+    }
+
     /// Where the processes' logs are, for a failing test's message.
     pub fn logs_dir(&self) -> &Path {
         self.services.dir()
@@ -333,6 +355,14 @@ impl Drop for Deployment {
             sigkill(Some(child));
         }
     }
+}
+
+fn peak_rss_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 fn sigkill(child: Option<Child>) {

@@ -1,0 +1,102 @@
+//! Realistic input, the same for every run of a seed: mostly new contacts, some later
+//! repeats of an earlier email in another case, some records that fail validation.
+//!
+//! Each record's kind comes from a hash of (seed, index), so any slice of the input can be
+//! made again without the rest: the raw-store baseline writes exactly the records the
+//! platform keeps, without holding a million of them.
+
+use std::io::Write;
+
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+/// Per 1,000 records.
+const INVALID_PER_MILLE: u64 = 20;
+const DUPLICATE_PER_MILLE: u64 = 50;
+const STATUSES: [&str; 4] = ["lead", "customer", "churned", "prospect"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A new contact, kept by the platform.
+    Unique,
+    /// The email of an earlier unique record, in another case.
+    Duplicate {
+        of: u64,
+    },
+    Invalid,
+}
+
+pub struct Dataset {
+    pub seed: u64,
+    pub records: u64,
+}
+
+impl Dataset {
+    fn rng(&self, index: u64) -> rand::rngs::StdRng {
+        rand::rngs::StdRng::seed_from_u64(self.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    }
+
+    pub fn kind(&self, index: u64) -> Kind {
+        let roll = self.rng(index).random_range(0..1000);
+        if roll < INVALID_PER_MILLE {
+            return Kind::Invalid;
+        }
+        if roll < INVALID_PER_MILLE + DUPLICATE_PER_MILLE && index > 0 {
+            let mut rng = self.rng(index ^ 0xD0D0);
+            loop {
+                let of = rng.random_range(0..index);
+                if self.kind(of) == Kind::Unique {
+                    return Kind::Duplicate { of };
+                }
+            }
+        }
+        Kind::Unique
+    }
+
+    /// The fields of a unique record's contact.
+    pub fn contact(&self, index: u64) -> (String, String, i64, &'static str) {
+        let mut rng = self.rng(index ^ 0xC0C0);
+        (
+            format!("user{index}@example.com"),
+            format!("Contact {index}"),
+            rng.random_range(18..90),
+            STATUSES[rng.random_range(0..STATUSES.len())],
+        )
+    }
+
+    pub fn record(&self, index: u64) -> Value {
+        match self.kind(index) {
+            Kind::Unique => {
+                let (email, name, age, status) = self.contact(index);
+                json!({"email": email, "name": name, "age": age, "status": status})
+            }
+            Kind::Duplicate { of } => {
+                json!({"email": format!("User{of}@Example.COM"), "name": format!("Again {of}")})
+            }
+            Kind::Invalid => match index % 3 {
+                0 => json!({"email": format!("user{index}-at-example.com")}),
+                1 => json!({"email": format!("user{index}@example.com"), "age": "old"}),
+                _ => json!({"email": format!("user{index}@example.com"), "phone": "555"}),
+            },
+        }
+    }
+
+    /// Writes every record as NDJSON; returns how many the platform will keep.
+    pub fn write_ndjson(&self, out: impl Write) -> std::io::Result<u64> {
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
+        let mut unique = 0;
+        for index in 0..self.records {
+            if self.kind(index) == Kind::Unique {
+                unique += 1;
+            }
+            serde_json::to_writer(&mut out, &self.record(index))?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+        Ok(unique)
+    }
+
+    pub fn unique_indexes(&self) -> impl Iterator<Item = u64> + '_ {
+        (0..self.records).filter(|index| self.kind(*index) == Kind::Unique)
+    }
+}
