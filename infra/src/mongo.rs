@@ -13,7 +13,10 @@ use crate::config::DEFAULT_DATABASE;
 
 pub const CONTACTS: &str = "contacts";
 pub const ACTION_VIEWS: &str = "bulk_actions";
-pub const LOG_VIEWS: &str = "bulk_action_logs";
+/// One document per settling event (`views::StoredLogBucket`).
+pub const LOG_VIEWS: &str = "bulk_action_log_buckets";
+/// One document per record, before log lines were bucketed; dropped by a replay.
+pub const LEGACY_LOG_VIEWS: &str = "bulk_action_logs";
 
 pub async fn connect(uri: &str, app_name: &str) -> mongodb::error::Result<Database> {
     let mut options = ClientOptions::parse(uri).await?;
@@ -67,13 +70,13 @@ pub async fn ensure_view_indexes(database: &Database) -> mongodb::error::Result<
     let logs = database.collection::<mongodb::bson::Document>(LOG_VIEWS);
     logs.create_index(
         IndexModel::builder()
-            .keys(doc! { "actionId": 1, "index": 1 })
+            .keys(doc! { "actionId": 1, "minIndex": 1 })
             .build(),
     )
     .await?;
     logs.create_index(
         IndexModel::builder()
-            .keys(doc! { "actionId": 1, "status": 1, "index": 1 })
+            .keys(doc! { "actionId": 1, "statuses": 1, "minIndex": 1 })
             .build(),
     )
     .await?;

@@ -25,33 +25,84 @@ impl StoredActionView {
     }
 }
 
-/// One record's log line. `_id` is derived from the action and the record index, so writing
-/// the same outcome twice is a duplicate-key no-op, not a second line.
+/// The log lines of one event that settled records (a batch, or the records rejected or
+/// skipped at submission), in one document: the bucket pattern. A million-record action is
+/// about a thousand documents, not a million, which is what keeps projection from costing
+/// as much as the action's own writes. `_id` is derived from the action and the event's
+/// seq, so writing the same event twice is a duplicate-key no-op.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct StoredLogEntry {
+pub struct StoredLogBucket {
     #[serde(rename = "_id")]
     pub id: String,
     pub action_id: String,
     pub account_id: String,
+    /// Seq of the event the lines come from.
+    pub seq: u64,
+    /// Smallest and largest record index in `lines`; readers page by them.
+    pub min_index: u32,
+    pub max_index: u32,
+    /// The distinct statuses in `lines`, for filtering by status.
+    pub statuses: Vec<OutcomeStatus>,
+    /// The `LogLine`s by record index, as one JSON text. Nothing queries inside a bucket,
+    /// and one string costs the store a fraction of what a thousand sub-documents cost
+    /// (FerretDB converts every field of every sub-document); see `lines()`.
+    pub lines: String,
+}
+
+/// One record's outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogLine {
     pub index: u32,
     pub email: Option<String>,
     pub status: OutcomeStatus,
     pub code: domain::OutcomeCode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
 
-impl StoredLogEntry {
-    pub fn new(action_id: ActionId, account_id: &str, outcome: &RecordOutcome) -> Self {
-        Self {
-            id: format!("{action_id}:{:010}", outcome.index),
+impl StoredLogBucket {
+    /// `None` for an event that settled no records.
+    pub fn new(
+        action_id: ActionId,
+        account_id: &str,
+        seq: u64,
+        outcomes: &[RecordOutcome],
+    ) -> Option<Self> {
+        let mut lines: Vec<LogLine> = outcomes
+            .iter()
+            .map(|outcome| LogLine {
+                index: outcome.index,
+                email: outcome.email.clone(),
+                status: outcome.status(),
+                code: outcome.code,
+                message: outcome.message.clone(),
+            })
+            .collect();
+        lines.sort_by_key(|line| line.index);
+        let min_index = lines.first()?.index;
+        let max_index = lines.last()?.index;
+        let statuses = OutcomeStatus::ALL
+            .into_iter()
+            .filter(|status| lines.iter().any(|line| line.status == *status))
+            .collect();
+        // Serialising plain structs of strings and numbers cannot fail.
+        let lines = serde_json::to_string(&lines).unwrap_or_default();
+        Some(Self {
+            id: format!("{action_id}:{seq:010}"),
             action_id: action_id.to_string(),
             account_id: account_id.to_owned(),
-            index: outcome.index,
-            email: outcome.email.clone(),
-            status: outcome.status(),
-            code: outcome.code,
-            message: outcome.message.clone(),
-        }
+            seq,
+            min_index,
+            max_index,
+            statuses,
+            lines,
+        })
+    }
+
+    /// The lines, by record index.
+    pub fn lines(&self) -> Result<Vec<LogLine>, serde_json::Error> {
+        serde_json::from_str(&self.lines)
     }
 }

@@ -178,7 +178,11 @@ pub struct ReplayReport {
 /// Drops the views and rebuilds them from every action's stream.
 pub async fn replay(config: &ProjectorConfig) -> Result<ReplayReport, ProjectorError> {
     let (store, database) = connect(config).await?;
-    for collection in [infra::mongo::ACTION_VIEWS, infra::mongo::LOG_VIEWS] {
+    for collection in [
+        infra::mongo::ACTION_VIEWS,
+        infra::mongo::LOG_VIEWS,
+        infra::mongo::LEGACY_LOG_VIEWS,
+    ] {
         database.collection::<Document>(collection).drop().await?;
     }
     infra::mongo::ensure_view_indexes(&database).await?;

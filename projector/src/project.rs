@@ -2,13 +2,13 @@
 //!
 //! Idempotent by construction: the view carries the stream position and seq of the last
 //! event folded into it, its update is guarded by `lastSeq < new`, and log lines have ids
-//! derived from (action, record index). Projecting the same events twice, from two
+//! derived from (action, event seq). Projecting the same events twice, from two
 //! projectors at once, or from a full replay ends in the same documents.
 
 use domain::view::apply_event;
 use domain::ActionId;
 use infra::mongo::{ACTION_VIEWS, LOG_VIEWS};
-use infra::views::{StoredActionView, StoredLogEntry};
+use infra::views::{StoredActionView, StoredLogBucket};
 use infra::EventStore;
 use mongodb::bson::{doc, Document};
 use mongodb::error::ErrorKind;
@@ -16,9 +16,9 @@ use mongodb::Database;
 
 use crate::ProjectorError;
 
-/// Events read per round trip: BatchProcessed events carry a batch's outcomes, so pages are
-/// kept small enough to bound memory.
-const EVENTS_PER_PAGE: usize = 50;
+/// Events read per round trip: BatchProcessed events carry a batch's outcomes (up to 10,000
+/// records), so pages are kept small enough to bound memory whatever the action's size.
+const EVENTS_PER_PAGE: usize = 16;
 const DUPLICATE_KEY: i32 = 11000;
 
 pub async fn project_action(
@@ -37,13 +37,16 @@ pub async fn project_action(
         let position = last.position.clone();
         let previous_seq = stored.as_ref().map_or(0, |s| s.view.last_seq);
         let mut view = stored.as_ref().map(|s| s.view.clone());
-        let mut log_lines = Vec::new();
+        let mut log_buckets = Vec::new();
         for event in &events {
             view = apply_event(view, &event.envelope)?;
             if event.envelope.seq > previous_seq {
                 if let Some(folded) = &view {
-                    log_lines.extend(event.envelope.payload.record_outcomes().iter().map(
-                        |outcome| StoredLogEntry::new(action, folded.account_id.as_str(), outcome),
+                    log_buckets.extend(StoredLogBucket::new(
+                        action,
+                        folded.account_id.as_str(),
+                        event.envelope.seq,
+                        event.envelope.payload.record_outcomes(),
                     ));
                 }
             }
@@ -51,7 +54,7 @@ pub async fn project_action(
         let Some(view) = view else {
             return Ok(());
         };
-        write_logs(database, log_lines).await?;
+        write_logs(database, log_buckets).await?;
         let next = StoredActionView::new(view, position);
         write_view(database, stored.is_none(), &next).await?;
         stored = Some(next);
@@ -61,15 +64,18 @@ pub async fn project_action(
     }
 }
 
-/// Log lines before the view: a crash in between re-inserts lines that already exist,
+/// Log lines before the view: a crash in between re-inserts buckets that already exist,
 /// which the unique `_id` turns into no-ops.
-async fn write_logs(database: &Database, lines: Vec<StoredLogEntry>) -> Result<(), ProjectorError> {
-    if lines.is_empty() {
+async fn write_logs(
+    database: &Database,
+    buckets: Vec<StoredLogBucket>,
+) -> Result<(), ProjectorError> {
+    if buckets.is_empty() {
         return Ok(());
     }
     let inserted = database
-        .collection::<StoredLogEntry>(LOG_VIEWS)
-        .insert_many(lines)
+        .collection::<StoredLogBucket>(LOG_VIEWS)
+        .insert_many(buckets)
         .ordered(false)
         .await;
     match inserted {

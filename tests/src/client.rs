@@ -365,6 +365,30 @@ impl ApiClient {
         }
     }
 
+    /// Every projected log line of an action, by index, read from the database: paging a
+    /// large action's lines through the api would take long.
+    pub async fn stored_log_lines(&self, action_id: &str) -> Result<Vec<Document>> {
+        use futures::TryStreamExt;
+        let buckets: Vec<Document> = self
+            .database
+            .collection::<Document>(infra::mongo::LOG_VIEWS)
+            .find(mongodb::bson::doc! { "actionId": action_id })
+            .batch_size(ONE_REPLY)
+            .await?
+            .try_collect()
+            .await?;
+        let mut lines = Vec::new();
+        for bucket in buckets {
+            let text = bucket.get_str("lines")?;
+            let parsed: Vec<Value> = serde_json::from_str(text)?;
+            for line in parsed {
+                lines.push(mongodb::bson::to_document(&line)?);
+            }
+        }
+        lines.sort_by_key(|line| line.get_i64("index").unwrap_or(i64::MAX));
+        Ok(lines)
+    }
+
     pub fn contacts(&self) -> mongodb::Collection<Document> {
         self.database.collection(infra::mongo::CONTACTS)
     }

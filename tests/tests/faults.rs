@@ -72,15 +72,7 @@ async fn assert_exact_upsert(
     );
     // The projected log lines themselves (paging through the API is tested elsewhere and
     // costs a scan per page on FerretDB).
-    let logs: Vec<Document> = deployment
-        .database
-        .collection::<Document>(infra::mongo::LOG_VIEWS)
-        .find(doc! { "actionId": action })
-        .sort(doc! { "_id": 1 })
-        .batch_size(ONE_REPLY)
-        .await?
-        .try_collect()
-        .await?;
+    let logs = deployment.stored_log_lines(action).await?;
     ensure!(logs.len() == records, "{} log lines", logs.len());
     for (i, line) in logs.iter().enumerate() {
         ensure!(

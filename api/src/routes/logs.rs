@@ -5,10 +5,10 @@ use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use domain::{OutcomeCode, OutcomeStatus};
+use domain::{ActionId, OutcomeCode, OutcomeStatus};
 use futures::TryStreamExt;
 use infra::mongo::{ACTION_VIEWS, LOG_VIEWS};
-use infra::views::StoredLogEntry;
+use infra::views::{LogLine, StoredLogBucket};
 use mongodb::bson::{doc, Document};
 use mongodb::options::FindOptions;
 use serde::Serialize;
@@ -84,27 +84,7 @@ pub async fn get_logs(
         return Err(ApiError::action_not_found());
     }
 
-    let mut filter = doc! { "actionId": action.to_string() };
-    if let Some(status) = status {
-        filter.insert("status", status.as_str());
-    }
-    if let Some(after) = after {
-        filter.insert("index", doc! { "$gt": i64::from(after) });
-    }
-    let options = FindOptions::builder()
-        .sort(doc! { "index": 1 })
-        .limit(limit as i64 + 1)
-        // The whole page in the first reply: one round trip, and no `getMore` to lose.
-        .batch_size(limit as u32 + 1)
-        .build();
-    let mut lines: Vec<StoredLogEntry> = state
-        .database
-        .collection::<StoredLogEntry>(LOG_VIEWS)
-        .find(filter)
-        .with_options(options)
-        .await?
-        .try_collect()
-        .await?;
+    let mut lines = page_of_lines(&state, action, status, after, limit as usize).await?;
     let next_cursor = if lines.len() as u64 > limit {
         lines.truncate(limit as usize);
         lines.last().map(|line| encode_cursor(line.index))
@@ -124,6 +104,80 @@ pub async fn get_logs(
             .collect(),
         next_cursor,
     }))
+}
+
+/// Buckets read per round trip while filling a page.
+const BUCKETS_PER_READ: i64 = 4;
+
+/// Up to `limit + 1` lines with an index above `after` (and the status, if given), by
+/// index.
+///
+/// Lines live in buckets (`StoredLogBucket`) whose index ranges overlap: a batch's records
+/// interleave with those rejected at submission. Buckets are read by their smallest index;
+/// once `limit + 1` lines are in hand and the next bucket starts above the last of them, no
+/// later bucket can hold a smaller index, and the page is complete.
+async fn page_of_lines(
+    state: &AppState,
+    action: ActionId,
+    status: Option<OutcomeStatus>,
+    after: Option<u32>,
+    limit: usize,
+) -> Result<Vec<LogLine>, ApiError> {
+    let buckets = state.database.collection::<StoredLogBucket>(LOG_VIEWS);
+    let wanted = limit + 1;
+    let mut lines: Vec<LogLine> = Vec::with_capacity(wanted);
+    let mut read_past: Option<u32> = None;
+    loop {
+        let mut filter = doc! { "actionId": action.to_string() };
+        if let Some(status) = status {
+            filter.insert("statuses", status.as_str());
+        }
+        if let Some(after) = after {
+            filter.insert("maxIndex", doc! { "$gt": i64::from(after) });
+        }
+        if let Some(read_past) = read_past {
+            filter.insert("minIndex", doc! { "$gt": i64::from(read_past) });
+        }
+        let options = FindOptions::builder()
+            .sort(doc! { "minIndex": 1 })
+            .limit(BUCKETS_PER_READ)
+            // All of them in the first reply: one round trip, and no `getMore` to lose.
+            .batch_size(BUCKETS_PER_READ as u32)
+            .build();
+        let read: Vec<StoredLogBucket> = buckets
+            .find(filter)
+            .with_options(options)
+            .await?
+            .try_collect()
+            .await?;
+        let exhausted = (read.len() as i64) < BUCKETS_PER_READ;
+        for bucket in read {
+            let page_is_full = lines.len() >= wanted
+                && lines
+                    .last()
+                    .is_some_and(|last| bucket.min_index > last.index);
+            if page_is_full {
+                return Ok(lines);
+            }
+            read_past = Some(bucket.min_index);
+            let bucket_lines = bucket.lines().map_err(|error| {
+                ApiError::new(
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    format!("log bucket {} is unreadable: {error}", bucket.id),
+                )
+            })?;
+            lines.extend(bucket_lines.into_iter().filter(|line| {
+                after.is_none_or(|after| line.index > after)
+                    && status.is_none_or(|status| line.status == status)
+            }));
+            lines.sort_unstable_by_key(|line| line.index);
+            lines.truncate(wanted);
+        }
+        if exhausted {
+            return Ok(lines);
+        }
+    }
 }
 
 /// Opaque to clients; versioned so the format can change without breaking old cursors.

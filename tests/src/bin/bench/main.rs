@@ -13,6 +13,7 @@
 //!
 //! Then, once, `wrk` posts 10,000-record JSON actions while another `wrk` reads a view.
 
+mod cpu;
 mod data;
 mod load;
 mod raw;
@@ -93,11 +94,28 @@ async fn run(args: &Args, records: u64, run_load: bool) -> Result<Value> {
     let bytes = std::fs::metadata(&file)?.len();
     eprintln!("[bench] {records} records ({bytes} bytes), {kept} to keep");
 
+    let cpu_before = cpu::by_command();
     let (action, accepted, completed, view) = end_to_end(&deployment, &file).await?;
+    let e2e_cpu = cpu::used(&cpu_before, &cpu::by_command());
+    eprintln!("[bench] end-to-end CPU seconds by command: {e2e_cpu:?}");
     if view["succeeded"].as_u64() != Some(kept) {
         bail!("expected {kept} contacts written, the view says {view}");
     }
     let e2e_rate = kept as f64 / completed.as_secs_f64();
+    // When the last batch settled, by the consumer's clock; the rest of `completed` is the
+    // projector catching up.
+    let settled_ms = match (
+        view["createdAt"]
+            .as_str()
+            .and_then(domain::Timestamp::parse_rfc3339),
+        view["completedAt"]
+            .as_str()
+            .and_then(domain::Timestamp::parse_rfc3339),
+    ) {
+        (Some(created), Some(done)) => done.millis_since(created),
+        _ => -1,
+    };
+    eprintln!("[bench] created -> Completed event: {settled_ms} ms");
     let peaks = deployment.peak_rss_kib();
     eprintln!("[bench] end to end: accepted in {accepted:?}, completed in {completed:?} ({e2e_rate:.0}/s); peak RSS {peaks:?}");
 
@@ -106,6 +124,7 @@ async fn run(args: &Args, records: u64, run_load: bool) -> Result<Value> {
     for &in_flight in &args.raw_in_flight {
         let collection = format!("raw_{in_flight}");
         let raw_db = database.clone();
+        let cpu_before = cpu::by_command();
         let (written, took) = raw::insert_all(
             &raw_db,
             &data,
@@ -115,7 +134,8 @@ async fn run(args: &Args, records: u64, run_load: bool) -> Result<Value> {
         )
         .await?;
         let rate = written as f64 / took.as_secs_f64();
-        eprintln!("[bench] raw, {in_flight} in flight: {written} in {took:?} ({rate:.0}/s)");
+        let raw_cpu = cpu::used(&cpu_before, &cpu::by_command());
+        eprintln!("[bench] raw, {in_flight} in flight: {written} in {took:?} ({rate:.0}/s); CPU seconds {raw_cpu:?}");
         raw_runs.push(json!({"inFlight": in_flight, "records": written, "seconds": took.as_secs_f64(), "perSecond": rate}));
     }
     let raw_best = raw_runs
@@ -134,6 +154,8 @@ async fn run(args: &Args, records: u64, run_load: bool) -> Result<Value> {
         "kept": kept,
         "acceptedSeconds": accepted.as_secs_f64(),
         "completedSeconds": completed.as_secs_f64(),
+        "createdToCompletedEventMs": settled_ms,
+        "endToEndCpuSeconds": e2e_cpu.iter().map(|(command, seconds)| json!({"command": command, "seconds": seconds})).collect::<Vec<_>>(),
         "endToEndPerSecond": e2e_rate,
         "raw": raw_runs,
         "rawBestPerSecond": raw_best,
