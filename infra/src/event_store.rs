@@ -445,27 +445,45 @@ impl EventStore {
     }
 
     pub async fn meta(&self, action: ActionId) -> Result<Option<ActionMeta>, StoreError> {
-        let fields: std::collections::HashMap<String, String> =
-            self.conn.clone().hgetall(self.keys.meta(action)).await?;
-        if fields.is_empty() {
+        // The named fields only: the hash also holds a guard and an attempt counter per
+        // batch, thousands of fields for a large action, read by every batch otherwise.
+        const FIELDS: [&str; 6] = [
+            "account",
+            "actionType",
+            "entityType",
+            "seq",
+            "cancelled",
+            "paused",
+        ];
+        let values: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(self.keys.meta(action))
+            .arg(&FIELDS[..])
+            .query_async(&mut self.conn.clone())
+            .await?;
+        if values.iter().all(Option::is_none) {
             return Ok(None);
         }
         let field = |name: &str| {
-            fields
-                .get(name)
-                .ok_or_else(|| StoreError::Corrupt(format!("meta of {action} lacks {name}")))
+            FIELDS
+                .iter()
+                .position(|known| *known == name)
+                .and_then(|at| values.get(at))
+                .and_then(Option::as_deref)
+        };
+        let required = |name: &str| {
+            field(name).ok_or_else(|| StoreError::Corrupt(format!("meta of {action} lacks {name}")))
         };
         let corrupt = |name: &str| StoreError::Corrupt(format!("meta of {action}: bad {name}"));
         Ok(Some(ActionMeta {
-            account_id: domain::AccountId::parse(field("account")?)
+            account_id: domain::AccountId::parse(required("account")?)
                 .map_err(|_| corrupt("account"))?,
-            action_type: ActionType::parse(field("actionType")?)
+            action_type: ActionType::parse(required("actionType")?)
                 .ok_or_else(|| corrupt("actionType"))?,
-            entity_type: EntityType::parse(field("entityType")?)
+            entity_type: EntityType::parse(required("entityType")?)
                 .ok_or_else(|| corrupt("entityType"))?,
-            head_seq: field("seq")?.parse().map_err(|_| corrupt("seq"))?,
-            cancelled: fields.get("cancelled").is_some_and(|flag| flag == "1"),
-            paused: fields.get("paused").is_some_and(|flag| flag == "1"),
+            head_seq: required("seq")?.parse().map_err(|_| corrupt("seq"))?,
+            cancelled: field("cancelled") == Some("1"),
+            paused: field("paused") == Some("1"),
         }))
     }
 

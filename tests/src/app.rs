@@ -191,6 +191,7 @@ impl TestApp {
             name: "test-projector".into(),
             block_ms: 200,
             feed_batch: 256,
+            gather_ms: 20,
         }
     }
 
