@@ -58,6 +58,8 @@ pub struct ActionMeta {
     /// A cancel was requested: batches not yet applied are settled as unprocessed.
     pub cancelled: bool,
     pub paused: bool,
+    /// Its events were moved to the MongoDB archive (retention); only a tombstone is left.
+    pub archived: bool,
 }
 
 /// Everything `commit_action` writes.
@@ -108,6 +110,7 @@ pub(crate) struct Scripts {
     pub(crate) park: Script,
     pub(crate) amend: Script,
     pub(crate) request_budget: Script,
+    forget_archived: Script,
 }
 
 #[derive(Clone)]
@@ -128,6 +131,7 @@ impl EventStore {
             park: Script::new(include_str!("lua/park.lua")),
             amend: Script::new(include_str!("lua/amend.lua")),
             request_budget: Script::new(include_str!("lua/request_budget.lua")),
+            forget_archived: Script::new(include_str!("lua/forget_archived.lua")),
         };
         Self {
             conn,
@@ -431,6 +435,20 @@ impl EventStore {
         after: Option<&str>,
         count: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.read_raw(action, after, count)
+            .await?
+            .iter()
+            .map(|raw| raw.decode(action))
+            .collect()
+    }
+
+    /// `read`, without decoding.
+    pub async fn read_raw(
+        &self,
+        action: ActionId,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<RawEvent>, StoreError> {
         let start = after.map_or_else(|| "-".to_owned(), |position| format!("({position}"));
         let reply: StreamRangeReply = self
             .conn
@@ -440,20 +458,46 @@ impl EventStore {
         reply
             .ids
             .into_iter()
-            .map(|entry| decode_event(action, entry))
+            .map(|entry| raw_event(action, entry))
             .collect()
+    }
+
+    /// Drops a finished action's events, batches and bookkeeping from Redis, once they are
+    /// archived, and leaves a small tombstone meta (account, types, counts, `archived`) so
+    /// that ownership checks, control commands (`action_finished`) and idempotent
+    /// resubmissions still see the action. Refuses (false) unless the stream still ends at
+    /// `archived_seq`: nothing may be dropped that the archive lacks.
+    pub async fn forget_archived(
+        &self,
+        action: ActionId,
+        archived_seq: u64,
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let forgotten: i64 = self
+            .scripts
+            .forget_archived
+            .key(self.keys.meta(action))
+            .key(self.keys.events(action))
+            .key(self.keys.batches(action))
+            .key(self.keys.parked(action))
+            .arg(archived_seq)
+            .arg(at.millis())
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(forgotten == 1)
     }
 
     pub async fn meta(&self, action: ActionId) -> Result<Option<ActionMeta>, StoreError> {
         // The named fields only: the hash also holds a guard and an attempt counter per
         // batch, thousands of fields for a large action, read by every batch otherwise.
-        const FIELDS: [&str; 6] = [
+        const FIELDS: [&str; 7] = [
             "account",
             "actionType",
             "entityType",
             "seq",
             "cancelled",
             "paused",
+            "archived",
         ];
         let values: Vec<Option<String>> = redis::cmd("HMGET")
             .arg(self.keys.meta(action))
@@ -484,6 +528,7 @@ impl EventStore {
             head_seq: required("seq")?.parse().map_err(|_| corrupt("seq"))?,
             cancelled: field("cancelled") == Some("1"),
             paused: field("paused") == Some("1"),
+            archived: field("archived") == Some("1"),
         }))
     }
 
@@ -541,10 +586,42 @@ impl EventStore {
     }
 }
 
-fn decode_event(
-    action: ActionId,
-    entry: redis::streams::StreamId,
-) -> Result<StoredEvent, StoreError> {
+/// An event as the stream holds it, not yet decoded: what the archive keeps, so that a
+/// replay from the archive decodes (and upcasts) exactly as a replay from Redis does.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RawEvent {
+    pub position: String,
+    pub event_id: String,
+    pub seq: u64,
+    pub schema_version: u16,
+    #[serde(rename = "type")]
+    pub type_name: String,
+    pub at: String,
+    pub data: String,
+}
+
+impl RawEvent {
+    pub fn decode(&self, action: ActionId) -> Result<StoredEvent, StoreError> {
+        let corrupt = |name: &str| {
+            StoreError::Corrupt(format!("event {} of {action}: bad {name}", self.position))
+        };
+        let envelope = EventEnvelope {
+            event_id: self.event_id.parse().map_err(|_| corrupt("id"))?,
+            action_id: action,
+            seq: self.seq,
+            schema_version: self.schema_version,
+            occurred_at: Timestamp::parse_rfc3339(&self.at).ok_or_else(|| corrupt("at"))?,
+            payload: EventPayload::decode(&self.type_name, self.schema_version, &self.data)?,
+        };
+        Ok(StoredEvent {
+            position: self.position.clone(),
+            envelope,
+        })
+    }
+}
+
+fn raw_event(action: ActionId, entry: redis::streams::StreamId) -> Result<RawEvent, StoreError> {
     let text = |name: &str| -> Result<String, StoreError> {
         entry.get::<String>(name).ok_or_else(|| {
             StoreError::Corrupt(format!("event {} of {action} lacks {name}", entry.id))
@@ -552,17 +629,17 @@ fn decode_event(
     };
     let corrupt =
         |name: &str| StoreError::Corrupt(format!("event {} of {action}: bad {name}", entry.id));
-    let schema_version: u16 = text("v")?.parse().map_err(|_| corrupt("v"))?;
-    let envelope = EventEnvelope {
-        event_id: text("id")?.parse().map_err(|_| corrupt("id"))?,
-        action_id: ActionId::parse(&text("action")?).ok_or_else(|| corrupt("action"))?,
+    let stream_action = ActionId::parse(&text("action")?).ok_or_else(|| corrupt("action"))?;
+    if stream_action != action {
+        return Err(corrupt("action"));
+    }
+    Ok(RawEvent {
+        event_id: text("id")?,
         seq: text("seq")?.parse().map_err(|_| corrupt("seq"))?,
-        schema_version,
-        occurred_at: Timestamp::parse_rfc3339(&text("at")?).ok_or_else(|| corrupt("at"))?,
-        payload: EventPayload::decode(&text("type")?, schema_version, &text("data")?)?,
-    };
-    Ok(StoredEvent {
+        schema_version: text("v")?.parse().map_err(|_| corrupt("v"))?,
+        type_name: text("type")?,
+        at: text("at")?,
+        data: text("data")?,
         position: entry.id,
-        envelope,
     })
 }

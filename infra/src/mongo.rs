@@ -15,6 +15,9 @@ pub const CONTACTS: &str = "contacts";
 pub const ACTION_VIEWS: &str = "bulk_actions";
 /// One document per settling event (`views::StoredLogBucket`).
 pub const LOG_VIEWS: &str = "bulk_action_log_buckets";
+/// Events of actions past the retention period, moved out of Redis (`views::ArchivedEvent`).
+/// Not a view: a replay reads it and never drops it.
+pub const EVENT_ARCHIVE: &str = "bulk_action_event_archive";
 /// One document per record, before log lines were bucketed; dropped by a replay.
 pub const LEGACY_LOG_VIEWS: &str = "bulk_action_logs";
 
@@ -80,5 +83,13 @@ pub async fn ensure_view_indexes(database: &Database) -> mongodb::error::Result<
             .build(),
     )
     .await?;
+    database
+        .collection::<mongodb::bson::Document>(EVENT_ARCHIVE)
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! { "actionId": 1, "seq": 1 })
+                .build(),
+        )
+        .await?;
     Ok(())
 }

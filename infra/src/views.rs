@@ -2,6 +2,8 @@
 //! their reader (api).
 
 use domain::{ActionId, ActionView, OutcomeStatus, RecordOutcome};
+
+use crate::event_store::RawEvent;
 use serde::{Deserialize, Serialize};
 
 /// An action view as stored: the domain view plus the projector's checkpoint, the stream
@@ -104,5 +106,27 @@ impl StoredLogBucket {
     /// The lines, by record index.
     pub fn lines(&self) -> Result<Vec<LogLine>, serde_json::Error> {
         serde_json::from_str(&self.lines)
+    }
+}
+
+/// One event of an action whose events left Redis (retention), stored as the stream held
+/// it. `_id` is derived from the action and the seq, so archiving twice is a no-op.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchivedEvent {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub action_id: String,
+    #[serde(flatten)]
+    pub event: RawEvent,
+}
+
+impl ArchivedEvent {
+    pub fn new(action: ActionId, event: RawEvent) -> Self {
+        Self {
+            id: format!("{action}:{:010}", event.seq),
+            action_id: action.to_string(),
+            event,
+        }
     }
 }

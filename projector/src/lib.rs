@@ -6,6 +6,7 @@
 //! action's events, whatever order, repetition or loss the feed suffers.
 
 mod project;
+pub mod retention;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -19,7 +20,7 @@ use mongodb::bson::Document;
 use mongodb::Database;
 use tokio_util::sync::CancellationToken;
 
-pub use project::project_action;
+pub use project::{project_action, project_archived};
 
 #[derive(Debug, Clone, Args)]
 pub struct ProjectorConfig {
@@ -43,6 +44,15 @@ pub struct ProjectorConfig {
     /// instead of one per batch; views lag by at most this much more.
     #[arg(long, env = "PROJECTOR_GATHER_MS", default_value_t = 100)]
     pub gather_ms: u64,
+
+    /// Move the events of actions finished more than this many days ago from Redis to
+    /// the MongoDB event archive (replay reads them there). Unset: keep them in Redis.
+    #[arg(long, env = "EVENT_RETENTION_DAYS")]
+    pub event_retention_days: Option<u32>,
+
+    /// How often the retention sweep runs (seconds).
+    #[arg(long, env = "RETENTION_SWEEP_SECS", default_value_t = 3600)]
+    pub retention_sweep_secs: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +120,16 @@ pub async fn run(
         config,
     };
     tracing::info!(name = %projector.config.name, "projector started");
+    if let Some(days) = projector.config.event_retention_days {
+        let every = Duration::from_secs(projector.config.retention_sweep_secs.max(1));
+        tokio::spawn(sweep_retention(
+            projector.store.clone(),
+            projector.database.clone(),
+            days,
+            every,
+            shutdown.clone(),
+        ));
+    }
     let mut delays = infra::retry::reconnect_delays();
     while !shutdown.is_cancelled() {
         match projector.follow(&shutdown).await {
@@ -187,7 +207,45 @@ pub struct ReplayReport {
     pub actions: usize,
 }
 
-/// Drops the views and rebuilds them from every action's stream.
+/// Runs the retention sweep every `every` until shutdown. Several projectors may sweep at
+/// once: archiving is idempotent and the forget script checks the stream first.
+async fn sweep_retention(
+    store: EventStore,
+    database: Database,
+    days: u32,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let now = infra::clock::now();
+        let swept =
+            retention::archive_finished(&store, &database, days_before(now, days), now).await;
+        if let Err(error) = swept {
+            tracing::warn!(%error, "retention sweep failed; trying again at the next one");
+        }
+    }
+}
+
+/// Archives the events of actions finished more than `days` days ago (see `retention`).
+pub async fn archive(
+    config: &ProjectorConfig,
+    days: u32,
+) -> Result<retention::RetentionReport, ProjectorError> {
+    let (store, database) = connect(config).await?;
+    let now = infra::clock::now();
+    retention::archive_finished(&store, &database, days_before(now, days), now).await
+}
+
+fn days_before(now: domain::Timestamp, days: u32) -> domain::Timestamp {
+    domain::Timestamp::from_millis(now.millis() - i64::from(days) * 86_400_000).unwrap_or(now)
+}
+
+/// Drops the views and rebuilds them from every action's stream (or, for actions past
+/// retention, from the event archive).
 pub async fn replay(config: &ProjectorConfig) -> Result<ReplayReport, ProjectorError> {
     let (store, database) = connect(config).await?;
     for collection in [
@@ -201,7 +259,12 @@ pub async fn replay(config: &ProjectorConfig) -> Result<ReplayReport, ProjectorE
     let mut actions = 0;
     for partition in store.keys().partitions() {
         for action in store.actions_in(partition).await? {
-            project_action(&store, &database, action).await?;
+            let archived = store.meta(action).await?.is_some_and(|meta| meta.archived);
+            if archived {
+                project_archived(&database, action).await?;
+            } else {
+                project_action(&store, &database, action).await?;
+            }
             actions += 1;
         }
     }

@@ -18,6 +18,12 @@ enum Command {
     Run,
     /// Drop the views, rebuild them from the event streams, and exit.
     Replay,
+    /// Move the events of actions finished more than `days` days ago to the MongoDB event
+    /// archive once, and exit (what `EVENT_RETENTION_DAYS` does hourly).
+    Archive {
+        #[arg(long)]
+        older_than_days: u32,
+    },
 }
 
 #[tokio::main]
@@ -34,6 +40,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Replay => {
             let report = projector::replay(&cli.config).await?;
             println!("replayed {} actions", report.actions);
+        }
+        Command::Archive { older_than_days } => {
+            let report = projector::archive(&cli.config, older_than_days).await?;
+            println!(
+                "archived {} events of {} actions",
+                report.events, report.actions
+            );
         }
     }
     Ok(())

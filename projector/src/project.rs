@@ -7,11 +7,13 @@
 
 use domain::view::apply_event;
 use domain::ActionId;
-use infra::mongo::{ACTION_VIEWS, LOG_VIEWS};
-use infra::views::{StoredActionView, StoredLogBucket};
-use infra::EventStore;
+use futures::TryStreamExt;
+use infra::mongo::{ACTION_VIEWS, EVENT_ARCHIVE, LOG_VIEWS};
+use infra::views::{ArchivedEvent, StoredActionView, StoredLogBucket};
+use infra::{EventStore, StoredEvent};
 use mongodb::bson::{doc, Document};
 use mongodb::error::ErrorKind;
+use mongodb::options::FindOptions;
 use mongodb::Database;
 
 use crate::ProjectorError;
@@ -21,8 +23,84 @@ use crate::ProjectorError;
 const EVENTS_PER_PAGE: usize = 16;
 const DUPLICATE_KEY: i32 = 11000;
 
+/// Where an action's events are read from: its Redis stream, or, past the retention
+/// period, the archive. Both give the same events with the same positions.
+trait EventSource {
+    async fn read(
+        &self,
+        action: ActionId,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<StoredEvent>, ProjectorError>;
+}
+
+impl EventSource for EventStore {
+    async fn read(
+        &self,
+        action: ActionId,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<StoredEvent>, ProjectorError> {
+        Ok(EventStore::read(self, action, after, count).await?)
+    }
+}
+
+struct Archive<'a>(&'a Database);
+
+impl EventSource for Archive<'_> {
+    async fn read(
+        &self,
+        action: ActionId,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<StoredEvent>, ProjectorError> {
+        let archive = self.0.collection::<ArchivedEvent>(EVENT_ARCHIVE);
+        let after_seq = match after {
+            None => 0,
+            Some(position) => archive
+                .find_one(doc! { "actionId": action.to_string(), "position": position })
+                .await?
+                .map(|archived| archived.event.seq)
+                .ok_or_else(|| {
+                    infra::StoreError::Corrupt(format!(
+                        "archive of {action} lacks position {position}"
+                    ))
+                })?,
+        };
+        let options = FindOptions::builder()
+            .sort(doc! { "seq": 1 })
+            .limit(count as i64)
+            // The whole page in the first reply: no `getMore` to lose.
+            .batch_size(count as u32)
+            .build();
+        let archived: Vec<ArchivedEvent> = archive
+            .find(doc! { "actionId": action.to_string(), "seq": { "$gt": after_seq as i64 } })
+            .with_options(options)
+            .await?
+            .try_collect()
+            .await?;
+        Ok(archived
+            .iter()
+            .map(|archived| archived.event.decode(action))
+            .collect::<Result<_, _>>()?)
+    }
+}
+
 pub async fn project_action(
     store: &EventStore,
+    database: &Database,
+    action: ActionId,
+) -> Result<(), ProjectorError> {
+    project_from(store, database, action).await
+}
+
+/// `project_action` for an action whose events are archived (see `retention`).
+pub async fn project_archived(database: &Database, action: ActionId) -> Result<(), ProjectorError> {
+    project_from(&Archive(database), database, action).await
+}
+
+async fn project_from(
+    source: &impl EventSource,
     database: &Database,
     action: ActionId,
 ) -> Result<(), ProjectorError> {
@@ -30,7 +108,7 @@ pub async fn project_action(
     let mut stored = views.find_one(doc! { "_id": action.to_string() }).await?;
     loop {
         let checkpoint = stored.as_ref().map(|s| s.checkpoint.as_str());
-        let events = store.read(action, checkpoint, EVENTS_PER_PAGE).await?;
+        let events = source.read(action, checkpoint, EVENTS_PER_PAGE).await?;
         let Some(last) = events.last() else {
             return Ok(());
         };

@@ -192,6 +192,8 @@ impl TestApp {
             block_ms: 200,
             feed_batch: 256,
             gather_ms: 20,
+            event_retention_days: None,
+            retention_sweep_secs: 3600,
         }
     }
 

@@ -613,3 +613,117 @@ async fn a_second_attempt_reports_what_the_first_one_did() -> Result<()> {
     );
     Ok(())
 }
+
+/// Retention: a finished action's events leave Redis for the MongoDB archive; the action
+/// still reads, refuses control commands and answers idempotent resubmissions as before,
+/// and a replay rebuilds the very same views from the archive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_actions_past_retention_leave_redis_and_replay_from_the_archive() -> Result<()> {
+    let mut app = TestApp::spawn(AppOptions {
+        batch_size: 4,
+        ..AppOptions::default()
+    })
+    .await?;
+    let data: Vec<Value> = (0..30)
+        .map(|i| match i % 10 {
+            3 => json!({ "email": "broken" }),
+            7 => json!({ "email": format!("U{}@Keep.io", i - 1) }),
+            _ => json!({ "email": format!("u{i}@keep.io"), "name": format!("U {i}") }),
+        })
+        .collect();
+    let body = action("keep", "upsert", Value::Array(data));
+    let key = [("idempotency-key", "retention-1")];
+    let first = app
+        .send(reqwest::Method::POST, "/bulk-actions", Some(&body), &key)
+        .await?;
+    assert_eq!(first.status, 202, "{}", first.body);
+    let finished = first.body["actionId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let finished_view = app.wait_projected_terminal(&finished, WAIT).await?;
+    // An action that has not finished: retention leaves it alone.
+    let mut waiting_body = action("keep", "upsert", json!([{ "email": "later@keep.io" }]));
+    let in_twenty_days =
+        domain::Timestamp::from_millis(infra::clock::now().millis() + 20 * 86_400_000);
+    waiting_body["scheduledFor"] = json!(in_twenty_days.map(|at| at.to_string()));
+    let waiting = app.submit(&waiting_body).await?;
+    let mut conn = infra::redis_conn::shared(&app.services.redis_url).await?;
+    let keys = infra::Keys::new("test", 4);
+    let finished_id = domain::ActionId::parse(&finished).expect("an action id");
+    let waiting_id = domain::ActionId::parse(&waiting).expect("an action id");
+    let stream_len = |conn: &mut redis::aio::ConnectionManager, action| {
+        let key = keys.events(action);
+        let mut conn = conn.clone();
+        async move { redis::AsyncCommands::xlen::<_, u64>(&mut conn, key).await }
+    };
+    assert!(stream_len(&mut conn, finished_id).await? > 0);
+    // Wait until the scheduled action's view exists, so the views compare whole.
+    let deadline = std::time::Instant::now() + WAIT;
+    while app
+        .database
+        .collection::<Document>(infra::mongo::ACTION_VIEWS)
+        .find_one(doc! { "_id": &waiting })
+        .await?
+        .is_none()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "scheduled action never projected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let report = projector::archive(&app.projector_config(), 0).await?;
+    assert_eq!(report.actions, 1, "only the finished action is archived");
+    assert_eq!(stream_len(&mut conn, finished_id).await?, 0);
+    assert!(stream_len(&mut conn, waiting_id).await? > 0);
+    let meta: std::collections::HashMap<String, String> =
+        redis::AsyncCommands::hgetall(&mut conn, keys.meta(finished_id)).await?;
+    assert_eq!(
+        meta.get("archived").map(String::as_str),
+        Some("1"),
+        "{meta:?}"
+    );
+    assert!(
+        meta.len() <= 12,
+        "a tombstone, not the bookkeeping: {meta:?}"
+    );
+    // Archiving again changes nothing.
+    assert_eq!(
+        projector::archive(&app.projector_config(), 0)
+            .await?
+            .actions,
+        0
+    );
+
+    // Reads, control and resubmission behave as before.
+    let (status, view) = app.get_json(&format!("/bulk-actions/{finished}")).await?;
+    assert_eq!((status, &view), (200, &finished_view));
+    let logs = app.all_logs(&finished).await?;
+    assert_eq!(logs.len(), 30);
+    let (status, refused) = app
+        .post_json(&format!("/bulk-actions/{finished}/cancel"), &json!({}))
+        .await?;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (409, Some("action_finished"))
+    );
+    let again = app
+        .send(reqwest::Method::POST, "/bulk-actions", Some(&body), &key)
+        .await?;
+    assert_eq!(again.status, 202, "{}", again.body);
+    assert_eq!(again.body["actionId"].as_str(), Some(finished.as_str()));
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+
+    // A replay reads the archived action from the archive: the same documents.
+    let before = (
+        app.all_docs(infra::mongo::ACTION_VIEWS).await?,
+        app.all_docs(infra::mongo::LOG_VIEWS).await?,
+    );
+    app.stop_projector().await;
+    assert_eq!(app.replay().await?.actions, 2);
+    assert_eq!(before.0, app.all_docs(infra::mongo::ACTION_VIEWS).await?);
+    assert_eq!(before.1, app.all_docs(infra::mongo::LOG_VIEWS).await?);
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! Retention: the events of actions that finished long ago leave Redis for MongoDB.
+//!
+//! Event streams are never trimmed (replay reads them), so Redis would grow with every
+//! action ever run: about 67 bytes per record (docs/benchmarks.md). With
+//! `EVENT_RETENTION_DAYS` set, an action finished more than that long ago, and whose views
+//! have folded every one of its events, has its events copied verbatim into the
+//! `bulk_action_event_archive` collection; then a script drops the stream, the meta and
+//! what is left of its batches, keeping a tombstone meta (account, types, counts,
+//! `archived`) so that reads, control commands and idempotent resubmissions behave as
+//! before. A replay folds archived actions from the archive, with the same positions and
+//! the same decoding, so it rebuilds the same views.
+
+use domain::{ActionId, ActionStatus, Timestamp};
+use futures::TryStreamExt;
+use infra::mongo::{ACTION_VIEWS, EVENT_ARCHIVE};
+use infra::views::ArchivedEvent;
+use infra::EventStore;
+use mongodb::bson::{doc, Document};
+use mongodb::error::ErrorKind;
+use mongodb::Database;
+
+use crate::ProjectorError;
+
+/// Events copied per round trip: a settled batch's event carries up to a batch of
+/// outcomes, so pages stay small.
+const EVENTS_PER_COPY: usize = 32;
+const DUPLICATE_KEY: i32 = 11000;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub actions: usize,
+    pub events: u64,
+}
+
+/// Archives every action that finished before `finished_before` and is fully projected.
+pub async fn archive_finished(
+    store: &EventStore,
+    database: &Database,
+    finished_before: Timestamp,
+    now: Timestamp,
+) -> Result<RetentionReport, ProjectorError> {
+    let finished: Vec<&str> = ActionStatus::ALL
+        .iter()
+        .filter(|status| {
+            matches!(
+                status,
+                ActionStatus::Completed | ActionStatus::Failed | ActionStatus::Cancelled
+            )
+        })
+        .map(ActionStatus::as_str)
+        .collect();
+    let candidates: Vec<Document> = database
+        .collection::<Document>(ACTION_VIEWS)
+        .find(doc! { "status": { "$in": finished } })
+        .projection(doc! { "_id": 1, "completedAt": 1, "lastSeq": 1 })
+        // One reply: no `getMore` to lose.
+        .batch_size(u32::MAX >> 1)
+        .await?
+        .try_collect()
+        .await?;
+    let mut report = RetentionReport::default();
+    for view in candidates {
+        let Some(action) = view.get_str("_id").ok().and_then(ActionId::parse) else {
+            continue;
+        };
+        let completed_at = view
+            .get_str("completedAt")
+            .ok()
+            .and_then(Timestamp::parse_rfc3339);
+        if completed_at.is_none_or(|at| at.millis() >= finished_before.millis()) {
+            continue;
+        }
+        let projected_seq = match view.get("lastSeq") {
+            Some(mongodb::bson::Bson::Int64(seq)) => *seq as u64,
+            Some(mongodb::bson::Bson::Int32(seq)) => *seq as u64,
+            _ => continue,
+        };
+        let Some(meta) = store.meta(action).await? else {
+            continue;
+        };
+        // A view that has not folded every event yet would lose the rest.
+        if meta.archived || meta.head_seq != projected_seq {
+            continue;
+        }
+        report.events += archive_action(store, database, action, meta.head_seq, now).await?;
+        report.actions += 1;
+    }
+    if report.actions > 0 {
+        tracing::info!(
+            actions = report.actions,
+            events = report.events,
+            "archived the events of finished actions"
+        );
+    }
+    Ok(report)
+}
+
+/// Copies the action's events into the archive, checks that all `head_seq` of them are
+/// there, then lets Redis forget them. Returns the events archived (0 if it was not).
+async fn archive_action(
+    store: &EventStore,
+    database: &Database,
+    action: ActionId,
+    head_seq: u64,
+    now: Timestamp,
+) -> Result<u64, ProjectorError> {
+    let archive = database.collection::<ArchivedEvent>(EVENT_ARCHIVE);
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .read_raw(action, after.as_deref(), EVENTS_PER_COPY)
+            .await?;
+        let Some(last) = page.last() else {
+            break;
+        };
+        after = Some(last.position.clone());
+        let documents: Vec<ArchivedEvent> = page
+            .into_iter()
+            .map(|event| ArchivedEvent::new(action, event))
+            .collect();
+        if let Err(error) = archive.insert_many(documents).ordered(false).await {
+            let only_repeats = match *error.kind {
+                ErrorKind::InsertMany(ref failure) => {
+                    failure.write_concern_error.is_none()
+                        && failure
+                            .write_errors
+                            .iter()
+                            .flatten()
+                            .all(|e| e.code == DUPLICATE_KEY)
+                }
+                _ => false,
+            };
+            if !only_repeats {
+                return Err(error.into());
+            }
+        }
+    }
+    let archived = archive
+        .count_documents(doc! { "actionId": action.to_string() })
+        .await?;
+    if archived < head_seq {
+        tracing::warn!(%action, archived, head_seq, "archive incomplete; keeping the events in redis");
+        return Ok(0);
+    }
+    if store.forget_archived(action, head_seq, now).await? {
+        Ok(head_seq)
+    } else {
+        Ok(0)
+    }
+}
