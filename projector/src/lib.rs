@@ -6,6 +6,7 @@
 //! action's events, whatever order, repetition or loss the feed suffers.
 
 mod project;
+pub mod repartition;
 pub mod retention;
 
 use std::collections::BTreeSet;
@@ -228,6 +229,24 @@ async fn sweep_retention(
             tracing::warn!(%error, "retention sweep failed; trying again at the next one");
         }
     }
+}
+
+/// Moves a drained deployment's keys from its configured partition count to `to` (see
+/// `repartition`).
+pub async fn repartition(
+    config: &ProjectorConfig,
+    to: u32,
+) -> Result<repartition::RepartitionReport, repartition::RepartitionError> {
+    let prefix = &config.store.redis_key_prefix;
+    let mut conn = infra::redis_conn::shared(&config.store.redis_url)
+        .await
+        .map_err(ProjectorError::from)?;
+    repartition::repartition(
+        &mut conn,
+        &Keys::new(prefix, config.store.partitions),
+        &Keys::new(prefix, to),
+    )
+    .await
 }
 
 /// Archives the events of actions finished more than `days` days ago (see `retention`).

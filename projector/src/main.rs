@@ -24,6 +24,12 @@ enum Command {
         #[arg(long)]
         older_than_days: u32,
     },
+    /// On a drained deployment, move every key from STREAM_PARTITIONS partitions to `to`
+    /// partitions, and exit; then start everything with STREAM_PARTITIONS=`to`.
+    Repartition {
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        to: u32,
+    },
 }
 
 #[tokio::main]
@@ -40,6 +46,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Replay => {
             let report = projector::replay(&cli.config).await?;
             println!("replayed {} actions", report.actions);
+        }
+        Command::Repartition { to } => {
+            let report = projector::repartition(&cli.config, to).await?;
+            println!(
+                "moved {} keys of {} actions to {to} partitions",
+                report.keys_moved, report.actions
+            );
         }
         Command::Archive { older_than_days } => {
             let report = projector::archive(&cli.config, older_than_days).await?;

@@ -25,6 +25,7 @@ use crate::ProjectorError;
 /// outcomes, so pages stay small.
 const EVENTS_PER_COPY: usize = 32;
 const DUPLICATE_KEY: i32 = 11000;
+const CANDIDATES_PER_PAGE: i64 = 1000;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RetentionReport {
@@ -49,15 +50,29 @@ pub async fn archive_finished(
         })
         .map(ActionStatus::as_str)
         .collect();
-    let candidates: Vec<Document> = database
-        .collection::<Document>(ACTION_VIEWS)
-        .find(doc! { "status": { "$in": finished } })
-        .projection(doc! { "_id": 1, "completedAt": 1, "lastSeq": 1 })
-        // One reply: no `getMore` to lose.
-        .batch_size(u32::MAX >> 1)
-        .await?
-        .try_collect()
-        .await?;
+    let views = database.collection::<Document>(ACTION_VIEWS);
+    let mut candidates: Vec<Document> = Vec::new();
+    // Paged by `_id`, each page in one reply: no `getMore` to lose.
+    loop {
+        let mut filter = doc! { "status": { "$in": &finished } };
+        if let Some(last) = candidates.last().and_then(|view| view.get_str("_id").ok()) {
+            filter.insert("_id", doc! { "$gt": last });
+        }
+        let page: Vec<Document> = views
+            .find(filter)
+            .projection(doc! { "_id": 1, "completedAt": 1, "lastSeq": 1 })
+            .sort(doc! { "_id": 1 })
+            .limit(CANDIDATES_PER_PAGE)
+            .batch_size(CANDIDATES_PER_PAGE as u32)
+            .await?
+            .try_collect()
+            .await?;
+        let full = page.len() as i64 == CANDIDATES_PER_PAGE;
+        candidates.extend(page);
+        if !full {
+            break;
+        }
+    }
     let mut report = RetentionReport::default();
     for view in candidates {
         let Some(action) = view.get_str("_id").ok().and_then(ActionId::parse) else {

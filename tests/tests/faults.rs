@@ -221,30 +221,53 @@ async fn consumers_killed_mid_batch_lose_nothing_and_apply_nothing_twice() -> Re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_projector_killed_mid_action_resumes_to_the_views_a_replay_builds() -> Result<()> {
     let _serial = SERIAL.lock().await;
-    let mut deployment = Deployment::start(DeploymentOptions::default(), &["c-a"]).await?;
-    let first = deployment.submit(&upsert_body("proj-a", 20_000)).await?;
+    // Small batches make many events: projecting them takes several of the kill windows.
+    let options = DeploymentOptions {
+        batch_size: 50,
+        ..DeploymentOptions::default()
+    };
+    let mut deployment = Deployment::start(options, &["c-a"]).await?;
+    // The projector is down while the actions run, so it has their whole backlog to
+    // project when it comes back: projecting is then what it is killed in the middle of.
+    deployment.kill_projector();
+    let first = deployment.submit(&upsert_body("proj-a", 40_000)).await?;
     let mut mixed = upsert_body("proj-b", 3_000);
     if let Some(data) = mixed["data"].as_array_mut() {
         data.push(json!({ "email": "USER7@proj-b.io", "name": "dup" }));
         data.push(json!({ "email": "not-an-email" }));
     }
     let second = deployment.submit(&mixed).await?;
-
-    // Kill the projector again and again while the views are still catching up: the loop
-    // watches the projected view itself, not the api's read-your-writes answer.
-    let mut kills = 0;
     let deadline = Instant::now() + Duration::from_secs(300);
+    for action in [&first, &second] {
+        loop {
+            let done = events(&deployment, action)
+                .await?
+                .iter()
+                .any(|e| matches!(e.envelope.payload, EventPayload::Completed {}));
+            if done {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("not processed; logs in {}", deployment.logs_dir().display());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    // Start the projector and SIGKILL it again and again while the views catch up: the
+    // loop watches the projected view itself, not the api's read-your-writes answer.
+    let mut kills = 0;
+    deployment.start_projector()?;
     while projected_status(&deployment, &first).await?.as_deref() != Some("completed") {
         if Instant::now() > deadline {
             bail!("not projected; logs in {}", deployment.logs_dir().display());
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
         if kills < MAX_KILLS {
             deployment.kill_projector();
             kills += 1;
-            tokio::time::sleep(Duration::from_millis(200)).await;
             deployment.start_projector()?;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     eprintln!("the projector was SIGKILLed {kills} times while projecting");
     ensure!(
@@ -253,7 +276,7 @@ async fn a_projector_killed_mid_action_resumes_to_the_views_a_replay_builds() ->
     );
     let first_view = wait_done(&deployment, &first, Duration::from_secs(60)).await?;
     let second_view = wait_done(&deployment, &second, Duration::from_secs(60)).await?;
-    ensure!(first_view["succeeded"] == 20_000, "{first_view}");
+    ensure!(first_view["succeeded"] == 40_000, "{first_view}");
     ensure!(
         second_view["succeeded"] == 3_000
             && second_view["skipped"] == 1

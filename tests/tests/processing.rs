@@ -727,3 +727,92 @@ async fn finished_actions_past_retention_leave_redis_and_replay_from_the_archive
     assert_eq!(before.1, app.all_docs(infra::mongo::LOG_VIEWS).await?);
     Ok(())
 }
+
+/// `projector repartition`: on a drained deployment, every finished action's keys move to
+/// where a new partition count looks for them, limits follow their accounts, and a replay
+/// under the new count rebuilds the very same views.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_deployment_moves_to_another_partition_count() -> Result<()> {
+    let mut app = TestApp::spawn(AppOptions {
+        batch_size: 3,
+        ..AppOptions::default()
+    })
+    .await?;
+    let mut ids = Vec::new();
+    for account in ["north", "south", "east", "west", "up"] {
+        let data: Vec<Value> = (0..7)
+            .map(|i| json!({ "email": format!("p{i}@{account}.io"), "name": "n" }))
+            .collect();
+        ids.push(
+            app.submit(&action(account, "upsert", Value::Array(data)))
+                .await?,
+        );
+    }
+    for id in &ids {
+        app.wait_projected_terminal(id, WAIT).await?;
+    }
+    let (status, _) = app
+        .send(
+            reqwest::Method::PUT,
+            "/admin/accounts/north/limits",
+            Some(&json!({ "recordsPerMinute": 777 })),
+            &[(
+                "authorization",
+                &format!("Bearer {}", bulk_tests::TEST_ADMIN_TOKEN),
+            )],
+        )
+        .await
+        .map(|reply| (reply.status, reply.body))?;
+    assert_eq!(status, 200);
+    let before = (
+        app.all_docs(infra::mongo::ACTION_VIEWS).await?,
+        app.all_docs(infra::mongo::LOG_VIEWS).await?,
+    );
+    app.stop_consumers().await;
+    app.stop_projector().await;
+
+    // Something still queued refuses the move.
+    let mut config = app.projector_config();
+    let old_keys = infra::Keys::new("test", config.store.partitions);
+    let new_keys = infra::Keys::new("test", 7);
+    let mut conn = infra::redis_conn::shared(&app.services.redis_url).await?;
+    let _: () = redis::AsyncCommands::zadd(&mut conn, old_keys.schedule(0), "x", 1).await?;
+    assert!(matches!(
+        projector::repartition(&config, 7).await,
+        Err(projector::repartition::RepartitionError::NotDrained(_))
+    ));
+    let _: () = redis::AsyncCommands::zrem(&mut conn, old_keys.schedule(0), "x").await?;
+
+    let report = projector::repartition(&config, 7).await?;
+    assert_eq!(report.actions, 5);
+    let store = infra::EventStore::new(conn.clone(), new_keys.clone());
+    for id in &ids {
+        let action = domain::ActionId::parse(id).expect("an action id");
+        assert!(
+            store.meta(action).await?.is_some(),
+            "{id} under 7 partitions"
+        );
+        let moved = old_keys.partition_of(action) != new_keys.partition_of(action);
+        if moved {
+            let old: bool =
+                redis::AsyncCommands::exists(&mut conn, old_keys.events(action)).await?;
+            assert!(!old, "{id} left behind");
+        }
+    }
+    let north = domain::AccountId::parse("north").expect("an account");
+    let limit: Option<String> = redis::AsyncCommands::hget(
+        &mut conn,
+        new_keys.limits(new_keys.account_partition(&north), &north),
+        "recordsPerMinute",
+    )
+    .await?;
+    assert_eq!(limit.as_deref(), Some("777"));
+    // Running it again moves nothing more.
+    assert_eq!(projector::repartition(&config, 7).await?.keys_moved, 0);
+
+    config.store.partitions = 7;
+    assert_eq!(projector::replay(&config).await?.actions, 5);
+    assert_eq!(before.0, app.all_docs(infra::mongo::ACTION_VIEWS).await?);
+    assert_eq!(before.1, app.all_docs(infra::mongo::LOG_VIEWS).await?);
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! Changing `STREAM_PARTITIONS` on a drained deployment.
+//!
+//! The partition count is part of every key name (`P:{n}:…`), so a new count needs the
+//! keys of finished actions moved to where the new count looks for them: each action's
+//! events and meta, its entry in its partition's `actions` set, and each account's limit
+//! overrides. Keys move with `DUMP` + `RESTORE` + `DEL`, which works across Redis Cluster
+//! slots, one key at a time; an action is added to its new `actions` set before it leaves
+//! the old one, so an interrupted run can simply be run again.
+
+use domain::{AccountId, ActionId};
+use infra::Keys;
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
+
+use crate::ProjectorError;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RepartitionReport {
+    pub actions: usize,
+    pub keys_moved: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepartitionError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("the deployment is not drained: {0}")]
+    NotDrained(String),
+    #[error("{0}")]
+    Projector(#[from] ProjectorError),
+}
+
+/// Moves every finished action's keys from `from`'s partitions to `to`'s. Refuses while any
+/// action is scheduled, queued or has work in flight.
+pub async fn repartition(
+    conn: &mut ConnectionManager,
+    from: &Keys,
+    to: &Keys,
+) -> Result<RepartitionReport, RepartitionError> {
+    ensure_drained(conn, from).await?;
+    let mut report = RepartitionReport::default();
+    // All of them first: an action moved to a partition number still to be walked would
+    // otherwise be met twice.
+    let mut actions = Vec::new();
+    for partition in from.partitions() {
+        let listed: Vec<(String, f64)> = conn
+            .zrange_withscores(from.actions(partition), 0, -1)
+            .await?;
+        actions.extend(
+            listed
+                .into_iter()
+                .map(|(raw, created)| (partition, raw, created)),
+        );
+    }
+    for (partition, raw, created) in actions {
+        let Some(action) = ActionId::parse(&raw) else {
+            continue;
+        };
+        for (old, new) in [
+            (from.events(action), to.events(action)),
+            (from.meta(action), to.meta(action)),
+            (from.batches(action), to.batches(action)),
+            (from.parked(action), to.parked(action)),
+        ] {
+            if move_key(conn, &old, &new).await? {
+                report.keys_moved += 1;
+            }
+        }
+        let (old_set, new_set) = (from.actions(partition), to.actions(to.partition_of(action)));
+        if old_set != new_set {
+            let _: () = conn.zadd(&new_set, &raw, created).await?;
+            let _: () = conn.zrem(&old_set, &raw).await?;
+        }
+        report.actions += 1;
+    }
+    let pattern = format!("{}:{{*}}:limits:*", from.prefix());
+    for old in scan(conn, &pattern).await? {
+        let Some(account) = old
+            .rsplit_once(":limits:")
+            .and_then(|(_, account)| AccountId::parse(account).ok())
+        else {
+            continue;
+        };
+        let new = to.limits(to.account_partition(&account), &account);
+        if move_key(conn, &old, &new).await? {
+            report.keys_moved += 1;
+        }
+    }
+    // Budgets are a minute of state at most; under new names they simply start afresh.
+    for budget in scan(conn, &format!("{}:{{*}}:budget:*", from.prefix())).await? {
+        let _: () = conn.del(&budget).await?;
+    }
+    Ok(report)
+}
+
+async fn ensure_drained(conn: &mut ConnectionManager, keys: &Keys) -> Result<(), RepartitionError> {
+    for partition in keys.partitions() {
+        let scheduled: u64 = conn.zcard(keys.schedule(partition)).await?;
+        let ready: u64 = conn.zcard(keys.ready(partition)).await?;
+        let work: u64 = conn.xlen(keys.work(partition)).await?;
+        if scheduled + ready + work > 0 {
+            return Err(RepartitionError::NotDrained(format!(
+                "partition {partition} has {scheduled} scheduled actions, {ready} accounts with queued work and {work} batches in flight"
+            )));
+        }
+    }
+    let queues = scan(conn, &format!("{}:{{*}}:queue:*", keys.prefix())).await?;
+    if let Some(queue) = queues.first() {
+        return Err(RepartitionError::NotDrained(format!(
+            "{queue} holds queued actions"
+        )));
+    }
+    Ok(())
+}
+
+/// Moves `old` to `new` (nothing when they are the same key or `old` does not exist).
+async fn move_key(
+    conn: &mut ConnectionManager,
+    old: &str,
+    new: &str,
+) -> Result<bool, RepartitionError> {
+    if old == new {
+        return Ok(false);
+    }
+    let dumped: Option<Vec<u8>> = redis::cmd("DUMP").arg(old).query_async(conn).await?;
+    let Some(dumped) = dumped else {
+        return Ok(false);
+    };
+    let _: () = redis::cmd("RESTORE")
+        .arg(new)
+        .arg(0)
+        .arg(dumped)
+        .arg("REPLACE")
+        .query_async(conn)
+        .await?;
+    let _: () = conn.del(old).await?;
+    Ok(true)
+}
+
+async fn scan(
+    conn: &mut ConnectionManager,
+    pattern: &str,
+) -> Result<Vec<String>, RepartitionError> {
+    let mut found = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await?;
+        found.extend(keys);
+        if next == 0 {
+            return Ok(found);
+        }
+        cursor = next;
+    }
+}
