@@ -33,6 +33,38 @@ pub async fn connect(uri: &str, app_name: &str) -> mongodb::error::Result<Databa
     Ok(Client::with_options(options)?.database(&database))
 }
 
+const DUPLICATE_KEY: i32 = 11000;
+
+/// Unordered insert in which documents that exist already (the same derived `_id`) are no
+/// error: how derived documents are written idempotently.
+pub async fn insert_new<T>(
+    collection: &mongodb::Collection<T>,
+    documents: Vec<T>,
+) -> mongodb::error::Result<()>
+where
+    T: serde::Serialize + Send + Sync,
+{
+    if documents.is_empty() {
+        return Ok(());
+    }
+    match collection.insert_many(documents).ordered(false).await {
+        Ok(_) => Ok(()),
+        Err(error) => match *error.kind {
+            mongodb::error::ErrorKind::InsertMany(ref failure)
+                if failure.write_concern_error.is_none()
+                    && failure
+                        .write_errors
+                        .iter()
+                        .flatten()
+                        .all(|e| e.code == DUPLICATE_KEY) =>
+            {
+                Ok(())
+            }
+            _ => Err(error),
+        },
+    }
+}
+
 pub async fn ping(database: &Database) -> mongodb::error::Result<()> {
     database.run_command(doc! { "ping": 1 }).await.map(|_| ())
 }

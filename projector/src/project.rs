@@ -148,30 +148,8 @@ async fn write_logs(
     database: &Database,
     buckets: Vec<StoredLogBucket>,
 ) -> Result<(), ProjectorError> {
-    if buckets.is_empty() {
-        return Ok(());
-    }
-    let inserted = database
-        .collection::<StoredLogBucket>(LOG_VIEWS)
-        .insert_many(buckets)
-        .ordered(false)
-        .await;
-    match inserted {
-        Ok(_) => Ok(()),
-        Err(error) => match *error.kind {
-            ErrorKind::InsertMany(ref failure)
-                if failure.write_concern_error.is_none()
-                    && failure
-                        .write_errors
-                        .iter()
-                        .flatten()
-                        .all(|e| e.code == DUPLICATE_KEY) =>
-            {
-                Ok(())
-            }
-            _ => Err(error.into()),
-        },
-    }
+    let logs = database.collection::<StoredLogBucket>(LOG_VIEWS);
+    Ok(infra::mongo::insert_new(&logs, buckets).await?)
 }
 
 /// Inserts the first version of a view, then only ever moves it forward. The guard is on

@@ -16,7 +16,6 @@ use infra::mongo::{ACTION_VIEWS, EVENT_ARCHIVE};
 use infra::views::ArchivedEvent;
 use infra::EventStore;
 use mongodb::bson::{doc, Document};
-use mongodb::error::ErrorKind;
 use mongodb::Database;
 
 use crate::ProjectorError;
@@ -24,7 +23,6 @@ use crate::ProjectorError;
 /// Events copied per round trip: a settled batch's event carries up to a batch of
 /// outcomes, so pages stay small.
 const EVENTS_PER_COPY: usize = 32;
-const DUPLICATE_KEY: i32 = 11000;
 const CANDIDATES_PER_PAGE: i64 = 1000;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -133,22 +131,7 @@ async fn archive_action(
             .into_iter()
             .map(|event| ArchivedEvent::new(action, event))
             .collect();
-        if let Err(error) = archive.insert_many(documents).ordered(false).await {
-            let only_repeats = match *error.kind {
-                ErrorKind::InsertMany(ref failure) => {
-                    failure.write_concern_error.is_none()
-                        && failure
-                            .write_errors
-                            .iter()
-                            .flatten()
-                            .all(|e| e.code == DUPLICATE_KEY)
-                }
-                _ => false,
-            };
-            if !only_repeats {
-                return Err(error.into());
-            }
-        }
+        infra::mongo::insert_new(&archive, documents).await?;
     }
     let archived = archive
         .count_documents(doc! { "actionId": action.to_string() })

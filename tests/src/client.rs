@@ -172,7 +172,8 @@ impl ApiClient {
 
     /// Remembers whose action a `202` created, to authenticate later requests about it.
     fn learn_owner(&self, path: &str, request: Option<&Value>, status: u16, reply: &Value) {
-        if path == "/bulk-actions" && status == 202 {
+        let route = path.split('?').next().unwrap_or(path);
+        if route == "/bulk-actions" && status == 202 {
             if let Some(action) = reply["actionId"].as_str() {
                 self.remember_owner(action, &self.account_of(path, request));
             }
@@ -228,6 +229,35 @@ impl ApiClient {
         if let Some(body) = body {
             request = request.json(body);
         }
+        self.dispatch(request, path, body, headers).await
+    }
+
+    /// Sends `body` as it is (a streamed upload: NDJSON, CSV), the settings in `path`'s
+    /// query; authenticated as the query's `accountId`.
+    pub async fn upload(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply> {
+        let request = self
+            .http
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body);
+        self.dispatch(request, path, None, headers).await
+    }
+
+    /// Authenticates (unless `headers` carry an `authorization`), sends, and learns the
+    /// owner of an action it created.
+    async fn dispatch(
+        &self,
+        mut request: reqwest::RequestBuilder,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply> {
         let explicit = headers
             .iter()
             .any(|(name, _)| name.eq_ignore_ascii_case("authorization"));
@@ -242,46 +272,6 @@ impl ApiClient {
         let headers = response.headers().clone();
         let reply = response.json().await.unwrap_or(Value::Null);
         self.learn_owner(path, body, status, &reply);
-        Ok(Reply {
-            status,
-            headers,
-            body: reply,
-        })
-    }
-
-    /// Sends `body` as it is (a streamed upload: NDJSON, CSV), the settings in `path`'s
-    /// query; authenticated as the query's `accountId`.
-    pub async fn upload(
-        &self,
-        path: &str,
-        content_type: &str,
-        body: impl Into<reqwest::Body>,
-        headers: &[(&str, &str)],
-    ) -> Result<Reply> {
-        let mut request = self
-            .http
-            .post(self.url(path))
-            .header("content-type", content_type)
-            .body(body);
-        let explicit = headers
-            .iter()
-            .any(|(name, _)| name.eq_ignore_ascii_case("authorization"));
-        if !explicit {
-            request = self.authorized(request, path, None).await?;
-        }
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let response = request.send().await?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let reply = response.json().await.unwrap_or(Value::Null);
-        self.learn_owner(path.split('?').next().unwrap_or(path), None, status, &reply);
-        if status == 202 {
-            if let Some(action) = reply["actionId"].as_str() {
-                self.remember_owner(action, &self.account_of(path, None));
-            }
-        }
         Ok(Reply {
             status,
             headers,
