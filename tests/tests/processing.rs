@@ -689,6 +689,15 @@ async fn finished_actions_past_retention_leave_redis_and_replay_from_the_archive
         meta.len() <= 12,
         "a tombstone, not the bookkeeping: {meta:?}"
     );
+    let tombstone_bytes: u64 = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(keys.meta(finished_id))
+        .arg("SAMPLES")
+        .arg(0)
+        .query_async(&mut conn)
+        .await?;
+    eprintln!("an archived action keeps a {tombstone_bytes}-byte tombstone in redis");
+    assert!(tombstone_bytes < 512, "{tombstone_bytes} bytes");
     // Archiving again changes nothing.
     assert_eq!(
         projector::archive(&app.projector_config(), 0)
