@@ -46,11 +46,15 @@ pub struct StoredLogBucket {
     pub max_index: u32,
     /// The distinct statuses in `lines`, for filtering by status.
     pub statuses: Vec<OutcomeStatus>,
-    /// The `LogLine`s by record index, as one JSON text. Nothing queries inside a bucket,
-    /// and one string costs the store a fraction of what a thousand sub-documents cost
+    /// The lines by record index, as one JSON text of `[index, email, code, message]`
+    /// arrays (the status follows from the code). Nothing queries inside a bucket, and one
+    /// compact string costs the store a fraction of what a thousand sub-documents cost
     /// (FerretDB converts every field of every sub-document); see `lines()`.
     pub lines: String,
 }
+
+/// A line as stored in a bucket: index, email, code, message.
+type CompactLine = (u32, Option<String>, domain::OutcomeCode, Option<String>);
 
 /// One record's outcome.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,8 +93,19 @@ impl StoredLogBucket {
             .into_iter()
             .filter(|status| lines.iter().any(|line| line.status == *status))
             .collect();
-        // Serialising plain structs of strings and numbers cannot fail.
-        let lines = serde_json::to_string(&lines).unwrap_or_default();
+        let compact: Vec<CompactLine> = lines
+            .iter()
+            .map(|line| {
+                (
+                    line.index,
+                    line.email.clone(),
+                    line.code,
+                    line.message.clone(),
+                )
+            })
+            .collect();
+        // Serialising tuples of strings and numbers cannot fail.
+        let lines = serde_json::to_string(&compact).unwrap_or_default();
         Some(Self {
             id: format!("{action_id}:{seq:010}"),
             action_id: action_id.to_string(),
@@ -105,7 +120,17 @@ impl StoredLogBucket {
 
     /// The lines, by record index.
     pub fn lines(&self) -> Result<Vec<LogLine>, serde_json::Error> {
-        serde_json::from_str(&self.lines)
+        let compact: Vec<CompactLine> = serde_json::from_str(&self.lines)?;
+        Ok(compact
+            .into_iter()
+            .map(|(index, email, code, message)| LogLine {
+                index,
+                email,
+                status: code.status(),
+                code,
+                message,
+            })
+            .collect())
     }
 }
 

@@ -369,9 +369,8 @@ impl ApiClient {
             .await?;
         let mut lines = Vec::new();
         for bucket in buckets {
-            let text = bucket.get_str("lines")?;
-            let parsed: Vec<Value> = serde_json::from_str(text)?;
-            for line in parsed {
+            let stored: infra::views::StoredLogBucket = mongodb::bson::from_document(bucket)?;
+            for line in stored.lines()? {
                 lines.push(mongodb::bson::to_document(&line)?);
             }
         }
