@@ -80,7 +80,11 @@ async fn run(args: &Args, records: u64, run_load: bool) -> Result<Value> {
         consumer_concurrency: args.concurrency,
         records_per_minute: 1_000_000_000,
         requests_per_minute: 1_000_000_000,
-        env: vec![("RUST_LOG", "warn".to_owned())],
+        env: vec![
+            ("RUST_LOG", "warn".to_owned()),
+            // Past the default million, for runs that show memory does not grow with size.
+            ("MAX_RECORDS_PER_ACTION", records.max(1_000_000).to_string()),
+        ],
         ..DeploymentOptions::default()
     };
     let deployment = Deployment::start(options, &names).await?;
