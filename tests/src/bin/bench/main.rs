@@ -11,7 +11,9 @@
 //!    with the same unique index, at several batches in flight (the best counts);
 //! 4. the peak RSS of each process.
 //!
-//! Then, once, `wrk` posts 10,000-record JSON actions while another `wrk` reads a view.
+//! Then, once, `wrk` posts 10,000-record JSON actions while another `wrk` reads a view;
+//! and, on another fresh deployment, an `update` of seeded contacts is timed against raw
+//! update commands (`--update-records`).
 
 mod cpu;
 mod data;
@@ -46,6 +48,10 @@ struct Args {
     /// Batches in flight tried for the raw store limit.
     #[arg(long, value_delimiter = ',', default_value = "1,4,8")]
     raw_in_flight: Vec<usize>,
+    /// Records of the `update` run (contacts seeded first; 0 skips it). Small: on FerretDB
+    /// every update statement by email scans the collection.
+    #[arg(long, default_value_t = 10_000)]
+    update_records: u64,
     /// Seconds of the latency run; 0 skips it.
     #[arg(long, default_value_t = 15)]
     load_seconds: u64,
@@ -68,11 +74,18 @@ async fn main() -> Result<()> {
         println!("{}", serde_json::to_string(&result)?);
         results.push(result);
     }
-    print_summary(&args, &results);
+    let update = if args.update_records > 0 {
+        let update = run_update(&args, args.update_records).await?;
+        println!("{}", serde_json::to_string(&update)?);
+        Some(update)
+    } else {
+        None
+    };
+    print_summary(&args, &results, update.as_ref());
     Ok(())
 }
 
-async fn run(args: &Args, records: u64, run_load: bool) -> Result<Value> {
+async fn start(args: &Args, records: u64) -> Result<Deployment> {
     let consumers: Vec<String> = (1..=args.consumers).map(|n| format!("c{n}")).collect();
     let names: Vec<&str> = consumers.iter().map(String::as_str).collect();
     let options = DeploymentOptions {
@@ -87,7 +100,68 @@ async fn run(args: &Args, records: u64, run_load: bool) -> Result<Value> {
         ],
         ..DeploymentOptions::default()
     };
-    let deployment = Deployment::start(options, &names).await?;
+    Deployment::start(options, &names).await
+}
+
+/// `update` of seeded contacts: end to end against raw update statements by email.
+async fn run_update(args: &Args, records: u64) -> Result<Value> {
+    let deployment = start(args, records).await?;
+    let dir = deployment.services.dir().to_path_buf();
+    let data = Dataset {
+        seed: args.seed,
+        records,
+    };
+    let file = dir.join(format!("update-{records}.ndjson"));
+    let kept = data.write_ndjson(std::fs::File::create(&file)?)?;
+    let database = infra::mongo::connect(&deployment.services.mongodb_uri, "bench").await?;
+    raw::seed(&database, infra::mongo::CONTACTS, &data, "bench").await?;
+    eprintln!("[bench] update: {records} records, {kept} seeded contacts to change");
+    let (_, accepted, completed, view) = end_to_end(&deployment, &file, "update").await?;
+    if view["succeeded"].as_u64() != Some(kept) {
+        bail!("expected {kept} contacts updated, the view says {view}");
+    }
+    let e2e_rate = kept as f64 / completed.as_secs_f64();
+    eprintln!("[bench] update end to end: accepted in {accepted:?}, completed in {completed:?} ({e2e_rate:.0}/s)");
+    let mut raw_runs = Vec::new();
+    for &in_flight in &args.raw_in_flight {
+        let collection = format!("raw_update_{in_flight}");
+        raw::fresh_collection(&database, &collection).await?;
+        raw::seed(&database, &collection, &data, "raw").await?;
+        let (matched, took) = raw::update_all(
+            &database,
+            &collection,
+            &data,
+            "raw",
+            args.batch_size as usize,
+            in_flight,
+        )
+        .await?;
+        if matched != kept {
+            bail!("raw update matched {matched} of {kept}");
+        }
+        let rate = matched as f64 / took.as_secs_f64();
+        eprintln!("[bench] raw update, {in_flight} in flight: {matched} in {took:?} ({rate:.0}/s)");
+        raw_runs.push(json!({"inFlight": in_flight, "records": matched, "seconds": took.as_secs_f64(), "perSecond": rate}));
+    }
+    let raw_best = raw_runs
+        .iter()
+        .filter_map(|run| run["perSecond"].as_f64())
+        .fold(0.0, f64::max);
+    Ok(json!({
+        "action": "update",
+        "records": records,
+        "kept": kept,
+        "acceptedSeconds": accepted.as_secs_f64(),
+        "completedSeconds": completed.as_secs_f64(),
+        "endToEndPerSecond": e2e_rate,
+        "raw": raw_runs,
+        "rawBestPerSecond": raw_best,
+        "ratio": e2e_rate / raw_best,
+    }))
+}
+
+async fn run(args: &Args, records: u64, run_load: bool) -> Result<Value> {
+    let deployment = start(args, records).await?;
     let dir = deployment.services.dir().to_path_buf();
     let data = Dataset {
         seed: args.seed,
@@ -99,7 +173,7 @@ async fn run(args: &Args, records: u64, run_load: bool) -> Result<Value> {
     eprintln!("[bench] {records} records ({bytes} bytes), {kept} to keep");
 
     let cpu_before = cpu::by_command();
-    let (action, accepted, completed, view) = end_to_end(&deployment, &file).await?;
+    let (action, accepted, completed, view) = end_to_end(&deployment, &file, "upsert").await?;
     let e2e_cpu = cpu::used(&cpu_before, &cpu::by_command());
     eprintln!("[bench] end-to-end CPU seconds by command: {e2e_cpu:?}");
     if view["succeeded"].as_u64() != Some(kept) {
@@ -169,18 +243,19 @@ async fn run(args: &Args, records: u64, run_load: bool) -> Result<Value> {
     }))
 }
 
-/// Streams the file as an upsert; returns the action, time to `202`, time to `completed`
+/// Streams the file as an action of `action_type`; returns the action, time to `202`, time to `completed`
 /// (both from the first byte sent) and the final view.
 async fn end_to_end(
     deployment: &Deployment,
     file: &Path,
+    action_type: &str,
 ) -> Result<(String, Duration, Duration, Value)> {
     let body = tokio::fs::File::open(file).await?;
     let stream = tokio_util::io::ReaderStream::with_capacity(body, 256 * 1024);
     let started = Instant::now();
     let reply = deployment
         .upload(
-            "/bulk-actions?accountId=bench&entityType=contact&actionType=upsert",
+            &format!("/bulk-actions?accountId=bench&entityType=contact&actionType={action_type}"),
             "application/x-ndjson",
             reqwest::Body::wrap_stream(stream),
             &[],
@@ -262,7 +337,7 @@ async fn latency_under_load(
     }))
 }
 
-fn print_summary(args: &Args, results: &[Value]) {
+fn print_summary(args: &Args, results: &[Value], update: Option<&Value>) {
     println!();
     println!(
         "consumers: {} x {} workers, batch size {}",
@@ -296,6 +371,17 @@ fn print_summary(args: &Args, results: &[Value]) {
             result["rawBestPerSecond"].as_f64().unwrap_or(0.0),
             result["ratio"].as_f64().unwrap_or(0.0),
             peaks.join(", "),
+        );
+    }
+    if let Some(update) = update {
+        println!();
+        println!(
+            "update of {} seeded contacts ({} records): end to end {:.0}/s, raw best {:.0}/s, ratio {:.2}",
+            update["kept"],
+            update["records"],
+            update["endToEndPerSecond"].as_f64().unwrap_or(0.0),
+            update["rawBestPerSecond"].as_f64().unwrap_or(0.0),
+            update["ratio"].as_f64().unwrap_or(0.0),
         );
     }
     if let Some(latency) = results.iter().find_map(|r| r["latency"].as_object()) {
