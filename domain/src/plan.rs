@@ -320,6 +320,31 @@ mod tests {
                     prop_assert!(emails.insert(record.change.email.clone()), "email kept twice");
                 }
             }
+            // The streaming planner's totals agree with what it handed out, unreadable
+            // records (a malformed line) take their place in the numbering.
+            let mut planner = Planner::new(ActionType::Upsert, batch_size);
+            let mut kept = 0u32;
+            let mut outcome_events = 0u32;
+            let mut count = |planned: Planned| match planned {
+                Planned::Batch(batch) => kept += batch.records.len() as u32,
+                Planned::Outcomes(_) => outcome_events += 1,
+            };
+            for (position, record) in records.iter().enumerate() {
+                let planned = if position % 7 == 3 {
+                    planner.push_unreadable(OutcomeCode::MalformedRecord, "line".into())
+                } else {
+                    planner.push(record)
+                };
+                planned.into_iter().for_each(&mut count);
+            }
+            let (rest, summary) = planner.finish();
+            rest.into_iter().for_each(&mut count);
+            let settled: u32 = summary.opening_outcomes.values().sum();
+            prop_assert_eq!(summary.total_records as usize, records.len());
+            prop_assert_eq!(summary.records_in_batches, kept);
+            prop_assert_eq!(summary.outcome_events, outcome_events);
+            prop_assert_eq!(kept + settled, summary.total_records);
+
             for duplicate in &plan.duplicates {
                 let email = duplicate.email.clone().unwrap_or_default();
                 let first = plan.batches.iter().flat_map(|b| &b.records)
