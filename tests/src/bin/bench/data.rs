@@ -96,6 +96,14 @@ impl Dataset {
         Ok(unique)
     }
 
+    /// The contacts the platform keeps, generated up front: a baseline that times a
+    /// client's writes generates its data before the clock starts.
+    pub fn kept_contacts(&self) -> Vec<(String, String, i64, &'static str)> {
+        self.unique_indexes()
+            .map(|index| self.contact(index))
+            .collect()
+    }
+
     pub fn unique_indexes(&self) -> impl Iterator<Item = u64> + '_ {
         (0..self.records).filter(|index| self.kind(*index) == Kind::Unique)
     }

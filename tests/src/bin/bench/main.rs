@@ -103,16 +103,27 @@ async fn start(args: &Args, records: u64) -> Result<Deployment> {
     Deployment::start(options, &names).await
 }
 
-/// `update` of seeded contacts: end to end against raw update statements by email.
-async fn run_update(args: &Args, records: u64) -> Result<Value> {
-    let deployment = start(args, records).await?;
-    let dir = deployment.services.dir().to_path_buf();
+/// The run's generated records as an NDJSON file in `dir`; also how many will be kept.
+fn write_records(
+    args: &Args,
+    dir: &Path,
+    name: &str,
+    records: u64,
+) -> Result<(Dataset, std::path::PathBuf, u64)> {
     let data = Dataset {
         seed: args.seed,
         records,
     };
-    let file = dir.join(format!("update-{records}.ndjson"));
+    let file = dir.join(format!("{name}-{records}.ndjson"));
     let kept = data.write_ndjson(std::fs::File::create(&file)?)?;
+    Ok((data, file, kept))
+}
+
+/// `update` of seeded contacts: end to end against raw update statements by email.
+async fn run_update(args: &Args, records: u64) -> Result<Value> {
+    let deployment = start(args, records).await?;
+    let dir = deployment.services.dir().to_path_buf();
+    let (data, file, kept) = write_records(args, &dir, "update", records)?;
     let database = infra::mongo::connect(&deployment.services.mongodb_uri, "bench").await?;
     raw::seed(&database, infra::mongo::CONTACTS, &data, "bench").await?;
     eprintln!("[bench] update: {records} records, {kept} seeded contacts to change");
@@ -163,12 +174,7 @@ async fn run_update(args: &Args, records: u64) -> Result<Value> {
 async fn run(args: &Args, records: u64, run_load: bool) -> Result<Value> {
     let deployment = start(args, records).await?;
     let dir = deployment.services.dir().to_path_buf();
-    let data = Dataset {
-        seed: args.seed,
-        records,
-    };
-    let file = dir.join(format!("records-{records}.ndjson"));
-    let kept = data.write_ndjson(std::fs::File::create(&file)?)?;
+    let (data, file, kept) = write_records(args, &dir, "records", records)?;
     let bytes = std::fs::metadata(&file)?.len();
     eprintln!("[bench] {records} records ({bytes} bytes), {kept} to keep");
 

@@ -25,12 +25,7 @@ pub async fn insert_all(
     let account = "raw";
     fresh_collection(database, collection).await?;
     let contacts = database.collection::<Document>(collection);
-    // Generated before the clock starts: the baseline times the client's writes, not the
-    // benchmark's data generator.
-    let contacts_to_write: Vec<_> = data
-        .unique_indexes()
-        .map(|index| data.contact(index))
-        .collect();
+    let contacts_to_write = data.kept_contacts();
     let started = Instant::now();
     let written = futures::stream::iter(contacts_to_write.chunks(batch_size))
         .map(|chunk| {
@@ -102,10 +97,7 @@ pub async fn update_all(
     batch_size: usize,
     in_flight: usize,
 ) -> Result<(u64, Duration)> {
-    let contacts_to_write: Vec<_> = data
-        .unique_indexes()
-        .map(|index| data.contact(index))
-        .collect();
+    let contacts_to_write = data.kept_contacts();
     let started = Instant::now();
     let matched = futures::stream::iter(contacts_to_write.chunks(batch_size))
         .map(|chunk| {
