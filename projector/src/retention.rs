@@ -50,15 +50,20 @@ pub async fn archive_finished(
         .collect();
     let views = database.collection::<Document>(ACTION_VIEWS);
     let mut candidates: Vec<Document> = Vec::new();
-    // Paged by `_id`, each page in one reply: no `getMore` to lose.
+    // Times are stored as fixed-width RFC 3339 text, so text order is time order and the
+    // store picks the old ones. Paged by `_id`, each page in one reply: no `getMore` to lose.
+    let cutoff = finished_before.to_string();
     loop {
-        let mut filter = doc! { "status": { "$in": &finished } };
+        let mut filter = doc! {
+            "status": { "$in": &finished },
+            "completedAt": { "$lt": &cutoff },
+        };
         if let Some(last) = candidates.last().and_then(|view| view.get_str("_id").ok()) {
             filter.insert("_id", doc! { "$gt": last });
         }
         let page: Vec<Document> = views
             .find(filter)
-            .projection(doc! { "_id": 1, "completedAt": 1, "lastSeq": 1 })
+            .projection(doc! { "_id": 1, "lastSeq": 1 })
             .sort(doc! { "_id": 1 })
             .limit(CANDIDATES_PER_PAGE)
             .batch_size(CANDIDATES_PER_PAGE as u32)
@@ -76,13 +81,6 @@ pub async fn archive_finished(
         let Some(action) = view.get_str("_id").ok().and_then(ActionId::parse) else {
             continue;
         };
-        let completed_at = view
-            .get_str("completedAt")
-            .ok()
-            .and_then(Timestamp::parse_rfc3339);
-        if completed_at.is_none_or(|at| at.millis() >= finished_before.millis()) {
-            continue;
-        }
         let projected_seq = match view.get("lastSeq") {
             Some(mongodb::bson::Bson::Int64(seq)) => *seq as u64,
             Some(mongodb::bson::Bson::Int32(seq)) => *seq as u64,
