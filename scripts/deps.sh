@@ -10,6 +10,17 @@ SCHEMATHESIS_VERSION="4.32.5"
 
 log() { printf '\033[1m[deps]\033[0m %s\n' "$*" >&2; }
 
+# `cmd | grep -q x` under `set -o pipefail` fails when grep exits at its first match while
+# `cmd` is still writing (SIGPIPE): a working binary reads as broken. Every check captures
+# the whole output first, then matches it.
+# Usage: output_contains NEEDLE CMD [ARGS...]
+output_contains() {
+  local needle="$1" out
+  shift
+  out="$("$@" 2>/dev/null)" || return 1
+  [[ "$out" == *"$needle"* ]]
+}
+
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
     log "need root to run: $*"; return 1; fi
@@ -41,7 +52,7 @@ ensure_postgres() {
 }
 
 ferretdb_works() {
-  [ -x "$1" ] && "$1" --version 2>/dev/null | grep -q "version: ${FERRETDB_VERSION}"
+  [ -x "$1" ] && output_contains "version: ${FERRETDB_VERSION}" "$1" --version
 }
 
 # `go install github.com/FerretDB/FerretDB/cmd/ferretdb@v1.24.2` builds, but the binary
@@ -83,7 +94,7 @@ ensure_rust() {
 # in a virtualenv of its own so the system Python is left alone.
 ensure_schemathesis() {
   local venv="${XDG_CACHE_HOME:-$HOME/.cache}/crm-bulk-tools/venv"
-  if ! "$venv/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+  if ! output_contains "$SCHEMATHESIS_VERSION" "$venv/bin/st" --version; then
     log "installing schemathesis $SCHEMATHESIS_VERSION (PyPI) into $venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"

@@ -59,7 +59,7 @@ if ! as_pg "$PG_BIN_DIR/pg_ctl" -D "$PWD/$DEV/postgres" status >/dev/null 2>&1; 
     -o "-p $DEV_PG_PORT -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=500" start >/dev/null
   log "started postgres (port $DEV_PG_PORT, log $DEV/postgres/server.log)"
 fi
-as_pg "$PG_BIN_DIR/psql" -h 127.0.0.1 -p "$DEV_PG_PORT" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='ferretdb'" | grep -q 1 ||
+output_contains 1 as_pg "$PG_BIN_DIR/psql" -h 127.0.0.1 -p "$DEV_PG_PORT" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='ferretdb'" ||
   as_pg "$PG_BIN_DIR/createdb" -h 127.0.0.1 -p "$DEV_PG_PORT" -U postgres ferretdb
 start ferretdb "$FERRETDB_BIN" --listen-addr="127.0.0.1:$DEV_MONGO_PORT" --handler=postgresql \
   --postgresql-url="postgres://postgres@127.0.0.1:$DEV_PG_PORT/ferretdb?pool_max_conns=400" --debug-addr=- --telemetry=disable --log-level=warn
