@@ -27,13 +27,16 @@ fn bash_with_deps(snippet: &str) -> bool {
 #[test]
 fn a_check_matches_output_that_goes_on_after_the_match() {
     // The needle comes first, then a megabyte more: grep -q would have left long before.
-    let writer = "python3 -c 'import sys; print(\"version: v1.24.2\"); sys.stdout.write(\"x\" * 1048576)'";
+    let writer =
+        "python3 -c 'import sys; print(\"version: v1.24.2\"); sys.stdout.write(\"x\" * 1048576)'";
     for _ in 0..5 {
         assert!(bash_with_deps(&format!(
             "output_contains 'version: v1.24.2' {writer}"
         )));
     }
-    assert!(!bash_with_deps(&format!("output_contains 'version: v9' {writer}")));
+    assert!(!bash_with_deps(&format!(
+        "output_contains 'version: v9' {writer}"
+    )));
     assert!(!bash_with_deps("output_contains anything false"));
 }
 
