@@ -103,6 +103,15 @@ ensure_schemathesis() {
   export SCHEMATHESIS_BIN
 }
 
+# libfaketime (Debian package `faketime`): the tests run a consumer whose clock is off.
+ensure_faketime() {
+  if ! command -v faketime >/dev/null 2>&1; then
+    log "installing faketime (Debian package)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null
+  fi
+}
+
 # The load generator of the benchmark suite (scripts/bench.sh), not of the tests.
 ensure_wrk() {
   if ! command -v wrk >/dev/null 2>&1; then

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 source scripts/deps.sh
 ensure_all
 ensure_schemathesis
+ensure_faketime
 
 locked=()
 [ "${CI:-}" = "true" ] && locked=(--locked)

@@ -69,6 +69,12 @@ pub struct ApiConfig {
     #[arg(long, env = "MAX_RECORDS_PER_ACTION", default_value_t = 1_000_000)]
     pub max_records_per_action: usize,
 
+    /// Most batches one action may be cut into. Only a drip of tiny batches comes near it
+    /// (1,000,000 records need `pacing.batchSize` >= 100); it bounds the events, work
+    /// entries and cancel settlements one action can cost (docs/ARCHITECTURE.md).
+    #[arg(long, env = "MAX_BATCHES_PER_ACTION", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_batches_per_action: u32,
+
     /// How far ahead `scheduledFor` may be (days).
     #[arg(long, env = "SCHEDULE_HORIZON_DAYS", default_value_t = 365)]
     pub schedule_horizon_days: u32,
@@ -107,6 +113,7 @@ pub struct Settings {
     pub max_upload_bytes: usize,
     pub max_record_bytes: usize,
     pub max_records_per_action: usize,
+    pub max_batches_per_action: u32,
     pub idempotency_ttl_secs: u64,
     pub schedule_horizon_days: u32,
     pub requests_per_minute: u32,
@@ -168,6 +175,7 @@ impl AppState {
                 max_upload_bytes: config.max_upload_bytes,
                 max_record_bytes: config.max_record_bytes.max(1),
                 max_records_per_action: config.max_records_per_action,
+                max_batches_per_action: config.max_batches_per_action,
                 idempotency_ttl_secs: config.idempotency_ttl_secs.max(1),
                 schedule_horizon_days: config.schedule_horizon_days,
                 requests_per_minute: config.requests_per_minute,

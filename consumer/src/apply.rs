@@ -26,7 +26,7 @@ use domain::{
 };
 use futures::TryStreamExt;
 use infra::mongo::CONTACTS;
-use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::bson::{doc, DateTime, Document};
 use mongodb::error::ErrorKind;
 use mongodb::options::FindOptions;
 use mongodb::Database;
@@ -41,6 +41,8 @@ pub enum ApplyError {
     Mongo(#[from] mongodb::error::Error),
     #[error("the server refused part of the batch: {0}")]
     Refused(String),
+    #[error("the write was not acknowledged as the write concern asks: {0}")]
+    WriteConcern(String),
     #[error("remembering what the batch found: {0}")]
     Memory(#[from] infra::StoreError),
 }
@@ -421,12 +423,7 @@ impl ContactWriter {
                 .database
                 .run_command(doc! { "update": CONTACTS, "updates": chunk, "ordered": false })
                 .await?;
-            if let Ok(errors) = reply.get_array("writeErrors") {
-                if !errors.is_empty() {
-                    return Err(ApplyError::Refused(format!("{errors:?}")));
-                }
-            }
-            matched += number(reply.get("n"));
+            matched += crate::write_reply::update_reply(&reply)?;
         }
         Ok(matched)
     }
@@ -495,13 +492,4 @@ fn managed_fields(change: &ContactChange, now: DateTime) -> Document {
     }
     set.insert("updatedAt", now);
     set
-}
-
-fn number(value: Option<&Bson>) -> i64 {
-    match value {
-        Some(Bson::Int32(n)) => i64::from(*n),
-        Some(Bson::Int64(n)) => *n,
-        Some(Bson::Double(n)) => *n as i64,
-        _ => 0,
-    }
 }

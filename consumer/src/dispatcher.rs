@@ -59,8 +59,13 @@ impl Dispatcher {
         }
     }
 
+    /// Announces this process and counts every live one's workers. Expiry times are on
+    /// Redis' clock: a process whose clock is off must not expire the others' announcements
+    /// early, nor have its own outlive it.
     async fn announce(&self) -> Result<u32, infra::StoreError> {
-        let now = infra::clock::now().millis();
+        let now = infra::clock::redis_now(&mut self.store.connection())
+            .await?
+            .millis();
         self.store
             .register_consumer(&self.process_name, self.workers, now + ANNOUNCEMENT_TTL_MS)
             .await?;

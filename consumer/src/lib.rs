@@ -8,6 +8,7 @@ mod apply;
 mod dispatcher;
 mod scheduler;
 mod worker;
+mod write_reply;
 
 use std::sync::Arc;
 use std::time::Duration;

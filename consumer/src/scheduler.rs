@@ -1,5 +1,6 @@
-//! Releases scheduled actions when their time comes. Every consumer process runs one; the
-//! release script's `ZREM` decides which one wins for each action.
+//! Releases scheduled actions when their time comes, and finishes the openings of actions
+//! whose api died while moving their opening events in. Every consumer process runs one;
+//! the scripts are atomic, so racing schedulers release and open each action once.
 
 use std::time::Duration;
 
@@ -23,8 +24,10 @@ pub async fn run(store: EventStore, tick: Duration, shutdown: CancellationToken)
 }
 
 async fn release_due(store: &EventStore) -> Result<(), infra::StoreError> {
-    let now = infra::clock::now();
     let mut conn = store.connection();
+    // Due by Redis' clock, not this process': a consumer whose clock runs ahead must not
+    // release anything early.
+    let now = infra::clock::redis_now(&mut conn).await?;
     for partition in store.keys().partitions() {
         let due = infra::work::due_actions(
             &mut conn,
@@ -38,6 +41,10 @@ async fn release_due(store: &EventStore) -> Result<(), infra::StoreError> {
             if store.release(action, now).await? {
                 tracing::info!(%action, "scheduled action released");
             }
+        }
+        let finished = store.finish_abandoned_openings(partition, now).await?;
+        if finished > 0 {
+            tracing::warn!(partition, finished, "finished openings an api left behind");
         }
     }
     Ok(())

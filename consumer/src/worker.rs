@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use domain::{Batch, OutcomeCode, RecordOutcome};
-use infra::event_store::{ActionMeta, DeadLetter};
+use infra::event_store::{ActionMeta, CancelSettlement, DeadLetter};
 use infra::keys::CONSUMER_GROUP;
 use infra::work::{self, ReadFrom, WorkItem};
 use infra::EventStore;
@@ -241,9 +241,11 @@ impl Worker {
                 ParkDecision::Run => {}
             }
         }
-        if cancelled {
-            return self.settle_unprocessed(item, &batch).await;
+        if cancelled && self.settle_unprocessed(item, &batch).await? == CancelSettlement::Settled {
+            return Ok(());
         }
+        // Not cancelled, or cancelled after an attempt began: that attempt may have written
+        // to MongoDB, so the batch is applied to the end, which reports what it did.
         self.store
             .append_once(
                 item.action_id,
@@ -344,20 +346,20 @@ impl Worker {
         }
     }
 
-    /// A batch of a cancelled action is never applied: each record is `unprocessed`.
+    /// A batch of a cancelled action that no attempt has touched is never applied: each
+    /// record is `unprocessed`.
     async fn settle_unprocessed(
         &self,
         item: &WorkItem,
         batch: &Batch,
-    ) -> Result<(), infra::StoreError> {
+    ) -> Result<CancelSettlement, infra::StoreError> {
         let outcomes = batch.outcomes_all(
             OutcomeCode::Unprocessed,
             "the action was cancelled before this record was applied",
         );
         self.store
             .settle_cancelled(item, outcomes, infra::clock::now())
-            .await?;
-        Ok(())
+            .await
     }
 
     async fn dead_letter(

@@ -94,7 +94,7 @@ pub fn plan_action(records: &[Value], action_type: ActionType, batch_size: usize
 pub enum Planned {
     /// A full batch of kept records (the last one may be short).
     Batch(Batch),
-    /// `RecordRejected` or `RecordSkipped` with up to one batch's worth of outcomes.
+    /// `RecordRejected` or `RecordSkipped` with up to one chunk of outcomes.
     Outcomes(EventPayload),
 }
 
@@ -115,10 +115,16 @@ pub struct PlanSummary {
 /// as guessing a random 128-bit key, and a crafted one needs a SHA-256 break.
 type EmailDigest = [u8; 16];
 
+/// Outcome events (`RecordRejected`, `RecordSkipped`) carry at least this many records
+/// each, whatever the batch size: a drip of one-record batches must not turn half a
+/// million duplicates into half a million events.
+pub const MIN_OUTCOME_CHUNK: usize = 1_000;
+
 /// Plans an action one record at a time, by the rules at the top of this module.
 pub struct Planner {
     action_type: ActionType,
     batch_size: usize,
+    outcome_chunk: usize,
     seen: HashSet<EmailDigest>,
     filling: Vec<PlannedRecord>,
     rejected: Vec<RecordOutcome>,
@@ -127,12 +133,14 @@ pub struct Planner {
 }
 
 impl Planner {
-    /// `batch_size` is clamped to at least 1; it also sizes the outcome events.
+    /// `batch_size` is clamped to at least 1; outcome events hold `batch_size` records,
+    /// or `MIN_OUTCOME_CHUNK` if that is more.
     pub fn new(action_type: ActionType, batch_size: usize) -> Self {
         let batch_size = batch_size.max(1);
         Self {
             action_type,
             batch_size,
+            outcome_chunk: batch_size.max(MIN_OUTCOME_CHUNK),
             seen: HashSet::new(),
             filling: Vec::with_capacity(batch_size.min(10_000)),
             rejected: Vec::new(),
@@ -144,6 +152,11 @@ impl Planner {
     /// Records pushed so far.
     pub fn records(&self) -> u32 {
         self.summary.total_records
+    }
+
+    /// Full batches handed out so far.
+    pub fn batches(&self) -> u32 {
+        self.summary.batch_count
     }
 
     /// The next record of the input.
@@ -164,7 +177,7 @@ impl Planner {
                     message: Some("an earlier record in this action has the same email".into()),
                 });
                 self.tally(OutcomeCode::DuplicateEmail);
-                (self.duplicates.len() >= self.batch_size).then(|| self.take_duplicates())
+                (self.duplicates.len() >= self.outcome_chunk).then(|| self.take_duplicates())
             }
             Ok(change) => {
                 self.filling.push(PlannedRecord { index, change });
@@ -209,7 +222,7 @@ impl Planner {
     fn reject(&mut self, outcome: RecordOutcome) -> Option<Planned> {
         self.tally(outcome.code);
         self.rejected.push(outcome);
-        (self.rejected.len() >= self.batch_size).then(|| self.take_rejected())
+        (self.rejected.len() >= self.outcome_chunk).then(|| self.take_rejected())
     }
 
     fn tally(&mut self, code: OutcomeCode) {

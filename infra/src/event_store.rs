@@ -41,6 +41,23 @@ impl From<serde_json::Error> for StoreError {
     }
 }
 
+/// When `append_event.lua` may append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AppendCondition {
+    Always,
+    /// Only if no attempt at the batch has begun.
+    Unattempted,
+}
+
+/// How settling a batch of a cancelled action went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelSettlement {
+    /// Settled unprocessed (or it had been settled already).
+    Settled,
+    /// An attempt at it has begun: apply it instead, to learn what that attempt wrote.
+    Attempted,
+}
+
 /// An event as stored: its envelope and its position in the action's stream.
 #[derive(Debug, Clone)]
 pub struct StoredEvent {
@@ -110,6 +127,8 @@ pub(crate) struct Scripts {
     pub(crate) park: Script,
     pub(crate) amend: Script,
     pub(crate) request_budget: Script,
+    pub(crate) set_limits: Script,
+    pub(crate) open_action: Script,
     forget_archived: Script,
 }
 
@@ -131,6 +150,8 @@ impl EventStore {
             park: Script::new(include_str!("lua/park.lua")),
             amend: Script::new(include_str!("lua/amend.lua")),
             request_budget: Script::new(include_str!("lua/request_budget.lua")),
+            set_limits: Script::new(include_str!("lua/set_limits.lua")),
+            open_action: Script::new(include_str!("lua/open_action.lua")),
             forget_archived: Script::new(include_str!("lua/forget_archived.lua")),
         };
         Self {
@@ -164,6 +185,7 @@ impl EventStore {
             .key(new.staging.batches_key())
             .key(self.keys.ready(partition))
             .key(new.staging.events_key())
+            .key(self.keys.opening(partition))
             .arg(action.to_string())
             .arg(new.account_id.as_str())
             .arg(new.action_type.as_str())
@@ -193,9 +215,14 @@ impl EventStore {
                 .arg(new.created_at.to_string())
                 .arg(payload.data_json());
         }
+        invocation.arg(new.created_at.millis() + crate::opening::TAKE_OVER_AFTER_MS);
         let created: i64 = invocation.invoke_async(&mut self.conn.clone()).await?;
         match created {
             1 => Ok(Commit::Created),
+            2 => {
+                self.finish_opening(action).await?;
+                Ok(Commit::Created)
+            }
             0 => Ok(Commit::AlreadyExisted),
             _ => Err(StoreError::StagingExpired(action)),
         }
@@ -271,7 +298,16 @@ impl EventStore {
         payload: &EventPayload,
         at: Timestamp,
     ) -> Result<Option<u64>, StoreError> {
-        self.append(action, guard, payload, at, None, None).await
+        self.append(
+            action,
+            guard,
+            payload,
+            at,
+            None,
+            None,
+            AppendCondition::Always,
+        )
+        .await
     }
 
     /// Records a batch's outcomes and retires its work item in one step; appends
@@ -318,19 +354,39 @@ impl EventStore {
             .await
     }
 
-    /// Settles a batch of a cancelled action without applying it: every record
-    /// `unprocessed`.
+    /// Settles a batch of a cancelled action without applying it, every record
+    /// `unprocessed` — unless an attempt at it has begun: its writes may have reached
+    /// MongoDB, so the batch must be applied to learn what it did (`Attempted`).
     pub async fn settle_cancelled(
         &self,
         item: &WorkItem,
         outcomes: Vec<RecordOutcome>,
         at: Timestamp,
-    ) -> Result<Option<u64>, StoreError> {
+    ) -> Result<CancelSettlement, StoreError> {
         let payload = EventPayload::BatchCancelled {
             batch: item.batch,
             outcomes,
         };
-        self.settle(item, &payload, at, None).await
+        let guard = format!("batch:{}", item.batch);
+        let code = self
+            .append_script(
+                item.action_id,
+                &guard,
+                &payload,
+                at,
+                Some(item),
+                None,
+                AppendCondition::Unattempted,
+            )
+            .await?;
+        match code {
+            -1 => Err(StoreError::Corrupt(format!(
+                "action {} has no meta",
+                item.action_id
+            ))),
+            -2 => Ok(CancelSettlement::Attempted),
+            _ => Ok(CancelSettlement::Settled),
+        }
     }
 
     async fn settle(
@@ -341,10 +397,19 @@ impl EventStore {
         dead_letter: Option<(&str, u32)>,
     ) -> Result<Option<u64>, StoreError> {
         let guard = format!("batch:{}", item.batch);
-        self.append(item.action_id, &guard, payload, at, Some(item), dead_letter)
-            .await
+        self.append(
+            item.action_id,
+            &guard,
+            payload,
+            at,
+            Some(item),
+            dead_letter,
+            AppendCondition::Always,
+        )
+        .await
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn append(
         &self,
         action: ActionId,
@@ -353,7 +418,30 @@ impl EventStore {
         at: Timestamp,
         settles: Option<&WorkItem>,
         dead_letter: Option<(&str, u32)>,
+        condition: AppendCondition,
     ) -> Result<Option<u64>, StoreError> {
+        let seq = self
+            .append_script(action, guard, payload, at, settles, dead_letter, condition)
+            .await?;
+        match seq {
+            -1 => Err(StoreError::Corrupt(format!("action {action} has no meta"))),
+            seq if seq <= 0 => Ok(None),
+            seq => Ok(Some(seq as u64)),
+        }
+    }
+
+    /// Runs `append_event.lua`; returns its raw answer (see the script).
+    #[allow(clippy::too_many_arguments)]
+    async fn append_script(
+        &self,
+        action: ActionId,
+        guard: &str,
+        payload: &EventPayload,
+        at: Timestamp,
+        settles: Option<&WorkItem>,
+        dead_letter: Option<(&str, u32)>,
+        condition: AppendCondition,
+    ) -> Result<i64, StoreError> {
         let partition = self.keys.partition_of(action);
         let completed = EventPayload::Completed {};
         let seq: i64 = self
@@ -389,13 +477,13 @@ impl EventStore {
                     .map(|(_, attempts)| attempts)
                     .unwrap_or_default(),
             )
+            .arg(match condition {
+                AppendCondition::Always => "",
+                AppendCondition::Unattempted => "1",
+            })
             .invoke_async(&mut self.conn.clone())
             .await?;
-        match seq {
-            -1 => Err(StoreError::Corrupt(format!("action {action} has no meta"))),
-            0 => Ok(None),
-            seq => Ok(Some(seq as u64)),
-        }
+        Ok(seq)
     }
 
     /// Puts a scheduled action whose time has come in its account's queue. Returns false if

@@ -90,6 +90,13 @@ pub enum ParkDecision {
     Cancelled,
 }
 
+/// The limits of accounts without an override.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DefaultLimits {
+    pub records_per_minute: u32,
+    pub requests_per_minute: u32,
+}
+
 /// Per-account overrides of the default limits; `None` uses the default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AccountLimits {
@@ -294,23 +301,29 @@ impl EventStore {
         })
     }
 
-    /// Replaces an account's overrides (`None` removes one).
+    /// Replaces an account's overrides (`None` removes one); the account's budgets move
+    /// to the new rates at once (see `lua/set_limits.lua`). `defaults` are the limits of
+    /// accounts without an override.
     pub async fn set_account_limits(
         &self,
         account: &AccountId,
         limits: AccountLimits,
+        defaults: DefaultLimits,
     ) -> Result<(), StoreError> {
         let partition = self.keys.account_partition(account);
-        let key = self.keys.limits(partition, account);
-        let mut pipe = redis::pipe();
-        pipe.atomic().del(&key).ignore();
-        if let Some(value) = limits.requests_per_minute {
-            pipe.hset(&key, "requestsPerMinute", value).ignore();
-        }
-        if let Some(value) = limits.records_per_minute {
-            pipe.hset(&key, "recordsPerMinute", value).ignore();
-        }
-        pipe.exec_async(&mut self.conn.clone()).await?;
+        let override_arg = |value: Option<u32>| value.map(|v| v.to_string()).unwrap_or_default();
+        let _: i64 = self
+            .scripts
+            .set_limits
+            .key(self.keys.limits(partition, account))
+            .key(self.keys.records_budget(partition, account))
+            .key(self.keys.requests_budget(account))
+            .arg(defaults.records_per_minute.max(1))
+            .arg(defaults.requests_per_minute.max(1))
+            .arg(override_arg(limits.records_per_minute))
+            .arg(override_arg(limits.requests_per_minute))
+            .invoke_async(&mut self.conn.clone())
+            .await?;
         Ok(())
     }
 

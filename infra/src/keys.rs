@@ -169,6 +169,12 @@ impl Keys {
         self.partition_key(partition, "schedule")
     }
 
+    /// Actions whose opening events are still being moved in, scored by when a sweeper may
+    /// finish what their api left.
+    pub fn opening(&self, partition: u32) -> String {
+        self.partition_key(partition, "opening")
+    }
+
     pub fn actions(&self, partition: u32) -> String {
         self.partition_key(partition, "actions")
     }

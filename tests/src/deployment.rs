@@ -153,6 +153,11 @@ impl Deployment {
     }
 
     fn command(&mut self, binary: &str) -> Result<Command> {
+        self.wrapped_command(binary, &[])
+    }
+
+    /// The process' command, run through `wrapper` (e.g. `faketime -f +10s`) if given.
+    fn wrapped_command(&mut self, binary: &str, wrapper: &[&str]) -> Result<Command> {
         let path = binaries()?.dir.join(binary);
         self.starts += 1;
         let log = self
@@ -160,7 +165,14 @@ impl Deployment {
             .dir()
             .join(format!("{binary}-{}.log", self.starts));
         let log = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let mut command = Command::new(path);
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(path);
+                command
+            }
+            None => Command::new(path),
+        };
         let options = &self.options;
         command
             // Away from the repository, so no developer's `.env` leaks in.
@@ -246,6 +258,38 @@ impl Deployment {
             sigkill(Some(old));
         }
         Ok(())
+    }
+
+    /// Starts a consumer through `wrapper`, e.g. `["faketime", "-f", "+10s"]`.
+    pub fn start_consumer_wrapped(&mut self, name: &str, wrapper: &[&str]) -> Result<()> {
+        let child = self
+            .wrapped_command("consumer", wrapper)?
+            .env("CONSUMER_NAME", name)
+            .spawn()
+            .with_context(|| format!("starting consumer {name} through {wrapper:?}"))?;
+        if let Some(old) = self.consumers.insert(name.to_owned(), child) {
+            sigkill(Some(old));
+        }
+        Ok(())
+    }
+
+    /// The PostgreSQL table under FerretDB's `contacts` collection, once the consumers have
+    /// created it (on a busy machine that can come after the api is ready).
+    pub async fn contacts_table(&self) -> Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let table = self.services.psql(
+                "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables \
+                 WHERE tablename LIKE 'contacts%' LIMIT 1",
+            )?;
+            if !table.is_empty() {
+                return Ok(table);
+            }
+            if Instant::now() > deadline {
+                bail!("FerretDB has no contacts table after 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     pub fn kill_consumer(&mut self, name: &str) {

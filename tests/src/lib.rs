@@ -14,4 +14,4 @@ mod services;
 pub use app::{AppOptions, TestApp};
 pub use client::{ApiClient, Reply, ONE_REPLY, TEST_ADMIN_TOKEN};
 pub use deployment::{Deployment, DeploymentOptions};
-pub use services::Services;
+pub use services::{binary, which, Services};

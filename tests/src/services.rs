@@ -36,7 +36,8 @@ fn wait_for_port(port: u16, what: &str, timeout: Duration) -> Result<()> {
     bail!("{what} did not listen on port {port} within {timeout:?}")
 }
 
-fn binary(env: &str, fallbacks: &[PathBuf]) -> Result<PathBuf> {
+/// A tool's path: `env` if set, else the first of `fallbacks` that exists.
+pub fn binary(env: &str, fallbacks: &[PathBuf]) -> Result<PathBuf> {
     if let Ok(path) = std::env::var(env) {
         return Ok(PathBuf::from(path));
     }
@@ -47,7 +48,8 @@ fn binary(env: &str, fallbacks: &[PathBuf]) -> Result<PathBuf> {
         .with_context(|| format!("set {env} or run scripts/deps.sh (looked in {fallbacks:?})"))
 }
 
-fn which(name: &str) -> Vec<PathBuf> {
+/// `name` in every directory of `PATH`.
+pub fn which(name: &str) -> Vec<PathBuf> {
     std::env::var_os("PATH")
         .map(|paths| {
             std::env::split_paths(&paths)

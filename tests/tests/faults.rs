@@ -468,23 +468,7 @@ async fn sigterm_stops_consumers_and_api_within_the_deadline() -> Result<()> {
 /// `poison`: a trigger on FerretDB's PostgreSQL table, so the error comes from the real
 /// server on every attempt, exactly like a document a production server keeps rejecting.
 async fn poison_the_store(deployment: &Deployment) -> Result<()> {
-    // The consumers create the collection (with its index) when they start; on a busy
-    // machine that can come after the api is ready.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let table = loop {
-        let table = deployment.services.psql(
-            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables \
-             WHERE tablename LIKE 'contacts%' LIMIT 1",
-        )?;
-        if !table.is_empty() {
-            break table;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "FerretDB has no contacts table after 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let table = deployment.contacts_table().await?;
     deployment.services.psql(&format!(
         "CREATE FUNCTION public.refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
          BEGIN IF NEW._jsonb->>'email' LIKE 'poison%' THEN \

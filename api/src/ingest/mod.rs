@@ -31,11 +31,22 @@ pub enum Record {
     Unreadable { code: OutcomeCode, message: String },
 }
 
+/// The most an action may hold; past either, the upload is refused.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanLimits {
+    pub max_records: usize,
+    pub max_batches: u32,
+    /// Records per batch, to tell the client the smallest batch size that would do.
+    pub batch_size: usize,
+}
+
 /// Why a whole upload is refused: nothing of it becomes an action.
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
     #[error("an action may hold at most {limit} records")]
     TooManyRecords { limit: usize },
+    #[error("an action may be cut into at most {limit} batches; batches of {batch_size} records make more: raise pacing.batchSize or split the records")]
+    TooManyBatches { limit: u32, batch_size: usize },
     #[error("the request body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error("the request body could not be read: {0}")]
@@ -71,6 +82,10 @@ impl From<UploadError> for ApiError {
                 ApiError::bad_request("too_many_records", message)
                     .with_details(json!({ "limit": limit }))
             }
+            UploadError::TooManyBatches { limit, batch_size } => {
+                ApiError::bad_request("too_many_batches", message)
+                    .with_details(json!({ "limit": limit, "batchSize": batch_size }))
+            }
             UploadError::BodyTooLarge { limit } => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
                     .with_details(json!({ "limit": limit }))
@@ -93,7 +108,7 @@ impl From<UploadError> for ApiError {
 pub async fn plan_and_stage<I>(
     open: impl FnOnce() -> Result<I, UploadError> + Send + 'static,
     mut planner: Planner,
-    max_records: usize,
+    limits: PlanLimits,
     staging: &mut Staging,
 ) -> Result<PlanSummary, ApiError>
 where
@@ -108,8 +123,16 @@ where
                 .map_err(|_| UploadError::Unreadable("staging stopped".into()))
         };
         for record in open()? {
-            if planner.records() as usize >= max_records {
-                return Err(UploadError::TooManyRecords { limit: max_records });
+            if planner.records() as usize >= limits.max_records {
+                return Err(UploadError::TooManyRecords {
+                    limit: limits.max_records,
+                });
+            }
+            if planner.batches() >= limits.max_batches {
+                return Err(UploadError::TooManyBatches {
+                    limit: limits.max_batches,
+                    batch_size: limits.batch_size,
+                });
             }
             let planned = match record? {
                 Record::Value(value) => planner.push(&value),

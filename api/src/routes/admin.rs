@@ -111,7 +111,14 @@ pub async fn put_limits(
         requests_per_minute: limit("requestsPerMinute")?,
         records_per_minute: limit("recordsPerMinute")?,
     };
-    state.store.set_account_limits(&account, overrides).await?;
+    let defaults = infra::flow::DefaultLimits {
+        records_per_minute: state.config.records_per_minute,
+        requests_per_minute: state.config.requests_per_minute,
+    };
+    state
+        .store
+        .set_account_limits(&account, overrides, defaults)
+        .await?;
     tracing::info!(%account, ?overrides, "account limits set");
     Ok(Json(view(&state, &account, overrides)))
 }

@@ -167,13 +167,13 @@ pub async fn amend(
                 ApiError::bad_request("invalid_scheduled_for", "scheduledFor cannot be null")
                     .with_details(json!({ "field": "scheduledFor" }))
             })?;
-        let start = domain::schedule::start_time(
-            Some(requested),
-            infra::clock::now(),
-            state.config.schedule_horizon_days,
-        )
-        .map_err(schedule_refused)?;
-        amendment.start_at = start;
+        let now = infra::clock::now();
+        let start =
+            domain::schedule::start_time(Some(requested), now, state.config.schedule_horizon_days)
+                .map_err(schedule_refused)?;
+        // `None` is "start now": the action moves to the front of the schedule, and the
+        // script refuses it like any other move if it has already left the schedule.
+        amendment.start_at = Some(start.unwrap_or(now));
     }
     if fields.contains_key("pacing") || fields.contains_key("maxRecordsPerMinute") {
         let (pacing, max) = submission::pace(&fields)?;

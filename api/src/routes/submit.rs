@@ -221,7 +221,11 @@ pub async fn submit(
             move || source.open(max_record_bytes)
         },
         Planner::new(settings.action_type, batch_size),
-        config.max_records_per_action,
+        ingest::PlanLimits {
+            max_records: config.max_records_per_action,
+            max_batches: config.max_batches_per_action,
+            batch_size,
+        },
         &mut staging,
     )
     .await;

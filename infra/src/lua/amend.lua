@@ -37,7 +37,21 @@ if ARGV[5] == '1' then
   if ARGV[6] == '' then
     redis.call('HDEL', KEYS[1], 'paceEmitMs', 'paceBurst', 'paceTat')
   else
-    redis.call('HSET', KEYS[1], 'paceEmitMs', ARGV[6], 'paceBurst', ARGV[7])
+    -- The records already charged ahead of now (TAT - now at the old interval) are carried
+    -- over at the new interval, so a faster pace applies from the next batch instead of
+    -- after the old, slower interval has run out.
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    local old = redis.call('HMGET', KEYS[1], 'paceEmitMs', 'paceTat')
+    local old_emit = tonumber(old[1] or '0')
+    local tat = tonumber(old[2] or '0')
+    local new_emit = tonumber(ARGV[6])
+    local new_tat = now
+    if old_emit > 0 and tat > now then
+      new_tat = now + (tat - now) * new_emit / old_emit
+    end
+    redis.call('HSET', KEYS[1], 'paceEmitMs', ARGV[6], 'paceBurst', ARGV[7],
+      'paceTat', tostring(new_tat))
   end
   append(ARGV[11], ARGV[12], ARGV[13])
 end

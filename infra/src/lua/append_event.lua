@@ -8,12 +8,22 @@
 -- cannot disagree after a crash. A dead-lettered batch is copied, records and all, to the
 -- dead-letter stream in the same step, before its payload is removed.
 --
+-- A batch settled without being applied (a cancel's `BatchCancelled`) asks for
+-- `unattempted`: if any attempt at the batch has begun, its writes may have reached
+-- MongoDB, so nothing is appended and the caller applies the batch instead, which
+-- reconciles what the attempt did. Checked here, atomically with the settlement.
+--
 -- KEYS: meta, events, feed, batches, work, deadLetters
 -- ARGV: action, guard, schemaVersion, eventId, type, at, data, settlesBatch ('1'/'0'),
 --       completedId, completedType, completedData, batchNumber, workEntryId, group,
---       deadLetterError ('' = not dead-lettered), attempts
+--       deadLetterError ('' = not dead-lettered), attempts, unattempted ('1'/'')
+-- Returns the seq of the event, 0 if the guard was used, -1 no such action, -2 attempted.
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return -1
+end
+if ARGV[17] == '1' and redis.call('HEXISTS', KEYS[1], ARGV[2]) == 0
+    and redis.call('HEXISTS', KEYS[1], 'attempts:' .. ARGV[12]) == 1 then
+  return -2
 end
 local action = ARGV[1]
 local seq = 0

@@ -7,14 +7,22 @@
 -- one action id (an idempotent retry) never mix or expire each other's data.
 -- Running it twice for one action changes nothing the second time.
 --
+-- The staged outcome events move OPENING_SLICE at a time, so that no call blocks Redis
+-- for long whatever the upload (half a million duplicates are 500 events of 100+ KB). If
+-- some are left, the action is "opening": it exists with its first events, `opening` in
+-- its meta names the staged list, it waits in `opening` (scored by when to take over), and
+-- it is neither queued nor completed until `open_action.lua` has moved the rest.
+--
 -- KEYS: meta, events, feed, batches, queue (the account's), schedule, actions,
---       staged batches, ready, staged events
+--       staged batches, ready, staged events, opening
 -- ARGV: action, account, actionType, entityType, batchCount, startAtMs ('' = now),
 --       createdAtMs, schemaVersion, batchSize, recordsInBatches, paceEmitMs ('' = none),
 --       paceBurst, stagedEventCount, eventCount, then eventCount x (eventId, type, at, data)
---       The staged events go in after the first ARGV event (Created).
--- Returns 1 when created, 0 when the action already existed, -1 when staged data is gone
--- (expired before the commit).
+--       The staged events go in after the first ARGV event (Created); the other ARGV
+--       events (Completed, for an action without batches) after the staged ones.
+--       Then: takeOverAtMs (when a sweeper may finish an opening the api left).
+-- Returns 1 when created, 2 when created but still opening, 0 when the action already
+-- existed, -1 when staged data is gone (expired before the commit).
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('DEL', KEYS[8], KEYS[10])
   return 0
@@ -40,21 +48,25 @@ local function append_argv(i)
   append(ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3])
 end
 append_argv(0)
--- In slices, so that a large upload's outcomes never sit in the script's memory at once.
-local slice = 3 * 100
-for start = 0, staged * 3 - 1, slice do
-  local items = redis.call('LRANGE', KEYS[10], start, start + slice - 1)
+local OPENING_SLICE = 4
+local moving = math.min(staged, OPENING_SLICE)
+if moving > 0 then
+  local items = redis.call('LRANGE', KEYS[10], 0, moving * 3 - 1)
   for j = 1, #items, 3 do
     append(items[j], items[j + 1], ARGV[17], items[j + 2])
   end
+  redis.call('LTRIM', KEYS[10], moving * 3, -1)
 end
-redis.call('DEL', KEYS[10])
-for i = 1, event_count - 1 do
-  append_argv(i)
+local opening = moving < staged
+if not opening then
+  redis.call('DEL', KEYS[10])
+  for i = 1, event_count - 1 do
+    append_argv(i)
+  end
 end
 redis.call('HSET', KEYS[1], 'seq', seq, 'account', ARGV[2], 'actionType', ARGV[3],
   'entityType', ARGV[4], 'batches', ARGV[5], 'done', 0, 'dispatched', 0, 'created', ARGV[7],
-  'batchSize', ARGV[9], 'records', ARGV[10], 'queued', ARGV[6] == '' and 1 or 0)
+  'batchSize', ARGV[9], 'records', ARGV[10], 'queued', 0)
 if ARGV[11] ~= '' then
   redis.call('HSET', KEYS[1], 'paceEmitMs', ARGV[11], 'paceBurst', ARGV[12])
 end
@@ -63,9 +75,18 @@ redis.call('ZADD', KEYS[7], ARGV[7], action)
 if batches > 0 then
   redis.call('RENAME', KEYS[8], KEYS[4])
   redis.call('PERSIST', KEYS[4])
+end
+if opening then
+  redis.call('PERSIST', KEYS[10])
+  redis.call('HSET', KEYS[1], 'opening', KEYS[10], 'startAt', ARGV[6])
+  redis.call('ZADD', KEYS[11], ARGV[15 + event_count * 4], action)
+  return 2
+end
+if batches > 0 then
   if ARGV[6] ~= '' then
     redis.call('ZADD', KEYS[6], ARGV[6], action)
   else
+    redis.call('HSET', KEYS[1], 'queued', 1)
     redis.call('ZADD', KEYS[5], ARGV[7], action)
     redis.call('ZADD', KEYS[9], 'NX', 0, ARGV[2])
   end

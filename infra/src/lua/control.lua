@@ -1,9 +1,11 @@
 -- Cancels, pauses or resumes an action, and records it as an event, in one step.
 --
--- cancel: the action leaves the schedule and its account's queue, and every batch not yet
---   handed to a consumer (parked ones included) goes to the work stream at once, where
---   consumers settle it as unprocessed without touching MongoDB (they see `cancelled`).
---   Batches already with a consumer finish. The last settlement appends Completed.
+-- cancel: the action leaves the schedule and stays in (or joins) its account's queue while
+--   batches are left: the dispatcher hands them out free of budget and pace, a few at a
+--   time like any other batch, and consumers settle each as unprocessed without touching
+--   MongoDB (they see `cancelled`). Nothing here touches more than a handful of entries,
+--   however many batches the action has. Batches already with a consumer finish, and so
+--   does every batch that has had an attempt. The last settlement appends Completed.
 -- pause: the action leaves its account's queue, so it takes no budget; batches that reach
 --   a consumer while it is paused are parked (park.lua) and go first on resume.
 -- resume: back into the queue at its original place (its creation time), if released.
@@ -17,7 +19,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 end
 local command, action = ARGV[1], ARGV[2]
 local f = redis.call('HMGET', KEYS[1], 'batches', 'done', 'cancelled', 'paused', 'dispatched',
-  'queued', 'created', 'account')
+  'queued', 'created', 'account', 'opening')
 local batches = tonumber(f[1] or '0')
 if f[3] == '1' and command == 'cancel' then
   return 0
@@ -38,19 +40,20 @@ end
 
 if command == 'cancel' then
   local was_scheduled = redis.call('ZREM', KEYS[5], action) == 1
-  leave_queue()
   redis.call('HSET', KEYS[1], 'cancelled', 1, 'paused', 0)
-  for _, batch in ipairs(redis.call('SMEMBERS', KEYS[8])) do
-    redis.call('XADD', KEYS[4], '*', 'action', action, 'batch', batch)
-  end
-  redis.call('DEL', KEYS[8])
   -- Without `dispatched` the action predates dispatching: a queued one had every batch
   -- put in the work stream when it was created, a scheduled one none.
   local dispatched = tonumber(f[5] or (was_scheduled and '0' or f[1]))
-  for batch = dispatched, batches - 1 do
-    redis.call('XADD', KEYS[4], '*', 'action', action, 'batch', batch)
+  redis.call('HSET', KEYS[1], 'dispatched', dispatched)
+  -- An opening action joins its queue when it opens (open_action.lua).
+  if f[9] then
+    -- nothing to move yet
+  elseif dispatched < batches or redis.call('SCARD', KEYS[8]) > 0 then
+    redis.call('ZADD', KEYS[6], f[7] or 0, action)
+    redis.call('ZADD', KEYS[7], 'NX', 0, f[8])
+  else
+    leave_queue()
   end
-  redis.call('HSET', KEYS[1], 'dispatched', batches)
 elseif command == 'pause' then
   if f[4] == '1' then
     return 0

@@ -66,6 +66,24 @@ local function next_batch(action, fields, parked_key)
   return nil, false
 end
 
+-- Puts one batch in the work stream and moves the action and its account along.
+local function hand_out(account, queue, action, meta, parked_key, batch, from_parked)
+  redis.call('XADD', KEYS[3], '*', 'action', action, 'batch', batch)
+  if from_parked then
+    redis.call('SREM', parked_key, batch)
+  else
+    redis.call('HINCRBY', meta, 'dispatched', 1)
+  end
+  if next_batch(action, redis.call('HMGET', meta, 'batches', 'dispatched'), parked_key) == nil then
+    redis.call('ZREM', queue, action)
+  end
+  if redis.call('ZCARD', queue) == 0 then
+    redis.call('ZREM', KEYS[1], account)
+  else
+    redis.call('ZADD', KEYS[1], redis.call('HINCRBY', KEYS[2], 'turn', 1), account)
+  end
+end
+
 local function try_account(account)
   local queue = prefix .. 'queue:' .. account
   local actions = redis.call('ZRANGE', queue, 0, 15)
@@ -74,59 +92,52 @@ local function try_account(account)
   local emission = 60000 / rpm
   local budget_key = prefix .. 'budget:records:' .. account
   local base = math.max(tonumber(redis.call('GET', budget_key) or '0'), now)
+  local out_of_budget = false
   for _, action in ipairs(actions) do
     local meta = prefix .. 'meta:' .. action
     local parked_key = prefix .. 'parked:' .. action
     local f = redis.call('HMGET', meta, 'batches', 'dispatched', 'batchSize', 'records',
       'paused', 'cancelled', 'paceEmitMs', 'paceBurst', 'paceTat')
     local batch, from_parked = nil, false
-    if f[5] ~= '1' and f[6] ~= '1' then
+    if f[5] ~= '1' or f[6] == '1' then
       batch, from_parked = next_batch(action, f, parked_key)
     end
     if batch == nil then
       redis.call('ZREM', queue, action)
-    else
+    elseif f[6] == '1' then
+      -- Cancelled: its batch is settled unprocessed without reaching MongoDB, so it costs
+      -- neither budget nor pace, but it still takes its turn and its room in the stream.
+      hand_out(account, queue, action, meta, parked_key, batch, from_parked)
+      return true
+    elseif not out_of_budget then
       local size = tonumber(f[3] or '1000')
       local records = tonumber(f[4] or tostring(size * tonumber(f[1])))
       local cost = math.max(1, math.min(size, records - batch * size))
       local burst = math.max(cost, rpm * burst_seconds / 60)
       local account_at = base + (cost - burst) * emission - SLACK_MS
       if account_at > now then
-        -- No budget: none of this account's actions can go.
+        -- No budget: none of this account's running actions can go; a cancelled one may.
         hold_until(account_at)
-        retire_if_idle(account, queue)
-        return false
-      end
-      local pace_emit = tonumber(f[7] or '0')
-      local pace_base = math.max(tonumber(f[9] or '0'), now)
-      local pace_at = now
-      if pace_emit > 0 then
-        local pace_burst = math.max(cost, tonumber(f[8] or '0'))
-        pace_at = pace_base + (cost - pace_burst) * pace_emit - SLACK_MS
-      end
-      if pace_at > now then
-        hold_until(pace_at) -- this action waits; the account's next one may go
+        out_of_budget = true
       else
-        local tat = base + cost * emission
-        redis.call('SET', budget_key, tostring(tat), 'PX', math.ceil(tat - now) + 60000)
+        local pace_emit = tonumber(f[7] or '0')
+        local pace_base = math.max(tonumber(f[9] or '0'), now)
+        local pace_at = now
         if pace_emit > 0 then
-          redis.call('HSET', meta, 'paceTat', tostring(pace_base + cost * pace_emit))
+          local pace_burst = math.max(cost, tonumber(f[8] or '0'))
+          pace_at = pace_base + (cost - pace_burst) * pace_emit - SLACK_MS
         end
-        redis.call('XADD', KEYS[3], '*', 'action', action, 'batch', batch)
-        if from_parked then
-          redis.call('SREM', parked_key, batch)
+        if pace_at > now then
+          hold_until(pace_at) -- this action waits; the account's next one may go
         else
-          redis.call('HINCRBY', meta, 'dispatched', 1)
+          local tat = base + cost * emission
+          redis.call('SET', budget_key, tostring(tat), 'PX', math.ceil(tat - now) + 60000)
+          if pace_emit > 0 then
+            redis.call('HSET', meta, 'paceTat', tostring(pace_base + cost * pace_emit))
+          end
+          hand_out(account, queue, action, meta, parked_key, batch, from_parked)
+          return true
         end
-        if next_batch(action, redis.call('HMGET', meta, 'batches', 'dispatched'), parked_key) == nil then
-          redis.call('ZREM', queue, action)
-        end
-        if redis.call('ZCARD', queue) == 0 then
-          redis.call('ZREM', KEYS[1], account)
-        else
-          redis.call('ZADD', KEYS[1], redis.call('HINCRBY', KEYS[2], 'turn', 1), account)
-        end
-        return true
       end
     end
   end
