@@ -976,7 +976,7 @@ async fn hostile_input_gets_a_clear_4xx_or_a_per_record_code() -> Result<()> {
         { "email": "zero\u{200b}width@x.io" },                         // 3: invalid_email
         { "email": "tab\t@x.io" },                                     // 4: invalid_email
         { "email": format!("{}@x.io", "a".repeat(300)) },              // 5: invalid_email
-        { "email": "big@x.io", "name": long },                         // 6: invalid_value
+        { "email": "big@x.io", "name": long },                         // 6: record_too_large
         { "email": "op@x.io", "$inc": { "age": 1 } },                  // 7: forbidden_field_name
         { "email": "dot@x.io", "profile.name": "x" },                  // 8: forbidden_field_name
         { "email": "deep@x.io", "name": { "a": { "$gt": "" } } },      // 9: invalid_type
@@ -1013,7 +1013,7 @@ async fn hostile_input_gets_a_clear_4xx_or_a_per_record_code() -> Result<()> {
             "invalid_email",
             "invalid_email",
             "invalid_email",
-            "invalid_value",
+            "record_too_large",
             "forbidden_field_name",
             "forbidden_field_name",
             "invalid_type",
