@@ -132,7 +132,7 @@ impl From<mongodb::error::Error> for ApiError {
     }
 }
 
-fn unavailable(dependency: &str, error: &dyn std::fmt::Display) -> ApiError {
+pub(crate) fn unavailable(dependency: &str, error: &dyn std::fmt::Display) -> ApiError {
     tracing::warn!(dependency, %error, "dependency error");
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,

@@ -56,11 +56,6 @@ pub enum Claim {
     Replay(ActionId),
 }
 
-/// Hex SHA-256 of the request body: a reused key with a different body is a client bug.
-pub fn fingerprint(body: &[u8]) -> String {
-    hex(&Sha256::digest(body))
-}
-
 pub async fn claim(
     state: &AppState,
     account: &AccountId,
@@ -157,12 +152,5 @@ mod tests {
             );
         }
         assert!(IdempotencyKey::from_headers(&headers(&[b"a", b"b"])).is_err());
-    }
-
-    #[test]
-    fn fingerprints_are_stable_hex() {
-        assert_eq!(fingerprint(b"x"), fingerprint(b"x"));
-        assert_ne!(fingerprint(b"x"), fingerprint(b"y"));
-        assert_eq!(fingerprint(b"").len(), 64);
     }
 }

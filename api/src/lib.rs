@@ -52,7 +52,8 @@ pub struct ApiConfig {
     #[arg(long, env = "BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch_size: u32,
 
-    /// Largest accepted request body, in bytes.
+    /// Largest accepted request body, in bytes. A JSON body is spooled to a temporary file
+    /// (`TMPDIR`) and read a record at a time.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
@@ -60,8 +61,9 @@ pub struct ApiConfig {
     #[arg(long, env = "MAX_UPLOAD_BYTES", default_value_t = 1024 * 1024 * 1024)]
     pub max_upload_bytes: usize,
 
-    /// Longest NDJSON line or CSV row, in bytes. A longer NDJSON line fails its own record
-    /// (`record_too_large`); a longer CSV row refuses the upload.
+    /// Longest NDJSON line, CSV row or JSON record, in bytes. A longer NDJSON line or JSON
+    /// record fails its own record (`record_too_large`); a longer CSV row refuses the
+    /// upload. Also the longest value of a JSON body's setting.
     #[arg(long, env = "MAX_RECORD_BYTES", default_value_t = 64 * 1024)]
     pub max_record_bytes: usize,
 

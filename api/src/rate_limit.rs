@@ -34,7 +34,8 @@ impl QuotaSlot {
     }
 }
 
-/// Charges one request to `account`; a `429 rate_limited` when its budget is spent.
+/// Charges one request to `account`; a `429 rate_limited` when its budget is spent, which
+/// charges nothing.
 pub async fn admit(
     state: &AppState,
     slot: &QuotaSlot,

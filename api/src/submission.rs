@@ -8,6 +8,7 @@ use serde_json::{json, Map, Value};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
+use crate::ingest::json::{DataShape, Outline};
 
 /// Everything about a submission but its records.
 pub struct ActionSettings {
@@ -17,12 +18,6 @@ pub struct ActionSettings {
     pub scheduled_for: Option<Timestamp>,
     pub pacing: Option<Pacing>,
     pub max_records_per_minute: Option<u32>,
-}
-
-/// A JSON submission: its settings and its records, in memory.
-pub struct Submission {
-    pub settings: ActionSettings,
-    pub data: Vec<Value>,
 }
 
 /// The request body, as documented in the OpenAPI schema. Parsing is done by hand in
@@ -76,7 +71,7 @@ pub const QUERY_SETTINGS: [&str; 7] = [
     "maxRecordsPerMinute",
 ];
 
-const FIELDS: [&str; 7] = [
+pub const FIELDS: [&str; 7] = [
     "accountId",
     "entityType",
     "actionType",
@@ -86,55 +81,49 @@ const FIELDS: [&str; 7] = [
     "maxRecordsPerMinute",
 ];
 
-/// `caller` is the API key's account: the body may name it in `accountId` (any other
-/// account is `403 account_mismatch`) or leave it out.
-pub fn parse(body: &[u8], max_records: usize, caller: &AccountId) -> Result<Submission, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|error| {
-        ApiError::bad_request(
-            "malformed_json",
-            format!("request body is not valid JSON: {error}"),
-        )
-        .with_details(json!({ "line": error.line(), "column": error.column() }))
-    })?;
-    let Value::Object(object) = value else {
+/// The settings of a JSON body, from its outline, and the refusal of a body whose `data`
+/// is not what it must be. `caller` is the API key's account: the body may name it in
+/// `accountId` (any other account is `403 account_mismatch`) or leave it out.
+pub fn settings_of(
+    outline: &Outline,
+    max_records: usize,
+    max_value_bytes: usize,
+    caller: &AccountId,
+) -> Result<ActionSettings, ApiError> {
+    if !outline.is_object {
         return Err(ApiError::bad_request(
             "invalid_body",
             "request body must be a JSON object",
         ));
-    };
-    if let Some(unknown) = object.keys().find(|key| !FIELDS.contains(&key.as_str())) {
+    }
+    if let Some(unknown) = &outline.unknown {
         return Err(
             ApiError::bad_request("unknown_field", format!("unknown field {unknown:?}"))
                 .with_details(json!({ "field": unknown, "allowed": FIELDS })),
         );
     }
-    let settings = parse_settings(&object, caller)?;
-
-    let data = match object.get("data") {
-        None | Some(Value::Null) => return Err(missing_field("data")),
-        Some(Value::Array(records)) => records,
-        Some(_) => return Err(invalid_field("data", "data must be an array of records")),
-    };
-    if data.is_empty() {
+    if let Some(field) = &outline.oversized {
         return Err(ApiError::bad_request(
+            "invalid_field",
+            format!("{field} is longer than {max_value_bytes} bytes"),
+        )
+        .with_details(json!({ "field": field, "limit": max_value_bytes })));
+    }
+    let settings = parse_settings(&outline.settings, caller)?;
+    match outline.data {
+        DataShape::Absent | DataShape::Null => Err(missing_field("data")),
+        DataShape::NotArray => Err(invalid_field("data", "data must be an array of records")),
+        DataShape::Array { records: 0, .. } => Err(ApiError::bad_request(
             "empty_data",
             "data must contain at least one record",
-        ));
-    }
-    if data.len() > max_records {
-        return Err(ApiError::bad_request(
+        )),
+        DataShape::Array { records, .. } if records > max_records => Err(ApiError::bad_request(
             "too_many_records",
             format!("an action may hold at most {max_records} records"),
         )
-        .with_details(json!({ "limit": max_records, "received": data.len() })));
+        .with_details(json!({ "limit": max_records, "received": records }))),
+        DataShape::Array { .. } => Ok(settings),
     }
-
-    let mut object = object;
-    let data = match object.remove("data") {
-        Some(Value::Array(records)) => records,
-        _ => Vec::new(),
-    };
-    Ok(Submission { settings, data })
 }
 
 /// The settings of a streamed upload, from its query parameters. Numbers arrive as text
@@ -286,7 +275,9 @@ mod tests {
     use super::*;
 
     fn code(body: &str) -> &'static str {
-        match parse(body.as_bytes(), 10, &AccountId::parse("a").unwrap()) {
+        let settings = crate::ingest::json::read_outline(body.as_bytes(), 1024)
+            .and_then(|outline| settings_of(&outline, 10, 1024, &AccountId::parse("a").unwrap()));
+        match settings {
             Ok(_) => "ok",
             Err(error) => error.code(),
         }

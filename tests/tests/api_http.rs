@@ -26,8 +26,8 @@ fn without(field: &str) -> Value {
     body
 }
 
-/// Every key but the request budgets (a refused request still counts against its
-/// account's rate limit, by design) and the API keys the client makes on first use.
+/// Every key but the request budgets (a request the rate limit admitted counts against
+/// it whatever its answer, a 400 included) and the API keys the client makes on first use.
 async fn redis_keys(app: &TestApp) -> Result<Vec<String>> {
     let mut conn = infra::redis_conn::shared(&app.services.redis_url).await?;
     let mut keys: Vec<String> = redis::cmd("KEYS")
@@ -976,7 +976,7 @@ async fn hostile_input_gets_a_clear_4xx_or_a_per_record_code() -> Result<()> {
         { "email": "zero\u{200b}width@x.io" },                         // 3: invalid_email
         { "email": "tab\t@x.io" },                                     // 4: invalid_email
         { "email": format!("{}@x.io", "a".repeat(300)) },              // 5: invalid_email
-        { "email": "big@x.io", "name": long },                         // 6: invalid_value
+        { "email": "big@x.io", "name": long },                         // 6: record_too_large
         { "email": "op@x.io", "$inc": { "age": 1 } },                  // 7: forbidden_field_name
         { "email": "dot@x.io", "profile.name": "x" },                  // 8: forbidden_field_name
         { "email": "deep@x.io", "name": { "a": { "$gt": "" } } },      // 9: invalid_type
@@ -1013,7 +1013,7 @@ async fn hostile_input_gets_a_clear_4xx_or_a_per_record_code() -> Result<()> {
             "invalid_email",
             "invalid_email",
             "invalid_email",
-            "invalid_value",
+            "record_too_large",
             "forbidden_field_name",
             "forbidden_field_name",
             "invalid_type",
@@ -1035,5 +1035,125 @@ async fn hostile_input_gets_a_clear_4xx_or_a_per_record_code() -> Result<()> {
         stored,
         vec!["ann@example.com".to_owned(), "bücher@exämple.de".to_owned()]
     );
+    Ok(())
+}
+
+/// A client that keeps knocking at 50 requests a second on a limit of 60 a minute is let
+/// in at the limit's pace: a refused request costs nothing (GCRA as in redis-cell), so
+/// hammering never locks a client out, and it never gets more than limit + burst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hammering_through_429s_is_let_in_at_the_limits_pace() -> Result<()> {
+    let app = TestApp::spawn(AppOptions::default()).await?;
+    let admin = bearer(bulk_tests::TEST_ADMIN_TOKEN);
+    let limits = json!({ "requestsPerMinute": 60 });
+    let set = app
+        .send(
+            Method::PUT,
+            "/admin/accounts/hammer/limits",
+            Some(&limits),
+            &[("authorization", admin.as_str())],
+        )
+        .await?;
+    assert_eq!(set.status, 200, "{}", set.body);
+    app.key_for("hammer").await?;
+    app.key_for("calm").await?;
+    // RATE_LIMIT_REQUEST_BURST_SECONDS is 6 in tests: 6 s of 60 a minute at once.
+    const BURST: usize = 6;
+
+    let started = std::time::Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    let mut sent = Vec::new();
+    for tick in 0..250 {
+        ticker.tick().await;
+        let accounts: &[&'static str] = if tick % 5 == 0 {
+            &["hammer", "calm"]
+        } else {
+            &["hammer"]
+        };
+        for &account in accounts {
+            let client = app.client.clone();
+            let path = format!("/bulk-actions?accountId={account}");
+            let at = started.elapsed();
+            let reply =
+                tokio::spawn(async move { client.send(Method::GET, &path, None, &[]).await });
+            sent.push((account, at, reply));
+        }
+    }
+    let mut hammer = Vec::new();
+    for (account, at, reply) in sent {
+        let reply = reply.await??;
+        if account == "calm" {
+            assert_eq!(reply.status, 200, "another account is not limited");
+            assert_eq!(reply.header("ratelimit-limit"), Some("1000000"));
+        } else {
+            hammer.push((at, reply));
+        }
+    }
+
+    let admitted: Vec<Duration> = hammer
+        .iter()
+        .filter(|(_, reply)| reply.status == 200)
+        .map(|(at, _)| *at)
+        .collect();
+    let span = hammer.last().map(|(at, _)| *at).unwrap_or_default()
+        - hammer.first().map(|(at, _)| *at).unwrap_or_default();
+    // The burst at once, then one a second (60 a minute) for as long as the client knocks.
+    let expected = BURST + span.as_secs() as usize;
+    println!(
+        "{} requests over {span:?}: {} admitted (GCRA: {expected} ± 1)",
+        hammer.len(),
+        admitted.len()
+    );
+    assert!(
+        (expected - 1..=expected + 1).contains(&admitted.len()),
+        "{} admitted, expected {expected} ± 1 (charging refusals would admit {BURST})",
+        admitted.len()
+    );
+    for pair in admitted[BURST - 1..].windows(2) {
+        assert!(
+            pair[1] - pair[0] >= Duration::from_millis(500),
+            "after the burst, one a second: {admitted:?}"
+        );
+    }
+
+    let mut burst_remaining: Vec<&str> = hammer
+        .iter()
+        .filter(|(_, reply)| reply.status == 200)
+        .take(BURST)
+        .filter_map(|(_, reply)| reply.header("ratelimit-remaining"))
+        .collect();
+    burst_remaining.sort();
+    assert_eq!(burst_remaining, ["0", "1", "2", "3", "4", "5"]);
+    for (_, reply) in &hammer {
+        assert_eq!(
+            reply.header("ratelimit-policy"),
+            Some("\"per-minute\";q=60;w=60")
+        );
+        assert_eq!(reply.header("ratelimit-limit"), Some("60"));
+        match reply.status {
+            200 => {}
+            429 => {
+                // The next slot is never more than one emission interval away.
+                assert_eq!(
+                    reply.header("retry-after"),
+                    Some("1"),
+                    "{:?}",
+                    reply.headers
+                );
+                assert_eq!(reply.header("ratelimit-remaining"), Some("0"));
+                assert!(reply
+                    .header("ratelimit")
+                    .is_some_and(|value| value.starts_with("\"per-minute\";r=0;t=")));
+                assert_eq!(reply.body["error"]["code"], "rate_limited");
+                assert_eq!(reply.body["error"]["details"]["limit"], 60);
+                assert_eq!(reply.body["error"]["details"]["retryAfterSeconds"], 1);
+            }
+            other => panic!("unexpected status {other}: {}", reply.body),
+        }
+    }
+    // Waiting as told is enough.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (status, _) = app.get_json("/bulk-actions?accountId=hammer").await?;
+    assert_eq!(status, 200);
     Ok(())
 }

@@ -600,3 +600,112 @@ async fn a_consumer_stopped_at_its_deadline_hands_its_batches_back() -> Result<(
     );
     assert_exact_upsert(&deployment, "handback", &action, records, records / 500).await
 }
+
+/// A body of at most `size` bytes, made while it is sent: `head`, `fill` as many times as
+/// fits, then `tail`. The test never holds it.
+fn generated_body(
+    head: String,
+    fill: &'static [u8],
+    tail: &'static str,
+    size: usize,
+) -> reqwest::Body {
+    const CHUNK: usize = 1 << 20;
+    let repeats = (size - head.len() - tail.len()) / fill.len();
+    let per_chunk = CHUNK / fill.len();
+    let chunk = fill.repeat(per_chunk);
+    let chunks = std::iter::once(head.into_bytes())
+        .chain((0..repeats / per_chunk).map(move |_| chunk.clone()))
+        .chain(std::iter::once(fill.repeat(repeats % per_chunk)))
+        .chain(std::iter::once(tail.as_bytes().to_vec()));
+    reqwest::Body::wrap_stream(futures::stream::iter(chunks.map(Ok::<_, std::io::Error>)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_json_bodies_cost_the_api_a_record_not_a_body() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let deployment = Deployment::start(DeploymentOptions::default(), &[]).await?;
+    // Just under the api's MAX_BODY_BYTES (64 MiB), so that each is read, not refused.
+    const SIZE: usize = 64 * 1024 * 1024 - 1024;
+    let settings = r#"{"entityType":"contact","actionType":"upsert","#;
+    let hostile: [(&str, String, &'static [u8], &'static str, u16, &str); 5] = [
+        (
+            "32 million records",
+            format!(r#"{settings}"data":["#),
+            b"0,",
+            "0]}",
+            400,
+            "too_many_records",
+        ),
+        (
+            "deep nesting",
+            format!(r#"{settings}"data":["#),
+            b"[",
+            "]}",
+            400,
+            "malformed_json",
+        ),
+        (
+            "a huge setting",
+            format!(r#"{settings}"data":[{{"email":"a@x.io"}}],"scheduledFor":""#),
+            b"x",
+            "\"}",
+            400,
+            "invalid_field",
+        ),
+        (
+            "a huge field name",
+            "{\"".to_owned(),
+            b"k",
+            "\":1}",
+            400,
+            "unknown_field",
+        ),
+        // Fails alone, as an NDJSON line would; the action is accepted.
+        (
+            "a huge record",
+            format!(r#"{settings}"data":[{{"email":"big@x.io","name":""#),
+            b"n",
+            "\"}]}",
+            202,
+            "",
+        ),
+    ];
+    let started = Instant::now();
+    let replies = futures::future::join_all(hostile.iter().map(|(_, head, fill, tail, ..)| {
+        let body = generated_body(head.clone(), fill, tail, SIZE);
+        deployment.upload("/bulk-actions", "application/json", body, &[])
+    }))
+    .await;
+    let elapsed = started.elapsed();
+    let peaks = deployment.peak_rss_kib();
+    let api_peak = peaks
+        .iter()
+        .find(|(role, _)| role == "api")
+        .map(|(_, kib)| *kib)
+        .ok_or_else(|| anyhow::anyhow!("no api peak in {peaks:?}"))?;
+    println!(
+        "five {:.1} MiB hostile JSON bodies at once: answered in {elapsed:?}, api peak RSS {} MiB",
+        SIZE as f64 / 1048576.0,
+        api_peak / 1024
+    );
+    ensure!(
+        api_peak < 300 * 1024,
+        "the api peaked at {} MiB (limit 300 MiB)",
+        api_peak / 1024
+    );
+    for ((name, .., status, code), reply) in hostile.iter().zip(replies) {
+        let reply = reply?;
+        assert_eq!(reply.status, *status, "{name}: {}", reply.body);
+        if *status == 202 {
+            assert_eq!(
+                (&reply.body["totalRecords"], &reply.body["failed"]),
+                (&json!(1), &json!(1)),
+                "{name}: {}",
+                reply.body
+            );
+        } else {
+            assert_eq!(reply.body["error"]["code"], *code, "{name}: {}", reply.body);
+        }
+    }
+    Ok(())
+}

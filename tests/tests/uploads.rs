@@ -126,12 +126,13 @@ async fn ndjson_lines_are_records_and_a_broken_line_fails_alone() -> Result<()> 
     assert!(staging_keys(&app).await?.is_empty());
 
     // Streaming changes nothing about what the records mean: the same records as a JSON
-    // body give the same outcome per record.
+    // body give the same outcome per record, a record past the size limit included.
     let lines: Vec<Value> = vec![
         json!({"email": "ann@x.io", "name": "Ann", "age": 41}),
         json!({"email": "bob@x.io", "name": "Bob"}),
         json!({"email": " ANN@X.io ", "name": "second Ann"}),
         json!(["not", "an", "object"]),
+        json!({"email": "long@x.io", "name": long_name}),
         json!({"email": "not-an-email"}),
         json!({"email": "dee@x.io", "age": "old"}),
     ];

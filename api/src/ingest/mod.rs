@@ -1,13 +1,14 @@
 //! Turning a submission's records into staged batches and outcome events while they
 //! arrive, in memory bounded by a batch and the dedup set, whatever the upload's size.
 //!
-//! A reader (`ndjson`, `csv_rows`, or the records of a JSON body) yields records on a
-//! blocking thread, where the `Planner` validates, deduplicates and batches them; the
+//! A reader (`ndjson`, `csv_rows`, or the records of a JSON body, `json`) reads records on
+//! a blocking thread, where the `Planner` validates, deduplicates and batches them; the
 //! planned pieces cross a small bounded channel to the request's task, which stages them in
 //! Redis. The channel is the backpressure: a slow Redis slows the reading of the body, and
 //! the body's bytes are never all in memory.
 
 pub mod csv_rows;
+pub mod json;
 pub mod ndjson;
 mod upload;
 
@@ -58,6 +59,12 @@ pub enum UploadError {
     },
     #[error("CSV row {row} is longer than {limit} bytes; is a quote left open?")]
     CsvRowTooLarge { row: u64, limit: usize },
+    /// A JSON body that turned out not to be JSON the api reads, found in a record.
+    #[error("{message}")]
+    MalformedJson {
+        message: String,
+        details: serde_json::Value,
+    },
 }
 
 impl UploadError {
@@ -94,6 +101,9 @@ impl From<UploadError> for ApiError {
             UploadError::CsvHeader { details, .. } => {
                 ApiError::bad_request("invalid_csv_header", message).with_details(details)
             }
+            UploadError::MalformedJson { details, .. } => {
+                ApiError::bad_request("malformed_json", message).with_details(details)
+            }
             UploadError::CsvRowTooLarge { row, limit } => {
                 ApiError::bad_request("record_too_large", message)
                     .with_details(json!({ "row": row, "limit": limit }))
@@ -102,18 +112,26 @@ impl From<UploadError> for ApiError {
     }
 }
 
-/// Plans the records `open` yields and stages what it plans. `open` runs on a blocking
-/// thread: it may block on the request body. On any error the staging area is left to its
-/// caller to discard.
-pub async fn plan_and_stage<I>(
-    open: impl FnOnce() -> Result<I, UploadError> + Send + 'static,
+/// Where a reader hands each record it reads; an error stops the reading.
+pub type RecordSink<'a> = dyn FnMut(Record) -> Result<(), UploadError> + 'a;
+
+/// Hands every record of `records` to `sink`.
+pub fn feed(
+    records: impl Iterator<Item = Result<Record, UploadError>>,
+    sink: &mut RecordSink<'_>,
+) -> Result<(), UploadError> {
+    records.into_iter().try_for_each(|record| sink(record?))
+}
+
+/// Plans the records `read` hands over and stages what it plans. `read` runs on a
+/// blocking thread: it may block on the request body. On any error the staging area is
+/// left to its caller to discard.
+pub async fn plan_and_stage(
+    read: impl FnOnce(&mut RecordSink<'_>) -> Result<(), UploadError> + Send + 'static,
     mut planner: Planner,
     limits: PlanLimits,
     staging: &mut Staging,
-) -> Result<PlanSummary, ApiError>
-where
-    I: Iterator<Item = Result<Record, UploadError>>,
-{
+) -> Result<PlanSummary, ApiError> {
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Planned>(CHANNEL_DEPTH);
     let planning = tokio::task::spawn_blocking(move || -> Result<PlanSummary, UploadError> {
         let send = |planned: Planned| {
@@ -122,7 +140,7 @@ where
                 .blocking_send(planned)
                 .map_err(|_| UploadError::Unreadable("staging stopped".into()))
         };
-        for record in open()? {
+        read(&mut |record: Record| -> Result<(), UploadError> {
             if planner.records() as usize >= limits.max_records {
                 return Err(UploadError::TooManyRecords {
                     limit: limits.max_records,
@@ -134,14 +152,12 @@ where
                     batch_size: limits.batch_size,
                 });
             }
-            let planned = match record? {
+            let planned = match record {
                 Record::Value(value) => planner.push(&value),
                 Record::Unreadable { code, message } => planner.push_unreadable(code, message),
             };
-            if let Some(planned) = planned {
-                send(planned)?;
-            }
-        }
+            planned.map_or(Ok(()), send)
+        })?;
         let (rest, summary) = planner.finish();
         rest.into_iter().try_for_each(send)?;
         Ok(summary)

@@ -7,7 +7,7 @@
 
 use std::io::BufReader;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -18,7 +18,6 @@ use domain::{
     ActionId, ActionView, EventEnvelope, EventPayload, PlanSummary, Planner, ScheduleError,
     Timestamp, SCHEMA_VERSION,
 };
-use futures::StreamExt;
 use infra::event_store::{Commit, NewAction};
 use infra::staging::Staging;
 use serde_json::json;
@@ -27,7 +26,8 @@ use ulid::Ulid;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::idempotency::{self, Claim, IdempotencyKey};
-use crate::ingest::{self, csv_rows, ndjson, Fingerprint, Record};
+use crate::ingest::json::JsonBody;
+use crate::ingest::{self, csv_rows, ndjson, Fingerprint, RecordSink};
 use crate::routes::actions::{accepted, batch_size_of, replay, schedule_refused};
 use crate::submission::{self, ActionSettings};
 use crate::AppState;
@@ -70,23 +70,28 @@ impl Format {
 
 /// Where the records come from; read on the planning thread.
 enum Source {
-    Json(Vec<serde_json::Value>),
+    Json(Box<JsonBody>),
     Ndjson(Box<dyn std::io::Read + Send>),
     Csv(Box<dyn std::io::Read + Send>),
 }
 
-type Records = Box<dyn Iterator<Item = Result<Record, ingest::UploadError>>>;
-
 impl Source {
-    fn open(self, max_record_bytes: usize) -> Result<Records, ingest::UploadError> {
-        Ok(match self {
-            Source::Json(data) => Box::new(data.into_iter().map(|value| Ok(Record::Value(value)))),
-            Source::Ndjson(body) => Box::new(ndjson::NdjsonRecords::new(
-                BufReader::with_capacity(READ_BUFFER, body),
-                max_record_bytes,
-            )),
-            Source::Csv(body) => Box::new(csv_rows::open(body, max_record_bytes)?),
-        })
+    fn read(
+        self,
+        max_record_bytes: usize,
+        sink: &mut RecordSink<'_>,
+    ) -> Result<(), ingest::UploadError> {
+        match self {
+            Source::Json(body) => body.stream_records(max_record_bytes, sink),
+            Source::Ndjson(body) => ingest::feed(
+                ndjson::NdjsonRecords::new(
+                    BufReader::with_capacity(READ_BUFFER, body),
+                    max_record_bytes,
+                ),
+                sink,
+            ),
+            Source::Csv(body) => ingest::feed(csv_rows::open(body, max_record_bytes)?, sink),
+        }
     }
 }
 
@@ -170,20 +175,24 @@ pub async fn submit(
                     "is not accepted with a JSON body, whose settings are in the body",
                 ));
             }
-            let body = read_json_body(body, config.max_body_bytes).await?;
-            let fingerprinting = match idempotency_key {
-                Some(_) => Fingerprinting::Known(idempotency::fingerprint(&body)),
-                None => Fingerprinting::Off,
-            };
-            let max_records = config.max_records_per_action;
-            let caller_account = caller.account.clone();
-            // Parsing a large body is CPU work; keep it off the async workers.
-            let parsed = tokio::task::spawn_blocking(move || {
-                submission::parse(&body, max_records, &caller_account)
-            })
-            .await
-            .map_err(internal)??;
-            (parsed.settings, Source::Json(parsed.data), fingerprinting)
+            let body = ingest::json::receive(
+                body,
+                config.max_body_bytes,
+                config.max_record_bytes,
+                idempotency_key.is_some(),
+            )
+            .await?;
+            let settings = submission::settings_of(
+                &body.outline,
+                config.max_records_per_action,
+                config.max_record_bytes,
+                &caller.account,
+            )?;
+            let fingerprinting = body
+                .fingerprint
+                .clone()
+                .map_or(Fingerprinting::Off, Fingerprinting::Known);
+            (settings, Source::Json(Box::new(body)), fingerprinting)
         }
         Format::Ndjson | Format::Csv => {
             let query_text = canonical_query(&pairs);
@@ -218,7 +227,7 @@ pub async fn submit(
     let planned = ingest::plan_and_stage(
         {
             let max_record_bytes = config.max_record_bytes;
-            move || source.open(max_record_bytes)
+            move |sink: &mut RecordSink<'_>| source.read(max_record_bytes, sink)
         },
         Planner::new(settings.action_type, batch_size),
         ingest::PlanLimits {
@@ -395,21 +404,6 @@ fn canonical_query(pairs: &[(String, String)]) -> String {
     let mut sorted: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
     sorted.sort();
     sorted.join("&")
-}
-
-async fn read_json_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    let mut chunks = body.into_data_stream();
-    let mut buffer = Vec::new();
-    while let Some(chunk) = chunks.next().await {
-        let chunk = chunk.map_err(|error| {
-            ApiError::bad_request("unreadable_body", format!("request body: {error}"))
-        })?;
-        if buffer.len() + chunk.len() > limit {
-            return Err(ingest::UploadError::BodyTooLarge { limit }.into());
-        }
-        buffer.extend_from_slice(&chunk);
-    }
-    Ok(Bytes::from(buffer))
 }
 
 fn internal(error: impl std::fmt::Display) -> ApiError {

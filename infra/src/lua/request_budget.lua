@@ -5,6 +5,8 @@
 -- ARGV: defaultRequestsPerMinute, burstSeconds
 -- Returns {allowed (1/0), aheadMs (string), requestsPerMinute, burst}: aheadMs is how far
 -- the bucket's TAT is ahead of now after this request (refused: would have been).
+-- A refused request leaves the TAT as it was: it is not charged (GCRA as in redis-cell),
+-- so a client retrying too fast is still admitted at the limit's pace.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local rpm = tonumber(redis.call('HGET', KEYS[2], 'requestsPerMinute') or ARGV[1])
