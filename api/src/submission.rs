@@ -104,8 +104,8 @@ pub fn parse(body: &[u8], max_records: usize, caller: &AccountId) -> Result<Subm
     };
     if let Some(unknown) = object.keys().find(|key| !FIELDS.contains(&key.as_str())) {
         return Err(
-            ApiError::bad_request("unknown_field", format!("unknown field {unknown:?}"))
-                .with_details(json!({ "field": unknown, "allowed": FIELDS })),
+            ApiError::bad_request("unknown_field", format!("unknown field {}", domain::text::quoted(unknown)))
+                .with_details(json!({ "field": domain::text::bounded(unknown, domain::text::ECHO_MAX_BYTES), "allowed": FIELDS })),
         );
     }
     let settings = parse_settings(&object, caller)?;
@@ -195,7 +195,10 @@ fn parse_settings(
     let entity_type = EntityType::parse(entity_raw).ok_or_else(|| {
         ApiError::bad_request(
             "unsupported_entity_type",
-            format!("entityType {entity_raw:?} is not supported"),
+            format!(
+                "entityType {} is not supported",
+                domain::text::quoted(entity_raw)
+            ),
         )
         .with_details(
             json!({ "field": "entityType", "supported": EntityType::ALL.map(|t| t.as_str()) }),
@@ -206,7 +209,10 @@ fn parse_settings(
     let action_type = ActionType::parse(action_raw).ok_or_else(|| {
         ApiError::bad_request(
             "unsupported_action_type",
-            format!("actionType {action_raw:?} is not supported"),
+            format!(
+                "actionType {} is not supported",
+                domain::text::quoted(action_raw)
+            ),
         )
         .with_details(
             json!({ "field": "actionType", "supported": ActionType::ALL.map(|t| t.as_str()) }),
