@@ -62,7 +62,7 @@ impl QueryParams {
 pub fn invalid(name: &str, problem: &str) -> ApiError {
     ApiError::bad_request(
         "invalid_query",
-        format!("query parameter {name:?} {problem}"),
+        format!("query parameter {} {problem}", domain::text::quoted(name)),
     )
-    .with_details(json!({ "parameter": name }))
+    .with_details(json!({ "parameter": domain::text::bounded(name, domain::text::ECHO_MAX_BYTES) }))
 }

@@ -98,8 +98,8 @@ pub fn settings_of(
     }
     if let Some(unknown) = &outline.unknown {
         return Err(
-            ApiError::bad_request("unknown_field", format!("unknown field {unknown:?}"))
-                .with_details(json!({ "field": unknown, "allowed": FIELDS })),
+            ApiError::bad_request("unknown_field", format!("unknown field {}", domain::text::quoted(unknown)))
+                .with_details(json!({ "field": domain::text::bounded(unknown, domain::text::ECHO_MAX_BYTES), "allowed": FIELDS })),
         );
     }
     if let Some(field) = &outline.oversized {
@@ -184,7 +184,10 @@ fn parse_settings(
     let entity_type = EntityType::parse(entity_raw).ok_or_else(|| {
         ApiError::bad_request(
             "unsupported_entity_type",
-            format!("entityType {entity_raw:?} is not supported"),
+            format!(
+                "entityType {} is not supported",
+                domain::text::quoted(entity_raw)
+            ),
         )
         .with_details(
             json!({ "field": "entityType", "supported": EntityType::ALL.map(|t| t.as_str()) }),
@@ -195,7 +198,10 @@ fn parse_settings(
     let action_type = ActionType::parse(action_raw).ok_or_else(|| {
         ApiError::bad_request(
             "unsupported_action_type",
-            format!("actionType {action_raw:?} is not supported"),
+            format!(
+                "actionType {} is not supported",
+                domain::text::quoted(action_raw)
+            ),
         )
         .with_details(
             json!({ "field": "actionType", "supported": ActionType::ALL.map(|t| t.as_str()) }),

@@ -471,12 +471,12 @@ fn email_of(record: &PlannedRecord) -> &str {
 }
 
 fn outcome(record: &PlannedRecord, code: OutcomeCode, message: Option<&str>) -> RecordOutcome {
-    RecordOutcome {
-        index: record.index,
-        email: Some(email_of(record).to_owned()),
+    RecordOutcome::new(
+        record.index,
+        Some(email_of(record).to_owned()),
         code,
-        message: message.map(str::to_owned),
-    }
+        message,
+    )
 }
 
 fn managed_fields(change: &ContactChange, now: DateTime) -> Document {

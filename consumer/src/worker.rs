@@ -341,7 +341,13 @@ impl Worker {
                         _ = tokio::time::sleep(pause) => {}
                     }
                 }
-                Err(error) => return AttemptResult::Failed(error.to_string()),
+                // Bounded at once: it is logged on every attempt and kept for the dead letter.
+                Err(error) => {
+                    return AttemptResult::Failed(domain::text::bounded(
+                        &error.to_string(),
+                        domain::text::ERROR_MAX_BYTES,
+                    ))
+                }
             }
         }
     }
@@ -369,15 +375,9 @@ impl Worker {
         attempts: u32,
         last_error: Option<String>,
     ) -> Result<(), infra::StoreError> {
-        let error = last_error.unwrap_or_else(|| {
-            "no error was recorded: the last attempts ended with their consumer (crash or kill)"
-                .to_owned()
-        });
-        let message = format!(
-            "the batch failed {attempts} attempts and was moved to the dead-letter stream; \
-             the record may be partly applied. Last error: {error}"
-        );
-        let outcomes = batch.outcomes_all(OutcomeCode::DeadLettered, &message);
+        // Bounded: a store's error may quote whatever the batch held.
+        let domain::plan::DeadLettered { error, outcomes } =
+            batch.dead_lettered(attempts, last_error.as_deref());
         tracing::error!(action = %item.action_id, batch = item.batch, attempts, %error, "batch dead-lettered");
         self.store
             .dead_letter(

@@ -14,6 +14,7 @@ pub mod plan;
 pub mod rate;
 pub mod record;
 pub mod schedule;
+pub mod text;
 pub mod time;
 pub mod view;
 

@@ -57,6 +57,10 @@ pub enum OutcomeCode {
     InvalidValue,
     UnknownField,
     ForbiddenFieldName,
+    /// A field name or text value holds a character the store refuses or that has no place
+    /// in it: NUL and other control characters (tab, newline and carriage return are
+    /// allowed in free-text values).
+    InvalidCharacters,
     NoFieldsToUpdate,
     /// A line or row of a streamed upload that is not a record: not JSON, not UTF-8, or a
     /// CSV row with the wrong number of fields.
@@ -81,8 +85,10 @@ impl OutcomeCode {
             Created | Updated | Deleted => OutcomeStatus::Succeeded,
             DuplicateEmail | AlreadyExists => OutcomeStatus::Skipped,
             NotAnObject | MissingEmail | InvalidEmail | InvalidType | InvalidValue
-            | UnknownField | ForbiddenFieldName | NoFieldsToUpdate | MalformedRecord
-            | RecordTooLarge | NotFound | StoreError | DeadLettered => OutcomeStatus::Failed,
+            | UnknownField | ForbiddenFieldName | InvalidCharacters | NoFieldsToUpdate
+            | MalformedRecord | RecordTooLarge | NotFound | StoreError | DeadLettered => {
+                OutcomeStatus::Failed
+            }
             Unprocessed => OutcomeStatus::Unprocessed,
         }
     }
@@ -102,6 +108,7 @@ impl OutcomeCode {
             InvalidValue => "invalid_value",
             UnknownField => "unknown_field",
             ForbiddenFieldName => "forbidden_field_name",
+            InvalidCharacters => "invalid_characters",
             NoFieldsToUpdate => "no_fields_to_update",
             MalformedRecord => "malformed_record",
             RecordTooLarge => "record_too_large",
@@ -133,6 +140,22 @@ pub struct RecordOutcome {
 }
 
 impl RecordOutcome {
+    /// An outcome whose message is bounded (`text::MESSAGE_MAX_BYTES`), whatever it
+    /// quotes: every log line, and so every settling event, stays small.
+    pub fn new(
+        index: u32,
+        email: Option<String>,
+        code: OutcomeCode,
+        message: Option<&str>,
+    ) -> Self {
+        Self {
+            index,
+            email,
+            code,
+            message: message.map(|text| crate::text::bounded(text, crate::text::MESSAGE_MAX_BYTES)),
+        }
+    }
+
     pub fn status(&self) -> OutcomeStatus {
         self.code.status()
     }
@@ -148,5 +171,18 @@ mod tests {
         assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
         assert_eq!(OutcomeCode::NotFound.status(), OutcomeStatus::Failed);
         assert_eq!(OutcomeCode::AlreadyExists.status(), OutcomeStatus::Skipped);
+        assert_eq!(
+            serde_json::to_value(OutcomeCode::InvalidCharacters).unwrap(),
+            "invalid_characters"
+        );
+    }
+
+    #[test]
+    fn an_outcome_message_is_bounded_whatever_it_quotes() {
+        let huge = format!("unknown field {}", "k".repeat(17_000_000));
+        let outcome = RecordOutcome::new(0, None, OutcomeCode::UnknownField, Some(&huge));
+        let message = outcome.message.unwrap();
+        assert!(message.len() <= crate::text::MESSAGE_MAX_BYTES);
+        assert!(message.starts_with("unknown field kkk") && message.ends_with('…'));
     }
 }

@@ -47,7 +47,7 @@ impl Pacing {
         {
             return Err(PacingError {
                 field: "pacing",
-                message: format!("unknown field {unknown:?} in pacing"),
+                message: format!("unknown field {} in pacing", crate::text::quoted(unknown)),
             });
         }
         Ok(Self {

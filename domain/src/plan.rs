@@ -19,6 +19,7 @@ use crate::action::ActionType;
 use crate::event::EventPayload;
 use crate::outcome::{OutcomeCode, RecordOutcome};
 use crate::record::{ContactChange, Email};
+use crate::text;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlannedRecord {
@@ -38,13 +39,51 @@ impl Batch {
     pub fn outcomes_all(&self, code: OutcomeCode, message: &str) -> Vec<RecordOutcome> {
         self.records
             .iter()
-            .map(|record| RecordOutcome {
-                index: record.index,
-                email: Some(record.change.email.as_str().to_owned()),
-                code,
-                message: Some(message.to_owned()),
+            .map(|record| {
+                RecordOutcome::new(
+                    record.index,
+                    Some(record.change.email.as_str().to_owned()),
+                    code,
+                    Some(message),
+                )
             })
             .collect()
+    }
+}
+
+/// A batch that failed every attempt, as it is recorded: the error once, for operators
+/// (the dead-letter entry and the `BatchDeadLettered` event), and a `dead_lettered`
+/// outcome per record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLettered {
+    /// The last error, bounded by `text::ERROR_MAX_BYTES`.
+    pub error: String,
+    pub outcomes: Vec<RecordOutcome>,
+}
+
+/// How much of the error each record's message quotes: a batch of 10,000 records repeats
+/// it 10,000 times in its event.
+pub const DEAD_LETTER_EXCERPT_BYTES: usize = 160;
+
+impl Batch {
+    /// The batch failed `attempts` times, the last with `last_error` (any size: a store's
+    /// error may quote whatever the batch held); `None` when no attempt recorded one.
+    pub fn dead_lettered(&self, attempts: u32, last_error: Option<&str>) -> DeadLettered {
+        let error = match last_error {
+            Some(error) if !error.is_empty() => text::bounded(error, text::ERROR_MAX_BYTES),
+            _ => "no error was recorded: the last attempts ended with their consumer \
+                  (crash or kill)"
+                .to_owned(),
+        };
+        let message = format!(
+            "the batch failed {attempts} attempts and was moved to the dead-letter stream; \
+             the record may be partly applied. Last error: {}",
+            text::bounded(&error, DEAD_LETTER_EXCERPT_BYTES)
+        );
+        DeadLettered {
+            outcomes: self.outcomes_all(OutcomeCode::DeadLettered, &message),
+            error,
+        }
     }
 }
 
@@ -128,8 +167,23 @@ pub struct Planner {
     seen: HashSet<EmailDigest>,
     filling: Vec<PlannedRecord>,
     rejected: Vec<RecordOutcome>,
+    /// What `rejected` takes once stored, at most (`stored_size`).
+    rejected_bytes: usize,
     duplicates: Vec<RecordOutcome>,
     summary: PlanSummary,
+}
+
+/// About the most an outcome event carries in stored text: an event of rejected records is cut
+/// at this size even before a full chunk of outcomes, so that no event (nor its archived
+/// copy in MongoDB) approaches the store's 16 MiB document limit, whatever the records.
+pub const OUTCOME_EVENT_MAX_BYTES: usize = 1 << 20;
+
+/// An upper bound of the JSON an outcome takes in an event: every byte of its texts may
+/// be escaped to two, plus the index, the code and the punctuation.
+pub fn stored_size(outcome: &RecordOutcome) -> usize {
+    let texts = outcome.email.as_ref().map_or(0, String::len)
+        + outcome.message.as_ref().map_or(0, String::len);
+    2 * texts + 64
 }
 
 impl Planner {
@@ -144,6 +198,7 @@ impl Planner {
             seen: HashSet::new(),
             filling: Vec::with_capacity(batch_size.min(10_000)),
             rejected: Vec::new(),
+            rejected_bytes: 0,
             duplicates: Vec::new(),
             summary: PlanSummary::default(),
         }
@@ -163,12 +218,12 @@ impl Planner {
     pub fn push(&mut self, record: &Value) -> Option<Planned> {
         let index = self.next_index();
         match ContactChange::parse(record, self.action_type) {
-            Err(error) => self.reject(RecordOutcome {
+            Err(error) => self.reject(RecordOutcome::new(
                 index,
-                email: raw_email(record),
-                code: error.code,
-                message: Some(error.message),
-            }),
+                raw_email(record),
+                error.code,
+                Some(&error.message),
+            )),
             Ok(change) if !self.seen.insert(digest(&change.email)) => {
                 self.duplicates.push(RecordOutcome {
                     index,
@@ -190,12 +245,7 @@ impl Planner {
     /// a stream): it fails with `code` and takes its place in the numbering.
     pub fn push_unreadable(&mut self, code: OutcomeCode, message: String) -> Option<Planned> {
         let index = self.next_index();
-        self.reject(RecordOutcome {
-            index,
-            email: None,
-            code,
-            message: Some(message),
-        })
+        self.reject(RecordOutcome::new(index, None, code, Some(&message)))
     }
 
     /// Hands out what is left and the totals.
@@ -221,8 +271,11 @@ impl Planner {
 
     fn reject(&mut self, outcome: RecordOutcome) -> Option<Planned> {
         self.tally(outcome.code);
+        self.rejected_bytes += stored_size(&outcome);
         self.rejected.push(outcome);
-        (self.rejected.len() >= self.outcome_chunk).then(|| self.take_rejected())
+        let full = self.rejected.len() >= self.outcome_chunk
+            || self.rejected_bytes >= OUTCOME_EVENT_MAX_BYTES;
+        full.then(|| self.take_rejected())
     }
 
     fn tally(&mut self, code: OutcomeCode) {
@@ -242,6 +295,7 @@ impl Planner {
 
     fn take_rejected(&mut self) -> Planned {
         self.summary.outcome_events += 1;
+        self.rejected_bytes = 0;
         Planned::Outcomes(EventPayload::RecordRejected {
             records: std::mem::take(&mut self.rejected),
         })
@@ -262,12 +316,13 @@ fn digest(email: &Email) -> EmailDigest {
     short
 }
 
-/// For the log line of a rejected record: what the client sent as email, if it was text.
+/// For the log line of a rejected record: what the client sent as email, if it was text,
+/// bounded like every echo.
 fn raw_email(record: &Value) -> Option<String> {
     record
         .get("email")
         .and_then(Value::as_str)
-        .map(|raw| raw.chars().take(320).collect())
+        .map(|raw| text::bounded(raw, text::RAW_EMAIL_MAX_BYTES))
 }
 
 #[cfg(test)]
@@ -275,6 +330,57 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+
+    #[test]
+    fn a_dead_lettered_batch_records_a_bounded_error() {
+        let records = vec![json!({"email": "a@x.io"}), json!({"email": "b@x.io"})];
+        let plan = plan_action(&records, ActionType::Upsert, 10);
+        let huge = format!("write failed: {}", "\"\0x".repeat(6_000_000));
+        let dead = plan.batches[0].dead_lettered(5, Some(&huge));
+        assert!(dead.error.len() <= text::ERROR_MAX_BYTES);
+        assert!(dead.error.starts_with("write failed: \"\u{FFFD}x"));
+        assert_eq!(dead.outcomes.len(), 2);
+        for outcome in &dead.outcomes {
+            let message = outcome.message.as_deref().unwrap_or_default();
+            assert!(message.len() <= text::MESSAGE_MAX_BYTES);
+            assert!(message.contains("5 attempts") && message.contains("Last error: write failed"));
+        }
+        let unknown = plan.batches[0].dead_lettered(3, None);
+        assert!(unknown.error.starts_with("no error was recorded"));
+    }
+
+    #[test]
+    fn an_event_of_rejected_records_stays_small_whatever_they_hold() {
+        // Every byte of the echoed texts needs escaping; no record is valid.
+        let quotes = "\"".repeat(1_000);
+        let records: Vec<Value> = (0..5_000)
+            .map(|i| {
+                let mut record = serde_json::Map::new();
+                record.insert("email".into(), json!(format!("{quotes}{i}")));
+                record.insert(quotes.clone(), json!(1));
+                Value::Object(record)
+            })
+            .collect();
+        let plan_events = {
+            let mut planner = Planner::new(ActionType::Upsert, 10_000);
+            let mut events: Vec<Planned> = records
+                .iter()
+                .filter_map(|record| planner.push(record))
+                .collect();
+            events.extend(planner.finish().0);
+            events
+        };
+        let mut settled = 0;
+        for planned in &plan_events {
+            let Planned::Outcomes(event) = planned else {
+                panic!("no record is valid");
+            };
+            let stored = event.data_json().len();
+            assert!(stored <= OUTCOME_EVENT_MAX_BYTES + 4096, "{stored} bytes");
+            settled += event.record_outcomes().len();
+        }
+        assert_eq!(settled, records.len());
+    }
 
     #[test]
     fn first_valid_occurrence_wins() {

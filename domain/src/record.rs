@@ -9,21 +9,41 @@ use serde_json::{Map, Value};
 
 use crate::action::ActionType;
 use crate::outcome::OutcomeCode;
+use crate::text::{bounded, quoted, MESSAGE_MAX_BYTES};
+use unicode_normalization::char::is_combining_mark;
+use unicode_normalization::UnicodeNormalization;
 
 pub const EMAIL_MAX_LEN: usize = 254;
 pub const NAME_MAX_CHARS: usize = 256;
 pub const STATUS_MAX_CHARS: usize = 64;
 pub const AGE_MAX: i64 = 150;
 
-/// A normalised email: trimmed, lowercased, structurally plausible. The dedup key.
+/// The longest domain name and label DNS allows (RFC 1035), counted in characters for
+/// internationalised names, which are kept as UTF-8 (RFC 6531).
+pub const DOMAIN_MAX_CHARS: usize = 253;
+pub const LABEL_MAX_CHARS: usize = 63;
+
+/// A normalised email: trimmed, lowercased, in Unicode NFC (so that a composed and a
+/// decomposed `é` are one key), structurally plausible. The dedup key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Email(String);
 
 impl Email {
     pub fn parse(raw: &str) -> Result<Self, RecordError> {
-        let normalised = raw.trim().to_lowercase();
+        let trimmed = raw.trim();
+        if has_forbidden_control(trimmed, true) {
+            return Err(RecordError::new(
+                OutcomeCode::InvalidCharacters,
+                "email contains a control character",
+            ));
+        }
         let invalid = |why: &str| RecordError::new(OutcomeCode::InvalidEmail, why);
+        // Anything longer cannot become valid by normalising: refuse before copying it.
+        if trimmed.len() > 4 * EMAIL_MAX_LEN {
+            return Err(invalid("email is longer than 254 bytes"));
+        }
+        let normalised: String = trimmed.to_lowercase().nfc().collect();
         if normalised.is_empty() {
             return Err(invalid("email is empty"));
         }
@@ -42,11 +62,11 @@ impl Email {
         if domain.contains('@') {
             return Err(invalid("email has more than one '@'"));
         }
-        let labels_ok = domain
-            .split('.')
-            .all(|label| !label.is_empty() && !label.starts_with('-') && !label.ends_with('-'));
-        if !domain.contains('.') || !labels_ok {
-            return Err(invalid("email domain is not a valid host name"));
+        if !is_host_name(domain) {
+            return Err(invalid(
+                "email domain is not a valid host name: dot-separated labels of 1-63 \
+                 letters, digits or hyphens, not starting or ending with a hyphen",
+            ));
         }
         Ok(Self(normalised))
     }
@@ -54,6 +74,32 @@ impl Email {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// A host name with at least two labels, each of 1-63 letters (of any script, with their
+/// combining marks), digits or hyphens, not starting or ending with a hyphen; 253
+/// characters at most. `bücher.de` is one; `exa_mple.com`, `-x.com`, `x..com` are not.
+fn is_host_name(domain: &str) -> bool {
+    let label_ok = |label: &str| {
+        let chars = label.chars().count();
+        (1..=LABEL_MAX_CHARS).contains(&chars)
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .chars()
+                .all(|c| c == '-' || c.is_alphanumeric() || is_combining_mark(c))
+    };
+    domain.contains('.')
+        && domain.chars().count() <= DOMAIN_MAX_CHARS
+        && domain.split('.').all(label_ok)
+}
+
+/// A control character the store refuses (NUL) or that has no place in a contact's
+/// fields: any C0 or C1 control, except tab, newline and carriage return in free text
+/// (`free_text_whitespace`). Field names and emails allow none of them.
+fn has_forbidden_control(text: &str, free_text_whitespace: bool) -> bool {
+    text.chars()
+        .any(|c| c.is_control() && !(free_text_whitespace && matches!(c, '\t' | '\n' | '\r')))
 }
 
 impl fmt::Display for Email {
@@ -80,10 +126,11 @@ pub struct RecordError {
 }
 
 impl RecordError {
-    fn new(code: OutcomeCode, message: impl Into<String>) -> Self {
+    /// The message is bounded (`text::MESSAGE_MAX_BYTES`): it ends up in a log line.
+    fn new(code: OutcomeCode, message: impl AsRef<str>) -> Self {
         Self {
             code,
-            message: message.into(),
+            message: bounded(message.as_ref(), MESSAGE_MAX_BYTES),
         }
     }
 }
@@ -180,13 +227,22 @@ impl ContactChange {
 }
 
 fn check_field_names(object: &Map<String, Value>) -> Result<(), RecordError> {
+    if let Some(key) = object.keys().find(|key| has_forbidden_control(key, false)) {
+        return Err(RecordError::new(
+            OutcomeCode::InvalidCharacters,
+            format!("field name {} contains a control character", quoted(key)),
+        ));
+    }
     if let Some(key) = object
         .keys()
-        .find(|key| key.starts_with('$') || key.contains('.') || key.contains('\0'))
+        .find(|key| key.starts_with('$') || key.contains('.'))
     {
         return Err(RecordError::new(
             OutcomeCode::ForbiddenFieldName,
-            format!("field name {key:?} may not start with '$' or contain '.'"),
+            format!(
+                "field name {} may not start with '$' or contain '.'",
+                quoted(key)
+            ),
         ));
     }
     if let Some(key) = object
@@ -195,7 +251,10 @@ fn check_field_names(object: &Map<String, Value>) -> Result<(), RecordError> {
     {
         return Err(RecordError::new(
             OutcomeCode::UnknownField,
-            format!("unknown field {key:?}; known fields are email, name, age, status"),
+            format!(
+                "unknown field {}; known fields are email, name, age, status",
+                quoted(key)
+            ),
         ));
     }
     Ok(())
@@ -208,11 +267,18 @@ fn bounded_string(
 ) -> Result<Option<String>, RecordError> {
     match object.get(field) {
         None => Ok(None),
-        Some(Value::String(text)) if text.chars().count() <= max_chars => Ok(Some(text.clone())),
-        Some(Value::String(_)) => Err(RecordError::new(
+        Some(Value::String(text)) if text.chars().count() > max_chars => Err(RecordError::new(
             OutcomeCode::InvalidValue,
             format!("{field} must be at most {max_chars} characters"),
         )),
+        Some(Value::String(text)) if has_forbidden_control(text, true) => Err(RecordError::new(
+            OutcomeCode::InvalidCharacters,
+            format!(
+                "{field} contains a control character (only tab, newline and carriage \
+                     return are allowed)"
+            ),
+        )),
+        Some(Value::String(text)) => Ok(Some(text.clone())),
         Some(_) => Err(RecordError::new(
             OutcomeCode::InvalidType,
             format!("{field} must be a string"),
@@ -248,6 +314,7 @@ fn age(object: &Map<String, Value>) -> Result<Option<i64>, RecordError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
 
     fn code_of(record: Value, action_type: ActionType) -> OutcomeCode {
@@ -331,6 +398,134 @@ mod tests {
             code_of(json!({"email": "a@b.co"}), Update),
             OutcomeCode::NoFieldsToUpdate
         );
+    }
+
+    #[test]
+    fn control_characters_fail_with_invalid_characters() {
+        use ActionType::*;
+        for record in [
+            json!({"email": "a@b.co", "name": "Ann\u{0}"}),
+            json!({"email": "a@b.co", "status": "lead\u{1b}[31m"}),
+            json!({"email": "a@b.co", "name": "C1 \u{85} next line"}),
+            json!({"email": "a\u{0}b@b.co"}),
+            json!({"email": "a@b.co", "na\u{0}me": "x"}),
+            json!({"email": "a@b.co", "\nname": "x"}),
+        ] {
+            assert_eq!(code_of(record, Upsert), OutcomeCode::InvalidCharacters);
+        }
+        // Free text keeps its tabs and line breaks.
+        let change = ContactChange::parse(
+            &json!({"email": "a@b.co", "name": "Ann\tLee\r\nJr"}),
+            Upsert,
+        )
+        .unwrap();
+        assert_eq!(change.fields.name.as_deref(), Some("Ann\tLee\r\nJr"));
+        // Whitespace inside an email is still a malformed email.
+        assert_eq!(
+            Email::parse("tab\t@x.io").unwrap_err().code,
+            OutcomeCode::InvalidEmail
+        );
+    }
+
+    #[test]
+    fn emails_are_nfc_so_composed_and_decomposed_forms_are_one_key() {
+        let composed = Email::parse("Jos\u{e9}@caf\u{e9}.fr").unwrap();
+        let decomposed = Email::parse("JOSE\u{301}@CAFE\u{301}.FR").unwrap();
+        assert_eq!(composed, decomposed);
+        assert_eq!(composed.as_str(), "jos\u{e9}@caf\u{e9}.fr");
+    }
+
+    #[test]
+    fn email_domains_must_be_host_names_in_any_script() {
+        for raw in [
+            "a@exa_mple.com",
+            "a@-x.com",
+            "a@x-.com",
+            "a@x..com",
+            "a@.x.com",
+            "a@x.com.",
+            "a@localhost",
+            "a@x!.com",
+        ] {
+            assert_eq!(
+                Email::parse(raw).unwrap_err().code,
+                OutcomeCode::InvalidEmail,
+                "{raw:?}"
+            );
+        }
+        let long_label = format!("a@{}.com", "x".repeat(LABEL_MAX_CHARS + 1));
+        assert!(Email::parse(&long_label).is_err());
+        let longest_label = format!("a@{}.com", "x".repeat(LABEL_MAX_CHARS));
+        assert!(Email::parse(&longest_label).is_ok());
+        for raw in [
+            "bücher@exämple.de",
+            "user@xn--bcher-kva.de",
+            "a@sub.x-y.co",
+            "a@1.2.io",
+            "d@\u{938}\u{902}\u{938}\u{94d}\u{915}\u{943}\u{924}.\u{92d}\u{93e}\u{930}\u{924}",
+            "a@\u{4f8b}\u{5b50}.\u{4e2d}\u{56fd}",
+        ] {
+            assert!(Email::parse(raw).is_ok(), "{raw:?} should be valid");
+        }
+    }
+
+    #[test]
+    fn a_huge_field_name_is_quoted_as_a_short_prefix() {
+        let mut record = Map::new();
+        record.insert("email".into(), json!("a@b.co"));
+        record.insert("k".repeat(17_000_000), json!(1));
+        let error = ContactChange::parse(&Value::Object(record), ActionType::Upsert).unwrap_err();
+        assert_eq!(error.code, OutcomeCode::UnknownField);
+        assert!(error.message.len() < 200, "{}", error.message.len());
+        assert!(error.message.contains("\"kkkk") && error.message.contains('…'));
+    }
+
+    fn text_with_anything() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![
+                Just('\0'),
+                Just('\t'),
+                Just('\n'),
+                Just('\u{85}'),
+                Just('"'),
+                Just('é'),
+                Just('e'),
+                Just('\u{301}'),
+                any::<char>(),
+            ],
+            0..120,
+        )
+        .prop_map(|chars| chars.into_iter().collect())
+    }
+
+    proptest! {
+        #[test]
+        fn what_parses_holds_no_forbidden_control_and_messages_stay_bounded(
+            key in text_with_anything(),
+            name in text_with_anything(),
+            email in text_with_anything(),
+        ) {
+            let mut object = Map::new();
+            object.insert("email".into(), json!(format!("{email}@x.io")));
+            object.insert("name".into(), json!(name));
+            object.insert(key, json!("v"));
+            match ContactChange::parse(&Value::Object(object), ActionType::Upsert) {
+                Ok(change) => {
+                    let name = change.fields.name.unwrap_or_default();
+                    prop_assert!(!has_forbidden_control(&name, true));
+                    prop_assert!(!change.email.as_str().chars().any(char::is_control));
+                }
+                Err(error) => prop_assert!(error.message.len() <= MESSAGE_MAX_BYTES),
+            }
+        }
+
+        #[test]
+        fn canonically_equivalent_emails_are_one_key(local in "[a-zA-Z\u{e0}-\u{ff}]{1,10}") {
+            let nfd: String = local.nfd().collect();
+            let composed = Email::parse(&format!("{local}@x.io"));
+            let decomposed = Email::parse(&format!("{nfd}@x.io"));
+            prop_assert_eq!(composed, decomposed);
+        }
     }
 
     #[test]

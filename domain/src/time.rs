@@ -55,8 +55,12 @@ impl Serialize for Timestamp {
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(deserializer)?;
-        Self::parse_rfc3339(&raw)
-            .ok_or_else(|| serde::de::Error::custom(format!("not an RFC 3339 time: {raw}")))
+        Self::parse_rfc3339(&raw).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "not an RFC 3339 time: {}",
+                crate::text::quoted(&raw)
+            ))
+        })
     }
 }
 

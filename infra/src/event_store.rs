@@ -339,10 +339,11 @@ impl EventStore {
         at: Timestamp,
     ) -> Result<Option<u64>, StoreError> {
         let attempts = dead.attempts;
+        // Bounded here too: the error goes into the dead-letter entry and the event as is.
         let error = if dead.error.is_empty() {
             "unknown error".to_owned()
         } else {
-            dead.error
+            domain::text::bounded(&dead.error, domain::text::ERROR_MAX_BYTES)
         };
         let payload = EventPayload::BatchDeadLettered {
             batch: item.batch,

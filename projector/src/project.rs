@@ -120,7 +120,7 @@ async fn project_from(
             view = apply_event(view, &event.envelope)?;
             if event.envelope.seq > previous_seq {
                 if let Some(folded) = &view {
-                    log_buckets.extend(StoredLogBucket::new(
+                    log_buckets.extend(StoredLogBucket::for_event(
                         action,
                         folded.account_id.as_str(),
                         event.envelope.seq,

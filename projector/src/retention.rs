@@ -23,6 +23,8 @@ use crate::ProjectorError;
 /// Events copied per round trip: a settled batch's event carries up to a batch of
 /// outcomes, so pages stay small.
 const EVENTS_PER_COPY: usize = 32;
+/// Well under MongoDB's 16 MiB document limit, with room for the envelope.
+const ARCHIVED_EVENT_MAX_BYTES: usize = 12 << 20;
 const CANDIDATES_PER_PAGE: i64 = 1000;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -125,6 +127,15 @@ async fn archive_action(
             break;
         };
         after = Some(last.position.clone());
+        if let Some(huge) = page
+            .iter()
+            .find(|event| event.data.len() > ARCHIVED_EVENT_MAX_BYTES)
+        {
+            // Only a build that did not bound echoed texts wrote such an event: it stays in
+            // Redis rather than fail every sweep on MongoDB's 16 MiB document limit.
+            tracing::warn!(%action, seq = huge.seq, bytes = huge.data.len(), "event too large to archive; keeping the events in redis");
+            return Ok(0);
+        }
         let documents: Vec<ArchivedEvent> = page
             .into_iter()
             .map(|event| ArchivedEvent::new(action, event))

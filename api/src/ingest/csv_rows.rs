@@ -74,8 +74,11 @@ fn header_fields(header: &ByteRecord) -> Result<Vec<String>, UploadError> {
         let name = String::from_utf8_lossy(cell).trim().to_lowercase();
         if !KNOWN_FIELDS.contains(&name.as_str()) {
             return Err(refuse(
-                format!("CSV column {name:?} is not a record field"),
-                json!({ "column": name, "allowed": KNOWN_FIELDS }),
+                format!(
+                    "CSV column {} is not a record field",
+                    domain::text::quoted(&name)
+                ),
+                json!({ "column": domain::text::bounded(&name, domain::text::ECHO_MAX_BYTES), "allowed": KNOWN_FIELDS }),
             ));
         }
         if fields.contains(&name) {

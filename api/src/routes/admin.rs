@@ -87,8 +87,8 @@ pub async fn put_limits(
     const FIELDS: [&str; 2] = ["requestsPerMinute", "recordsPerMinute"];
     if let Some(unknown) = fields.keys().find(|key| !FIELDS.contains(&key.as_str())) {
         return Err(
-            ApiError::bad_request("unknown_field", format!("unknown field {unknown:?}"))
-                .with_details(json!({ "field": unknown, "allowed": FIELDS })),
+            ApiError::bad_request("unknown_field", format!("unknown field {}", domain::text::quoted(unknown)))
+                .with_details(json!({ "field": domain::text::bounded(unknown, domain::text::ECHO_MAX_BYTES), "allowed": FIELDS })),
         );
     }
     let limit = |name: &'static str| -> Result<Option<u32>, ApiError> {

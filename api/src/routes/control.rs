@@ -147,8 +147,8 @@ pub async fn amend(
         .find(|key| !AMEND_FIELDS.contains(&key.as_str()))
     {
         return Err(
-            ApiError::bad_request("unknown_field", format!("unknown field {unknown:?}"))
-                .with_details(json!({ "field": unknown, "allowed": AMEND_FIELDS })),
+            ApiError::bad_request("unknown_field", format!("unknown field {}", domain::text::quoted(unknown)))
+                .with_details(json!({ "field": domain::text::bounded(unknown, domain::text::ECHO_MAX_BYTES), "allowed": AMEND_FIELDS })),
         );
     }
     if fields.is_empty() {
