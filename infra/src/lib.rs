@@ -11,6 +11,7 @@ pub mod event_store;
 pub mod flow;
 pub mod keys;
 pub mod mongo;
+pub mod quarantine;
 pub mod redis_conn;
 pub mod retry;
 pub mod shutdown;
