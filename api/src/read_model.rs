@@ -1,12 +1,14 @@
 //! Reading the action view with "read your own writes".
 //!
 //! Views are projected asynchronously, so right after a `202` the projector may not have
-//! written the view yet. The api compares the view's `lastSeq` with the action's head seq
-//! in Redis and, when the view lags, folds the missing events itself (the same pure fold the
-//! projector runs) — at most `TAIL_FOLD_LIMIT` of them, so a badly lagging projector costs
-//! readers a bounded amount of work and they still see a consistent prefix.
+//! written the view yet, and a stopped or lagging projector may be any number of events
+//! behind. The api compares the view's `lastSeq` with the action's head seq in Redis and,
+//! when the view lags, folds every missing event itself (the same pure fold the projector
+//! runs), a page at a time so that only one page and the view are in memory whatever the
+//! lag. A quarantined action (the projector cannot write its views) is shown with its
+//! `projectionError`, read from Redis, which is what the projector goes by.
 
-use domain::view::fold;
+use domain::view::apply_event;
 use domain::{ActionId, ActionView};
 use infra::mongo::ACTION_VIEWS;
 use infra::views::StoredActionView;
@@ -15,7 +17,9 @@ use mongodb::bson::doc;
 use crate::error::ApiError;
 use crate::AppState;
 
-const TAIL_FOLD_LIMIT: usize = 64;
+/// Events read per round trip when folding a lagging view. A settled batch's event carries
+/// one outcome per record, so pages stay small; only the folded view outlives a page.
+const TAIL_PAGE_EVENTS: usize = 16;
 
 pub async fn action_view(
     state: &AppState,
@@ -33,17 +37,48 @@ pub async fn action_view(
     if projected_seq >= meta.head_seq {
         return Ok(stored.map(|stored| stored.view));
     }
-    let checkpoint = stored.as_ref().map(|stored| stored.checkpoint.clone());
-    let tail = state
-        .store
-        .read(action, checkpoint.as_deref(), TAIL_FOLD_LIMIT)
-        .await?;
-    let base = stored.map(|stored| stored.view);
-    match fold(base.clone(), tail.iter().map(|event| &event.envelope)) {
-        Ok(view) => Ok(view),
-        Err(error) => {
-            tracing::error!(%action, %error, "events do not fold onto the stored view; serving the view");
-            Ok(base)
+    let (base, checkpoint) = match stored {
+        Some(stored) => (Some(stored.view), Some(stored.checkpoint)),
+        None => (None, None),
+    };
+    let mut view = fold_tail(state, action, base, checkpoint, meta.head_seq).await?;
+    if let Some(view) = view.as_mut() {
+        // Only a lagging view can be quarantined: the projector stopped before an event.
+        view.projection_error = state.store.quarantined(action).await?;
+    }
+    Ok(view)
+}
+
+/// Folds the events after `checkpoint` onto `view`, page by page, up to `head_seq` (or
+/// further, if more arrived meanwhile). Events that do not fold leave the view at the last
+/// one that did: readers still see a consistent prefix.
+async fn fold_tail(
+    state: &AppState,
+    action: ActionId,
+    mut view: Option<ActionView>,
+    mut checkpoint: Option<String>,
+    head_seq: u64,
+) -> Result<Option<ActionView>, ApiError> {
+    loop {
+        let page = state
+            .store
+            .read(action, checkpoint.as_deref(), TAIL_PAGE_EVENTS)
+            .await?;
+        for event in &page {
+            match apply_event(view.clone(), &event.envelope) {
+                Ok(next) => view = next,
+                Err(error) => {
+                    tracing::error!(%action, %error, "events do not fold onto the stored view; serving the last view they fold to");
+                    return Ok(view);
+                }
+            }
+        }
+        let folded_seq = view.as_ref().map_or(0, |view| view.last_seq);
+        match page.last() {
+            Some(last) if page.len() == TAIL_PAGE_EVENTS && folded_seq < head_seq => {
+                checkpoint = Some(last.position.clone());
+            }
+            _ => return Ok(view),
         }
     }
 }

@@ -69,12 +69,7 @@ impl ApplyError {
             ApplyError::Memory(infra::StoreError::Redis(_)) => return true,
             _ => return false,
         };
-        matches!(
-            *error.kind,
-            ErrorKind::Io(_)
-                | ErrorKind::ServerSelection { .. }
-                | ErrorKind::ConnectionPoolCleared { .. }
-        ) || error.contains_label("RetryableWriteError")
+        infra::mongo::is_outage(error)
     }
 }
 

@@ -13,6 +13,7 @@ use crate::event::{EventEnvelope, EventPayload};
 use crate::ids::{AccountId, ActionId};
 use crate::outcome::{OutcomeCode, OutcomeStatus, RecordOutcome};
 use crate::pacing::Pacing;
+use crate::projection::ProjectionError;
 use crate::time::Timestamp;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,6 +68,11 @@ pub struct ActionView {
     pub processed_by_batches: u32,
     /// Sequence number of the last event folded into this view.
     pub last_seq: u64,
+    /// Set while the projector cannot write this action's views (it is quarantined): the
+    /// stored view and logs stop before `seq`. `GET /bulk-actions/{id}` still folds every
+    /// event into the counts and status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub projection_error: Option<ProjectionError>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -262,6 +268,7 @@ fn created(event: &EventEnvelope) -> ActionView {
         batches_cancelled: 0,
         processed_by_batches: 0,
         last_seq: event.seq,
+        projection_error: None,
     }
 }
 

@@ -13,6 +13,7 @@
 //! | `P:{n}:feed` | stream | "action X has events up to seq S"; group `projector` |
 //! | `P:{n}:schedule` | zset | scheduled actions by start time (ms) |
 //! | `P:{n}:actions` | zset | every action by creation time (ms); replay walks it |
+//! | `P:{n}:quarantine` | hash | action -> why its views cannot be projected (JSON); see `quarantine` |
 //! | `P:{n}:ready` | zset | accounts with actions to dispatch, by the dispatch turn that last served them |
 //! | `P:{n}:dispatch` | hash | `turn`: the dispatch counter behind `ready`'s scores |
 //! | `P:{n}:queue:<account>` | zset | the account's eligible actions, by creation time (ms) |
@@ -101,6 +102,11 @@ impl Keys {
     /// so that the processing side reads the copy beside the action it dispatches.
     pub fn limits(&self, partition: u32, account: &AccountId) -> String {
         format!("{}limits:{account}", self.partition_prefix(partition))
+    }
+
+    /// Actions the projector skips because their views cannot be written, with the reason.
+    pub fn quarantine(&self, partition: u32) -> String {
+        self.partition_key(partition, "quarantine")
     }
 
     pub fn parked(&self, action: ActionId) -> String {

@@ -12,6 +12,7 @@ pub mod flow;
 pub mod keys;
 pub mod mongo;
 pub mod opening;
+pub mod quarantine;
 pub mod redis_conn;
 pub mod retry;
 pub mod shutdown;

@@ -125,3 +125,63 @@ pub async fn ensure_view_indexes(database: &Database) -> mongodb::error::Result<
         .await?;
     Ok(())
 }
+
+/// Codes with which a server says "not now" rather than "not this": shutting down,
+/// stepping down or not primary, interrupted, network trouble or a time limit on its side
+/// (the driver's retryable codes, plus time limits and write conflicts).
+const TRANSIENT_CODES: [i32; 17] = [
+    6, 7, 50, 89, 91, 112, 134, 189, 262, 9001, 10058, 10107, 11600, 11601, 11602, 13435, 13436,
+];
+
+/// The server could not be reached or could not serve anyone right now (down, restarting,
+/// network, not primary, shutting down): waiting is right, and the same write will go
+/// through later. Anything else is taken as the server's answer about this particular
+/// write (refused, invalid, a document over the 16 MiB limit that the driver will not
+/// even send), which the same write would get again.
+pub fn is_outage(error: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    if error.contains_label("RetryableWriteError")
+        || error.contains_label("TransientTransactionError")
+    {
+        return true;
+    }
+    match &*error.kind {
+        ErrorKind::Io(_)
+        | ErrorKind::ServerSelection { .. }
+        | ErrorKind::ConnectionPoolCleared { .. }
+        | ErrorKind::DnsResolve { .. }
+        | ErrorKind::Shutdown
+        | ErrorKind::Write(WriteFailure::WriteConcernError(_)) => true,
+        ErrorKind::Command(command) => TRANSIENT_CODES.contains(&command.code),
+        ErrorKind::Write(WriteFailure::WriteError(write)) => TRANSIENT_CODES.contains(&write.code),
+        ErrorKind::InsertMany(failure) => {
+            failure.write_concern_error.is_some()
+                || failure
+                    .write_errors
+                    .iter()
+                    .flatten()
+                    .any(|write| TRANSIENT_CODES.contains(&write.code))
+        }
+        _ => false,
+    }
+}
+
+/// What the server said about a failed write, without the driver's dump of the raw reply:
+/// `code (name): message`, or the error itself when the server said nothing.
+pub fn server_message(error: &mongodb::error::Error) -> String {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    let (code, name, message) = match &*error.kind {
+        ErrorKind::Command(command) => (command.code, command.code_name.as_str(), &command.message),
+        ErrorKind::Write(WriteFailure::WriteError(write)) => (
+            write.code,
+            write.code_name.as_deref().unwrap_or(""),
+            &write.message,
+        ),
+        ErrorKind::InsertMany(failure) => match failure.write_errors.iter().flatten().next() {
+            Some(write) => (write.code, "", &write.message),
+            None => return error.to_string(),
+        },
+        _ => return error.to_string(),
+    };
+    format!("{code} ({name}): {message}")
+}

@@ -5,17 +5,15 @@
 //! stream from the view's checkpoint. Views are therefore always a fold of a prefix of the
 //! action's events, whatever order, repetition or loss the feed suffers.
 
+mod follow;
 mod project;
 pub mod repartition;
 pub mod retention;
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use clap::Args;
-use domain::ActionId;
-use infra::keys::PROJECTOR_GROUP;
-use infra::work::{self, ReadFrom};
+use domain::{ActionId, ProjectionError};
 use infra::{EventStore, Keys, StoreConfig};
 use mongodb::bson::Document;
 use mongodb::Database;
@@ -35,6 +33,12 @@ pub struct ProjectorConfig {
     /// Longest wait on an empty feed before checking for shutdown (ms).
     #[arg(long, env = "PROJECTOR_BLOCK_MS", default_value_t = 1000)]
     pub block_ms: u64,
+
+    /// How long a feed entry read by a projector stays unacknowledged before another
+    /// projector takes it over: its reader died, perhaps to be replaced under another
+    /// name (ms). The same setting as the consumers'.
+    #[arg(long, env = "CLAIM_IDLE_MS", default_value_t = 30_000)]
+    pub claim_idle_ms: u64,
 
     /// Feed entries read at once.
     #[arg(long, env = "PROJECTOR_FEED_BATCH", default_value_t = 256)]
@@ -71,23 +75,31 @@ pub enum ProjectorError {
 }
 
 impl ProjectorError {
-    /// Errors that retrying cannot fix: the action's stored events themselves are wrong.
-    /// One such action must not stall the projection of every other.
-    fn is_about_the_data(&self) -> bool {
-        matches!(
-            self,
-            ProjectorError::Fold(_)
-                | ProjectorError::Bson(_)
-                | ProjectorError::Store(infra::StoreError::Corrupt(_))
-        )
+    /// Errors that retrying will not cure: the store refuses this action's views, or its
+    /// stored events themselves are wrong. One such action must not stall every other.
+    fn is_permanent(&self) -> bool {
+        match self {
+            ProjectorError::Fold(_) | ProjectorError::Bson(_) => true,
+            ProjectorError::Store(infra::StoreError::Corrupt(_)) => true,
+            ProjectorError::Mongo(error) => !infra::mongo::is_outage(error),
+            ProjectorError::Redis(_) | ProjectorError::Store(_) => false,
+        }
     }
-}
 
-struct Projector {
-    store: EventStore,
-    database: Database,
-    feeds: Vec<String>,
-    config: ProjectorConfig,
+    /// What a view shows about a permanent error at event `seq`.
+    fn describe(&self, seq: u64, at: domain::Timestamp) -> ProjectionError {
+        let code = match self {
+            ProjectorError::Mongo(_) => "store_refused",
+            ProjectorError::Fold(_) => "events_do_not_fold",
+            ProjectorError::Bson(_) => "view_not_serializable",
+            ProjectorError::Store(_) | ProjectorError::Redis(_) => "events_unreadable",
+        };
+        let message = match self {
+            ProjectorError::Mongo(error) => infra::mongo::server_message(error),
+            other => other.to_string(),
+        };
+        ProjectionError::new(code, &message, at, seq)
+    }
 }
 
 async fn connect(config: &ProjectorConfig) -> Result<(EventStore, Database), ProjectorError> {
@@ -114,7 +126,7 @@ pub async fn run(
         .partitions()
         .map(|p| store.keys().feed(p))
         .collect();
-    let projector = Projector {
+    let projector = follow::Projector {
         store,
         database,
         feeds,
@@ -149,63 +161,11 @@ pub async fn run(
     Ok(())
 }
 
-impl Projector {
-    async fn follow(&self, shutdown: &CancellationToken) -> Result<(), ProjectorError> {
-        let block = Duration::from_millis(self.config.block_ms);
-        let mut conn = infra::redis_conn::blocking(&self.config.store.redis_url, block).await?;
-        work::ensure_groups(&mut conn, &self.feeds, PROJECTOR_GROUP).await?;
-        let mut from = ReadFrom::OwnPending;
-        while !shutdown.is_cancelled() {
-            let entries = work::read_group(
-                &mut conn,
-                &self.feeds,
-                PROJECTOR_GROUP,
-                &self.config.name,
-                from,
-                self.config.feed_batch,
-                block,
-            )
-            .await?;
-            if entries.is_empty() {
-                from = ReadFrom::New;
-                continue;
-            }
-            let actions: BTreeSet<ActionId> = entries
-                .iter()
-                .filter_map(|(_, entry)| entry.get::<String>("action"))
-                .filter_map(|id| ActionId::parse(&id))
-                .collect();
-            for action in actions {
-                match project_action(&self.store, &self.database, action).await {
-                    Ok(()) => {}
-                    Err(error) if error.is_about_the_data() => {
-                        tracing::error!(%action, %error, "cannot project this action; its view stays at its last good event");
-                    }
-                    Err(error) => return Err(error),
-                }
-            }
-            for feed in &self.feeds {
-                let ids: Vec<String> = entries
-                    .iter()
-                    .filter(|(stream, _)| stream == feed)
-                    .map(|(_, entry)| entry.id.clone())
-                    .collect();
-                work::discard(&mut conn, feed, PROJECTOR_GROUP, &ids).await?;
-            }
-            if entries.len() < self.config.feed_batch && self.config.gather_ms > 0 {
-                tokio::select! {
-                    _ = shutdown.cancelled() => {}
-                    _ = tokio::time::sleep(Duration::from_millis(self.config.gather_ms)) => {}
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReplayReport {
     pub actions: usize,
+    /// Actions whose views the store still refuses (see `follow::quarantine`).
+    pub quarantined: usize,
 }
 
 /// Runs the retention sweep every `every` until shutdown. Several projectors may sweep at
@@ -264,7 +224,9 @@ fn days_before(now: domain::Timestamp, days: u32) -> domain::Timestamp {
 }
 
 /// Drops the views and rebuilds them from every action's stream (or, for actions past
-/// retention, from the event archive).
+/// retention, from the event archive). Quarantined actions are tried again: those that now
+/// project leave the quarantine, those that still fail are quarantined again and the
+/// replay goes on.
 pub async fn replay(config: &ProjectorConfig) -> Result<ReplayReport, ProjectorError> {
     let (store, database) = connect(config).await?;
     for collection in [
@@ -275,18 +237,42 @@ pub async fn replay(config: &ProjectorConfig) -> Result<ReplayReport, ProjectorE
         database.collection::<Document>(collection).drop().await?;
     }
     infra::mongo::ensure_view_indexes(&database).await?;
-    let mut actions = 0;
+    let mut report = ReplayReport::default();
     for partition in store.keys().partitions() {
+        // Every action is judged again; whatever still fails is quarantined again.
+        store.clear_quarantine(partition).await?;
         for action in store.actions_in(partition).await? {
             let archived = store.meta(action).await?.is_some_and(|meta| meta.archived);
-            if archived {
-                project_archived(&database, action).await?;
+            let refused = if archived {
+                project_archived(&database, action).await?
             } else {
-                project_action(&store, &database, action).await?;
+                project_action(&store, &database, action).await?
+            };
+            if let Some(error) = refused {
+                follow::quarantine(&store, &database, action, &error).await?;
+                report.quarantined += 1;
             }
-            actions += 1;
+            report.actions += 1;
         }
     }
-    tracing::info!(actions, "replay rebuilt the views");
-    Ok(ReplayReport { actions })
+    tracing::info!(
+        actions = report.actions,
+        quarantined = report.quarantined,
+        "replay rebuilt the views"
+    );
+    Ok(report)
+}
+
+/// Every quarantined action with the reason, partition by partition.
+pub async fn quarantined(
+    config: &ProjectorConfig,
+) -> Result<Vec<(ActionId, ProjectionError)>, ProjectorError> {
+    let keys = Keys::new(&config.store.redis_key_prefix, config.store.partitions);
+    let conn = infra::redis_conn::shared(&config.store.redis_url).await?;
+    let store = EventStore::new(conn, keys);
+    let mut all = Vec::new();
+    for partition in store.keys().partitions() {
+        all.extend(store.quarantined_in(partition).await?);
+    }
+    Ok(all)
 }

@@ -18,6 +18,8 @@ enum Command {
     Run,
     /// Drop the views, rebuild them from the event streams, and exit.
     Replay,
+    /// List the quarantined actions (views the store refuses) with the reason, and exit.
+    Quarantined,
     /// Move the events of actions finished more than `days` days ago to the MongoDB event
     /// archive once, and exit (what `EVENT_RETENTION_DAYS` does hourly).
     Archive {
@@ -45,7 +47,15 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Replay => {
             let report = projector::replay(&cli.config).await?;
-            println!("replayed {} actions", report.actions);
+            println!(
+                "replayed {} actions, {} quarantined",
+                report.actions, report.quarantined
+            );
+        }
+        Command::Quarantined => {
+            for (action, error) in projector::quarantined(&cli.config).await? {
+                println!("{action}\t{}", serde_json::to_string(&error)?);
+            }
         }
         Command::Repartition { to } => {
             let report = projector::repartition(&cli.config, to).await?;

@@ -6,7 +6,7 @@
 //! projectors at once, or from a full replay ends in the same documents.
 
 use domain::view::apply_event;
-use domain::ActionId;
+use domain::{ActionId, ProjectionError};
 use futures::TryStreamExt;
 use infra::mongo::{ACTION_VIEWS, EVENT_ARCHIVE, LOG_VIEWS};
 use infra::views::{ArchivedEvent, StoredActionView, StoredLogBucket};
@@ -86,29 +86,65 @@ impl EventSource for Archive<'_> {
     }
 }
 
+/// Brings the views of `action` up to date with its stream. `Ok(Some(error))`: the store
+/// refuses them (or the events cannot be folded) in a way that retrying will not cure, and
+/// the views stop before `error.seq`. `Err`: an outage, to be waited out.
 pub async fn project_action(
     store: &EventStore,
     database: &Database,
     action: ActionId,
-) -> Result<(), ProjectorError> {
-    project_from(store, database, action).await
+) -> Result<Option<ProjectionError>, ProjectorError> {
+    project_or_refuse(store, database, action).await
 }
 
 /// `project_action` for an action whose events are archived (see `retention`).
-pub async fn project_archived(database: &Database, action: ActionId) -> Result<(), ProjectorError> {
-    project_from(&Archive(database), database, action).await
+pub async fn project_archived(
+    database: &Database,
+    action: ActionId,
+) -> Result<Option<ProjectionError>, ProjectorError> {
+    project_or_refuse(&Archive(database), database, action).await
 }
 
+async fn project_or_refuse(
+    source: &impl EventSource,
+    database: &Database,
+    action: ActionId,
+) -> Result<Option<ProjectionError>, ProjectorError> {
+    let mut reached = 0;
+    match project_from(source, database, action, EVENTS_PER_PAGE, &mut reached).await {
+        Ok(()) => return Ok(None),
+        Err(error) if !error.is_permanent() => return Err(error),
+        Err(_) => {}
+    }
+    // Again one event at a time from where the pages stopped: the views get as far as they
+    // can, and the error names the very event that cannot be written.
+    let error = match project_from(source, database, action, 1, &mut reached).await {
+        Ok(()) => return Ok(None),
+        Err(error) if !error.is_permanent() => return Err(error),
+        Err(error) => error,
+    };
+    // A server that cannot answer a ping is down, whatever the write's error said.
+    if matches!(error, ProjectorError::Mongo(_)) {
+        infra::mongo::ping(database).await?;
+    }
+    Ok(Some(error.describe(reached + 1, infra::clock::now())))
+}
+
+/// Folds and writes pages of `page` events from the view's checkpoint to the end of the
+/// stream; `reached` follows the seq of the last event written.
 async fn project_from(
     source: &impl EventSource,
     database: &Database,
     action: ActionId,
+    page: usize,
+    reached: &mut u64,
 ) -> Result<(), ProjectorError> {
     let views = database.collection::<StoredActionView>(ACTION_VIEWS);
     let mut stored = views.find_one(doc! { "_id": action.to_string() }).await?;
+    *reached = stored.as_ref().map_or(0, |s| s.view.last_seq);
     loop {
         let checkpoint = stored.as_ref().map(|s| s.checkpoint.as_str());
-        let events = source.read(action, checkpoint, EVENTS_PER_PAGE).await?;
+        let events = source.read(action, checkpoint, page).await?;
         let Some(last) = events.last() else {
             return Ok(());
         };
@@ -129,14 +165,16 @@ async fn project_from(
                 }
             }
         }
-        let Some(view) = view else {
+        let Some(mut view) = view else {
             return Ok(());
         };
+        view.projection_error = None;
         write_logs(database, log_buckets).await?;
         let next = StoredActionView::new(view, position);
         write_view(database, stored.is_none(), &next).await?;
+        *reached = next.view.last_seq;
         stored = Some(next);
-        if events.len() < EVENTS_PER_PAGE {
+        if events.len() < page {
             return Ok(());
         }
     }
@@ -173,7 +211,8 @@ async fn write_view(
     views
         .update_one(
             doc! { "_id": &next.id, "lastSeq": { "$lt": next.view.last_seq as i64 } },
-            doc! { "$set": fields },
+            // A view written again is projected again: its quarantine, if any, is over.
+            doc! { "$set": fields, "$unset": { "projectionError": "" } },
         )
         .await?;
     Ok(())

@@ -21,6 +21,8 @@ pub struct AppOptions {
     pub max_upload_bytes: usize,
     pub max_record_bytes: usize,
     pub max_batch_attempts: u32,
+    /// How long consumers and the projector leave another's unacknowledged entries alone.
+    pub claim_idle_ms: u64,
     /// The processing limit of every account (default: high enough never to bind).
     pub records_per_minute: u32,
     /// The request limit of every account (default: high enough never to bind).
@@ -39,6 +41,7 @@ impl Default for AppOptions {
             max_upload_bytes: 256 * 1024 * 1024,
             max_record_bytes: 64 * 1024,
             max_batch_attempts: 8,
+            claim_idle_ms: 5_000,
             records_per_minute: 100_000_000,
             requests_per_minute: 1_000_000,
             admin_token: Some(crate::client::TEST_ADMIN_TOKEN.to_owned()),
@@ -154,7 +157,7 @@ impl TestApp {
             concurrency: 2,
             name: Some(name),
             block_ms: 200,
-            claim_idle_ms: 5_000,
+            claim_idle_ms: self.options.claim_idle_ms,
             statements_per_command: 32,
             scheduler_tick_ms: 50,
             max_batch_attempts: self.options.max_batch_attempts,
@@ -193,6 +196,7 @@ impl TestApp {
             store: self.store.clone(),
             name: "test-projector".into(),
             block_ms: 200,
+            claim_idle_ms: self.options.claim_idle_ms,
             feed_batch: 256,
             gather_ms: 20,
             event_retention_days: None,

@@ -1,0 +1,87 @@
+//! Actions whose views the projector cannot write, kept per partition in
+//! `P:{n}:quarantine` (action -> `ProjectionError` as JSON).
+//!
+//! The projector skips a quarantined action instead of retrying it forever, so one poison
+//! action never stalls the others; `projector replay` clears the set and records again
+//! whatever still fails. Operators list it with `HGETALL P:{n}:quarantine` (count:
+//! `HLEN`) or `projector quarantined`.
+
+use std::collections::BTreeSet;
+
+use domain::{ActionId, ProjectionError};
+use redis::AsyncCommands;
+
+use crate::event_store::{EventStore, StoreError};
+
+impl EventStore {
+    pub async fn quarantine(
+        &self,
+        action: ActionId,
+        error: &ProjectionError,
+    ) -> Result<(), StoreError> {
+        let key = self.keys.quarantine(self.keys.partition_of(action));
+        let _: () = self
+            .conn
+            .clone()
+            .hset(key, action.to_string(), serde_json::to_string(error)?)
+            .await?;
+        Ok(())
+    }
+
+    /// Why `action` is quarantined, if it is.
+    pub async fn quarantined(
+        &self,
+        action: ActionId,
+    ) -> Result<Option<ProjectionError>, StoreError> {
+        let key = self.keys.quarantine(self.keys.partition_of(action));
+        let raw: Option<String> = self.conn.clone().hget(key, action.to_string()).await?;
+        Ok(raw.map(|raw| serde_json::from_str(&raw)).transpose()?)
+    }
+
+    /// Which of `actions` are quarantined; one round trip.
+    pub async fn quarantined_among(
+        &self,
+        actions: &BTreeSet<ActionId>,
+    ) -> Result<BTreeSet<ActionId>, StoreError> {
+        if actions.is_empty() {
+            return Ok(BTreeSet::new());
+        }
+        let mut pipe = redis::pipe();
+        for action in actions {
+            let key = self.keys.quarantine(self.keys.partition_of(*action));
+            pipe.hexists(key, action.to_string());
+        }
+        let flags: Vec<bool> = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(actions
+            .iter()
+            .zip(flags)
+            .filter_map(|(action, quarantined)| quarantined.then_some(*action))
+            .collect())
+    }
+
+    /// Every quarantined action of a partition, with its reason.
+    pub async fn quarantined_in(
+        &self,
+        partition: u32,
+    ) -> Result<Vec<(ActionId, ProjectionError)>, StoreError> {
+        let raw: Vec<(String, String)> = self
+            .conn
+            .clone()
+            .hgetall(self.keys.quarantine(partition))
+            .await?;
+        raw.iter()
+            .filter_map(|(action, error)| Some((ActionId::parse(action)?, error)))
+            .map(|(action, error)| Ok((action, serde_json::from_str(error)?)))
+            .collect()
+    }
+
+    /// Forgets every quarantined action of a partition (replay judges them all again).
+    pub async fn clear_quarantine(&self, partition: u32) -> Result<(), StoreError> {
+        let _: () = self
+            .conn
+            .clone()
+            .del(self.keys.quarantine(partition))
+            .await?;
+        Ok(())
+    }
+}
