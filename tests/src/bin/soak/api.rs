@@ -63,6 +63,11 @@ impl Api {
         &self.instances[index]
     }
 
+    /// A client for reading the platform's database directly.
+    pub fn database(&self) -> &ApiClient {
+        &self.instances[0]
+    }
+
     pub fn remember_owner(&self, action: &str, account: &str) {
         // The instances share one owner map.
         self.instances[0].remember_owner(action, account);

@@ -54,7 +54,8 @@ pub async fn run_hostile(shared: Arc<Shared>, account: String, seed: u64) -> Res
             shared.ledger.lock().ok().context("ledger")?.accept(action);
             follow_up(&shared, kind, &id).await?;
         }
-        tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..4_000))).await;
+        // Each kind comes round about once a minute.
+        tokio::time::sleep(Duration::from_millis(rng.random_range(3_000..9_000))).await;
     }
     Ok(())
 }
@@ -136,10 +137,12 @@ fn build(
                 .collect(),
         ),
         "pacingBatchSize=1 with many records" => {
+            // Every record its own batch even once unpaced: 250 batches, each with the whole
+            // per-batch cost (on FerretDB here, up to a second under load).
             settings.pacing = Some((1, 1));
             (
                 "ndjson",
-                (0..1_000)
+                (0..250)
                     .map(|i| json!({ "email": address(i), "status": "drip" }))
                     .collect(),
             )

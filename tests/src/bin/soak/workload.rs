@@ -103,7 +103,7 @@ pub async fn run_account(
                 async move { control_action(&shared, &id, control, delay, scheduled).await },
             );
         }
-        tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..6_000))).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(2_000..8_000))).await;
     }
     while let Some(done) = controls.join_next().await {
         done??;
@@ -354,7 +354,7 @@ async fn control_action(
             let body = if scheduled {
                 let at = Utc::now() + chrono::Duration::seconds(2);
                 json!({ "scheduledFor": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true) })
-            } else if delay.as_millis() % 2 == 0 {
+            } else if delay.as_millis().is_multiple_of(2) {
                 json!({ "pacing": { "batchSize": 100, "intervalSeconds": 1 } })
             } else {
                 json!({ "pacing": null, "maxRecordsPerMinute": 90_000 })
