@@ -107,8 +107,9 @@ pub struct Deployment {
     options: DeploymentOptions,
     api_port: u16,
     api: Option<Child>,
-    /// More api instances, each on its own port, sharing Redis and MongoDB.
-    other_apis: Vec<Child>,
+    /// More api instances, each on its own port (kept across restarts), sharing Redis and
+    /// MongoDB.
+    other_apis: Vec<(u16, Option<Child>)>,
     consumers: BTreeMap<String, Child>,
     projector: Option<Child>,
     starts: u32,
@@ -226,12 +227,8 @@ impl Deployment {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let child = self
-            .command("api")?
-            .env("PORT", port.to_string())
-            .spawn()
-            .context("starting another api")?;
-        self.other_apis.push(child);
+        self.other_apis.push((port, None));
+        self.restart_another_api(self.other_apis.len() - 1)?;
         let client = self.client.at(format!("http://127.0.0.1:{port}"));
         let deadline = Instant::now() + Duration::from_secs(60);
         while !matches!(client.get_json("/readyz").await, Ok((200, _))) {
@@ -245,6 +242,31 @@ impl Deployment {
 
     pub fn kill_api(&mut self) {
         sigkill(self.api.take());
+    }
+
+    /// SIGKILLs the `index`th instance started by `start_another_api`.
+    pub fn kill_another_api(&mut self, index: usize) {
+        if let Some((_, child)) = self.other_apis.get_mut(index) {
+            sigkill(child.take());
+        }
+    }
+
+    /// Starts the `index`th other api instance again on its port (SIGKILLs it if running).
+    pub fn restart_another_api(&mut self, index: usize) -> Result<()> {
+        let port = self
+            .other_apis
+            .get(index)
+            .map(|(port, _)| *port)
+            .with_context(|| format!("no other api {index}"))?;
+        let child = self
+            .command("api")?
+            .env("PORT", port.to_string())
+            .spawn()
+            .context("starting another api")?;
+        if let Some((_, old)) = self.other_apis.get_mut(index) {
+            sigkill(old.replace(child));
+        }
+        Ok(())
     }
 
     /// Starts a consumer; reusing a killed one's name makes it find its own pending work.
@@ -391,8 +413,8 @@ impl std::ops::Deref for Deployment {
 impl Drop for Deployment {
     fn drop(&mut self) {
         sigkill(self.api.take());
-        for child in std::mem::take(&mut self.other_apis) {
-            sigkill(Some(child));
+        for (_, child) in std::mem::take(&mut self.other_apis) {
+            sigkill(child);
         }
         sigkill(self.projector.take());
         for (_, child) in std::mem::take(&mut self.consumers) {
