@@ -310,6 +310,14 @@ async fn redis_and_mongodb_restarts_mid_action_heal_without_an_operator() -> Res
     deployment.wait_ready(Duration::from_secs(60)).await?;
 
     wait_done(&deployment, &action, Duration::from_secs(300)).await?;
+    // The outage was waited out, not taken for the store refusing the action's views.
+    let mut conn = infra::redis_conn::shared(&deployment.services.redis_url).await?;
+    let keys = infra::Keys::new("test", 4);
+    for partition in keys.partitions() {
+        let quarantined: u64 =
+            redis::AsyncCommands::hlen(&mut conn, keys.quarantine(partition)).await?;
+        ensure!(quarantined == 0, "{quarantined} actions quarantined");
+    }
     assert_exact_upsert(&deployment, "outage", &action, records, records / 500).await?;
     assert_replay_reproduces_views(&mut deployment).await
 }

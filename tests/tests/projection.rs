@@ -193,6 +193,17 @@ async fn an_action_whose_views_the_store_refuses_is_quarantined_and_others_go_on
     ensure!(quarantine_of(&app, &poisoned).await?.is_none());
     let (_, view) = app.get_json(&format!("/bulk-actions/{poisoned}")).await?;
     ensure!(view.get("projectionError").is_none(), "{view}");
+    // Clients learn of the field from the OpenAPI document.
+    let (_, openapi) = app.get_json("/openapi.json").await?;
+    let schemas = &openapi["components"]["schemas"];
+    ensure!(schemas["ActionView"]["properties"]["projectionError"].is_object());
+    let required = schemas["ProjectionError"]["required"].to_string();
+    for field in ["code", "message", "at", "seq"] {
+        ensure!(
+            required.contains(field),
+            "ProjectionError schema: {required}"
+        );
+    }
     let rebuilt = app.all_docs(infra::mongo::ACTION_VIEWS).await?;
     app.replay().await?;
     ensure!(rebuilt == app.all_docs(infra::mongo::ACTION_VIEWS).await?);
