@@ -628,6 +628,17 @@ fn generated_body(
     reqwest::Body::wrap_stream(futures::stream::iter(chunks.map(Ok::<_, std::io::Error>)))
 }
 
+/// What a hostile body is, how it starts, the bytes repeated to fill it, how it ends, and
+/// the status and code it must get.
+type HostileBody = (
+    &'static str,
+    String,
+    &'static [u8],
+    &'static str,
+    u16,
+    &'static str,
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_json_bodies_cost_the_api_a_record_not_a_body() -> Result<()> {
     let _serial = SERIAL.lock().await;
@@ -635,7 +646,7 @@ async fn hostile_json_bodies_cost_the_api_a_record_not_a_body() -> Result<()> {
     // Just under the api's MAX_BODY_BYTES (64 MiB), so that each is read, not refused.
     const SIZE: usize = 64 * 1024 * 1024 - 1024;
     let settings = r#"{"entityType":"contact","actionType":"upsert","#;
-    let hostile: [(&str, String, &'static [u8], &'static str, u16, &str); 5] = [
+    let hostile: [HostileBody; 5] = [
         (
             "32 million records",
             format!(r#"{settings}"data":["#),
