@@ -91,7 +91,8 @@ pub struct Target<'a> {
     pub account: &'a AccountId,
     pub action: ActionId,
     pub action_type: ActionType,
-    /// 1 for the first attempt at the batch; more means an earlier one may have written.
+    /// 1 for the first try at the batch; more means an earlier try may have written: an
+    /// earlier attempt, or this one before an outage cut it off.
     pub attempt: u32,
 }
 

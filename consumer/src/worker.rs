@@ -313,7 +313,7 @@ impl Worker {
         attempt: u32,
         shutdown: &CancellationToken,
     ) -> AttemptResult {
-        let target = Target {
+        let mut target = Target {
             account: &meta.account_id,
             action: item.action_id,
             action_type: meta.action_type,
@@ -334,6 +334,9 @@ impl Worker {
             match self.writer.apply(target, batch, &memory).await {
                 Ok(outcomes) => return AttemptResult::Applied(outcomes),
                 Err(error) if error.is_outage() => {
+                    // The outage may have cut a write that reached the server: the next
+                    // try looks for what this action wrote, as a retried attempt does.
+                    target.attempt = target.attempt.max(2);
                     let pause = outage_delays.next().unwrap_or(Duration::from_secs(5));
                     tracing::warn!(action = %item.action_id, batch = item.batch, %error, ?pause, "MongoDB is unreachable; waiting");
                     tokio::select! {
