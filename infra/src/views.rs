@@ -238,7 +238,8 @@ mod tests {
     fn an_old_event_with_a_huge_message_still_gives_a_small_bucket() {
         // Built field by field: what a build that did not bound messages stored.
         let huge = outcome(0, 17_000_000);
-        let buckets = StoredLogBucket::for_event(ActionId::from_ulid(ulid::Ulid::new()), "acc", 2, &[huge]);
+        let buckets =
+            StoredLogBucket::for_event(ActionId::from_ulid(ulid::Ulid::new()), "acc", 2, &[huge]);
         assert_eq!(buckets.len(), 1);
         assert!(buckets[0].lines.len() <= domain::text::MESSAGE_MAX_BYTES + 100);
         let lines = buckets[0].lines().unwrap();
@@ -248,7 +249,8 @@ mod tests {
     #[test]
     fn a_large_event_is_split_into_buckets_under_the_cap() {
         let outcomes: Vec<RecordOutcome> = (0..10_000).map(|i| outcome(i, 500)).collect();
-        let buckets = StoredLogBucket::for_event(ActionId::from_ulid(ulid::Ulid::new()), "acc", 3, &outcomes);
+        let buckets =
+            StoredLogBucket::for_event(ActionId::from_ulid(ulid::Ulid::new()), "acc", 3, &outcomes);
         assert!(buckets.len() > 1);
         assert!(buckets
             .iter()
