@@ -1157,3 +1157,211 @@ async fn a_client_hammering_through_429s_is_let_in_at_the_limits_pace() -> Resul
     assert_eq!(status, 200);
     Ok(())
 }
+
+/// The longest message a log line may carry (`domain::text::MESSAGE_MAX_BYTES`), in bytes.
+const MESSAGE_MAX_BYTES: usize = domain::text::MESSAGE_MAX_BYTES;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_field_name_fails_its_record_and_never_stalls_projection() -> Result<()> {
+    // The api's default body limit (64 MiB) lets the 17 MB record in.
+    let app = TestApp::spawn(AppOptions {
+        max_body_bytes: 64 * 1024 * 1024,
+        ..AppOptions::default()
+    })
+    .await?;
+    let huge_name = "k".repeat(17_000_000);
+    let mut record = serde_json::Map::new();
+    record.insert("email".into(), json!("huge@x.io"));
+    record.insert(huge_name, json!(1));
+    let huge = app
+        .submit(&json!({
+            "accountId": "tenant-huge", "entityType": "contact", "actionType": "upsert",
+            "data": [Value::Object(record)],
+        }))
+        .await?;
+    // Another account's action right behind it: projected, listed, logged.
+    let other = app
+        .submit(&json!({
+            "accountId": "tenant-other", "entityType": "contact", "actionType": "upsert",
+            "data": [{ "email": "o1@x.io", "name": "One" }, { "email": "o2@x.io" }],
+        }))
+        .await?;
+    app.wait_projected_terminal(&other, WAIT).await?;
+    let (status, list) = app.get_json("/bulk-actions?accountId=tenant-other").await?;
+    assert_eq!(status, 200, "{list}");
+    assert!(
+        list["items"]
+            .as_array()
+            .is_some_and(|items| items.iter().any(|item| item["actionId"] == other.as_str())),
+        "{list}"
+    );
+    let other_codes: Vec<Value> = app
+        .all_logs(&other)
+        .await?
+        .iter()
+        .map(|line| line["code"].clone())
+        .collect();
+    assert_eq!(other_codes, vec![json!("created"), json!("created")]);
+
+    // The huge record fails on its own (as an unknown field, or as too large if the body
+    // parser refuses it first) with a message that quotes a short prefix of the name.
+    let view = app.wait_projected_terminal(&huge, WAIT).await?;
+    assert_eq!(view["failed"], 1, "{view}");
+    let logs = app.all_logs(&huge).await?;
+    assert_eq!(logs.len(), 1);
+    let code = logs[0]["code"].as_str().unwrap_or_default();
+    assert!(
+        ["unknown_field", "record_too_large"].contains(&code),
+        "{code}"
+    );
+    let message = logs[0]["message"].as_str().unwrap_or_default();
+    assert!(
+        !message.is_empty() && message.len() <= MESSAGE_MAX_BYTES,
+        "{} bytes",
+        message.len()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_characters_and_email_forms_fail_alone_with_their_codes() -> Result<()> {
+    use futures::TryStreamExt;
+    let app = TestApp::spawn(AppOptions::default()).await?;
+    // A NUL in one name: that record fails, the 99 others of its batch are applied.
+    let data: Vec<Value> = (0..100)
+        .map(|i| {
+            let name = if i == 42 {
+                "Nul\u{0}Name".to_owned()
+            } else {
+                format!("P{i}")
+            };
+            json!({ "email": format!("p{i}@x.io"), "name": name })
+        })
+        .collect();
+    let action = app
+        .submit(&json!({ "entityType": "contact", "actionType": "upsert", "data": data }))
+        .await?;
+    let view = app.wait_projected_terminal(&action, WAIT).await?;
+    assert_eq!(
+        (&view["succeeded"], &view["failed"], &view["byReason"]),
+        (&json!(99), &json!(1), &json!({ "invalid_characters": 1 })),
+        "{view}"
+    );
+    let logs = app.all_logs(&action).await?;
+    assert_eq!(logs[42]["code"], "invalid_characters", "{}", logs[42]);
+    assert_eq!(logs.len(), 100);
+
+    // Emails: canonically equivalent forms are one key; domains must be host names, in
+    // any script.
+    let data = json!([
+        { "email": "jos\u{e9}@caf\u{e9}.fr", "name": "composed" },   // 0: created
+        { "email": "jose\u{301}@cafe\u{301}.fr", "name": "decomposed" }, // 1: duplicate
+        { "email": "a@exa_mple.com" },                                 // 2: invalid_email
+        { "email": "a@-x.com" },                                       // 3: invalid_email
+        { "email": "a@x..com" },                                       // 4: invalid_email
+        { "email": "bücher@exämple.de" },                              // 5: created
+        { "email": "ctl\u{1}@x.io" },                                  // 6: invalid_characters
+        { "email": "key@x.io", "na\u{0}me": "x" },                     // 7: invalid_characters
+    ]);
+    let action = app
+        .submit(&json!({ "accountId": "emails", "entityType": "contact", "actionType": "upsert", "data": data }))
+        .await?;
+    app.wait_projected_terminal(&action, WAIT).await?;
+    let codes: Vec<String> = app
+        .all_logs(&action)
+        .await?
+        .iter()
+        .map(|line| line["code"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "created",
+            "duplicate_email",
+            "invalid_email",
+            "invalid_email",
+            "invalid_email",
+            "created",
+            "invalid_characters",
+            "invalid_characters",
+        ]
+    );
+    let mut stored: Vec<String> = app
+        .contacts()
+        .find(mongodb::bson::doc! { "accountId": "emails" })
+        .await?
+        .try_collect::<Vec<_>>()
+        .await?
+        .iter()
+        .filter_map(|doc| doc.get_str("email").ok().map(str::to_owned))
+        .collect();
+    stored.sort();
+    assert_eq!(stored, ["bücher@exämple.de", "jos\u{e9}@caf\u{e9}.fr"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_log_outgrows_a_bucket_is_split_and_paged_in_order() -> Result<()> {
+    let records = 5_000u32;
+    let app = TestApp::spawn(AppOptions {
+        batch_size: records,
+        ..AppOptions::default()
+    })
+    .await?;
+    // Valid emails of 251 bytes, none of them a contact: one batch of `not_found` lines
+    // whose text (some 1.6 MB) outgrows one bucket (`LOG_BUCKET_MAX_BYTES`).
+    let domain = format!(
+        "{}.{}.{}.io",
+        "d".repeat(63),
+        "e".repeat(63),
+        "f".repeat(55)
+    );
+    let data: Vec<Value> = (0..records)
+        .map(|i| json!({ "email": format!("{i:05}{}@{domain}", "l".repeat(59)) }))
+        .collect();
+    let action = app
+        .submit(&json!({ "entityType": "contact", "actionType": "delete", "data": data }))
+        .await?;
+    let view = app.wait_projected_terminal(&action, WAIT).await?;
+    assert_eq!(view["byReason"], json!({ "not_found": records }), "{view}");
+
+    let mut parts_per_event = std::collections::BTreeMap::<i64, usize>::new();
+    for bucket in app.all_docs(infra::mongo::LOG_VIEWS).await? {
+        if bucket.get_str("actionId")? != action {
+            continue;
+        }
+        let text = bucket.get_str("lines")?.len();
+        assert!(text <= infra::views::LOG_BUCKET_MAX_BYTES, "{text} bytes");
+        *parts_per_event.entry(bucket.get_i64("seq")?).or_default() += 1;
+    }
+    assert!(
+        parts_per_event.values().any(|parts| *parts > 1),
+        "{parts_per_event:?}"
+    );
+    // Paging reads every line once, in order, across the split, with and without a filter.
+    let expected: Vec<u64> = (0..u64::from(records)).collect();
+    let indexes = |lines: Vec<Value>| -> Vec<u64> {
+        lines
+            .iter()
+            .filter_map(|line| line["index"].as_u64())
+            .collect()
+    };
+    assert_eq!(indexes(app.all_logs(&action).await?), expected);
+    let mut failed = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (status, page) = app
+            .get_json(&format!(
+                "/bulk-actions/{action}/logs?status=failed&limit=700{cursor}"
+            ))
+            .await?;
+        assert_eq!(status, 200, "{page}");
+        failed.extend(page["items"].as_array().cloned().unwrap_or_default());
+        match page["nextCursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(indexes(failed), expected);
+    Ok(())
+}

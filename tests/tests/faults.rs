@@ -480,7 +480,8 @@ async fn poison_the_store(deployment: &Deployment) -> Result<()> {
     deployment.services.psql(&format!(
         "CREATE FUNCTION public.refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
          BEGIN IF NEW._jsonb->>'email' LIKE 'poison%' THEN \
-           RAISE EXCEPTION 'poisoned record %', NEW._jsonb->>'email'; END IF; \
+           RAISE EXCEPTION 'poisoned record % %', NEW._jsonb->>'email', repeat('x', 20000); \
+         END IF; \
          RETURN NEW; END $$; \
          CREATE TRIGGER refuse_poison BEFORE INSERT OR UPDATE ON {table} \
          FOR EACH ROW EXECUTE FUNCTION public.refuse_poison();"
@@ -521,6 +522,12 @@ async fn a_poison_batch_is_dead_lettered_and_the_action_completes() -> Result<()
             "created"
         };
         ensure!(line["code"] == expected, "line {i}: {line}");
+        // The store's 20 KB error is quoted in a bounded excerpt, not 500 times whole.
+        let message = line["message"].as_str().unwrap_or_default();
+        ensure!(
+            message.len() <= domain::text::MESSAGE_MAX_BYTES,
+            "line {i}: {message}"
+        );
     }
 
     // The dead-letter stream holds the batch, its records and the store's error.
@@ -534,7 +541,8 @@ async fn a_poison_batch_is_dead_lettered_and_the_action_completes() -> Result<()
     let field = |name: &str| entry.get::<String>(name).unwrap_or_default();
     ensure!(field("action") == action && field("batch") == "2" && field("attempts") == "3");
     ensure!(
-        field("error").contains("poisoned record"),
+        field("error").contains("poisoned record")
+            && field("error").len() <= domain::text::ERROR_MAX_BYTES,
         "{}",
         field("error")
     );

@@ -457,3 +457,65 @@ async fn a_slowly_streamed_upload_is_one_action_and_retries_are_idempotent() -> 
     assert!(staging_keys(&app).await?.is_empty());
     Ok(())
 }
+
+/// The BSON size of every log bucket of an action.
+async fn bucket_sizes(app: &TestApp, action: &str) -> Result<Vec<usize>> {
+    let mut sizes = Vec::new();
+    for bucket in app.all_docs(infra::mongo::LOG_VIEWS).await? {
+        if bucket.get_str("actionId")? == action {
+            let mut bytes = Vec::new();
+            bucket.to_writer(&mut bytes)?;
+            sizes.push(bytes.len());
+        }
+    }
+    Ok(sizes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_with_huge_unknown_keys_fail_with_bounded_messages_in_small_buckets() -> Result<()> {
+    let app = TestApp::spawn(AppOptions {
+        batch_size: 1000,
+        ..AppOptions::default()
+    })
+    .await?;
+    // 300 lines just under the 64 KiB record limit, each with a 60 KB unknown key: echoed
+    // whole, their messages alone would make an 18 MB log bucket.
+    let lines = 300;
+    let ndjson: String = (0..lines)
+        .map(|i| {
+            let key = format!("{i}{}", "k".repeat(60_000));
+            format!("{}\n", json!({ "email": format!("u{i}@x.io"), (key): 1 }))
+        })
+        .collect();
+    let reply = app
+        .upload(
+            "/bulk-actions?accountId=acme&entityType=contact&actionType=upsert",
+            NDJSON,
+            ndjson,
+            &[],
+        )
+        .await?;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let action = reply.body["actionId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let view = app.wait_projected_terminal(&action, WAIT).await?;
+    assert_eq!(view["failed"], lines, "{view}");
+    let logs = app.all_logs(&action).await?;
+    let indexes: Vec<u64> = logs.iter().filter_map(|l| l["index"].as_u64()).collect();
+    assert_eq!(indexes, (0..lines).collect::<Vec<u64>>());
+    for line in &logs {
+        assert_eq!(line["code"], "unknown_field", "{line}");
+        let message = line["message"].as_str().unwrap_or_default();
+        // The name is quoted as a short prefix, cut where the ellipsis stands.
+        assert!(
+            message.len() <= domain::text::MESSAGE_MAX_BYTES && message.contains("kkk…"),
+            "{message}"
+        );
+    }
+    let sizes = bucket_sizes(&app, &action).await?;
+    assert!(!sizes.is_empty());
+    assert!(sizes.iter().all(|size| *size < 4 << 20), "{sizes:?}");
+    Ok(())
+}
