@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the platform needs to run and test locally, and only what is missing:
-#   redis-server (Debian package), FerretDB v1.24.2 (built with Go), a Rust toolchain check,
-#   and for the tests schemathesis (PyPI, in its own virtualenv).
+#   redis-server and PostgreSQL (Debian packages), FerretDB v1.24.2 (built with Go), a Rust
+#   toolchain check, and for the tests schemathesis (PyPI, in its own virtualenv) and
+#   faketime (Debian package).
 # Source it (it exports REDIS_SERVER_BIN and FERRETDB_BIN) or run it.
 set -euo pipefail
 
@@ -135,4 +136,5 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   log "postgresql:   $PG_BIN_DIR"
   ensure_schemathesis
   log "schemathesis: $SCHEMATHESIS_BIN"
+  ensure_faketime
 fi

@@ -46,7 +46,7 @@ pub struct PlanLimits {
 pub enum UploadError {
     #[error("an action may hold at most {limit} records")]
     TooManyRecords { limit: usize },
-    #[error("an action may be cut into at most {limit} batches; batches of {batch_size} records make more: raise pacing.batchSize or split the records")]
+    #[error("an action may be cut into at most {limit} batches; batches of {batch_size} records make more: raise pacing.batchSize (pacingBatchSize) or split the records")]
     TooManyBatches { limit: u32, batch_size: usize },
     #[error("the request body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
