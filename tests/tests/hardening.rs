@@ -441,8 +441,9 @@ async fn a_cancel_after_a_killed_attempt_reports_what_that_attempt_wrote() -> Re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_whose_clock_runs_ahead_keeps_to_redis_time() -> Result<()> {
     let _serial = SERIAL.lock().await;
-    let faketime = bulk_tests::binary("FAKETIME_BIN", &bulk_tests::which("faketime"))
-        .context("faketime (Debian package `faketime`) is needed: run scripts/test.sh or scripts/deps.sh")?;
+    let faketime = bulk_tests::binary("FAKETIME_BIN", &bulk_tests::which("faketime")).context(
+        "faketime (Debian package `faketime`) is needed: run scripts/test.sh or scripts/deps.sh",
+    )?;
     let faketime = faketime.to_string_lossy().into_owned();
     let mut deployment = Deployment::start(DeploymentOptions::default(), &["honest"]).await?;
     deployment.start_consumer_wrapped("ahead", &[&faketime, "-f", "+10s"])?;
