@@ -220,7 +220,12 @@ impl EventStore {
         match created {
             1 => Ok(Commit::Created),
             2 => {
-                self.finish_opening(action).await?;
+                // The action exists from here on: a failure to move the rest in is left to
+                // the schedulers' takeover, never reported as a failed commit (whose
+                // caller would discard the staged events the opening still needs).
+                if let Err(error) = self.finish_opening(action).await {
+                    tracing::warn!(%action, %error, "could not finish opening; a scheduler will");
+                }
                 Ok(Commit::Created)
             }
             0 => Ok(Commit::AlreadyExisted),

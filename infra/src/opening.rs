@@ -22,10 +22,13 @@ impl EventStore {
             .clone()
             .hget(self.keys.meta(action), "opening")
             .await?;
-        let Some(staged) = staged else {
-            return Ok(());
-        };
-        let Some(account) = self.account_of(action).await? else {
+        let (Some(staged), Some(account)) = (staged, self.account_of(action).await?) else {
+            // Open already (or gone): it must not stay in the takeover set.
+            let _: () = self
+                .conn
+                .clone()
+                .zrem(self.keys.opening(partition), action.to_string())
+                .await?;
             return Ok(());
         };
         let completed = EventPayload::Completed {};

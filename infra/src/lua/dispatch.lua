@@ -92,7 +92,6 @@ local function try_account(account)
   local emission = 60000 / rpm
   local budget_key = prefix .. 'budget:records:' .. account
   local base = math.max(tonumber(redis.call('GET', budget_key) or '0'), now)
-  local out_of_budget = false
   for _, action in ipairs(actions) do
     local meta = prefix .. 'meta:' .. action
     local parked_key = prefix .. 'parked:' .. action
@@ -109,16 +108,19 @@ local function try_account(account)
       -- neither budget nor pace, but it still takes its turn and its room in the stream.
       hand_out(account, queue, action, meta, parked_key, batch, from_parked)
       return true
-    elseif not out_of_budget then
+    else
       local size = tonumber(f[3] or '1000')
       local records = tonumber(f[4] or tostring(size * tonumber(f[1])))
       local cost = math.max(1, math.min(size, records - batch * size))
       local burst = math.max(cost, rpm * burst_seconds / 60)
       local account_at = base + (cost - burst) * emission - SLACK_MS
       if account_at > now then
-        -- No budget: none of this account's running actions can go; a cancelled one may.
+        -- No budget: none of this account's actions can go now. (A cancelled one further
+        -- back waits its turn: walking the whole queue of every account out of budget
+        -- would multiply the cost of a round.)
         hold_until(account_at)
-        out_of_budget = true
+        retire_if_idle(account, queue)
+        return false
       else
         local pace_emit = tonumber(f[7] or '0')
         local pace_base = math.max(tonumber(f[9] or '0'), now)
