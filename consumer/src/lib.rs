@@ -211,6 +211,15 @@ pub async fn run(config: ConsumerConfig, shutdown: CancellationToken) -> Result<
                     if let Some(item) = item {
                         worker::hand_back(&store, &item, name, claim_idle).await;
                     }
+                    // And whatever a read aborted mid-flight had been handed.
+                    let mut conn = store.connection();
+                    let group = infra::keys::CONSUMER_GROUP;
+                    if let Err(error) =
+                        infra::work::hand_back_pending(&mut conn, &streams, group, name, claim_idle)
+                            .await
+                    {
+                        tracing::warn!(%error, worker = %name, "could not hand back pending work; it will be claimed when idle");
+                    }
                 }
                 tracing::warn!(consumer = %base_name, ?grace, "stopped at the shutdown deadline; in-flight batches handed back");
                 break;

@@ -205,3 +205,39 @@ pub async fn hand_back<C: ConnectionLike + Send + Sync>(
         .await?;
     Ok(())
 }
+
+/// Gives back every entry `consumer` has pending on `streams` (see `hand_back`). At a
+/// shutdown deadline a worker can be aborted while its read is in flight: Redis has
+/// delivered the entry to it, but the worker never saw it, so only the group knows.
+pub async fn hand_back_pending<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    streams: &[String],
+    group: &str,
+    consumer: &str,
+    idle: Duration,
+) -> Result<usize, StoreError> {
+    let mut handed = 0;
+    for stream in streams {
+        let pending: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(group)
+            .arg("-")
+            .arg("+")
+            .arg(1000)
+            .arg(consumer)
+            .query_async(conn)
+            .await?;
+        if pending.ids.is_empty() {
+            continue;
+        }
+        let mut claim = redis::cmd("XCLAIM");
+        claim.arg(stream).arg(group).arg(consumer).arg(0);
+        for entry in &pending.ids {
+            claim.arg(&entry.id);
+        }
+        claim.arg("IDLE").arg(idle.as_millis() as u64).arg("JUSTID");
+        let _: redis::Value = claim.query_async(conn).await?;
+        handed += pending.ids.len();
+    }
+    Ok(handed)
+}
