@@ -31,6 +31,11 @@ impl Reply {
 /// The admin token every test deployment runs with, unless a test sets its own.
 pub const TEST_ADMIN_TOKEN: &str = "test-admin-token";
 
+/// The stable `code` of an error body (empty if it is not one).
+pub fn error_code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
+}
+
 /// A client of the api that authenticates like a real one: each request carries an API key
 /// of the account it is about (the body's or query's `accountId`, or the account of the
 /// action in the path; "acme" otherwise), made on first use through the admin api. Tests
@@ -277,6 +282,48 @@ impl ApiClient {
             headers,
             body: reply,
         })
+    }
+
+    /// `GET /bulk-actions/{action}`; fails unless it answers 200.
+    pub async fn view(&self, action: &str) -> Result<Value> {
+        let (status, body) = self.get_json(&format!("/bulk-actions/{action}")).await?;
+        if status != 200 {
+            bail!("GET {action}: {status} {body}");
+        }
+        Ok(body)
+    }
+
+    /// Reads the action's view until `done` holds; fails after `timeout`.
+    pub async fn wait_view(
+        &self,
+        action: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let body = self.view(action).await?;
+            if done(&body) {
+                return Ok(body);
+            }
+            if Instant::now() > deadline {
+                bail!("{action} did not get there within {timeout:?}: {body}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// `PATCH /bulk-actions/{action}` with `body`.
+    pub async fn patch_action(&self, action: &str, body: &Value) -> Result<(u16, Value)> {
+        let reply = self
+            .send(
+                reqwest::Method::PATCH,
+                &format!("/bulk-actions/{action}"),
+                Some(body),
+                &[],
+            )
+            .await?;
+        Ok((reply.status, reply.body))
     }
 
     pub async fn get_json(&self, path: &str) -> Result<(u16, Value)> {

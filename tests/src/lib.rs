@@ -12,6 +12,6 @@ mod deployment;
 mod services;
 
 pub use app::{AppOptions, TestApp};
-pub use client::{ApiClient, Reply, ONE_REPLY, TEST_ADMIN_TOKEN};
+pub use client::{error_code, ApiClient, Reply, ONE_REPLY, TEST_ADMIN_TOKEN};
 pub use deployment::{Deployment, DeploymentOptions};
 pub use services::{binary, which, Services};

@@ -8,7 +8,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
+use bulk_tests::error_code as code;
 use bulk_tests::{ApiClient, AppOptions, Deployment, DeploymentOptions, TestApp};
 use domain::{ActionId, EventPayload, Timestamp};
 use infra::{EventStore, StoredEvent};
@@ -72,39 +73,17 @@ async fn post(client: &ApiClient, path: &str) -> Result<(u16, Value)> {
 }
 
 async fn patch(client: &ApiClient, action: &str, body: Value) -> Result<(u16, Value)> {
-    let reply = client
-        .send(
-            Method::PATCH,
-            &format!("/bulk-actions/{action}"),
-            Some(&body),
-            &[],
-        )
-        .await?;
-    Ok((reply.status, reply.body))
+    client.patch_action(action, &body).await
 }
 
 async fn view(client: &ApiClient, action: &str) -> Result<Value> {
-    let (status, body) = client.get_json(&format!("/bulk-actions/{action}")).await?;
-    ensure!(status == 200, "GET {action}: {status} {body}");
-    Ok(body)
+    client.view(action).await
 }
 
 async fn wait_status(client: &ApiClient, action: &str, wanted: &str) -> Result<Value> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let body = view(client, action).await?;
-        if body["status"] == wanted {
-            return Ok(body);
-        }
-        if Instant::now() > deadline {
-            bail!("{action} never became {wanted}: {body}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn code(body: &Value) -> &str {
-    body["error"]["code"].as_str().unwrap_or("")
+    client
+        .wait_view(action, WAIT, |body| body["status"] == wanted)
+        .await
 }
 
 async fn contacts_of(client: &ApiClient, account: &str) -> Result<u64> {

@@ -8,7 +8,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
+use bulk_tests::error_code as code;
 use bulk_tests::{ApiClient, AppOptions, Deployment, DeploymentOptions, TestApp, TEST_ADMIN_TOKEN};
 use domain::{AccountId, Timestamp};
 use mongodb::bson::doc;
@@ -35,10 +36,6 @@ fn at_offset(ms: i64) -> String {
         .to_string()
 }
 
-fn code(body: &Value) -> &str {
-    body["error"]["code"].as_str().unwrap_or("")
-}
-
 /// An account whose partition is `partition`, named `<stem>-<n>`.
 fn account_in(partition: u32, stem: &str) -> String {
     (0..)
@@ -47,28 +44,12 @@ fn account_in(partition: u32, stem: &str) -> String {
         .expect("some name lands in every partition")
 }
 
-async fn view(client: &ApiClient, action: &str) -> Result<Value> {
-    let (status, body) = client.get_json(&format!("/bulk-actions/{action}")).await?;
-    ensure!(status == 200, "GET {action}: {status} {body}");
-    Ok(body)
-}
-
 async fn wait_for(
     client: &ApiClient,
     action: &str,
     done: impl Fn(&Value) -> bool,
 ) -> Result<Value> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let body = view(client, action).await?;
-        if done(&body) {
-            return Ok(body);
-        }
-        if Instant::now() > deadline {
-            bail!("{action} did not get there: {body}");
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    client.wait_view(action, WAIT, done).await
 }
 
 /// How long a fresh 10-record create of `account` takes from its `202` to `completed`.
@@ -239,15 +220,7 @@ async fn tiny_batches_cannot_starve_a_partition_or_block_redis() -> Result<()> {
 }
 
 async fn patch(client: &ApiClient, action: &str, body: Value) -> Result<(u16, Value)> {
-    let reply = client
-        .send(
-            Method::PATCH,
-            &format!("/bulk-actions/{action}"),
-            Some(&body),
-            &[],
-        )
-        .await?;
-    Ok((reply.status, reply.body))
+    client.patch_action(action, &body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -304,7 +277,7 @@ async fn changes_of_pace_take_effect_at_once() -> Result<()> {
     body["scheduledFor"] = json!(at_offset(3_600_000));
     body["pacing"] = json!({ "batchSize": 10, "intervalSeconds": 3600 });
     let moved = app.submit(&body).await?;
-    assert_eq!(view(&app, &moved).await?["status"], "scheduled");
+    assert_eq!(app.view(&moved).await?["status"], "scheduled");
     let began = Instant::now();
     let (status, answer) = patch(&app, &moved, json!({ "scheduledFor": at_offset(0) })).await?;
     assert_eq!(status, 200, "{answer}");
@@ -478,7 +451,7 @@ async fn a_consumer_whose_clock_runs_ahead_keeps_to_redis_time() -> Result<()> {
     let mut announced = Vec::new();
     while submitted.elapsed() < start_in - Duration::from_millis(500) {
         announced.push(announced_consumers(&mut conn).await?);
-        let status = view(&deployment, &scheduled).await?["status"].clone();
+        let status = deployment.view(&scheduled).await?["status"].clone();
         assert_eq!(
             status,
             "scheduled",
