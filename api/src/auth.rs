@@ -119,6 +119,7 @@ pub async fn require_key(
         .cloned()
         .unwrap_or_default();
     let caller = admit(&state, &slot, request.headers()).await?;
+    tracing::Span::current().record("account", tracing::field::display(&caller.account));
     request.extensions_mut().insert(caller);
     Ok(next.run(request).await)
 }

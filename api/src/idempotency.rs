@@ -12,7 +12,7 @@ use domain::{AccountId, ActionId};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::AppState;
 
 pub const HEADER: &str = "idempotency-key";
@@ -29,7 +29,10 @@ impl IdempotencyKey {
             return Ok(None);
         };
         let invalid = |why: &str| {
-            ApiError::bad_request("invalid_idempotency_key", format!("Idempotency-Key {why}"))
+            ApiError::bad_request(
+                ErrorCode::InvalidIdempotencyKey,
+                format!("Idempotency-Key {why}"),
+            )
         };
         if values.next().is_some() {
             return Err(invalid("must be sent once"));
@@ -81,7 +84,7 @@ pub async fn claim(
     if held_fingerprint != body_fingerprint {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "idempotency_key_reused",
+            ErrorCode::IdempotencyKeyReused,
             "this Idempotency-Key was used with a different request body",
         )
         .with_details(json!({ "actionId": held_id.to_string() })));

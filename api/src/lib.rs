@@ -6,12 +6,14 @@
 
 mod auth;
 mod error;
+mod extract;
 mod idempotency;
 mod ingest;
 mod openapi;
 mod query;
 mod rate_limit;
 mod read_model;
+mod request_id;
 mod routes;
 mod submission;
 
@@ -32,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
-pub use error::ApiError;
+pub use error::{ApiError, ErrorCode};
 pub use openapi::ApiDoc;
 
 #[derive(Debug, Clone, Args)]
@@ -242,25 +244,30 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::openapi_json))
         .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such endpoint")
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::RouteNotFound,
+                "no such endpoint",
+            )
         })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                ErrorCode::MethodNotAllowed,
                 "method not allowed on this endpoint",
             )
         })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn(rate_limit::stamp_quota))
-        .layer(TraceLayer::new_for_http())
+        // The request's span is `request_id::assign`'s; the trace layer logs within it.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|_: &axum::extract::Request| tracing::Span::current()),
+        )
         .layer(CatchPanicLayer::custom(|_| {
-            axum::response::IntoResponse::into_response(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                "unexpected error",
-            ))
+            axum::response::IntoResponse::into_response(ApiError::internal("handler panicked"))
         }))
+        .layer(axum::middleware::from_fn(request_id::assign))
         .with_state(state)
 }
 

@@ -3,9 +3,27 @@
 
 use std::collections::HashMap;
 
+use axum::extract::{FromRequestParts, Query};
+use axum::http::request::Parts;
 use serde_json::json;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
+
+/// The query string's pairs, in order; one that cannot be read is `400 invalid_query`.
+pub struct QueryPairs(pub Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map(|Query(pairs)| QueryPairs(pairs))
+            .map_err(|rejection| {
+                ApiError::bad_request(ErrorCode::InvalidQuery, rejection.body_text())
+            })
+    }
+}
 
 pub struct QueryParams(HashMap<String, String>);
 
@@ -16,7 +34,8 @@ impl QueryParams {
             if !allowed.contains(&name.as_str()) {
                 return Err(
                     invalid(&name, "is not a known parameter").with_details(json!({
-                        "parameter": name, "allowed": allowed,
+                        "parameter": domain::text::bounded(&name, domain::text::ECHO_MAX_BYTES),
+                        "allowed": allowed,
                     })),
                 );
             }
@@ -61,7 +80,7 @@ impl QueryParams {
 
 pub fn invalid(name: &str, problem: &str) -> ApiError {
     ApiError::bad_request(
-        "invalid_query",
+        ErrorCode::InvalidQuery,
         format!("query parameter {} {problem}", domain::text::quoted(name)),
     )
     .with_details(json!({ "parameter": domain::text::bounded(name, domain::text::ECHO_MAX_BYTES) }))

@@ -13,7 +13,7 @@ use domain::rate::Quota;
 use domain::AccountId;
 use serde_json::json;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::AppState;
 
 pub const POLICY: &str = "per-minute";
@@ -56,7 +56,7 @@ pub async fn admit(
     tracing::info!(%account, retry_after_secs = quota.retry_after_secs, "request refused: rate limit");
     Err(ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
-        "rate_limited",
+        ErrorCode::RateLimited,
         format!(
             "account {account} exceeded its limit of {} requests per minute; retry after {} s",
             quota.limit, quota.retry_after_secs

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use utoipa::ToSchema;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::ingest::json::{DataShape, Outline};
 
 /// Everything about a submission but its records.
@@ -92,19 +92,16 @@ pub fn settings_of(
 ) -> Result<ActionSettings, ApiError> {
     if !outline.is_object {
         return Err(ApiError::bad_request(
-            "invalid_body",
+            ErrorCode::InvalidBody,
             "request body must be a JSON object",
         ));
     }
     if let Some(unknown) = &outline.unknown {
-        return Err(
-            ApiError::bad_request("unknown_field", format!("unknown field {}", domain::text::quoted(unknown)))
-                .with_details(json!({ "field": domain::text::bounded(unknown, domain::text::ECHO_MAX_BYTES), "allowed": FIELDS })),
-        );
+        return Err(ApiError::unknown_field(unknown, &FIELDS));
     }
     if let Some(field) = &outline.oversized {
         return Err(ApiError::bad_request(
-            "invalid_field",
+            ErrorCode::InvalidField,
             format!("{field} is longer than {max_value_bytes} bytes"),
         )
         .with_details(json!({ "field": field, "limit": max_value_bytes })));
@@ -114,11 +111,11 @@ pub fn settings_of(
         DataShape::Absent | DataShape::Null => Err(missing_field("data")),
         DataShape::NotArray => Err(invalid_field("data", "data must be an array of records")),
         DataShape::Array { records: 0, .. } => Err(ApiError::bad_request(
-            "empty_data",
+            ErrorCode::EmptyData,
             "data must contain at least one record",
         )),
         DataShape::Array { records, .. } if records > max_records => Err(ApiError::bad_request(
-            "too_many_records",
+            ErrorCode::TooManyRecords,
             format!("an action may hold at most {max_records} records"),
         )
         .with_details(json!({ "limit": max_records, "received": records }))),
@@ -183,7 +180,7 @@ fn parse_settings(
     let entity_raw = required_string(object, "entityType")?;
     let entity_type = EntityType::parse(entity_raw).ok_or_else(|| {
         ApiError::bad_request(
-            "unsupported_entity_type",
+            ErrorCode::UnsupportedEntityType,
             format!(
                 "entityType {} is not supported",
                 domain::text::quoted(entity_raw)
@@ -197,7 +194,7 @@ fn parse_settings(
     let action_raw = required_string(object, "actionType")?;
     let action_type = ActionType::parse(action_raw).ok_or_else(|| {
         ApiError::bad_request(
-            "unsupported_action_type",
+            ErrorCode::UnsupportedActionType,
             format!(
                 "actionType {} is not supported",
                 domain::text::quoted(action_raw)
@@ -209,7 +206,8 @@ fn parse_settings(
     })?;
 
     let scheduled_for = scheduled_for(object.get("scheduledFor"))?;
-    let (pacing, max_records_per_minute) = pace(object)?;
+    let (pacing, max_records_per_minute) =
+        pace(object.get("pacing"), object.get("maxRecordsPerMinute"))?;
     Ok(ActionSettings {
         account_id,
         entity_type,
@@ -226,13 +224,13 @@ pub fn scheduled_for(raw: Option<&Value>) -> Result<Option<Timestamp>, ApiError>
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(raw)) => Timestamp::parse_rfc3339(raw).map(Some).ok_or_else(|| {
             ApiError::bad_request(
-                "invalid_scheduled_for",
+                ErrorCode::InvalidScheduledFor,
                 "scheduledFor must be an RFC 3339 date-time, e.g. 2030-03-20T10:00:00Z",
             )
             .with_details(json!({ "field": "scheduledFor" }))
         }),
         Some(_) => Err(ApiError::bad_request(
-            "invalid_scheduled_for",
+            ErrorCode::InvalidScheduledFor,
             "scheduledFor must be a string",
         )
         .with_details(json!({ "field": "scheduledFor" }))),
@@ -240,16 +238,19 @@ pub fn scheduled_for(raw: Option<&Value>) -> Result<Option<Timestamp>, ApiError>
 }
 
 /// Reads `pacing` and `maxRecordsPerMinute` (absent or null: none).
-pub fn pace(object: &Map<String, Value>) -> Result<(Option<Pacing>, Option<u32>), ApiError> {
+pub fn pace(
+    pacing: Option<&Value>,
+    max_records_per_minute: Option<&Value>,
+) -> Result<(Option<Pacing>, Option<u32>), ApiError> {
     let invalid = |error: PacingError| {
-        ApiError::bad_request("invalid_pacing", error.to_string())
+        ApiError::bad_request(ErrorCode::InvalidPacing, error.to_string())
             .with_details(json!({ "field": error.field }))
     };
-    let pacing = match object.get("pacing") {
+    let pacing = match pacing {
         None | Some(Value::Null) => None,
         Some(raw) => Some(Pacing::parse(raw).map_err(invalid)?),
     };
-    let max = match object.get("maxRecordsPerMinute") {
+    let max = match max_records_per_minute {
         None | Some(Value::Null) => None,
         Some(raw) => Some(pacing::parse_max_records_per_minute(raw).map_err(invalid)?),
     };
@@ -268,12 +269,12 @@ fn required_string<'a>(
 }
 
 fn missing_field(field: &'static str) -> ApiError {
-    ApiError::bad_request("missing_field", format!("{field} is required"))
+    ApiError::bad_request(ErrorCode::MissingField, format!("{field} is required"))
         .with_details(json!({ "field": field }))
 }
 
 fn invalid_field(field: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError::bad_request("invalid_field", message).with_details(json!({ "field": field }))
+    ApiError::invalid_field(field, message)
 }
 
 #[cfg(test)]
@@ -285,7 +286,7 @@ mod tests {
             .and_then(|outline| settings_of(&outline, 10, 1024, &AccountId::parse("a").unwrap()));
         match settings {
             Ok(_) => "ok",
-            Err(error) => error.code(),
+            Err(error) => error.code().as_str(),
         }
     }
 

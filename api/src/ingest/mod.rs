@@ -17,7 +17,7 @@ use domain::{OutcomeCode, PlanSummary, Planned, Planner};
 use infra::staging::Staging;
 use serde_json::{json, Value};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 pub use upload::{body_reader, BodyTooLarge, Fingerprint};
 
@@ -86,26 +86,28 @@ impl From<UploadError> for ApiError {
         let message = error.to_string();
         match error {
             UploadError::TooManyRecords { limit } => {
-                ApiError::bad_request("too_many_records", message)
+                ApiError::bad_request(ErrorCode::TooManyRecords, message)
                     .with_details(json!({ "limit": limit }))
             }
             UploadError::TooManyBatches { limit, batch_size } => {
-                ApiError::bad_request("too_many_batches", message)
+                ApiError::bad_request(ErrorCode::TooManyBatches, message)
                     .with_details(json!({ "limit": limit, "batchSize": batch_size }))
             }
-            UploadError::BodyTooLarge { limit } => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
-                    .with_details(json!({ "limit": limit }))
-            }
-            UploadError::Unreadable(_) => ApiError::bad_request("unreadable_body", message),
+            UploadError::BodyTooLarge { limit } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::PayloadTooLarge,
+                message,
+            )
+            .with_details(json!({ "limit": limit })),
+            UploadError::Unreadable(_) => ApiError::bad_request(ErrorCode::UnreadableBody, message),
             UploadError::CsvHeader { details, .. } => {
-                ApiError::bad_request("invalid_csv_header", message).with_details(details)
+                ApiError::bad_request(ErrorCode::InvalidCsvHeader, message).with_details(details)
             }
             UploadError::MalformedJson { details, .. } => {
-                ApiError::bad_request("malformed_json", message).with_details(details)
+                ApiError::bad_request(ErrorCode::MalformedJson, message).with_details(details)
             }
             UploadError::CsvRowTooLarge { row, limit } => {
-                ApiError::bad_request("record_too_large", message)
+                ApiError::bad_request(ErrorCode::RecordTooLarge, message)
                     .with_details(json!({ "row": row, "limit": limit }))
             }
         }
@@ -180,13 +182,7 @@ pub async fn plan_and_stage(
         }
     }
     drop(receiver);
-    let planned = planning.await.map_err(|error| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            error.to_string(),
-        )
-    })?;
+    let planned = planning.await.map_err(ApiError::internal)?;
     staged?;
     Ok(planned?)
 }

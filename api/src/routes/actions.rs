@@ -1,8 +1,7 @@
 //! Submitting and reading bulk actions.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use domain::{ActionId, ActionStats, ActionStatus, ActionView, EntityType, ScheduleError};
@@ -16,9 +15,9 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use crate::auth::Caller;
-use crate::error::{ApiError, ErrorBody};
-use crate::query::QueryParams;
-use crate::routes::control::owned_action;
+use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::extract::OwnedAction;
+use crate::query::{QueryPairs, QueryParams};
 use crate::{read_model, AppState};
 
 pub const LIST_LIMIT_DEFAULT: u64 = 20;
@@ -58,44 +57,19 @@ pub fn schedule_refused(error: ScheduleError) -> ApiError {
     let message = error.to_string();
     match error {
         ScheduleError::InPast { late_by_ms } => {
-            ApiError::bad_request("scheduled_for_in_past", message).with_details(json!({
+            ApiError::bad_request(ErrorCode::ScheduledForInPast, message).with_details(json!({
                 "field": "scheduledFor",
                 "lateByMs": late_by_ms,
                 "toleranceMs": domain::schedule::CLOCK_SKEW_TOLERANCE_MS,
             }))
         }
         ScheduleError::BeyondHorizon { horizon_days } => {
-            ApiError::bad_request("scheduled_for_too_far", message).with_details(json!({
+            ApiError::bad_request(ErrorCode::ScheduledForTooFar, message).with_details(json!({
                 "field": "scheduledFor",
                 "horizonDays": horizon_days,
             }))
         }
     }
-}
-
-pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default();
-    let essence = content_type.split(';').next().unwrap_or_default().trim();
-    if essence.eq_ignore_ascii_case("application/json") {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "Content-Type must be application/json",
-        )
-        .with_details(json!({ "received": content_type })))
-    }
-}
-
-pub fn parse_action_id(raw: &str) -> Result<ActionId, ApiError> {
-    ActionId::parse(raw).ok_or_else(|| {
-        ApiError::bad_request("invalid_action_id", "action ids are 26-character ULIDs")
-            .with_details(json!({ "actionId": raw.chars().take(64).collect::<String>() }))
-    })
 }
 
 /// Get a bulk action's view: status, counts and progress.
@@ -108,10 +82,8 @@ pub fn parse_action_id(raw: &str) -> Result<ActionId, ApiError> {
     ))]
 pub async fn get_action(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(raw_id): Path<String>,
+    OwnedAction(action): OwnedAction,
 ) -> Result<Json<ActionView>, ApiError> {
-    let action = owned_action(&state, &caller, &raw_id).await?;
     read_model::action_view(&state, action)
         .await?
         .map(Json)
@@ -128,10 +100,8 @@ pub async fn get_action(
     ))]
 pub async fn get_stats(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(raw_id): Path<String>,
+    OwnedAction(action): OwnedAction,
 ) -> Result<Json<ActionStats>, ApiError> {
-    let action = owned_action(&state, &caller, &raw_id).await?;
     let view = read_model::action_view(&state, action)
         .await?
         .ok_or_else(ApiError::action_not_found)?;
@@ -168,10 +138,8 @@ pub struct ActionList {
 pub async fn list_actions(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    QueryPairs(pairs): QueryPairs,
 ) -> Result<Json<ActionList>, ApiError> {
-    let Query(pairs) =
-        query.map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))?;
     let params = QueryParams::parse(
         pairs,
         &["accountId", "status", "entityType", "limit", "skip"],

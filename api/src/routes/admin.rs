@@ -1,19 +1,21 @@
 //! Operator endpoints, behind the `ADMIN_TOKEN` bearer token (disabled without one).
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use std::collections::HashMap;
+
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use domain::AccountId;
 use infra::flow::AccountLimits;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use crate::auth;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::extract::JsonObject;
 use crate::AppState;
 
 /// An account's limits: what applies, and which of it is the account's own.
@@ -35,6 +37,45 @@ pub struct LimitOverrides {
     records_per_minute: Option<u32>,
 }
 
+/// The body of `PUT /admin/accounts/{accountId}/limits`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LimitsRequest {
+    /// Api requests per minute; absent or `null`: the default.
+    #[serde(default)]
+    #[schema(value_type = Option<u32>, minimum = 1)]
+    requests_per_minute: Option<Value>,
+    /// Records applied per minute; absent or `null`: the default.
+    #[serde(default)]
+    #[schema(value_type = Option<u32>, minimum = 1)]
+    records_per_minute: Option<Value>,
+}
+
+/// The `{account_id}` of an admin route, once the admin token has been checked; nothing of
+/// the request is read before that.
+pub struct AdminAccount(pub AccountId);
+
+impl FromRequestParts<AppState> for AdminAccount {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        authorize(state, &parts.headers)?;
+        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| ApiError::internal(rejection.body_text()))?;
+        let raw = params
+            .get("account_id")
+            .map(String::as_str)
+            .unwrap_or_default();
+        let account = AccountId::parse(raw).map_err(|error| {
+            ApiError::bad_request(ErrorCode::InvalidAccountId, error.to_string())
+                .with_details(json!({ "field": "accountId" }))
+        })?;
+        tracing::Span::current().record("account", tracing::field::display(&account));
+        Ok(AdminAccount(account))
+    }
+}
+
 /// Read an account's limits.
 #[utoipa::path(get, path = "/admin/accounts/{accountId}/limits", tag = "admin",
     params(("accountId" = String, Path)),
@@ -47,11 +88,8 @@ pub struct LimitOverrides {
     ))]
 pub async fn get_limits(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(raw_account): Path<String>,
+    AdminAccount(account): AdminAccount,
 ) -> Result<Json<LimitsView>, ApiError> {
-    authorize(&state, &headers)?;
-    let account = parse_account(&raw_account)?;
     let overrides = state.store.account_limits(&account).await?;
     Ok(Json(view(&state, &account, overrides)))
 }
@@ -61,7 +99,7 @@ pub async fn get_limits(
 #[utoipa::path(put, path = "/admin/accounts/{accountId}/limits", tag = "admin",
     params(("accountId" = String, Path)),
     security(("admin_token" = [])),
-    request_body(content = LimitOverrides, content_type = "application/json"),
+    request_body(content = LimitsRequest, content_type = "application/json"),
     responses(
         (status = 200, body = LimitsView),
         (status = 400, body = ErrorBody),
@@ -70,46 +108,24 @@ pub async fn get_limits(
     ))]
 pub async fn put_limits(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(raw_account): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    AdminAccount(account): AdminAccount,
+    JsonObject(request): JsonObject<LimitsRequest>,
 ) -> Result<Json<LimitsView>, ApiError> {
-    authorize(&state, &headers)?;
-    let account = parse_account(&raw_account)?;
-    let body =
-        body.map_err(|rejection| ApiError::bad_request("unreadable_body", rejection.body_text()))?;
-    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(&body) else {
-        return Err(ApiError::bad_request(
-            "invalid_body",
-            "the body must be a JSON object of requestsPerMinute and recordsPerMinute",
-        ));
-    };
-    const FIELDS: [&str; 2] = ["requestsPerMinute", "recordsPerMinute"];
-    if let Some(unknown) = fields.keys().find(|key| !FIELDS.contains(&key.as_str())) {
-        return Err(
-            ApiError::bad_request("unknown_field", format!("unknown field {}", domain::text::quoted(unknown)))
-                .with_details(json!({ "field": domain::text::bounded(unknown, domain::text::ECHO_MAX_BYTES), "allowed": FIELDS })),
-        );
-    }
-    let limit = |name: &'static str| -> Result<Option<u32>, ApiError> {
-        match fields.get(name) {
+    let limit = |name: &'static str, raw: Option<Value>| -> Result<Option<u32>, ApiError> {
+        match raw {
             None | Some(Value::Null) => Ok(None),
             Some(value) => value
                 .as_u64()
                 .filter(|n| (1..=u64::from(u32::MAX)).contains(n))
                 .map(|n| Some(n as u32))
                 .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_field",
-                        format!("{name} must be a positive integer"),
-                    )
-                    .with_details(json!({ "field": name }))
+                    ApiError::invalid_field(name, format!("{name} must be a positive integer"))
                 }),
         }
     };
     let overrides = AccountLimits {
-        requests_per_minute: limit("requestsPerMinute")?,
-        records_per_minute: limit("recordsPerMinute")?,
+        requests_per_minute: limit("requestsPerMinute", request.requests_per_minute)?,
+        records_per_minute: limit("recordsPerMinute", request.records_per_minute)?,
     };
     let defaults = infra::flow::DefaultLimits {
         records_per_minute: state.config.records_per_minute,
@@ -158,11 +174,8 @@ pub struct KeyList {
     ))]
 pub async fn create_key(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(raw_account): Path<String>,
+    AdminAccount(account): AdminAccount,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
-    authorize(&state, &headers)?;
-    let account = parse_account(&raw_account)?;
     let minted = auth::mint_key();
     let created_at = infra::clock::now();
     state
@@ -198,11 +211,8 @@ pub async fn create_key(
     ))]
 pub async fn list_keys(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(raw_account): Path<String>,
+    AdminAccount(account): AdminAccount,
 ) -> Result<Json<KeyList>, ApiError> {
-    authorize(&state, &headers)?;
-    let account = parse_account(&raw_account)?;
     let items = state
         .store
         .api_keys_of(&account)
@@ -228,17 +238,16 @@ pub async fn list_keys(
     ))]
 pub async fn revoke_key(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path((raw_account, key_id)): Path<(String, String)>,
+    AdminAccount(account): AdminAccount,
+    Path(path): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    authorize(&state, &headers)?;
-    let account = parse_account(&raw_account)?;
+    let (_, key_id) = path;
     if ulid::Ulid::from_string(&key_id).is_err()
         || !state.store.revoke_api_key(&account, &key_id).await?
     {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "api_key_not_found",
+            ErrorCode::ApiKeyNotFound,
             "this account has no API key with that id",
         ));
     }
@@ -262,20 +271,13 @@ fn view(state: &AppState, account: &AccountId, overrides: AccountLimits) -> Limi
     }
 }
 
-fn parse_account(raw: &str) -> Result<AccountId, ApiError> {
-    AccountId::parse(raw).map_err(|error| {
-        ApiError::bad_request("invalid_account_id", error.to_string())
-            .with_details(json!({ "field": "accountId" }))
-    })
-}
-
 /// Compares digests, not the tokens, so the comparison's time says nothing about how much
 /// of a guess was right.
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = &state.config.admin_token else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "admin_disabled",
+            ErrorCode::AdminDisabled,
             "admin endpoints are disabled: set ADMIN_TOKEN to enable them",
         ));
     };

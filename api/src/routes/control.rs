@@ -2,10 +2,7 @@
 //! and pace. Each is one atomic script in Redis plus an event in the action's stream; the
 //! answer is the action as it stands right after (read your own writes).
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
 use axum::{Extension, Json};
 use domain::{ActionId, ActionView, EventPayload};
 use infra::flow::{Amendment, Control, ControlOutcome};
@@ -13,9 +10,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use utoipa::ToSchema;
 
-use super::actions::{parse_action_id, require_json, schedule_refused};
+use super::actions::schedule_refused;
 use crate::auth::Caller;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::extract::{present, JsonObject, OwnedAction};
 use crate::{read_model, submission, AppState};
 
 /// Cancel a bulk action.
@@ -34,9 +32,9 @@ use crate::{read_model, submission, AppState};
 pub async fn cancel(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(raw_id): Path<String>,
+    OwnedAction(action): OwnedAction,
 ) -> Result<Json<ActionView>, ApiError> {
-    command(&state, &caller, &raw_id, Control::Cancel).await
+    command(&state, &caller, action, Control::Cancel).await
 }
 
 /// Pause a bulk action.
@@ -54,9 +52,9 @@ pub async fn cancel(
 pub async fn pause(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(raw_id): Path<String>,
+    OwnedAction(action): OwnedAction,
 ) -> Result<Json<ActionView>, ApiError> {
-    command(&state, &caller, &raw_id, Control::Pause).await
+    command(&state, &caller, action, Control::Pause).await
 }
 
 /// Resume a paused bulk action where it was. Resuming an action that is not paused changes
@@ -72,44 +70,44 @@ pub async fn pause(
 pub async fn resume(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(raw_id): Path<String>,
+    OwnedAction(action): OwnedAction,
 ) -> Result<Json<ActionView>, ApiError> {
-    command(&state, &caller, &raw_id, Control::Resume).await
+    command(&state, &caller, action, Control::Resume).await
 }
 
 async fn command(
     state: &AppState,
     caller: &Caller,
-    raw_id: &str,
+    action: ActionId,
     command: Control,
 ) -> Result<Json<ActionView>, ApiError> {
-    let action = owned_action(state, caller, raw_id).await?;
     let outcome = state
         .store
         .control(action, command, infra::clock::now(), Some(&caller.key_id))
         .await?;
     refused(outcome)?;
     if outcome == ControlOutcome::Done {
-        tracing::info!(%action, ?command, "action controlled");
+        tracing::info!(?command, "action controlled");
     }
     current_view(state, action).await
 }
 
 /// The body of `PATCH /bulk-actions/{actionId}`; absent fields stay as they are, `null`
-/// removes a pace.
-#[allow(dead_code)]
+/// removes a pace. Each field is read by the rules of a submission's, with their codes.
 #[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AmendRequest {
     /// A new start; only while the action is `scheduled`.
+    #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>, format = DateTime, example = "2030-03-20T10:00:00Z")]
-    scheduled_for: Option<String>,
-    pacing: Option<domain::Pacing>,
-    #[schema(minimum = 1, maximum = 10000000)]
-    max_records_per_minute: Option<u32>,
+    scheduled_for: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<domain::Pacing>)]
+    pacing: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 10000000)]
+    max_records_per_minute: Option<Value>,
 }
-
-const AMEND_FIELDS: [&str; 3] = ["scheduledFor", "pacing", "maxRecordsPerMinute"];
 
 /// Move a scheduled action's start, or change an action's pace.
 ///
@@ -128,32 +126,15 @@ const AMEND_FIELDS: [&str; 3] = ["scheduledFor", "pacing", "maxRecordsPerMinute"
 pub async fn amend(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(raw_id): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    OwnedAction(action): OwnedAction,
+    JsonObject(request): JsonObject<AmendRequest>,
 ) -> Result<Json<ActionView>, ApiError> {
-    let action = owned_action(&state, &caller, &raw_id).await?;
-    require_json(&headers)?;
-    let body =
-        body.map_err(|rejection| ApiError::bad_request("unreadable_body", rejection.body_text()))?;
-    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(&body) else {
-        return Err(ApiError::bad_request(
-            "invalid_body",
-            "the body must be a JSON object of scheduledFor, pacing and maxRecordsPerMinute",
-        ));
-    };
-    if let Some(unknown) = fields
-        .keys()
-        .find(|key| !AMEND_FIELDS.contains(&key.as_str()))
+    if request.scheduled_for.is_none()
+        && request.pacing.is_none()
+        && request.max_records_per_minute.is_none()
     {
-        return Err(
-            ApiError::bad_request("unknown_field", format!("unknown field {}", domain::text::quoted(unknown)))
-                .with_details(json!({ "field": domain::text::bounded(unknown, domain::text::ECHO_MAX_BYTES), "allowed": AMEND_FIELDS })),
-        );
-    }
-    if fields.is_empty() {
         return Err(ApiError::bad_request(
-            "empty_patch",
+            ErrorCode::EmptyPatch,
             "nothing to change: give scheduledFor, pacing or maxRecordsPerMinute",
         ));
     }
@@ -161,83 +142,88 @@ pub async fn amend(
         api_key_id: Some(caller.key_id.clone()),
         ..Amendment::default()
     };
-    if fields.contains_key("scheduledFor") {
-        let requested =
-            submission::scheduled_for(fields.get("scheduledFor"))?.ok_or_else(|| {
-                ApiError::bad_request("invalid_scheduled_for", "scheduledFor cannot be null")
-                    .with_details(json!({ "field": "scheduledFor" }))
-            })?;
-        let now = infra::clock::now();
-        let start =
-            domain::schedule::start_time(Some(requested), now, state.config.schedule_horizon_days)
-                .map_err(schedule_refused)?;
-        // `None` is "start now": the action moves to the front of the schedule, and the
-        // script refuses it like any other move if it has already left the schedule.
-        amendment.start_at = Some(start.unwrap_or(now));
+    if let Some(raw) = &request.scheduled_for {
+        amendment.start_at = Some(new_start(&state, raw)?);
     }
-    if fields.contains_key("pacing") || fields.contains_key("maxRecordsPerMinute") {
-        let (pacing, max) = submission::pace(&fields)?;
-        let current = current_view(&state, action).await?.0;
-        let pacing = if fields.contains_key("pacing") {
-            pacing
-        } else {
-            current.pacing
-        };
-        let max = if fields.contains_key("maxRecordsPerMinute") {
-            max
-        } else {
-            current.max_records_per_minute
-        };
-        let batch_size = state
-            .store
-            .batch_size_of(action)
-            .await?
-            .unwrap_or(state.config.batch_size as u32);
-        let bucket = domain::pacing::action_bucket(pacing, max, batch_size);
-        let event = EventPayload::PacingChanged {
-            pacing,
-            max_records_per_minute: max,
-            api_key_id: Some(caller.key_id.clone()),
-        };
-        amendment.pace = Some((bucket, event));
+    if request.pacing.is_some() || request.max_records_per_minute.is_some() {
+        amendment.pace = Some(new_pace(&state, &caller, action, &request).await?);
     }
     let outcome = state
         .store
         .amend(action, &amendment, infra::clock::now())
         .await?;
     refused(outcome)?;
-    tracing::info!(%action, "action amended");
+    tracing::info!("action amended");
     current_view(&state, action).await
 }
 
-/// Finds the action among the caller's account's. Another account's action is `404`,
-/// exactly like one that does not exist: the answer must not tell.
-pub async fn owned_action(
+/// `None` is "start now": the action moves to the front of the schedule, and the script
+/// refuses it like any other move if it has already left the schedule.
+fn new_start(state: &AppState, raw: &Value) -> Result<domain::Timestamp, ApiError> {
+    let requested = submission::scheduled_for(Some(raw))?.ok_or_else(|| {
+        ApiError::bad_request(
+            ErrorCode::InvalidScheduledFor,
+            "scheduledFor cannot be null",
+        )
+        .with_details(json!({ "field": "scheduledFor" }))
+    })?;
+    let now = infra::clock::now();
+    let start =
+        domain::schedule::start_time(Some(requested), now, state.config.schedule_horizon_days)
+            .map_err(schedule_refused)?;
+    Ok(start.unwrap_or(now))
+}
+
+/// The action's new pace: what the request changes, the rest as it was.
+async fn new_pace(
     state: &AppState,
     caller: &Caller,
-    raw_id: &str,
-) -> Result<ActionId, ApiError> {
-    let action = parse_action_id(raw_id)?;
-    match state.store.account_of(action).await? {
-        Some(account) if account == caller.account => Ok(action),
-        _ => Err(ApiError::action_not_found()),
-    }
+    action: ActionId,
+    request: &AmendRequest,
+) -> Result<(Option<domain::pacing::Bucket>, EventPayload), ApiError> {
+    let (pacing, max) = submission::pace(
+        request.pacing.as_ref(),
+        request.max_records_per_minute.as_ref(),
+    )?;
+    let current = current_view(state, action).await?.0;
+    let pacing = if request.pacing.is_some() {
+        pacing
+    } else {
+        current.pacing
+    };
+    let max = if request.max_records_per_minute.is_some() {
+        max
+    } else {
+        current.max_records_per_minute
+    };
+    let batch_size = state
+        .store
+        .batch_size_of(action)
+        .await?
+        .unwrap_or(state.config.batch_size as u32);
+    let bucket = domain::pacing::action_bucket(pacing, max, batch_size);
+    let event = EventPayload::PacingChanged {
+        pacing,
+        max_records_per_minute: max,
+        api_key_id: Some(caller.key_id.clone()),
+    };
+    Ok((bucket, event))
 }
 
 fn refused(outcome: ControlOutcome) -> Result<(), ApiError> {
-    let conflict = |code, message: &str| Err(ApiError::new(StatusCode::CONFLICT, code, message));
+    let conflict = |code, message: &str| Err(ApiError::conflict(code, message));
     match outcome {
         ControlOutcome::Done | ControlOutcome::AlreadySo => Ok(()),
         ControlOutcome::UnknownAction => Err(ApiError::action_not_found()),
         ControlOutcome::Finished => conflict(
-            "action_finished",
+            ErrorCode::ActionFinished,
             "the action has finished: every record has an outcome",
         ),
         ControlOutcome::BeingCancelled => {
-            conflict("action_cancelling", "the action is being cancelled")
+            conflict(ErrorCode::ActionCancelling, "the action is being cancelled")
         }
         ControlOutcome::AlreadyReleased => conflict(
-            "action_already_released",
+            ErrorCode::ActionAlreadyReleased,
             "the action's start time has come; only a scheduled action can be moved",
         ),
     }

@@ -1,8 +1,7 @@
 //! The per-record log of an action, one line per submitted record, paged by cursor.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
-use axum::{Extension, Json};
+use axum::extract::State;
+use axum::Json;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use domain::{ActionId, OutcomeCode, OutcomeStatus};
@@ -14,10 +13,9 @@ use mongodb::options::FindOptions;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::query::{invalid, QueryParams};
-use crate::routes::control::owned_action;
+use crate::extract::OwnedAction;
+use crate::query::{invalid, QueryPairs, QueryParams};
 use crate::AppState;
 
 pub const LOGS_LIMIT_DEFAULT: u64 = 100;
@@ -55,13 +53,9 @@ pub struct LogPage {
     responses((status = 200, body = LogPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_logs(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(raw_id): Path<String>,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    OwnedAction(action): OwnedAction,
+    QueryPairs(pairs): QueryPairs,
 ) -> Result<Json<LogPage>, ApiError> {
-    let action = owned_action(&state, &caller, &raw_id).await?;
-    let Query(pairs) =
-        query.map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))?;
     let params = QueryParams::parse(pairs, &["status", "limit", "cursor"])?;
     let status = params.parsed("status", OutcomeStatus::parse)?;
     let limit = params.capped("limit", LOGS_LIMIT_DEFAULT, 1, LOGS_LIMIT_MAX)?;
@@ -161,11 +155,7 @@ async fn page_of_lines(
             }
             read_past = Some(bucket.min_index);
             let bucket_lines = bucket.lines().map_err(|error| {
-                ApiError::new(
-                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal_error",
-                    format!("log bucket {} is unreadable: {error}", bucket.id),
-                )
+                ApiError::internal(format!("log bucket {} is unreadable: {error}", bucket.id))
             })?;
             lines.extend(bucket_lines.into_iter().filter(|line| {
                 after.is_none_or(|after| line.index > after)

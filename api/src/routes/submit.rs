@@ -8,8 +8,7 @@
 use std::io::BufReader;
 
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Extension;
@@ -24,10 +23,11 @@ use serde_json::json;
 use ulid::Ulid;
 
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::idempotency::{self, Claim, IdempotencyKey};
 use crate::ingest::json::JsonBody;
 use crate::ingest::{self, csv_rows, ndjson, Fingerprint, RecordSink};
+use crate::query::QueryPairs;
 use crate::routes::actions::{accepted, batch_size_of, replay, schedule_refused};
 use crate::submission::{self, ActionSettings};
 use crate::AppState;
@@ -48,22 +48,20 @@ impl Format {
             .get(header::CONTENT_TYPE)
             .and_then(|value| value.to_str().ok())
             .unwrap_or_default();
-        let essence = content_type
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
+        let essence = crate::extract::media_type(content_type).to_ascii_lowercase();
         match essence.as_str() {
             "application/json" => Ok(Format::Json),
             "application/x-ndjson" | "application/jsonl" => Ok(Format::Ndjson),
             "text/csv" => Ok(Format::Csv),
             _ => Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 "Content-Type must be application/json, application/x-ndjson or text/csv",
             )
-            .with_details(json!({ "received": content_type, "supported": Self::SUPPORTED }))),
+            .with_details(json!({
+                "received": domain::text::bounded(content_type, 256),
+                "supported": Self::SUPPORTED,
+            }))),
         }
     }
 }
@@ -158,12 +156,10 @@ pub async fn submit(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    QueryPairs(pairs): QueryPairs,
     body: Body,
 ) -> Result<Response, ApiError> {
     let format = Format::of(&headers)?;
-    let Query(pairs) =
-        query.map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))?;
     let idempotency_key = IdempotencyKey::from_headers(&headers)?;
     let config = state.config.clone();
 
@@ -282,7 +278,7 @@ async fn commit(
 ) -> Result<Committed, ApiError> {
     if summary.total_records == 0 {
         return Err(ApiError::bad_request(
-            "empty_data",
+            ErrorCode::EmptyData,
             "the submission must contain at least one record",
         ));
     }
@@ -379,12 +375,12 @@ fn opening_view(new_action: &NewAction<'_>, summary: &PlanSummary) -> Result<Act
         occurred_at: new_action.created_at,
         payload: payload.clone(),
     };
-    let folding_error = |_| internal("opening events do not fold");
+    let folding_error = |_| ApiError::internal("opening events do not fold");
     let mut events = new_action.events.iter();
     let created = events.next().map(|created| envelope(created, 1));
     let mut view = fold(None, created.as_ref())
         .map_err(folding_error)?
-        .ok_or_else(|| internal("no Created event"))?;
+        .ok_or_else(|| ApiError::internal("no Created event"))?;
     for (code, records) in &summary.opening_outcomes {
         view.tally(*code, *records);
     }
@@ -393,7 +389,7 @@ fn opening_view(new_action: &NewAction<'_>, summary: &PlanSummary) -> Result<Act
         let next = envelope(payload, view.last_seq + 1);
         view = apply_event(Some(view), &next)
             .map_err(folding_error)?
-            .ok_or_else(|| internal("the view vanished"))?;
+            .ok_or_else(|| ApiError::internal("the view vanished"))?;
     }
     Ok(view)
 }
@@ -404,12 +400,4 @@ fn canonical_query(pairs: &[(String, String)]) -> String {
     let mut sorted: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
     sorted.sort();
     sorted.join("&")
-}
-
-fn internal(error: impl std::fmt::Display) -> ApiError {
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal_error",
-        error.to_string(),
-    )
 }

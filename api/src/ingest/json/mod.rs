@@ -15,12 +15,11 @@ mod tap;
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 
 use axum::body::Body;
-use axum::http::StatusCode;
 use serde_json::json;
 use tempfile::SpooledTempFile;
 
 use super::{body_reader, Fingerprint, UploadError};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::submission::FIELDS;
 
 pub use outline::{DataShape, Outline};
@@ -64,13 +63,7 @@ pub async fn receive(
         })
     })
     .await
-    .map_err(|error| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            error.to_string(),
-        )
-    })?
+    .map_err(ApiError::internal)?
 }
 
 /// The outline of the JSON body in `reader` (see `outline`). Blocking.
@@ -121,7 +114,7 @@ fn spool_failed(error: io::Error) -> ApiError {
 /// The body is not JSON: where serde_json stopped.
 fn malformed(error: &serde_json::Error) -> ApiError {
     ApiError::bad_request(
-        "malformed_json",
+        ErrorCode::MalformedJson,
         format!("request body is not valid JSON: {error}"),
     )
     .with_details(json!({ "line": error.line(), "column": error.column() }))
@@ -138,10 +131,10 @@ fn refused_by_tap(failure: TapFailure) -> ApiError {
     match failure {
         TapFailure::TooDeep { limit } => {
             let (message, details) = too_deep(limit);
-            ApiError::bad_request("malformed_json", message).with_details(details)
+            ApiError::bad_request(ErrorCode::MalformedJson, message).with_details(details)
         }
         TapFailure::NameTooLong { limit } => ApiError::bad_request(
-            "unknown_field",
+            ErrorCode::UnknownField,
             format!("a field name is longer than {limit} bytes"),
         )
         .with_details(json!({ "limit": limit, "allowed": FIELDS })),
@@ -206,7 +199,7 @@ mod tests {
     fn hostile_shapes_are_refused_without_holding_them() {
         let code = |body: &str| match outline::read(body.as_bytes(), 10) {
             Ok(_) => "ok",
-            Err(error) => error.code(),
+            Err(error) => error.code().as_str(),
         };
         let deep = format!(r#"{{"data":[{}]}}"#, "[".repeat(10_000));
         assert_eq!(code(&deep), "malformed_json");
