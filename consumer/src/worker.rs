@@ -21,6 +21,7 @@ use infra::work::{self, ReadFrom, WorkItem};
 use infra::EventStore;
 use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::apply::{BatchInRedis, ContactWriter, Target};
 
@@ -206,7 +207,14 @@ impl Worker {
             .await;
         };
         self.set_in_flight(Some(item.clone()));
-        let result = self.process(conn, &item, shutdown).await;
+        let span = tracing::info_span!(
+            "batch",
+            worker = %self.name,
+            action = %item.action_id,
+            batch = item.batch,
+            account = tracing::field::Empty,
+        );
+        let result = self.process(conn, &item, shutdown).instrument(span).await;
         self.set_in_flight(None);
         result
     }
@@ -218,13 +226,14 @@ impl Worker {
         shutdown: &CancellationToken,
     ) -> Result<(), infra::StoreError> {
         let Some(meta) = self.store.meta(item.action_id).await? else {
-            tracing::error!(action = %item.action_id, "work for an unknown action; dropping it");
+            tracing::error!("work for an unknown action; dropping it");
             return discard_item(conn, item).await;
         };
         let Some(batch) = self.store.load_batch(item.action_id, item.batch).await? else {
             // The payload is removed in the same step that records the batch, so it was done.
             return discard_item(conn, item).await;
         };
+        tracing::Span::current().record("account", tracing::field::display(&meta.account_id));
         let mut cancelled = meta.cancelled;
         if meta.paused && !cancelled {
             let cost = u32::try_from(batch.records.len()).unwrap_or(u32::MAX);
@@ -234,7 +243,7 @@ impl Worker {
                 .await?
             {
                 ParkDecision::Parked => {
-                    tracing::debug!(action = %item.action_id, batch = item.batch, "batch parked: its action is paused");
+                    tracing::debug!("batch parked: its action is paused");
                     return Ok(());
                 }
                 ParkDecision::Cancelled => cancelled = true,
@@ -255,51 +264,66 @@ impl Worker {
             )
             .await?;
 
+        self.apply_with_retries(&meta, item, &batch, shutdown).await
+    }
+
+    /// Attempts until one applies the batch, the attempts run out (dead letter) or the
+    /// consumer shuts down (the batch is handed back).
+    async fn apply_with_retries(
+        &self,
+        meta: &ActionMeta,
+        item: &WorkItem,
+        batch: &Batch,
+        shutdown: &CancellationToken,
+    ) -> Result<(), infra::StoreError> {
         let began = Instant::now();
         let mut last_error: Option<String> = None;
         let mut delays = infra::retry::delays(self.retry.first_delay, self.retry.max_delay);
         loop {
             let attempt = self.store.begin_attempt(item).await?;
             if attempt > self.retry.max_attempts {
-                return self
-                    .dead_letter(item, &batch, attempt - 1, last_error)
-                    .await;
+                return self.dead_letter(item, batch, attempt - 1, last_error).await;
             }
             let result = self
-                .while_holding(item, self.attempt(&meta, item, &batch, attempt, shutdown))
+                .while_holding(item, self.attempt(meta, item, batch, attempt, shutdown))
+                .instrument(tracing::info_span!("attempt", attempt))
                 .await;
-            match result {
+            let error = match result {
                 AttemptResult::Applied(outcomes) => {
                     self.store
                         .settle_batch(item, outcomes, &self.name, attempt, infra::clock::now())
                         .await?;
-                    tracing::debug!(action = %item.action_id, batch = item.batch, attempt, records = batch.records.len(), elapsed_ms = began.elapsed().as_millis() as u64, "batch applied");
+                    tracing::debug!(
+                        attempt,
+                        records = batch.records.len(),
+                        elapsed_ms = began.elapsed().as_millis() as u64,
+                        "batch applied"
+                    );
                     return Ok(());
                 }
                 AttemptResult::Interrupted => {
                     self.hand_back(item).await;
                     return Ok(());
                 }
-                AttemptResult::Failed(error) => {
-                    let pause = delays.next().unwrap_or(self.retry.max_delay);
-                    tracing::warn!(action = %item.action_id, batch = item.batch, attempt, max_attempts = self.retry.max_attempts, %error, ?pause, "batch failed");
-                    last_error = Some(error);
-                    if attempt >= self.retry.max_attempts {
-                        continue; // The next count is past the limit: dead-letter it now.
+                AttemptResult::Failed(error) => error,
+            };
+            let pause = delays.next().unwrap_or(self.retry.max_delay);
+            tracing::warn!(attempt, max_attempts = self.retry.max_attempts, %error, ?pause, "batch failed");
+            last_error = Some(error);
+            if attempt >= self.retry.max_attempts {
+                continue; // The next count is past the limit: dead-letter it now.
+            }
+            let waited = self
+                .while_holding(item, async {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => false,
+                        _ = tokio::time::sleep(pause) => true,
                     }
-                    let waited = self
-                        .while_holding(item, async {
-                            tokio::select! {
-                                _ = shutdown.cancelled() => false,
-                                _ = tokio::time::sleep(pause) => true,
-                            }
-                        })
-                        .await;
-                    if !waited {
-                        self.hand_back(item).await;
-                        return Ok(());
-                    }
-                }
+                })
+                .await;
+            if !waited {
+                self.hand_back(item).await;
+                return Ok(());
             }
         }
     }
@@ -338,7 +362,7 @@ impl Worker {
                     // try looks for what this action wrote, as a retried attempt does.
                     target.attempt = target.attempt.max(2);
                     let pause = outage_delays.next().unwrap_or(Duration::from_secs(5));
-                    tracing::warn!(action = %item.action_id, batch = item.batch, %error, ?pause, "MongoDB is unreachable; waiting");
+                    tracing::warn!(%error, ?pause, "MongoDB is unreachable; waiting");
                     tokio::select! {
                         _ = shutdown.cancelled() => return AttemptResult::Interrupted,
                         _ = tokio::time::sleep(pause) => {}
@@ -381,7 +405,7 @@ impl Worker {
         // Bounded: a store's error may quote whatever the batch held.
         let domain::plan::DeadLettered { error, outcomes } =
             batch.dead_lettered(attempts, last_error.as_deref());
-        tracing::error!(action = %item.action_id, batch = item.batch, attempts, %error, "batch dead-lettered");
+        tracing::error!(attempts, %error, "batch dead-lettered");
         self.store
             .dead_letter(
                 item,

@@ -19,6 +19,7 @@ use mongodb::Database;
 use redis::aio::MultiplexedConnection;
 use redis::streams::StreamId;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::{project_action, ProjectorConfig, ProjectorError};
 
@@ -57,7 +58,10 @@ impl Projector {
                     entries
                 }
             };
-            self.project_round(&mut conn, &entries).await?;
+            let round = tracing::info_span!("projection_round", entries = entries.len());
+            self.project_round(&mut conn, &entries)
+                .instrument(round)
+                .await?;
             if entries.len() < self.config.feed_batch && self.config.gather_ms > 0 {
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
@@ -115,7 +119,10 @@ impl Projector {
             .collect();
         let quarantined = self.store.quarantined_among(&actions).await?;
         for action in actions.difference(&quarantined) {
-            if let Some(error) = project_action(&self.store, &self.database, *action).await? {
+            let projected = project_action(&self.store, &self.database, *action)
+                .instrument(tracing::info_span!("project", %action))
+                .await?;
+            if let Some(error) = projected {
                 quarantine(&self.store, &self.database, *action, &error).await?;
             }
         }
