@@ -38,7 +38,8 @@ ensure_redis() {
 }
 
 # FerretDB's PostgreSQL backend pushes equality filters down to SQL; its SQLite backend
-# filters every document in Go, which is 5-50x slower on the same data (docs/ARCHITECTURE.md).
+# filters every document in Go, which is 5-50x slower on the same data
+# (docs/decisions/0030-ferretdb-on-postgresql.md).
 ensure_postgres() {
   local initdb
   initdb="$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -n 1 || true)"

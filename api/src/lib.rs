@@ -75,7 +75,8 @@ pub struct ApiConfig {
 
     /// Most batches one action may be cut into. Only a drip of tiny batches comes near it
     /// (1,000,000 records need `pacing.batchSize` >= 100); it bounds the events, work
-    /// entries and cancel settlements one action can cost (docs/ARCHITECTURE.md).
+    /// entries and cancel settlements one action can cost
+    /// (docs/decisions/0021-a-cap-on-batches-not-a-floor-on-batch-size.md).
     #[arg(long, env = "MAX_BATCHES_PER_ACTION", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_batches_per_action: u32,
 

@@ -8,6 +8,7 @@
 pub mod action;
 pub mod event;
 pub mod ids;
+pub mod lifecycle;
 pub mod outcome;
 pub mod pacing;
 pub mod plan;

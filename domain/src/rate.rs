@@ -8,6 +8,35 @@
 //! is no more than `burst·T` ahead of now. In any window of `w` seconds at most
 //! `w / T + burst` units pass, never the 2x of a fixed window at its boundary.
 
+/// The GCRA steps, as Redis performs them (`gcra_*` in infra's `lua/lib.lua`). Times and
+/// intervals are milliseconds; a TAT of 0 is an empty bucket. A test runs each against the
+/// script on the same inputs and expects the same bits.
+pub mod gcra {
+    /// The TAT once `cost` units are charged at `interval` ms each.
+    pub fn charge(tat: f64, now: f64, cost: f64, interval: f64) -> f64 {
+        tat.max(now) + cost * interval
+    }
+
+    /// When `cost` units may go: the moment the TAT after them is `burst` units ahead of it.
+    pub fn ready_at(tat: f64, now: f64, cost: f64, burst: f64, interval: f64) -> f64 {
+        tat.max(now) + (cost - burst) * interval
+    }
+
+    /// The TAT once `cost` units charged earlier are given back.
+    pub fn refund(tat: f64, cost: f64, interval: f64) -> f64 {
+        tat - cost * interval
+    }
+
+    /// The work charged ahead of now, carried from one interval to another. A TAT already
+    /// past is left as it is.
+    pub fn rescale(tat: f64, now: f64, old_interval: f64, new_interval: f64) -> f64 {
+        if tat <= now {
+            return tat;
+        }
+        now + (tat - now) * new_interval / old_interval
+    }
+}
+
 /// A per-minute limit with a burst allowance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RatePolicy {
@@ -79,9 +108,9 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// A reference GCRA, to check the arithmetic the Redis script performs.
+    /// An api request's admission, as `request_budget.lua` decides it.
     fn admit(policy: &RatePolicy, tat: &mut f64, now: f64) -> Quota {
-        let candidate = tat.max(now) + policy.emission_ms();
+        let candidate = gcra::charge(*tat, now, 1.0, policy.emission_ms());
         let allowed = candidate - now <= policy.tolerance_ms() + 1e-9;
         if allowed {
             *tat = candidate;
@@ -108,6 +137,18 @@ mod tests {
         assert!(!refused.allowed);
         assert_eq!(refused.retry_after_secs, 1);
         assert!(admit(&policy, &mut tat, 100.0).allowed);
+    }
+
+    #[test]
+    fn a_refund_undoes_a_charge_and_a_rescale_keeps_the_work() {
+        let charged = gcra::charge(1_000.0, 400.0, 10.0, 6.0);
+        assert_eq!(charged, 1_060.0);
+        assert_eq!(gcra::refund(charged, 10.0, 6.0), 1_000.0);
+        // 60 ms of work at 6 ms per unit is 10 units: at 3 ms per unit, 30 ms.
+        assert_eq!(gcra::rescale(1_060.0, 1_000.0, 6.0, 3.0), 1_030.0);
+        assert_eq!(gcra::rescale(900.0, 1_000.0, 6.0, 3.0), 900.0);
+        // Ready when the TAT after the batch is within the burst: 10 units, burst 4.
+        assert_eq!(gcra::ready_at(0.0, 100.0, 10.0, 4.0, 6.0), 136.0);
     }
 
     proptest! {

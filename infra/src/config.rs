@@ -26,7 +26,7 @@ pub struct StoreConfig {
     pub redis_key_prefix: String,
 
     /// Number of stream partitions (hash-tagged key groups). Fixed for the life of a
-    /// deployment's data: see docs/ARCHITECTURE.md before changing it.
+    /// deployment's data: see docs/operations.md (repartition) before changing it.
     #[arg(long, env = "STREAM_PARTITIONS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub partitions: u32,
 }

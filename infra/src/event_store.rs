@@ -16,6 +16,7 @@ use redis::{AsyncCommands, Script};
 use ulid::Ulid;
 
 use crate::keys::{Keys, CONSUMER_GROUP};
+use crate::scripts::with_library;
 use crate::staging::Staging;
 use crate::work::WorkItem;
 
@@ -142,17 +143,17 @@ pub struct EventStore {
 impl EventStore {
     pub fn new(conn: ConnectionManager, keys: Keys) -> Self {
         let scripts = Scripts {
-            commit_action: Script::new(include_str!("lua/commit_action.lua")),
-            append_event: Script::new(include_str!("lua/append_event.lua")),
-            release_action: Script::new(include_str!("lua/release_action.lua")),
-            dispatch: Script::new(include_str!("lua/dispatch.lua")),
-            control: Script::new(include_str!("lua/control.lua")),
-            park: Script::new(include_str!("lua/park.lua")),
-            amend: Script::new(include_str!("lua/amend.lua")),
-            request_budget: Script::new(include_str!("lua/request_budget.lua")),
-            set_limits: Script::new(include_str!("lua/set_limits.lua")),
-            open_action: Script::new(include_str!("lua/open_action.lua")),
-            forget_archived: Script::new(include_str!("lua/forget_archived.lua")),
+            commit_action: with_library(include_str!("lua/commit_action.lua")),
+            append_event: with_library(include_str!("lua/append_event.lua")),
+            release_action: with_library(include_str!("lua/release_action.lua")),
+            dispatch: with_library(include_str!("lua/dispatch.lua")),
+            control: with_library(include_str!("lua/control.lua")),
+            park: with_library(include_str!("lua/park.lua")),
+            amend: with_library(include_str!("lua/amend.lua")),
+            request_budget: with_library(include_str!("lua/request_budget.lua")),
+            set_limits: with_library(include_str!("lua/set_limits.lua")),
+            open_action: with_library(include_str!("lua/open_action.lua")),
+            forget_archived: with_library(include_str!("lua/forget_archived.lua")),
         };
         Self {
             conn,

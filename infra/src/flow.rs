@@ -1,14 +1,13 @@
-//! Flow control on Redis: dispatching batches fairly within budgets, cancel, pause and
-//! resume, pacing and rescheduling, api request budgets and per-account limit overrides.
+//! Flow control on Redis: dispatching batches fairly within budgets, parking the batches of
+//! paused actions, api request budgets and per-account limit overrides (cancel, pause,
+//! resume and PATCH are in `lifecycle`).
 //! Each decision is one Lua script (see `lua/`), atomic for every process sharing Redis.
 
 use std::collections::HashMap;
 
-use domain::pacing::Bucket;
 use domain::rate::{Quota, RatePolicy};
-use domain::{AccountId, ActionId, EventPayload, Timestamp, SCHEMA_VERSION};
+use domain::{AccountId, ActionId};
 use redis::AsyncCommands;
-use ulid::Ulid;
 
 use crate::event_store::{EventStore, StoreError};
 use crate::keys::CONSUMER_GROUP;
@@ -33,51 +32,6 @@ pub struct Dispatched {
     pub granted: u32,
     /// How soon a batch held back by a budget or a pace could go; `None`: none is.
     pub wait_ms: Option<u64>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Control {
-    Cancel,
-    Pause,
-    Resume,
-}
-
-/// How a cancel, pause, resume or amendment went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ControlOutcome {
-    Done,
-    /// It was so already (a repeated request): nothing was written.
-    AlreadySo,
-    UnknownAction,
-    /// Every record has an outcome.
-    Finished,
-    BeingCancelled,
-    /// A start time cannot move once the action has left the schedule.
-    AlreadyReleased,
-}
-
-impl ControlOutcome {
-    fn from_code(code: i64) -> Self {
-        match code {
-            1 => ControlOutcome::Done,
-            0 => ControlOutcome::AlreadySo,
-            -1 => ControlOutcome::UnknownAction,
-            -2 => ControlOutcome::Finished,
-            -3 => ControlOutcome::BeingCancelled,
-            _ => ControlOutcome::AlreadyReleased,
-        }
-    }
-}
-
-/// A PATCH of an action.
-#[derive(Debug, Clone, Default)]
-pub struct Amendment {
-    pub start_at: Option<Timestamp>,
-    /// `Some(pace)` sets the pace (`Some(None)`: removes it); the event says how it was
-    /// asked for.
-    pub pace: Option<(Option<Bucket>, EventPayload)>,
-    /// The key that asked, recorded in `Rescheduled`.
-    pub api_key_id: Option<String>,
 }
 
 /// What a consumer does with a batch of a paused action.
@@ -128,100 +82,6 @@ impl EventStore {
             granted,
             wait_ms: u64::try_from(wait).ok(),
         })
-    }
-
-    /// Cancels, pauses or resumes an action and records it in its stream.
-    /// `api_key_id` is the key that asked, recorded in the event.
-    pub async fn control(
-        &self,
-        action: ActionId,
-        command: Control,
-        at: Timestamp,
-        api_key_id: Option<&str>,
-    ) -> Result<ControlOutcome, StoreError> {
-        let Some(account) = self.account_of(action).await? else {
-            return Ok(ControlOutcome::UnknownAction);
-        };
-        let partition = self.keys.partition_of(action);
-        let api_key_id = api_key_id.map(str::to_owned);
-        let (name, payload) = match command {
-            Control::Cancel => ("cancel", EventPayload::CancelRequested { api_key_id }),
-            Control::Pause => ("pause", EventPayload::Paused { api_key_id }),
-            Control::Resume => ("resume", EventPayload::Resumed { api_key_id }),
-        };
-        let code: i64 = self
-            .scripts
-            .control
-            .key(self.keys.meta(action))
-            .key(self.keys.events(action))
-            .key(self.keys.feed(partition))
-            .key(self.keys.work(partition))
-            .key(self.keys.schedule(partition))
-            .key(self.keys.account_queue(partition, &account))
-            .key(self.keys.ready(partition))
-            .key(self.keys.parked(action))
-            .arg(name)
-            .arg(action.to_string())
-            .arg(SCHEMA_VERSION)
-            .arg(Ulid::new().to_string())
-            .arg(payload.type_name())
-            .arg(at.to_string())
-            .arg(payload.data_json())
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        Ok(ControlOutcome::from_code(code))
-    }
-
-    /// Moves a scheduled action's start and/or changes its pace, atomically.
-    pub async fn amend(
-        &self,
-        action: ActionId,
-        amendment: &Amendment,
-        at: Timestamp,
-    ) -> Result<ControlOutcome, StoreError> {
-        let partition = self.keys.partition_of(action);
-        let rescheduled = amendment
-            .start_at
-            .map(|scheduled_for| EventPayload::Rescheduled {
-                scheduled_for,
-                api_key_id: amendment.api_key_id.clone(),
-            });
-        let (pace_change, bucket, paced) = match &amendment.pace {
-            Some((bucket, payload)) => ("1", *bucket, Some(payload)),
-            None => ("0", None, None),
-        };
-        let code: i64 = self
-            .scripts
-            .amend
-            .key(self.keys.meta(action))
-            .key(self.keys.events(action))
-            .key(self.keys.feed(partition))
-            .key(self.keys.schedule(partition))
-            .arg(action.to_string())
-            .arg(SCHEMA_VERSION)
-            .arg(at.to_string())
-            .arg(
-                amendment
-                    .start_at
-                    .map(|start| start.millis().to_string())
-                    .unwrap_or_default(),
-            )
-            .arg(pace_change)
-            .arg(
-                bucket
-                    .map(|b| b.emission_ms.to_string())
-                    .unwrap_or_default(),
-            )
-            .arg(bucket.map(|b| b.burst).unwrap_or_default())
-            .arg(Ulid::new().to_string())
-            .arg("Rescheduled")
-            .arg(rescheduled.map(|p| p.data_json()).unwrap_or_default())
-            .arg(Ulid::new().to_string())
-            .arg("PacingChanged")
-            .arg(paced.map(|p| p.data_json()).unwrap_or_default())
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        Ok(ControlOutcome::from_code(code))
     }
 
     /// Parks a delivered batch of a paused action (see `lua/park.lua`).

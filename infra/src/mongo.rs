@@ -1,7 +1,8 @@
 //! MongoDB connection and the collections the platform owns.
 //!
 //! Only features that behave the same on MongoDB 6-8 and FerretDB 1.24 are used: no
-//! transactions, no pipeline updates, no `bulkWrite` command (see docs/ARCHITECTURE.md).
+//! transactions, no pipeline updates, no `bulkWrite` command (see
+//! docs/decisions/0040-only-what-mongodb-6-8-and-ferretdb-share.md).
 
 use std::time::Duration;
 

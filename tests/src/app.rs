@@ -227,6 +227,11 @@ impl TestApp {
         &self.options
     }
 
+    /// The Redis key layout the processes use.
+    pub fn keys(&self) -> infra::Keys {
+        infra::Keys::new(&self.store.redis_key_prefix, self.store.partitions)
+    }
+
     pub async fn replay(&self) -> Result<projector::ReplayReport> {
         Ok(projector::replay(&self.projector_config()).await?)
     }

@@ -1,7 +1,7 @@
 //! Flow control end to end: cancel, pause and resume at every status, PATCH of start time
 //! and pace, punctual schedules, fairness across accounts, the processing limit across two
-//! consumer processes, the request limit across two api processes, and a schedule that
-//! survives restarting every process and Redis.
+//! consumer processes, the request limit across two api processes, a schedule that
+//! survives restarting every process and Redis, and the scripts' GCRA against its Rust twin.
 //!
 //! These tests measure time, so they run one at a time.
 
@@ -855,5 +855,161 @@ async fn redis_bytes_per_record_of_a_finished_action() -> Result<()> {
         );
         ensure!(batches == 0 && work == 0, "work left behind");
     }
+    Ok(())
+}
+
+/// The GCRA steps the scripts take (`lua/lib.lua`) and their Rust twin (`domain::rate::gcra`)
+/// give the same bits on the same inputs, edge cases and random ones alike.
+#[tokio::test]
+async fn the_scripts_gcra_and_its_rust_twin_agree() -> Result<()> {
+    use domain::rate::gcra;
+    use rand::{Rng, SeedableRng};
+
+    let services = bulk_tests::Services::start()?;
+    let client = redis::Client::open(services.redis_url.as_str())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let script = redis::Script::new(&format!(
+        "{}\n{}",
+        infra::scripts::LIBRARY,
+        r#"
+local a = {}
+for i = 1, #ARGV do a[i] = tonumber(ARGV[i]) end
+local function bits(x) return string.format('%.17g', x) end
+return {
+  bits(gcra_charge(a[1], a[2], a[3], a[5])),
+  bits(gcra_ready_at(a[1], a[2], a[3], a[4], a[5])),
+  bits(gcra_refund(a[1], a[3], a[5])),
+  bits(gcra_rescale(a[1], a[2], a[5], a[6])),
+}"#
+    ));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+    let mut cases: Vec<[f64; 6]> = vec![
+        [0.0, 1_733_100_000_000.0, 1.0, 1.0, 6.0, 3.0],
+        [
+            1_733_100_000_500.5,
+            1_733_100_000_000.25,
+            1000.0,
+            100.0,
+            0.006,
+            0.06,
+        ],
+        [
+            1_733_100_000_000.0,
+            1_733_100_000_000.0,
+            7.0,
+            7.0,
+            60_000.0,
+            1.0,
+        ],
+    ];
+    for _ in 0..300 {
+        let now = 1_733_100_000_000.0 + rng.random_range(0.0..1e9);
+        cases.push([
+            if rng.random_bool(0.2) {
+                0.0
+            } else {
+                now + rng.random_range(-1e6..1e6)
+            },
+            now,
+            f64::from(rng.random_range(1u32..10_000)),
+            f64::from(rng.random_range(1u32..10_000)),
+            60_000.0 / f64::from(rng.random_range(1u32..10_000_000)),
+            60_000.0 / f64::from(rng.random_range(1u32..10_000_000)),
+        ]);
+    }
+    for [tat, now, cost, burst, interval, new_interval] in cases {
+        let mut invocation = script.prepare_invoke();
+        for value in [tat, now, cost, burst, interval, new_interval] {
+            invocation.arg(format!("{value:.17e}"));
+        }
+        let lua: Vec<String> = invocation.invoke_async(&mut conn).await?;
+        let rust = [
+            gcra::charge(tat, now, cost, interval),
+            gcra::ready_at(tat, now, cost, burst, interval),
+            gcra::refund(tat, cost, interval),
+            gcra::rescale(tat, now, interval, new_interval),
+        ];
+        let lua: Vec<f64> = lua.iter().map(|x| x.parse()).collect::<Result<_, _>>()?;
+        ensure!(
+            lua == rust,
+            "inputs {:?}: lua {lua:?} != rust {rust:?}",
+            [tat, now, cost, burst, interval, new_interval]
+        );
+    }
+    Ok(())
+}
+
+/// The api decides each command on facts read a moment before, and the scripts record it
+/// only if the action's lifecycle version is still the one read: racing commands never
+/// record what the facts no longer allow (a second `Paused` in a row, or anything after a
+/// cancel). An action whose meta predates lifecycle versions (an upgrade in place) takes
+/// commands like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_commands_record_only_what_the_facts_allow() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let app = TestApp::spawn(AppOptions {
+        batch_size: 100,
+        ..AppOptions::default()
+    })
+    .await?;
+    let mut body = create("race", 0..300);
+    // Scheduled an hour ahead: no batch settles meanwhile, only the commands change it.
+    body["scheduledFor"] = json!(at_offset(3_600_000));
+    let action = app.submit(&body).await?;
+    let mut conn = redis::Client::open(app.services.redis_url.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let meta = app
+        .keys()
+        .meta(ActionId::parse(&action).context("action id")?);
+    let _: () = redis::cmd("HDEL")
+        .arg(&meta)
+        .arg("lv")
+        .query_async(&mut conn)
+        .await?;
+
+    let command = |verb: &'static str| {
+        let client = app.client.clone();
+        let path = format!("/bulk-actions/{action}/{verb}");
+        async move { post(&client, &path).await }
+    };
+    let toggles = (0..40).map(|i| command(if i % 2 == 0 { "pause" } else { "resume" }));
+    for (status, body) in futures::future::join_all(toggles)
+        .await
+        .into_iter()
+        .flatten()
+    {
+        ensure!(status == 200, "{status} {body}");
+    }
+    let racing_cancel = (0..20).map(|i| command(if i % 2 == 0 { "cancel" } else { "pause" }));
+    for (status, body) in futures::future::join_all(racing_cancel)
+        .await
+        .into_iter()
+        .flatten()
+    {
+        ensure!(
+            status == 200 || (status == 409 && code(&body) == "action_cancelling"),
+            "{status} {body}"
+        );
+    }
+
+    let types: Vec<&'static str> = events(&app.services.redis_url, &action)
+        .await?
+        .iter()
+        .map(|event| event.envelope.payload.type_name())
+        .filter(|name| ["Paused", "Resumed", "CancelRequested"].contains(name))
+        .collect();
+    let (before, after) = types.split_at(
+        types
+            .iter()
+            .position(|name| *name == "CancelRequested")
+            .context("no CancelRequested")?,
+    );
+    ensure!(after == ["CancelRequested"], "after the cancel: {after:?}");
+    for (i, name) in before.iter().enumerate() {
+        let expected = if i % 2 == 0 { "Paused" } else { "Resumed" };
+        ensure!(*name == expected, "not alternating at {i}: {before:?}");
+    }
+    wait_status(&app.client, &action, "cancelled").await?;
     Ok(())
 }

@@ -4,8 +4,10 @@
 
 use axum::extract::State;
 use axum::{Extension, Json};
-use domain::{ActionId, ActionView, EventPayload};
-use infra::flow::{Amendment, Control, ControlOutcome};
+use domain::lifecycle::{Amendment, Command, PaceChange, Refusal};
+use domain::pacing::Bucket;
+use domain::{ActionId, ActionView};
+use infra::lifecycle::Executed;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use utoipa::ToSchema;
@@ -34,7 +36,7 @@ pub async fn cancel(
     Extension(caller): Extension<Caller>,
     OwnedAction(action): OwnedAction,
 ) -> Result<Json<ActionView>, ApiError> {
-    command(&state, &caller, action, Control::Cancel).await
+    command(&state, &caller, action, Command::Cancel).await
 }
 
 /// Pause a bulk action.
@@ -54,7 +56,7 @@ pub async fn pause(
     Extension(caller): Extension<Caller>,
     OwnedAction(action): OwnedAction,
 ) -> Result<Json<ActionView>, ApiError> {
-    command(&state, &caller, action, Control::Pause).await
+    command(&state, &caller, action, Command::Pause).await
 }
 
 /// Resume a paused bulk action where it was. Resuming an action that is not paused changes
@@ -72,23 +74,29 @@ pub async fn resume(
     Extension(caller): Extension<Caller>,
     OwnedAction(action): OwnedAction,
 ) -> Result<Json<ActionView>, ApiError> {
-    command(&state, &caller, action, Control::Resume).await
+    command(&state, &caller, action, Command::Resume).await
 }
 
 async fn command(
     state: &AppState,
     caller: &Caller,
     action: ActionId,
-    command: Control,
+    command: Command,
 ) -> Result<Json<ActionView>, ApiError> {
-    let outcome = state
+    let executed = state
         .store
-        .control(action, command, infra::clock::now(), Some(&caller.key_id))
+        .execute(
+            action,
+            &command,
+            None,
+            Some(&caller.key_id),
+            infra::clock::now(),
+        )
         .await?;
-    refused(outcome)?;
-    if outcome == ControlOutcome::Done {
+    if executed == Executed::Recorded {
         tracing::info!(?command, "action controlled");
     }
+    refused(executed)?;
     current_view(state, action).await
 }
 
@@ -138,21 +146,27 @@ pub async fn amend(
             "nothing to change: give scheduledFor, pacing or maxRecordsPerMinute",
         ));
     }
-    let mut amendment = Amendment {
-        api_key_id: Some(caller.key_id.clone()),
-        ..Amendment::default()
-    };
+    let mut amendment = Amendment::default();
+    let mut bucket = None;
     if let Some(raw) = &request.scheduled_for {
         amendment.start_at = Some(new_start(&state, raw)?);
     }
     if request.pacing.is_some() || request.max_records_per_minute.is_some() {
-        amendment.pace = Some(new_pace(&state, &caller, action, &request).await?);
+        let (pace, pace_bucket) = new_pace(&state, action, &request).await?;
+        amendment.pace = Some(pace);
+        bucket = Some(pace_bucket);
     }
-    let outcome = state
+    let executed = state
         .store
-        .amend(action, &amendment, infra::clock::now())
+        .execute(
+            action,
+            &Command::Amend(amendment),
+            bucket,
+            Some(&caller.key_id),
+            infra::clock::now(),
+        )
         .await?;
-    refused(outcome)?;
+    refused(executed)?;
     tracing::info!("action amended");
     current_view(&state, action).await
 }
@@ -174,58 +188,52 @@ fn new_start(state: &AppState, raw: &Value) -> Result<domain::Timestamp, ApiErro
     Ok(start.unwrap_or(now))
 }
 
-/// The action's new pace: what the request changes, the rest as it was.
+/// The action's new pace, what the request changes and the rest as it was, and the bucket
+/// its batches are released by.
 async fn new_pace(
     state: &AppState,
-    caller: &Caller,
     action: ActionId,
     request: &AmendRequest,
-) -> Result<(Option<domain::pacing::Bucket>, EventPayload), ApiError> {
+) -> Result<(PaceChange, Option<Bucket>), ApiError> {
     let (pacing, max) = submission::pace(
         request.pacing.as_ref(),
         request.max_records_per_minute.as_ref(),
     )?;
     let current = current_view(state, action).await?.0;
-    let pacing = if request.pacing.is_some() {
-        pacing
-    } else {
-        current.pacing
-    };
-    let max = if request.max_records_per_minute.is_some() {
-        max
-    } else {
-        current.max_records_per_minute
+    let change = PaceChange {
+        pacing: if request.pacing.is_some() {
+            pacing
+        } else {
+            current.pacing
+        },
+        max_records_per_minute: if request.max_records_per_minute.is_some() {
+            max
+        } else {
+            current.max_records_per_minute
+        },
     };
     let batch_size = state
         .store
         .batch_size_of(action)
         .await?
         .unwrap_or(state.config.batch_size as u32);
-    let bucket = domain::pacing::action_bucket(pacing, max, batch_size);
-    let event = EventPayload::PacingChanged {
-        pacing,
-        max_records_per_minute: max,
-        api_key_id: Some(caller.key_id.clone()),
-    };
-    Ok((bucket, event))
+    let bucket =
+        domain::pacing::action_bucket(change.pacing, change.max_records_per_minute, batch_size);
+    Ok((change, bucket))
 }
 
-fn refused(outcome: ControlOutcome) -> Result<(), ApiError> {
-    let conflict = |code, message: &str| Err(ApiError::conflict(code, message));
-    match outcome {
-        ControlOutcome::Done | ControlOutcome::AlreadySo => Ok(()),
-        ControlOutcome::UnknownAction => Err(ApiError::action_not_found()),
-        ControlOutcome::Finished => conflict(
-            ErrorCode::ActionFinished,
-            "the action has finished: every record has an outcome",
-        ),
-        ControlOutcome::BeingCancelled => {
-            conflict(ErrorCode::ActionCancelling, "the action is being cancelled")
+fn refused(executed: Executed) -> Result<(), ApiError> {
+    match executed {
+        Executed::Recorded | Executed::AlreadySo => Ok(()),
+        Executed::UnknownAction => Err(ApiError::action_not_found()),
+        Executed::Refused(refusal) => {
+            let code = match refusal {
+                Refusal::Finished => ErrorCode::ActionFinished,
+                Refusal::BeingCancelled => ErrorCode::ActionCancelling,
+                Refusal::AlreadyReleased => ErrorCode::ActionAlreadyReleased,
+            };
+            Err(ApiError::conflict(code, refusal.to_string()))
         }
-        ControlOutcome::AlreadyReleased => conflict(
-            ErrorCode::ActionAlreadyReleased,
-            "the action's start time has come; only a scheduled action can be moved",
-        ),
     }
 }
 

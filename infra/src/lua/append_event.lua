@@ -29,17 +29,16 @@ local action = ARGV[1]
 local seq = 0
 if ARGV[2] == '' or redis.call('HSETNX', KEYS[1], ARGV[2], 1) == 1 then
   seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-  redis.call('XADD', KEYS[2], '*', 'id', ARGV[4], 'action', action, 'seq', seq,
-    'v', ARGV[3], 'type', ARGV[5], 'at', ARGV[6], 'data', ARGV[7])
+  xadd_event(KEYS[2], action, seq, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
   if ARGV[8] == '1' then
     local done = redis.call('HINCRBY', KEYS[1], 'done', 1)
     if done == tonumber(redis.call('HGET', KEYS[1], 'batches')) then
+      bump_lifecycle(KEYS[1])
       seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-      redis.call('XADD', KEYS[2], '*', 'id', ARGV[9], 'action', action, 'seq', seq,
-        'v', ARGV[3], 'type', ARGV[10], 'at', ARGV[6], 'data', ARGV[11])
+      xadd_event(KEYS[2], action, seq, ARGV[3], ARGV[9], ARGV[10], ARGV[6], ARGV[11])
     end
   end
-  redis.call('XADD', KEYS[3], '*', 'action', action, 'seq', seq)
+  announce(KEYS[3], action, seq)
   if ARGV[15] ~= '' then
     redis.call('XADD', KEYS[6], '*', 'action', action, 'batch', ARGV[12],
       'attempts', ARGV[16], 'error', ARGV[15], 'at', ARGV[6],

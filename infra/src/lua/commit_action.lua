@@ -40,8 +40,7 @@ local event_count = tonumber(ARGV[14])
 local seq = 0
 local function append(id, type, at, data)
   seq = seq + 1
-  redis.call('XADD', KEYS[2], '*', 'id', id, 'action', action, 'seq', seq,
-    'v', ARGV[8], 'type', type, 'at', at, 'data', data)
+  xadd_event(KEYS[2], action, seq, ARGV[8], id, type, at, data)
 end
 local function append_argv(i)
   local base = 15 + i * 4
@@ -70,7 +69,7 @@ redis.call('HSET', KEYS[1], 'seq', seq, 'account', ARGV[2], 'actionType', ARGV[3
 if ARGV[11] ~= '' then
   redis.call('HSET', KEYS[1], 'paceEmitMs', ARGV[11], 'paceBurst', ARGV[12])
 end
-redis.call('XADD', KEYS[3], '*', 'action', action, 'seq', seq)
+announce(KEYS[3], action, seq)
 redis.call('ZADD', KEYS[7], ARGV[7], action)
 if batches > 0 then
   redis.call('RENAME', KEYS[8], KEYS[4])

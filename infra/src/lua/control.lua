@@ -1,4 +1,7 @@
--- Cancels, pauses or resumes an action, and records it as an event, in one step.
+-- Cancels, pauses or resumes an action, and records it as an event, in one step. Whether
+-- it may, and which event records it, was decided in Rust (`domain::lifecycle::decide`) on
+-- the facts at lifecycle version `expectedVersion`; if they have changed since, nothing is
+-- done and the caller decides again.
 --
 -- cancel: the action leaves the schedule and stays in (or joins) its account's queue while
 --   batches are left: the dispatcher hands them out free of budget and pace, a few at a
@@ -11,25 +14,18 @@
 -- resume: back into the queue at its original place (its creation time), if released.
 --
 -- KEYS: meta, events, feed, work, schedule, queue (the account's), ready, parked
--- ARGV: command, action, schemaVersion, eventId, type, at, data
--- Returns 1 done, 0 nothing to do (already so), -1 no such action, -2 finished,
--- -3 being cancelled.
+-- ARGV: command, action, schemaVersion, eventId, type, at, data, expectedVersion
+-- Returns 1 done, -1 no such action, -5 stale (the facts changed since the decision).
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return -1
+end
+if not lifecycle_is(KEYS[1], ARGV[8]) then
+  return -5
 end
 local command, action = ARGV[1], ARGV[2]
 local f = redis.call('HMGET', KEYS[1], 'batches', 'done', 'cancelled', 'paused', 'dispatched',
   'queued', 'created', 'account', 'opening')
 local batches = tonumber(f[1] or '0')
-if f[3] == '1' and command == 'cancel' then
-  return 0
-end
-if tonumber(f[2] or '0') >= batches then
-  return -2
-end
-if f[3] == '1' then
-  return -3
-end
 
 local function leave_queue()
   redis.call('ZREM', KEYS[6], action)
@@ -55,15 +51,9 @@ if command == 'cancel' then
     leave_queue()
   end
 elseif command == 'pause' then
-  if f[4] == '1' then
-    return 0
-  end
   redis.call('HSET', KEYS[1], 'paused', 1)
   leave_queue()
 elseif command == 'resume' then
-  if f[4] ~= '1' then
-    return 0
-  end
   redis.call('HSET', KEYS[1], 'paused', 0)
   local pending = tonumber(f[5] or f[1]) < batches or redis.call('SCARD', KEYS[8]) > 0
   if f[6] == '1' and pending then
@@ -74,8 +64,8 @@ else
   return redis.error_reply('unknown command ' .. command)
 end
 
+bump_lifecycle(KEYS[1])
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('XADD', KEYS[2], '*', 'id', ARGV[4], 'action', action, 'seq', seq,
-  'v', ARGV[3], 'type', ARGV[5], 'at', ARGV[6], 'data', ARGV[7])
-redis.call('XADD', KEYS[3], '*', 'action', action, 'seq', seq)
+xadd_event(KEYS[2], action, seq, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+announce(KEYS[3], action, seq)
 return 1

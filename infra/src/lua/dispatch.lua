@@ -23,8 +23,7 @@
 -- ARGV: prefix, defaultRecordsPerMinute, burstSeconds, maxOutstanding, maxGrants
 -- Returns {granted, waitMs}: waitMs is how soon a batch held back by a budget or pace
 -- could go (-1: none is).
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = math.floor(clock_ms())
 local prefix = ARGV[1]
 local default_rpm = tonumber(ARGV[2])
 local burst_seconds = tonumber(ARGV[3])
@@ -91,7 +90,7 @@ local function try_account(account)
     or default_rpm)
   local emission = 60000 / rpm
   local budget_key = prefix .. 'budget:records:' .. account
-  local base = math.max(tonumber(redis.call('GET', budget_key) or '0'), now)
+  local account_tat = tonumber(redis.call('GET', budget_key) or '0')
   for _, action in ipairs(actions) do
     local meta = prefix .. 'meta:' .. action
     local parked_key = prefix .. 'parked:' .. action
@@ -113,7 +112,7 @@ local function try_account(account)
       local records = tonumber(f[4] or tostring(size * tonumber(f[1])))
       local cost = math.max(1, math.min(size, records - batch * size))
       local burst = math.max(cost, rpm * burst_seconds / 60)
-      local account_at = base + (cost - burst) * emission - SLACK_MS
+      local account_at = gcra_ready_at(account_tat, now, cost, burst, emission) - SLACK_MS
       if account_at > now then
         -- No budget: none of this account's actions can go now. (A cancelled one further
         -- back waits its turn: walking the whole queue of every account out of budget
@@ -123,19 +122,19 @@ local function try_account(account)
         return false
       else
         local pace_emit = tonumber(f[7] or '0')
-        local pace_base = math.max(tonumber(f[9] or '0'), now)
+        local pace_tat = tonumber(f[9] or '0')
         local pace_at = now
         if pace_emit > 0 then
           local pace_burst = math.max(cost, tonumber(f[8] or '0'))
-          pace_at = pace_base + (cost - pace_burst) * pace_emit - SLACK_MS
+          pace_at = gcra_ready_at(pace_tat, now, cost, pace_burst, pace_emit) - SLACK_MS
         end
         if pace_at > now then
           hold_until(pace_at) -- this action waits; the account's next one may go
         else
-          local tat = base + cost * emission
+          local tat = gcra_charge(account_tat, now, cost, emission)
           redis.call('SET', budget_key, tostring(tat), 'PX', math.ceil(tat - now) + 60000)
           if pace_emit > 0 then
-            redis.call('HSET', meta, 'paceTat', tostring(pace_base + cost * pace_emit))
+            redis.call('HSET', meta, 'paceTat', tostring(gcra_charge(pace_tat, now, cost, pace_emit)))
           end
           hand_out(account, queue, action, meta, parked_key, batch, from_parked)
           return true

@@ -17,8 +17,7 @@ local action = ARGV[1]
 local seq = tonumber(f[2])
 local function append(id, type, data)
   seq = seq + 1
-  redis.call('XADD', KEYS[2], '*', 'id', id, 'action', action, 'seq', seq,
-    'v', ARGV[2], 'type', type, 'at', ARGV[3], 'data', data)
+  xadd_event(KEYS[2], action, seq, ARGV[2], id, type, ARGV[3], data)
 end
 local OPENING_SLICE = 4
 local items = redis.call('LRANGE', KEYS[4], 0, OPENING_SLICE * 3 - 1)
@@ -31,6 +30,7 @@ if not more then
   redis.call('DEL', KEYS[4])
   redis.call('HDEL', KEYS[1], 'opening', 'startAt')
   redis.call('ZREM', KEYS[8], action)
+  bump_lifecycle(KEYS[1])
   if tonumber(f[3]) == 0 then
     append(ARGV[4], ARGV[5], ARGV[6])
   elseif f[4] ~= '' and f[8] ~= '1' then
@@ -44,7 +44,7 @@ if not more then
   end
 end
 redis.call('HSET', KEYS[1], 'seq', seq)
-redis.call('XADD', KEYS[3], '*', 'action', action, 'seq', seq)
+announce(KEYS[3], action, seq)
 if more then
   return 2
 end

@@ -21,9 +21,9 @@ local cost = tonumber(ARGV[4])
 local tat = tonumber(redis.call('GET', KEYS[4]) or '0')
 if tat > 0 then
   local rpm = tonumber(redis.call('HGET', KEYS[5], 'recordsPerMinute') or ARGV[5])
-  redis.call('SET', KEYS[4], tostring(tat - cost * 60000 / rpm), 'KEEPTTL')
+  redis.call('SET', KEYS[4], tostring(gcra_refund(tat, cost, 60000 / rpm)), 'KEEPTTL')
 end
 if f[3] and f[4] then
-  redis.call('HSET', KEYS[1], 'paceTat', tostring(tonumber(f[4]) - cost * tonumber(f[3])))
+  redis.call('HSET', KEYS[1], 'paceTat', tostring(gcra_refund(tonumber(f[4]), cost, tonumber(f[3]))))
 end
 return 'parked'

@@ -8,10 +8,10 @@ if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
   return 0
 end
 local action = ARGV[1]
+bump_lifecycle(KEYS[2])
 local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
-redis.call('XADD', KEYS[3], '*', 'id', ARGV[3], 'action', action, 'seq', seq,
-  'v', ARGV[2], 'type', ARGV[4], 'at', ARGV[5], 'data', ARGV[6])
-redis.call('XADD', KEYS[4], '*', 'action', action, 'seq', seq)
+xadd_event(KEYS[3], action, seq, ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+announce(KEYS[4], action, seq)
 local f = redis.call('HMGET', KEYS[2], 'paused', 'cancelled', 'created', 'account', 'dispatched')
 -- Scheduled by a build before dispatching existed: nothing of it was queued yet.
 if f[5] == false then

@@ -7,12 +7,11 @@
 -- the bucket's TAT is ahead of now after this request (refused: would have been).
 -- A refused request leaves the TAT as it was: it is not charged (GCRA as in redis-cell),
 -- so a client retrying too fast is still admitted at the limit's pace.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local now = clock_ms()
 local rpm = tonumber(redis.call('HGET', KEYS[2], 'requestsPerMinute') or ARGV[1])
 local burst = math.max(1, math.floor(rpm * tonumber(ARGV[2]) / 60))
 local emission = 60000 / rpm
-local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now) + emission
+local tat = gcra_charge(tonumber(redis.call('GET', KEYS[1]) or '0'), now, 1, emission)
 local ahead = tat - now
 if ahead <= burst * emission + 0.001 then
   redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil(ahead) + 1000)

@@ -8,8 +8,7 @@
 -- KEYS: limits, records budget, requests budget (all the account's)
 -- ARGV: defaultRecordsPerMinute, defaultRequestsPerMinute,
 --       recordsPerMinute ('' = no override), requestsPerMinute ('' = no override)
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local now = clock_ms()
 local old = redis.call('HMGET', KEYS[1], 'recordsPerMinute', 'requestsPerMinute')
 
 local function rescale(budget_key, old_rpm, new_rpm, linger_ms)
@@ -17,7 +16,7 @@ local function rescale(budget_key, old_rpm, new_rpm, linger_ms)
   if tat <= now or old_rpm == new_rpm then
     return
   end
-  local rescaled = now + (tat - now) * old_rpm / new_rpm
+  local rescaled = gcra_rescale(tat, now, 60000 / old_rpm, 60000 / new_rpm)
   redis.call('SET', budget_key, tostring(rescaled), 'PX', math.ceil(rescaled - now) + linger_ms)
 end
 

@@ -1,0 +1,301 @@
+//! The rules of an action's lifecycle commands, in one place: whether a cancel, pause,
+//! resume or amendment may happen now, and which events record it (`decide`, in the style
+//! of esrs' `handle_command`), and how those events change what the rules look at
+//! (`Facts::apply`).
+//!
+//! Redis keeps the facts in the action's meta, with a version that every change of them
+//! bumps. A decision is appended only if the version is still the one it was made on (the
+//! script checks it atomically); otherwise the caller reads the facts again and decides
+//! again. So no rule lives in a script, and no decision is applied to a state it did not
+//! see.
+
+use crate::pacing::Pacing;
+use crate::{EventPayload, Timestamp};
+
+/// What the rules look at, as the action's meta holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Facts {
+    pub batches: u32,
+    /// Batches with an outcome; all of them: the action has finished.
+    pub settled: u32,
+    pub cancelled: bool,
+    pub paused: bool,
+    /// It waits in the schedule for its start time.
+    pub scheduled: bool,
+}
+
+impl Facts {
+    pub fn finished(&self) -> bool {
+        self.settled >= self.batches
+    }
+
+    /// The facts once `event` has happened.
+    pub fn apply(mut self, event: &EventPayload) -> Self {
+        match event {
+            EventPayload::CancelRequested { .. } => {
+                self.cancelled = true;
+                self.paused = false;
+                self.scheduled = false;
+            }
+            EventPayload::Released {} => self.scheduled = false,
+            EventPayload::Paused { .. } => self.paused = true,
+            EventPayload::Resumed { .. } => self.paused = false,
+            EventPayload::BatchProcessed { .. }
+            | EventPayload::BatchCancelled { .. }
+            | EventPayload::BatchDeadLettered { .. } => {
+                self.settled = self.settled.saturating_add(1);
+            }
+            _ => {}
+        }
+        self
+    }
+}
+
+/// A client's request to change an action.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Cancel,
+    Pause,
+    Resume,
+    Amend(Amendment),
+}
+
+/// A PATCH: a new start, a new pace, or both.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Amendment {
+    pub start_at: Option<Timestamp>,
+    pub pace: Option<PaceChange>,
+}
+
+/// The action's whole pace after the change (what the request left out stays as it was).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PaceChange {
+    pub pacing: Option<Pacing>,
+    pub max_records_per_minute: Option<u32>,
+}
+
+/// Why a command cannot happen now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the action has finished: every record has an outcome")]
+    Finished,
+    #[error("the action is being cancelled")]
+    BeingCancelled,
+    #[error("the action's start time has come; only a scheduled action can be moved")]
+    AlreadyReleased,
+}
+
+/// The events that record `command` on an action with `facts`; none when it is so already
+/// (a repeated request). `api_key_id` is the key that asked.
+pub fn decide(
+    facts: &Facts,
+    command: &Command,
+    api_key_id: Option<&str>,
+) -> Result<Vec<EventPayload>, Refusal> {
+    let api_key_id = api_key_id.map(str::to_owned);
+    // A repeated cancel is answered with the action, whatever has happened since.
+    if *command == Command::Cancel && facts.cancelled {
+        return Ok(Vec::new());
+    }
+    if facts.finished() {
+        return Err(Refusal::Finished);
+    }
+    if facts.cancelled {
+        return Err(Refusal::BeingCancelled);
+    }
+    Ok(match command {
+        Command::Cancel => vec![EventPayload::CancelRequested { api_key_id }],
+        Command::Pause if facts.paused => Vec::new(),
+        Command::Pause => vec![EventPayload::Paused { api_key_id }],
+        Command::Resume if !facts.paused => Vec::new(),
+        Command::Resume => vec![EventPayload::Resumed { api_key_id }],
+        Command::Amend(amendment) => amend(facts, amendment, api_key_id)?,
+    })
+}
+
+fn amend(
+    facts: &Facts,
+    amendment: &Amendment,
+    api_key_id: Option<String>,
+) -> Result<Vec<EventPayload>, Refusal> {
+    let mut events = Vec::new();
+    if let Some(scheduled_for) = amendment.start_at {
+        if !facts.scheduled {
+            return Err(Refusal::AlreadyReleased);
+        }
+        events.push(EventPayload::Rescheduled {
+            scheduled_for,
+            api_key_id: api_key_id.clone(),
+        });
+    }
+    if let Some(pace) = amendment.pace {
+        events.push(EventPayload::PacingChanged {
+            pacing: pace.pacing,
+            max_records_per_minute: pace.max_records_per_minute,
+            api_key_id,
+        });
+    }
+    Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn running() -> Facts {
+        Facts {
+            batches: 4,
+            settled: 1,
+            ..Facts::default()
+        }
+    }
+
+    fn types(events: &[EventPayload]) -> Vec<&'static str> {
+        events.iter().map(EventPayload::type_name).collect()
+    }
+
+    #[test]
+    fn each_command_on_a_running_action() {
+        let facts = running();
+        let decided = |command| decide(&facts, &command, Some("k")).map(|e| types(&e));
+        assert_eq!(decided(Command::Cancel), Ok(vec!["CancelRequested"]));
+        assert_eq!(decided(Command::Pause), Ok(vec!["Paused"]));
+        assert_eq!(decided(Command::Resume), Ok(vec![]));
+        let later = Timestamp::from_millis(1_900_000_000_000).unwrap();
+        let moved = Command::Amend(Amendment {
+            start_at: Some(later),
+            pace: None,
+        });
+        assert_eq!(decided(moved), Err(Refusal::AlreadyReleased));
+        let paced = Command::Amend(Amendment {
+            start_at: None,
+            pace: Some(PaceChange {
+                pacing: None,
+                max_records_per_minute: Some(60),
+            }),
+        });
+        assert_eq!(decided(paced), Ok(vec!["PacingChanged"]));
+    }
+
+    #[test]
+    fn a_scheduled_action_moves_and_repaces_in_one_step() {
+        let facts = Facts {
+            scheduled: true,
+            ..running()
+        };
+        let both = Command::Amend(Amendment {
+            start_at: Some(Timestamp::from_millis(1_900_000_000_000).unwrap()),
+            pace: Some(PaceChange {
+                pacing: None,
+                max_records_per_minute: None,
+            }),
+        });
+        let events = decide(&facts, &both, None).map(|e| types(&e));
+        assert_eq!(events, Ok(vec!["Rescheduled", "PacingChanged"]));
+    }
+
+    #[test]
+    fn finished_and_cancelling_actions_refuse_all_but_a_repeated_cancel() {
+        let finished = Facts {
+            settled: 4,
+            ..running()
+        };
+        let cancelling = Facts {
+            cancelled: true,
+            ..running()
+        };
+        for command in [Command::Pause, Command::Resume, Command::Cancel] {
+            assert_eq!(decide(&finished, &command, None), Err(Refusal::Finished));
+        }
+        assert_eq!(decide(&cancelling, &Command::Cancel, None), Ok(vec![]));
+        let cancelled_and_finished = Facts {
+            cancelled: true,
+            ..finished
+        };
+        assert_eq!(
+            decide(&cancelled_and_finished, &Command::Cancel, None),
+            Ok(vec![])
+        );
+        for command in [Command::Pause, Command::Resume] {
+            assert_eq!(
+                decide(&cancelling, &command, None),
+                Err(Refusal::BeingCancelled)
+            );
+        }
+    }
+
+    #[test]
+    fn an_action_without_batches_is_finished_from_the_start() {
+        let empty = Facts::default();
+        assert_eq!(
+            decide(&empty, &Command::Pause, None),
+            Err(Refusal::Finished)
+        );
+    }
+
+    /// Facts Redis can hold: a cancel clears the pause.
+    fn facts() -> impl Strategy<Value = Facts> {
+        (
+            0u32..5,
+            0u32..6,
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(batches, settled, cancelled, paused, scheduled)| Facts {
+                batches,
+                settled: settled.min(batches),
+                cancelled,
+                paused: paused && !cancelled,
+                scheduled,
+            })
+    }
+
+    fn control() -> impl Strategy<Value = Command> {
+        prop_oneof![
+            Just(Command::Cancel),
+            Just(Command::Pause),
+            Just(Command::Resume)
+        ]
+    }
+
+    proptest! {
+        /// A command that has happened is so already: asked again on the facts its events
+        /// made, it records nothing and is not refused.
+        #[test]
+        fn every_control_command_is_idempotent(facts in facts(), command in control()) {
+            if let Ok(events) = decide(&facts, &command, None) {
+                let after = events.iter().fold(facts, |facts, event| facts.apply(event));
+                prop_assert_eq!(decide(&after, &command, None), Ok(vec![]));
+            }
+        }
+
+        /// Nothing but a repeated cancel is accepted once an action has finished.
+        #[test]
+        fn a_finished_action_records_nothing(facts in facts(), command in control()) {
+            prop_assume!(facts.finished());
+            let decided = decide(&facts, &command, None);
+            prop_assert!(matches!(decided, Err(Refusal::Finished)) || decided == Ok(vec![]));
+        }
+
+        /// Any sequence of commands leaves a cancelled action cancelled and never paused.
+        #[test]
+        fn cancel_is_final(facts in facts(), commands in proptest::collection::vec(control(), 0..8)) {
+            let mut facts = facts;
+            for command in &commands {
+                if let Ok(events) = decide(&facts, command, None) {
+                    facts = events.iter().fold(facts, |facts, event| facts.apply(event));
+                }
+                if facts.cancelled {
+                    prop_assert!(!facts.paused);
+                }
+            }
+            let cancelled_before = facts.cancelled;
+            if let Ok(events) = decide(&facts, &Command::Pause, None) {
+                facts = events.iter().fold(facts, |f, e| f.apply(e));
+            }
+            prop_assert_eq!(facts.cancelled, cancelled_before);
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Cancel, pause, resume and PATCH of an action: read its lifecycle facts, let
+//! `domain::lifecycle::decide` decide, and record the decision with the script of the
+//! command (`lua/control.lua`, `lua/amend.lua`) if the facts are still the ones it saw.
+//! A decision made on facts that changed meanwhile (a release, the last batch, another
+//! command) is made again on the new ones.
+
+use domain::lifecycle::{self, Command, Facts, Refusal};
+use domain::pacing::Bucket;
+use domain::{ActionId, EventPayload, Timestamp, SCHEMA_VERSION};
+use ulid::Ulid;
+
+use crate::event_store::{EventStore, StoreError};
+
+/// How often a decision is made again before giving up. Facts change a handful of times
+/// in an action's life, so two tries are rare and this many is a fault.
+const MAX_DECISIONS: usize = 32;
+
+/// What became of a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Executed {
+    /// Its events are in the action's stream.
+    Recorded,
+    /// It was so already (a repeated request): nothing was written.
+    AlreadySo,
+    UnknownAction,
+    Refused(Refusal),
+}
+
+/// Script results (see the scripts' headers).
+const RECORDED: i64 = 1;
+const UNKNOWN_ACTION: i64 = -1;
+const STALE: i64 = -5;
+
+impl EventStore {
+    /// Executes `command` on `action`. `pace` is the action's new pace bucket when the
+    /// command changes its pace (`Some(None)`: no pace). `api_key_id` is the key that asked.
+    pub async fn execute(
+        &self,
+        action: ActionId,
+        command: &Command,
+        pace: Option<Option<Bucket>>,
+        api_key_id: Option<&str>,
+        at: Timestamp,
+    ) -> Result<Executed, StoreError> {
+        for _ in 0..MAX_DECISIONS {
+            let Some((facts, version)) = self.lifecycle_facts(action).await? else {
+                return Ok(Executed::UnknownAction);
+            };
+            let events = match lifecycle::decide(&facts, command, api_key_id) {
+                Err(refusal) => return Ok(Executed::Refused(refusal)),
+                Ok(events) if events.is_empty() => return Ok(Executed::AlreadySo),
+                Ok(events) => events,
+            };
+            let code = match command {
+                Command::Amend(_) => {
+                    self.record_amendment(action, &events, pace, version, at)
+                        .await?
+                }
+                _ => {
+                    self.record_control(action, command, &events, version, at)
+                        .await?
+                }
+            };
+            match code {
+                RECORDED => return Ok(Executed::Recorded),
+                UNKNOWN_ACTION => return Ok(Executed::UnknownAction),
+                STALE => continue,
+                other => {
+                    return Err(StoreError::Corrupt(format!(
+                        "lifecycle script answered {other}"
+                    )))
+                }
+            }
+        }
+        Err(StoreError::Corrupt(format!(
+            "the lifecycle of {action} changed under {MAX_DECISIONS} decisions in a row"
+        )))
+    }
+
+    /// The facts `decide` looks at and their version, read in one step.
+    async fn lifecycle_facts(&self, action: ActionId) -> Result<Option<(Facts, u64)>, StoreError> {
+        let partition = self.keys.partition_of(action);
+        type Meta = (
+            Option<u32>,
+            Option<u32>,
+            Option<String>,
+            Option<String>,
+            Option<u64>,
+        );
+        let ((batches, done, cancelled, paused, version), start): (Meta, Option<f64>) =
+            redis::pipe()
+                .atomic()
+                .cmd("HMGET")
+                .arg(self.keys.meta(action))
+                .arg(&["batches", "done", "cancelled", "paused", "lv"][..])
+                .zscore(self.keys.schedule(partition), action.to_string())
+                .query_async(&mut self.conn.clone())
+                .await?;
+        let Some(batches) = batches else {
+            return Ok(None);
+        };
+        let facts = Facts {
+            batches,
+            settled: done.unwrap_or(0),
+            cancelled: cancelled.as_deref() == Some("1"),
+            paused: paused.as_deref() == Some("1"),
+            scheduled: start.is_some(),
+        };
+        Ok(Some((facts, version.unwrap_or(0))))
+    }
+
+    async fn record_control(
+        &self,
+        action: ActionId,
+        command: &Command,
+        events: &[EventPayload],
+        version: u64,
+        at: Timestamp,
+    ) -> Result<i64, StoreError> {
+        let name = match command {
+            Command::Cancel => "cancel",
+            Command::Pause => "pause",
+            Command::Resume => "resume",
+            Command::Amend(_) => return Err(StoreError::Corrupt("an amendment as control".into())),
+        };
+        let [event] = events else {
+            return Err(StoreError::Corrupt(format!(
+                "{name} decided {} events",
+                events.len()
+            )));
+        };
+        let Some(account) = self.account_of(action).await? else {
+            return Ok(UNKNOWN_ACTION);
+        };
+        let partition = self.keys.partition_of(action);
+        Ok(self
+            .scripts
+            .control
+            .key(self.keys.meta(action))
+            .key(self.keys.events(action))
+            .key(self.keys.feed(partition))
+            .key(self.keys.work(partition))
+            .key(self.keys.schedule(partition))
+            .key(self.keys.account_queue(partition, &account))
+            .key(self.keys.ready(partition))
+            .key(self.keys.parked(action))
+            .arg(name)
+            .arg(action.to_string())
+            .arg(SCHEMA_VERSION)
+            .arg(Ulid::new().to_string())
+            .arg(event.type_name())
+            .arg(at.to_string())
+            .arg(event.data_json())
+            .arg(version)
+            .invoke_async(&mut self.conn.clone())
+            .await?)
+    }
+
+    async fn record_amendment(
+        &self,
+        action: ActionId,
+        events: &[EventPayload],
+        pace: Option<Option<Bucket>>,
+        version: u64,
+        at: Timestamp,
+    ) -> Result<i64, StoreError> {
+        let partition = self.keys.partition_of(action);
+        let rescheduled = events
+            .iter()
+            .find(|event| matches!(event, EventPayload::Rescheduled { .. }));
+        let paced = events
+            .iter()
+            .find(|event| matches!(event, EventPayload::PacingChanged { .. }));
+        let start_at = match rescheduled {
+            Some(EventPayload::Rescheduled { scheduled_for, .. }) => {
+                scheduled_for.millis().to_string()
+            }
+            _ => String::new(),
+        };
+        let bucket = pace.flatten();
+        let data = |event: Option<&EventPayload>| event.map(EventPayload::data_json);
+        Ok(self
+            .scripts
+            .amend
+            .key(self.keys.meta(action))
+            .key(self.keys.events(action))
+            .key(self.keys.feed(partition))
+            .key(self.keys.schedule(partition))
+            .arg(action.to_string())
+            .arg(SCHEMA_VERSION)
+            .arg(at.to_string())
+            .arg(start_at)
+            .arg(if paced.is_some() { "1" } else { "0" })
+            .arg(
+                bucket
+                    .map(|b| b.emission_ms.to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(bucket.map(|b| b.burst).unwrap_or_default())
+            .arg(Ulid::new().to_string())
+            .arg("Rescheduled")
+            .arg(data(rescheduled).unwrap_or_default())
+            .arg(Ulid::new().to_string())
+            .arg("PacingChanged")
+            .arg(data(paced).unwrap_or_default())
+            .arg(version)
+            .invoke_async(&mut self.conn.clone())
+            .await?)
+    }
+}

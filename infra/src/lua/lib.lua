@@ -1,0 +1,61 @@
+-- The event store's shared Lua, put in front of every script (infra/src/scripts.rs): an
+-- event is appended, a feed told and a budget charged in one way in all of them.
+--
+-- The GCRA functions have a Rust twin, `domain::rate::gcra`, and a test
+-- (tests/tests/flow.rs) runs both on the same inputs: the policy is reasoned about and
+-- unit-tested in Rust, and decided here, atomically, on Redis' clock.
+
+-- Now on Redis' clock, in (fractional) milliseconds: one timeline for every process.
+local function clock_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+end
+
+-- One event of an action's stream, in the schema `EventEnvelope` reads back.
+local function xadd_event(stream, action, seq, version, id, type, at, data)
+  redis.call('XADD', stream, '*', 'id', id, 'action', action, 'seq', seq,
+    'v', version, 'type', type, 'at', at, 'data', data)
+end
+
+-- Tells the projectors that `action` has events up to `seq`.
+local function announce(feed, action, seq)
+  redis.call('XADD', feed, '*', 'action', action, 'seq', seq)
+end
+
+-- GCRA keeps one number per bucket, its theoretical arrival time (TAT, ms; 0 = empty).
+-- The TAT once `cost` units are charged at `interval` ms each.
+local function gcra_charge(tat, now, cost, interval)
+  return math.max(tat, now) + cost * interval
+end
+
+-- When `cost` units may go: the moment the TAT after them is `burst` units ahead of it.
+local function gcra_ready_at(tat, now, cost, burst, interval)
+  return math.max(tat, now) + (cost - burst) * interval
+end
+
+-- The TAT once `cost` units charged earlier are given back.
+local function gcra_refund(tat, cost, interval)
+  return tat - cost * interval
+end
+
+-- The work charged ahead of now, carried from one interval to another: the same work at
+-- the new rate. A TAT already past is left as it is.
+local function gcra_rescale(tat, now, old_interval, new_interval)
+  if tat <= now then
+    return tat
+  end
+  return now + (tat - now) * new_interval / old_interval
+end
+
+-- The lifecycle version of an action (`lv` in its meta): bumped by every change of what
+-- `domain::lifecycle::decide` looks at (finished, cancelled, paused, in the schedule), and
+-- checked by the scripts that append its decisions, so none is applied to facts it did not
+-- see. A meta without one (written by an older build) is at version 0.
+local function bump_lifecycle(meta)
+  redis.call('HINCRBY', meta, 'lv', 1)
+end
+
+local function lifecycle_is(meta, expected)
+  return tonumber(redis.call('HGET', meta, 'lv') or '0') == tonumber(expected)
+end
+
