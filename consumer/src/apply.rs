@@ -1,7 +1,7 @@
 //! Applying one batch to the `contacts` collection in a handful of round trips, whatever
 //! its size.
 //!
-//! The shape of every action type (details in docs/ARCHITECTURE.md):
+//! The shape of every action type (why: docs/decisions/0038-apply-a-batch-writes-first.md):
 //! - a `find` of the batch's emails (`$in`, backed by the `(accountId, email)` index) only
 //!   where the outcome depends on which contacts exist and the writes cannot tell;
 //! - writes grouped by identical change: records that set the same fields to the same
@@ -462,7 +462,7 @@ fn found_or_not(
         .collect()
 }
 
-fn email_of(record: &PlannedRecord) -> &str {
+pub(crate) fn email_of(record: &PlannedRecord) -> &str {
     record.change.email.as_str()
 }
 

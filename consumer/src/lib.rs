@@ -6,6 +6,7 @@
 
 mod apply;
 mod dispatcher;
+mod reconcile;
 mod scheduler;
 mod worker;
 mod write_reply;

@@ -25,6 +25,10 @@ use tracing::Instrument;
 
 use crate::apply::{BatchInRedis, ContactWriter, Target};
 
+/// How many times the look at what a batch wrote, before it is dead-lettered, may itself be
+/// cut off (its consumer killed) before the batch is dead-lettered without it.
+const MAX_RECONCILE_TRIES: u32 = 3;
+
 /// How a batch that fails is retried.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
@@ -282,7 +286,9 @@ impl Worker {
         loop {
             let attempt = self.store.begin_attempt(item).await?;
             if attempt > self.retry.max_attempts {
-                return self.dead_letter(item, batch, attempt - 1, last_error).await;
+                return self
+                    .dead_letter(meta, item, batch, attempt, last_error)
+                    .await;
             }
             let result = self
                 .while_holding(item, self.attempt(meta, item, batch, attempt, shutdown))
@@ -395,16 +401,57 @@ impl Worker {
             .await
     }
 
+    /// Settles the batch as dead-lettered; `attempt` is the one past the limit. Records
+    /// whose change earlier attempts put in the store are reported as applied
+    /// (`reconcile`), unless looking has itself been cut off too often.
     async fn dead_letter(
         &self,
+        meta: &ActionMeta,
         item: &WorkItem,
         batch: &Batch,
-        attempts: u32,
+        attempt: u32,
         last_error: Option<String>,
     ) -> Result<(), infra::StoreError> {
+        let attempts = attempt - 1;
         // Bounded: a store's error may quote whatever the batch held.
-        let domain::plan::DeadLettered { error, outcomes } =
-            batch.dead_lettered(attempts, last_error.as_deref());
+        let domain::plan::DeadLettered {
+            mut error,
+            outcomes,
+        } = batch.dead_lettered(attempts, last_error.as_deref());
+        let unchecked = " (what the batch wrote could not be checked: its records are all \
+                         reported dead_lettered, some may be applied)";
+        let outcomes = if attempt <= self.retry.max_attempts + MAX_RECONCILE_TRIES {
+            let target = Target {
+                account: &meta.account_id,
+                action: item.action_id,
+                action_type: meta.action_type,
+                attempt,
+            };
+            let memory = BatchInRedis {
+                store: &self.store,
+                item,
+            };
+            match self
+                .writer
+                .reconcile(target, batch, outcomes.clone(), &memory)
+                .await
+            {
+                Ok(reconciled) => reconciled,
+                Err(error) if error.is_outage() => {
+                    tracing::warn!(%error, "cannot check what the batch wrote before dead-lettering it; handing it back");
+                    self.hand_back(item).await;
+                    return Ok(());
+                }
+                Err(cause) => {
+                    tracing::error!(error = %cause, "cannot check what the batch wrote; dead-lettering every record");
+                    error.push_str(unchecked);
+                    outcomes
+                }
+            }
+        } else {
+            error.push_str(unchecked);
+            outcomes
+        };
         tracing::error!(attempts, %error, "batch dead-lettered");
         self.store
             .dead_letter(

@@ -77,7 +77,7 @@ impl Batch {
         };
         let message = format!(
             "the batch failed {attempts} attempts and was moved to the dead-letter stream; \
-             the record may be partly applied. Last error: {}",
+             this record's change was not in the store. Last error: {}",
             text::bounded(&error, DEAD_LETTER_EXCERPT_BYTES)
         );
         DeadLettered {

@@ -471,3 +471,90 @@ async fn a_consumer_whose_clock_runs_ahead_keeps_to_redis_time() -> Result<()> {
     );
     Ok(())
 }
+
+/// Attempts cut off by kills count towards dead-lettering, and may have written. Before a
+/// batch is dead-lettered its records are looked up: one whose change is in the store is
+/// reported applied, and `dead_lettered` means the store holds nothing of the record's change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_dead_lettered_after_killed_attempts_reports_what_they_wrote() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut deployment = Deployment::start(
+        DeploymentOptions {
+            batch_size: 200,
+            consumer_concurrency: 1,
+            claim_idle_ms: 2_000,
+            max_batch_attempts: 1,
+            ..DeploymentOptions::default()
+        },
+        &["c1"],
+    )
+    .await?;
+    let account = "dl";
+    let seeded = deployment
+        .submit(&action(account, "create", records(account, 0..200, "A")))
+        .await?;
+    deployment.wait_projected_terminal(&seeded, WAIT).await?;
+
+    // As in the cancel test above: the attempt is caught with most of the batch written.
+    let mut data = records(account, 0..200, "B");
+    data[7]["name"] = json!("Z0007X");
+    hold_writes_of(&deployment, &format!("u7@{account}.io"), 3).await?;
+    let update = deployment.submit(&action(account, "update", data)).await?;
+    let deadline = Instant::now() + WAIT;
+    while deployment
+        .contacts()
+        .count_documents(doc! { "accountId": account, "name": { "$regex": "^B" } })
+        .await?
+        < 150
+    {
+        ensure!(Instant::now() < deadline, "the batch was never written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    deployment.kill_consumer("c1");
+    deployment.services.psql(&format!(
+        "DROP TRIGGER hold_write ON {};",
+        deployment.contacts_table().await?
+    ))?;
+    // The killed attempt's last command runs on in the server until the held write ends.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    deployment.start_consumer("c2")?;
+    let done = deployment.wait_projected_terminal(&update, WAIT).await?;
+    assert_eq!(done["batchesDeadLettered"], 1, "{done}");
+
+    let logs = deployment.all_logs(&update).await?;
+    assert_eq!(logs.len(), 200);
+    let (mut applied, mut dead) = (0, 0);
+    for line in &logs {
+        let email = line["email"].as_str().unwrap_or_default();
+        let contact = deployment
+            .contacts()
+            .find_one(doc! { "accountId": account, "email": email })
+            .await?
+            .with_context(|| format!("{email} is gone"))?;
+        let name = contact.get_str("name")?;
+        let reported = (line["status"].as_str(), line["code"].as_str());
+        if name.starts_with('A') {
+            dead += 1;
+            assert_eq!(
+                reported,
+                (Some("failed"), Some("dead_lettered")),
+                "{email}: {name}"
+            );
+        } else {
+            applied += 1;
+            assert_eq!(
+                reported,
+                (Some("succeeded"), Some("updated")),
+                "{email}: {name}"
+            );
+        }
+    }
+    assert!(applied >= 150, "the killed attempt's writes: {applied}");
+    assert!(
+        dead > 0,
+        "nothing was left unwritten: the test did not cut the attempt"
+    );
+    assert_eq!(done["succeeded"].as_u64(), Some(applied), "{done}");
+    assert_eq!(done["failed"].as_u64(), Some(dead), "{done}");
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! What a batch's earlier attempts left in the store, read before it is dead-lettered.
+//!
+//! An attempt may have written part of a batch before it failed or its consumer died
+//! (crashes count as attempts). Dead-lettering reports every record `dead_lettered`, which
+//! says the store holds nothing of its change; so first each record is looked up, and one
+//! whose change is in effect is reported as applied instead:
+//! - create: the contact carries this action's `createdByBulkAction` → `created`;
+//! - upsert: that, or the contact's managed fields are the record's → `updated`;
+//! - update: the contact's managed fields are the record's → `updated`;
+//! - delete: the first attempt found the contact (its remembered found set) and it is gone
+//!   → `deleted`.
+//!
+//! A `$set` writes a document's fields at once, so "the fields are the record's" cannot be
+//! half true; a contact that already had those values is `updated` too, which is what an
+//! applied update reports for it.
+
+use std::collections::{HashMap, HashSet};
+
+use domain::{ActionType, Batch, OutcomeCode, PlannedRecord, RecordOutcome};
+use futures::TryStreamExt;
+use infra::mongo::CONTACTS;
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::options::FindOptions;
+
+use crate::apply::{email_of, ApplyError, BatchMemory, ContactWriter, Target, CREATED_BY};
+
+impl ContactWriter {
+    /// `dead_lettered` with each record already in effect replaced by its applied outcome.
+    pub async fn reconcile(
+        &self,
+        target: Target<'_>,
+        batch: &Batch,
+        dead_lettered: Vec<RecordOutcome>,
+        memory: &impl BatchMemory,
+    ) -> Result<Vec<RecordOutcome>, ApplyError> {
+        let stored = self.stored_contacts(target, batch).await?;
+        let deleted: HashSet<String> = match target.action_type {
+            ActionType::Delete => {
+                let mut present: Vec<String> = stored.keys().cloned().collect();
+                present.sort_unstable();
+                let found_first = memory.found_once(present).await?;
+                found_first
+                    .into_iter()
+                    .filter(|email| !stored.contains_key(email))
+                    .collect()
+            }
+            _ => HashSet::new(),
+        };
+        let applied = |record: &PlannedRecord| -> Option<OutcomeCode> {
+            let email = email_of(record);
+            let contact = stored.get(email);
+            let ours = contact.is_some_and(|c| {
+                c.get_str(CREATED_BY).ok() == Some(target.action.to_string().as_str())
+            });
+            let same = contact.is_some_and(|c| fields_are(c, record));
+            match target.action_type {
+                ActionType::Create | ActionType::Upsert if ours => Some(OutcomeCode::Created),
+                ActionType::Upsert | ActionType::Update if same => Some(OutcomeCode::Updated),
+                ActionType::Delete if deleted.contains(email) => Some(OutcomeCode::Deleted),
+                _ => None,
+            }
+        };
+        let by_index: HashMap<u32, OutcomeCode> = batch
+            .records
+            .iter()
+            .filter_map(|record| applied(record).map(|code| (record.index, code)))
+            .collect();
+        Ok(dead_lettered
+            .into_iter()
+            .map(|outcome| match by_index.get(&outcome.index) {
+                Some(code) => RecordOutcome::new(outcome.index, outcome.email, *code, None),
+                None => outcome,
+            })
+            .collect())
+    }
+
+    /// The batch's contacts in the account, by email, in one reply.
+    async fn stored_contacts(
+        &self,
+        target: Target<'_>,
+        batch: &Batch,
+    ) -> Result<HashMap<String, Document>, ApplyError> {
+        let emails: Vec<&str> = batch.records.iter().map(email_of).collect();
+        let options = FindOptions::builder()
+            .projection(
+                doc! { "_id": 0, "email": 1, "name": 1, "age": 1, "status": 1, CREATED_BY: 1 },
+            )
+            .batch_size(u32::try_from(emails.len().max(1)).unwrap_or(u32::MAX))
+            .build();
+        let found: Vec<Document> = self
+            .database
+            .collection::<Document>(CONTACTS)
+            .find(doc! { "accountId": target.account.as_str(), "email": { "$in": emails } })
+            .with_options(options)
+            .await?
+            .try_collect()
+            .await?;
+        Ok(found
+            .into_iter()
+            .filter_map(|contact| {
+                let email = contact.get_str("email").ok()?.to_owned();
+                Some((email, contact))
+            })
+            .collect())
+    }
+}
+
+/// Whether every field the record sets has the record's value in `contact`.
+fn fields_are(contact: &Document, record: &PlannedRecord) -> bool {
+    let fields = &record.change.fields;
+    let text = |name: &str, wanted: &Option<String>| {
+        wanted
+            .as_deref()
+            .is_none_or(|wanted| contact.get_str(name).ok() == Some(wanted))
+    };
+    let age = fields.age.is_none_or(|wanted| match contact.get("age") {
+        Some(Bson::Int32(stored)) => i64::from(*stored) == wanted,
+        Some(Bson::Int64(stored)) => *stored == wanted,
+        _ => false,
+    });
+    text("name", &fields.name) && text("status", &fields.status) && age
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::ContactChange;
+
+    fn record(fields: serde_json::Value) -> PlannedRecord {
+        let mut value = fields;
+        value["email"] = serde_json::json!("a@b.co");
+        PlannedRecord {
+            index: 0,
+            change: serde_json::from_value::<ContactChange>(value).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_contact_has_the_records_fields_when_each_set_field_matches() {
+        let contact = doc! { "email": "a@b.co", "name": "Ann", "age": 41_i32, "status": "lead" };
+        let same = |fields| fields_are(&contact, &record(fields));
+        assert!(same(serde_json::json!({ "name": "Ann" })));
+        assert!(same(serde_json::json!({ "age": 41, "status": "lead" })));
+        assert!(!same(serde_json::json!({ "name": "Bob" })));
+        assert!(!same(serde_json::json!({ "name": "Ann", "age": 40 })));
+        let wide = doc! { "age": 41_i64 };
+        assert!(fields_are(&wide, &record(serde_json::json!({ "age": 41 }))));
+        assert!(!fields_are(
+            &doc! {},
+            &record(serde_json::json!({ "status": "lead" }))
+        ));
+    }
+}
