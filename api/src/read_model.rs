@@ -8,11 +8,13 @@
 //! lag. A quarantined action (the projector cannot write its views) is shown with its
 //! `projectionError`, read from Redis, which is what the projector goes by.
 
-use domain::view::apply_event;
-use domain::{ActionId, ActionView};
+use domain::view::{apply_event, fold};
+use domain::{ActionId, ActionView, EventEnvelope, EventPayload, PlanSummary, SCHEMA_VERSION};
+use infra::event_store::NewAction;
 use infra::mongo::ACTION_VIEWS;
 use infra::views::StoredActionView;
 use mongodb::bson::doc;
+use ulid::Ulid;
 
 use crate::error::ApiError;
 use crate::AppState;
@@ -81,4 +83,37 @@ async fn fold_tail(
             _ => return Ok(view),
         }
     }
+}
+
+/// The view as it stands right after acceptance: the fold of the events just committed,
+/// with the staged outcome events counted from the plan's totals rather than read back.
+pub fn opening_view(
+    new_action: &NewAction<'_>,
+    summary: &PlanSummary,
+) -> Result<ActionView, ApiError> {
+    let envelope = |payload: &EventPayload, seq: u64| EventEnvelope {
+        event_id: Ulid::new(),
+        action_id: new_action.action_id,
+        seq,
+        schema_version: SCHEMA_VERSION,
+        occurred_at: new_action.created_at,
+        payload: payload.clone(),
+    };
+    let folding_error = |_| ApiError::internal("opening events do not fold");
+    let mut events = new_action.events.iter();
+    let created = events.next().map(|created| envelope(created, 1));
+    let mut view = fold(None, created.as_ref())
+        .map_err(folding_error)?
+        .ok_or_else(|| ApiError::internal("no Created event"))?;
+    for (code, records) in &summary.opening_outcomes {
+        view.tally(*code, *records);
+    }
+    view.last_seq = 1 + u64::from(summary.outcome_events);
+    for payload in events {
+        let next = envelope(payload, view.last_seq + 1);
+        view = apply_event(Some(view), &next)
+            .map_err(folding_error)?
+            .ok_or_else(|| ApiError::internal("the view vanished"))?;
+    }
+    Ok(view)
 }

@@ -18,7 +18,7 @@
 //! action inserted (before its insert, and again for what collided); those are `created`,
 //! so a crash does not turn `created` into `updated` or `already_exists`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use domain::{
     AccountId, ActionId, ActionType, Batch, ContactChange, OutcomeCode, PlannedRecord,
@@ -27,13 +27,14 @@ use domain::{
 use futures::TryStreamExt;
 use infra::mongo::CONTACTS;
 use mongodb::bson::{doc, DateTime, Document};
-use mongodb::error::ErrorKind;
 use mongodb::options::FindOptions;
 use mongodb::Database;
 
 const DUPLICATE_KEY: i32 = 11000;
 const NOT_FOUND_MESSAGE: &str = "no contact with this email in the account";
 pub const CREATED_BY: &str = "createdByBulkAction";
+
+mod writes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -281,165 +282,6 @@ impl ContactWriter {
             .iter()
             .filter_map(|contact| contact.get_str("email").ok().map(str::to_owned))
             .collect())
-    }
-
-    /// Of `records`, the emails whose contact this action inserted in an earlier attempt
-    /// at this batch. A first attempt has had no earlier one and costs no lookup.
-    async fn inserted_earlier(
-        &self,
-        target: Target<'_>,
-        records: &[&PlannedRecord],
-    ) -> Result<HashSet<String>, ApplyError> {
-        if target.attempt <= 1 || records.is_empty() {
-            return Ok(HashSet::new());
-        }
-        let emails: Vec<&str> = records.iter().map(|r| email_of(r)).collect();
-        let at_most = emails.len();
-        let filter = doc! {
-            "accountId": target.account.as_str(),
-            "email": { "$in": emails },
-            CREATED_BY: target.action.to_string(),
-        };
-        self.emails_matching(filter, at_most).await
-    }
-
-    /// Inserts what an earlier attempt did not, and returns the records whose insert hit an
-    /// existing contact that this action did not make, with every other refusal.
-    ///
-    /// On a retry it asks twice. Before inserting, because inserting what exists is far
-    /// slower than finding it on some servers (FerretDB: seconds per 500 duplicate keys).
-    /// After, because the dead attempt's last command may still be running on the server
-    /// (a server finishes a command whose client died), so contacts of ours can appear
-    /// between the first look and the insert.
-    async fn insert_once<'b>(
-        &self,
-        target: Target<'_>,
-        batch: &'b Batch,
-        now: DateTime,
-    ) -> Result<Vec<(&'b PlannedRecord, i32, String)>, ApplyError> {
-        let all: Vec<&PlannedRecord> = batch.records.iter().collect();
-        let before = self.inserted_earlier(target, &all).await?;
-        let fresh: Vec<&PlannedRecord> = all
-            .into_iter()
-            .filter(|r| !before.contains(email_of(r)))
-            .collect();
-        let refused: Vec<(&PlannedRecord, i32, String)> = self
-            .insert(target, &fresh, now)
-            .await?
-            .into_iter()
-            .map(|(position, (code, message))| (fresh[position], code, message))
-            .collect();
-        let collided: Vec<&PlannedRecord> = refused
-            .iter()
-            .filter(|(_, code, _)| *code == DUPLICATE_KEY)
-            .map(|(record, _, _)| *record)
-            .collect();
-        let after = self.inserted_earlier(target, &collided).await?;
-        Ok(refused
-            .into_iter()
-            .filter(|(record, _, _)| !after.contains(email_of(record)))
-            .collect())
-    }
-
-    /// Unordered insert of new contacts. Returns the refused positions with code and message.
-    async fn insert(
-        &self,
-        target: Target<'_>,
-        records: &[&PlannedRecord],
-        now: DateTime,
-    ) -> Result<HashMap<usize, (i32, String)>, ApplyError> {
-        let account = target.account;
-        let created_by = target.action.to_string();
-        let mut refused = HashMap::new();
-        if records.is_empty() {
-            return Ok(refused);
-        }
-        let documents: Vec<Document> = records
-            .iter()
-            .map(|r| {
-                let mut contact = doc! { "accountId": account.as_str(), "email": email_of(r) };
-                contact.extend(managed_fields(&r.change, now));
-                contact.insert("createdAt", now);
-                contact.insert(CREATED_BY, created_by.as_str());
-                contact
-            })
-            .collect();
-        if let Err(error) = self.contacts().insert_many(documents).ordered(false).await {
-            match *error.kind {
-                ErrorKind::InsertMany(ref failure) if failure.write_concern_error.is_none() => {
-                    for write_error in failure.write_errors.iter().flatten() {
-                        refused.insert(
-                            write_error.index,
-                            (write_error.code, write_error.message.clone()),
-                        );
-                    }
-                }
-                _ => return Err(error.into()),
-            }
-        }
-        Ok(refused)
-    }
-
-    /// `$set`s each record's fields on its contact, one statement per distinct change.
-    /// Returns how many contacts matched.
-    async fn set_fields(
-        &self,
-        account: &AccountId,
-        records: &[&PlannedRecord],
-        now: DateTime,
-    ) -> Result<i64, ApplyError> {
-        let mut groups: BTreeMap<Vec<u8>, (Document, Vec<&str>)> = BTreeMap::new();
-        for record in records {
-            let set = managed_fields(&record.change, now);
-            let group_key =
-                mongodb::bson::to_vec(&set).map_err(|e| ApplyError::Refused(e.to_string()))?;
-            groups
-                .entry(group_key)
-                .or_insert_with(|| (set, Vec::new()))
-                .1
-                .push(email_of(record));
-        }
-        let statements: Vec<Document> = groups
-            .into_values()
-            .map(|(set, emails)| match emails.as_slice() {
-                [email] => doc! {
-                    "q": { "accountId": account.as_str(), "email": *email },
-                    "u": { "$set": set },
-                },
-                _ => doc! {
-                    "q": { "accountId": account.as_str(), "email": { "$in": emails } },
-                    "u": { "$set": set },
-                    "multi": true,
-                },
-            })
-            .collect();
-        let mut matched = 0;
-        for chunk in statements.chunks(self.statements_per_command.max(1)) {
-            let reply = self
-                .database
-                .run_command(doc! { "update": CONTACTS, "updates": chunk, "ordered": false })
-                .await?;
-            matched += crate::write_reply::update_reply(&reply)?;
-        }
-        Ok(matched)
-    }
-
-    /// `set_fields` where every record's contact must exist: a contact deleted meanwhile
-    /// fails the attempt, and the retry sees it as missing.
-    async fn set_all_fields(
-        &self,
-        account: &AccountId,
-        records: &[&PlannedRecord],
-        now: DateTime,
-    ) -> Result<(), ApplyError> {
-        let matched = self.set_fields(account, records, now).await?;
-        if matched < records.len() as i64 {
-            return Err(ApplyError::Refused(format!(
-                "update matched {matched} of {} contacts",
-                records.len()
-            )));
-        }
-        Ok(())
     }
 }
 

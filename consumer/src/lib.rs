@@ -119,62 +119,14 @@ pub enum ConsumerError {
 /// Redis and MongoDB may be down at start: it waits for them (capped backoff with jitter)
 /// rather than exiting.
 pub async fn run(config: ConsumerConfig, shutdown: CancellationToken) -> Result<(), ConsumerError> {
-    let keys = Keys::new(&config.store.redis_key_prefix, config.store.partitions);
-    let streams: Vec<String> = keys.partitions().map(|p| keys.work(p)).collect();
-    let redis_url = config.store.redis_url.clone();
-    let Some(conn) = infra::retry::until_ok("redis", &shutdown, || async {
-        let mut conn = infra::redis_conn::shared(&redis_url).await?;
-        infra::work::ensure_groups(&mut conn, &streams, infra::keys::CONSUMER_GROUP).await?;
-        Ok::<_, ConsumerError>(conn)
-    })
-    .await
-    else {
+    let Some((store, database)) = connect(&config, &shutdown).await? else {
         return Ok(());
     };
-    let store = EventStore::new(conn, keys.clone());
-    let database = infra::mongo::connect(&config.store.mongodb_uri, "bulk-consumer").await?;
-    let ready = infra::retry::until_ok("mongodb", &shutdown, || {
-        infra::mongo::ensure_contact_indexes(&database)
-    })
-    .await;
-    if ready.is_none() {
-        return Ok(());
-    }
-
     let base_name = config.consumer_name();
     tracing::info!(consumer = %base_name, workers = config.concurrency, "consumer started");
-    let retry = worker::RetryPolicy {
-        max_attempts: config.max_batch_attempts,
-        first_delay: Duration::from_millis(config.retry_first_delay_ms),
-        max_delay: Duration::from_millis(config.retry_max_delay_ms),
-    };
-    let claim_idle = Duration::from_millis(config.claim_idle_ms);
     let settled = Arc::new(tokio::sync::Notify::new());
-    let mut in_flight: Vec<(String, worker::InFlight)> = Vec::new();
     let mut tasks = JoinSet::new();
-    for number in 0..config.concurrency.max(1) {
-        let name = format!("{base_name}-{number}");
-        let slot = worker::InFlight::default();
-        in_flight.push((name.clone(), slot.clone()));
-        let worker = worker::Worker {
-            name,
-            store: store.clone(),
-            writer: ContactWriter {
-                database: database.clone(),
-                statements_per_command: config.statements_per_command,
-            },
-            streams: streams.clone(),
-            redis_url: config.store.redis_url.clone(),
-            block: Duration::from_millis(config.block_ms),
-            claim_idle,
-            retry,
-            in_flight: slot,
-            records_per_minute: config.records_per_minute,
-            settled: settled.clone(),
-            simulated_latency: Duration::from_millis(config.simulated_batch_latency_ms),
-        };
-        tasks.spawn(worker.run(shutdown.clone()));
-    }
+    let in_flight = spawn_workers(&config, &store, &database, &settled, &shutdown, &mut tasks);
     let dispatcher = dispatcher::Dispatcher {
         store: store.clone(),
         process_name: base_name.clone(),
@@ -192,6 +144,99 @@ pub async fn run(config: ConsumerConfig, shutdown: CancellationToken) -> Result<
         shutdown.clone(),
     ));
     let grace = Duration::from_millis(config.shutdown_grace_ms);
+    if supervise(&mut tasks, &shutdown, grace).await == Stopped::AtTheDeadline {
+        let claim_idle = Duration::from_millis(config.claim_idle_ms);
+        hand_back_all(&store, &in_flight, claim_idle).await;
+        tracing::warn!(consumer = %base_name, ?grace, "stopped at the shutdown deadline; in-flight batches handed back");
+    }
+    tracing::info!(consumer = %base_name, "consumer stopped");
+    Ok(())
+}
+
+/// Redis (with the consumer groups) and MongoDB (with the contact indexes), waiting for
+/// each; `None` if shut down meanwhile.
+async fn connect(
+    config: &ConsumerConfig,
+    shutdown: &CancellationToken,
+) -> Result<Option<(EventStore, mongodb::Database)>, ConsumerError> {
+    let keys = Keys::new(&config.store.redis_key_prefix, config.store.partitions);
+    let streams: Vec<String> = keys.partitions().map(|p| keys.work(p)).collect();
+    let redis_url = config.store.redis_url.clone();
+    let Some(conn) = infra::retry::until_ok("redis", shutdown, || async {
+        let mut conn = infra::redis_conn::shared(&redis_url).await?;
+        infra::work::ensure_groups(&mut conn, &streams, infra::keys::CONSUMER_GROUP).await?;
+        Ok::<_, ConsumerError>(conn)
+    })
+    .await
+    else {
+        return Ok(None);
+    };
+    let store = EventStore::new(conn, keys);
+    let database = infra::mongo::connect(&config.store.mongodb_uri, "bulk-consumer").await?;
+    let ready = infra::retry::until_ok("mongodb", shutdown, || {
+        infra::mongo::ensure_contact_indexes(&database)
+    })
+    .await;
+    Ok(ready.map(|()| (store, database)))
+}
+
+/// Starts the workers; returns each one's name and the batch it holds.
+fn spawn_workers(
+    config: &ConsumerConfig,
+    store: &EventStore,
+    database: &mongodb::Database,
+    settled: &Arc<tokio::sync::Notify>,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Vec<(String, worker::InFlight)> {
+    let keys = store.keys();
+    let streams: Vec<String> = keys.partitions().map(|p| keys.work(p)).collect();
+    let retry = worker::RetryPolicy {
+        max_attempts: config.max_batch_attempts,
+        first_delay: Duration::from_millis(config.retry_first_delay_ms),
+        max_delay: Duration::from_millis(config.retry_max_delay_ms),
+    };
+    let mut in_flight = Vec::new();
+    for number in 0..config.concurrency.max(1) {
+        let name = format!("{}-{number}", config.consumer_name());
+        let slot = worker::InFlight::default();
+        in_flight.push((name.clone(), slot.clone()));
+        let worker = worker::Worker {
+            name,
+            store: store.clone(),
+            writer: ContactWriter {
+                database: database.clone(),
+                statements_per_command: config.statements_per_command,
+            },
+            streams: streams.clone(),
+            redis_url: config.store.redis_url.clone(),
+            block: Duration::from_millis(config.block_ms),
+            claim_idle: Duration::from_millis(config.claim_idle_ms),
+            retry,
+            in_flight: slot,
+            records_per_minute: config.records_per_minute,
+            settled: settled.clone(),
+            simulated_latency: Duration::from_millis(config.simulated_batch_latency_ms),
+        };
+        tasks.spawn(worker.run(shutdown.clone()));
+    }
+    in_flight
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Stopped {
+    /// Every task ended on its own.
+    Drained,
+    /// The grace after the shutdown signal ran out and the tasks were aborted.
+    AtTheDeadline,
+}
+
+/// Waits for the tasks to end, aborting them once `grace` has passed after `shutdown`.
+async fn supervise(
+    tasks: &mut JoinSet<()>,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> Stopped {
     let deadline = async {
         shutdown.cancelled().await;
         tokio::time::sleep(grace).await;
@@ -200,33 +245,39 @@ pub async fn run(config: ConsumerConfig, shutdown: CancellationToken) -> Result<
     loop {
         tokio::select! {
             finished = tasks.join_next() => match finished {
-                None => break,
+                None => return Stopped::Drained,
                 Some(Err(panic)) => tracing::error!(error = %panic, "a consumer task panicked"),
                 Some(Ok(())) => {}
             },
             _ = &mut deadline => {
                 tasks.abort_all();
                 while tasks.join_next().await.is_some() {}
-                for (name, slot) in &in_flight {
-                    let item = slot.lock().ok().and_then(|mut held| held.take());
-                    if let Some(item) = item {
-                        worker::hand_back(&store, &item, name, claim_idle).await;
-                    }
-                    // And whatever a read aborted mid-flight had been handed.
-                    let mut conn = store.connection();
-                    let group = infra::keys::CONSUMER_GROUP;
-                    if let Err(error) =
-                        infra::work::hand_back_pending(&mut conn, &streams, group, name, claim_idle)
-                            .await
-                    {
-                        tracing::warn!(%error, worker = %name, "could not hand back pending work; it will be claimed when idle");
-                    }
-                }
-                tracing::warn!(consumer = %base_name, ?grace, "stopped at the shutdown deadline; in-flight batches handed back");
-                break;
+                return Stopped::AtTheDeadline;
             }
         }
     }
-    tracing::info!(consumer = %base_name, "consumer stopped");
-    Ok(())
+}
+
+/// Makes what the aborted workers held claimable at once: the batch each was applying and
+/// whatever a read aborted mid-flight had been handed.
+async fn hand_back_all(
+    store: &EventStore,
+    in_flight: &[(String, worker::InFlight)],
+    claim_idle: Duration,
+) {
+    let keys = store.keys();
+    let streams: Vec<String> = keys.partitions().map(|p| keys.work(p)).collect();
+    for (name, slot) in in_flight {
+        let item = slot.lock().ok().and_then(|mut held| held.take());
+        if let Some(item) = item {
+            worker::hand_back(store, &item, name, claim_idle).await;
+        }
+        let mut conn = store.connection();
+        let group = infra::keys::CONSUMER_GROUP;
+        if let Err(error) =
+            infra::work::hand_back_pending(&mut conn, &streams, group, name, claim_idle).await
+        {
+            tracing::warn!(%error, worker = %name, "could not hand back pending work; it will be claimed when idle");
+        }
+    }
 }

@@ -10,12 +10,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use infra::flow::ParkDecision;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
-use domain::{Batch, OutcomeCode, RecordOutcome};
-use infra::event_store::{ActionMeta, CancelSettlement, DeadLetter};
 use infra::keys::CONSUMER_GROUP;
 use infra::work::{self, ReadFrom, WorkItem};
 use infra::EventStore;
@@ -23,11 +20,9 @@ use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::apply::{BatchInRedis, ContactWriter, Target};
+use crate::apply::ContactWriter;
 
-/// How many times the look at what a batch wrote, before it is dead-lettered, may itself be
-/// cut off (its consumer killed) before the batch is dead-lettered without it.
-const MAX_RECONCILE_TRIES: u32 = 3;
+mod batch;
 
 /// How a batch that fails is retried.
 #[derive(Debug, Clone, Copy)]
@@ -58,13 +53,6 @@ pub struct Worker {
     pub settled: Arc<Notify>,
     /// Benchmarks only: added to every attempt, like a slow downstream api.
     pub simulated_latency: Duration,
-}
-
-enum AttemptResult {
-    Applied(Vec<RecordOutcome>),
-    Failed(String),
-    /// Shutdown came while waiting out an outage.
-    Interrupted,
 }
 
 impl Worker {
@@ -223,250 +211,6 @@ impl Worker {
         result
     }
 
-    async fn process(
-        &self,
-        conn: &mut MultiplexedConnection,
-        item: &WorkItem,
-        shutdown: &CancellationToken,
-    ) -> Result<(), infra::StoreError> {
-        let Some(meta) = self.store.meta(item.action_id).await? else {
-            tracing::error!("work for an unknown action; dropping it");
-            return discard_item(conn, item).await;
-        };
-        let Some(batch) = self.store.load_batch(item.action_id, item.batch).await? else {
-            // The payload is removed in the same step that records the batch, so it was done.
-            return discard_item(conn, item).await;
-        };
-        tracing::Span::current().record("account", tracing::field::display(&meta.account_id));
-        let mut cancelled = meta.cancelled;
-        if meta.paused && !cancelled {
-            let cost = u32::try_from(batch.records.len()).unwrap_or(u32::MAX);
-            match self
-                .store
-                .park(item, &meta.account_id, cost, self.records_per_minute)
-                .await?
-            {
-                ParkDecision::Parked => {
-                    tracing::debug!("batch parked: its action is paused");
-                    return Ok(());
-                }
-                ParkDecision::Cancelled => cancelled = true,
-                ParkDecision::Run => {}
-            }
-        }
-        if cancelled && self.settle_unprocessed(item, &batch).await? == CancelSettlement::Settled {
-            return Ok(());
-        }
-        // Not cancelled, or cancelled after an attempt began: that attempt may have written
-        // to MongoDB, so the batch is applied to the end, which reports what it did.
-        self.store
-            .append_once(
-                item.action_id,
-                "started",
-                &domain::EventPayload::Started {},
-                infra::clock::now(),
-            )
-            .await?;
-
-        self.apply_with_retries(&meta, item, &batch, shutdown).await
-    }
-
-    /// Attempts until one applies the batch, the attempts run out (dead letter) or the
-    /// consumer shuts down (the batch is handed back).
-    async fn apply_with_retries(
-        &self,
-        meta: &ActionMeta,
-        item: &WorkItem,
-        batch: &Batch,
-        shutdown: &CancellationToken,
-    ) -> Result<(), infra::StoreError> {
-        let began = Instant::now();
-        let mut last_error: Option<String> = None;
-        let mut delays = infra::retry::delays(self.retry.first_delay, self.retry.max_delay);
-        loop {
-            let attempt = self.store.begin_attempt(item).await?;
-            if attempt > self.retry.max_attempts {
-                return self
-                    .dead_letter(meta, item, batch, attempt, last_error)
-                    .await;
-            }
-            let result = self
-                .while_holding(item, self.attempt(meta, item, batch, attempt, shutdown))
-                .instrument(tracing::info_span!("attempt", attempt))
-                .await;
-            let error = match result {
-                AttemptResult::Applied(outcomes) => {
-                    self.store
-                        .settle_batch(item, outcomes, &self.name, attempt, infra::clock::now())
-                        .await?;
-                    tracing::debug!(
-                        attempt,
-                        records = batch.records.len(),
-                        elapsed_ms = began.elapsed().as_millis() as u64,
-                        "batch applied"
-                    );
-                    return Ok(());
-                }
-                AttemptResult::Interrupted => {
-                    self.hand_back(item).await;
-                    return Ok(());
-                }
-                AttemptResult::Failed(error) => error,
-            };
-            let pause = delays.next().unwrap_or(self.retry.max_delay);
-            tracing::warn!(attempt, max_attempts = self.retry.max_attempts, %error, ?pause, "batch failed");
-            last_error = Some(error);
-            if attempt >= self.retry.max_attempts {
-                continue; // The next count is past the limit: dead-letter it now.
-            }
-            let waited = self
-                .while_holding(item, async {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => false,
-                        _ = tokio::time::sleep(pause) => true,
-                    }
-                })
-                .await;
-            if !waited {
-                self.hand_back(item).await;
-                return Ok(());
-            }
-        }
-    }
-
-    /// One attempt at the batch, waiting out MongoDB outages inside it.
-    async fn attempt(
-        &self,
-        meta: &ActionMeta,
-        item: &WorkItem,
-        batch: &Batch,
-        attempt: u32,
-        shutdown: &CancellationToken,
-    ) -> AttemptResult {
-        let mut target = Target {
-            account: &meta.account_id,
-            action: item.action_id,
-            action_type: meta.action_type,
-            attempt,
-        };
-        let memory = BatchInRedis {
-            store: &self.store,
-            item,
-        };
-        if !self.simulated_latency.is_zero() {
-            tokio::select! {
-                _ = shutdown.cancelled() => return AttemptResult::Interrupted,
-                _ = tokio::time::sleep(self.simulated_latency) => {}
-            }
-        }
-        let mut outage_delays = infra::retry::reconnect_delays();
-        loop {
-            match self.writer.apply(target, batch, &memory).await {
-                Ok(outcomes) => return AttemptResult::Applied(outcomes),
-                Err(error) if error.is_outage() => {
-                    // The outage may have cut a write that reached the server: the next
-                    // try looks for what this action wrote, as a retried attempt does.
-                    target.attempt = target.attempt.max(2);
-                    let pause = outage_delays.next().unwrap_or(Duration::from_secs(5));
-                    tracing::warn!(%error, ?pause, "MongoDB is unreachable; waiting");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return AttemptResult::Interrupted,
-                        _ = tokio::time::sleep(pause) => {}
-                    }
-                }
-                // Bounded at once: it is logged on every attempt and kept for the dead letter.
-                Err(error) => {
-                    return AttemptResult::Failed(domain::text::bounded(
-                        &error.to_string(),
-                        domain::text::ERROR_MAX_BYTES,
-                    ))
-                }
-            }
-        }
-    }
-
-    /// A batch of a cancelled action that no attempt has touched is never applied: each
-    /// record is `unprocessed`.
-    async fn settle_unprocessed(
-        &self,
-        item: &WorkItem,
-        batch: &Batch,
-    ) -> Result<CancelSettlement, infra::StoreError> {
-        let outcomes = batch.outcomes_all(
-            OutcomeCode::Unprocessed,
-            "the action was cancelled before this record was applied",
-        );
-        self.store
-            .settle_cancelled(item, outcomes, infra::clock::now())
-            .await
-    }
-
-    /// Settles the batch as dead-lettered; `attempt` is the one past the limit. Records
-    /// whose change earlier attempts put in the store are reported as applied
-    /// (`reconcile`), unless looking has itself been cut off too often.
-    async fn dead_letter(
-        &self,
-        meta: &ActionMeta,
-        item: &WorkItem,
-        batch: &Batch,
-        attempt: u32,
-        last_error: Option<String>,
-    ) -> Result<(), infra::StoreError> {
-        let attempts = attempt - 1;
-        // Bounded: a store's error may quote whatever the batch held.
-        let domain::plan::DeadLettered {
-            mut error,
-            outcomes,
-        } = batch.dead_lettered(attempts, last_error.as_deref());
-        let unchecked = " (what the batch wrote could not be checked: its records are all \
-                         reported dead_lettered, some may be applied)";
-        let outcomes = if attempt <= self.retry.max_attempts + MAX_RECONCILE_TRIES {
-            let target = Target {
-                account: &meta.account_id,
-                action: item.action_id,
-                action_type: meta.action_type,
-                attempt,
-            };
-            let memory = BatchInRedis {
-                store: &self.store,
-                item,
-            };
-            match self
-                .writer
-                .reconcile(target, batch, outcomes.clone(), &memory)
-                .await
-            {
-                Ok(reconciled) => reconciled,
-                Err(error) if error.is_outage() => {
-                    tracing::warn!(%error, "cannot check what the batch wrote before dead-lettering it; handing it back");
-                    self.hand_back(item).await;
-                    return Ok(());
-                }
-                Err(cause) => {
-                    tracing::error!(error = %cause, "cannot check what the batch wrote; dead-lettering every record");
-                    error.push_str(unchecked);
-                    outcomes
-                }
-            }
-        } else {
-            error.push_str(unchecked);
-            outcomes
-        };
-        tracing::error!(attempts, %error, "batch dead-lettered");
-        self.store
-            .dead_letter(
-                item,
-                DeadLetter {
-                    attempts,
-                    error,
-                    outcomes,
-                },
-                infra::clock::now(),
-            )
-            .await?;
-        Ok(())
-    }
-
     fn set_in_flight(&self, item: Option<WorkItem>) {
         if let Ok(mut slot) = self.in_flight.lock() {
             *slot = item;
@@ -513,17 +257,4 @@ pub async fn hand_back(store: &EventStore, item: &WorkItem, consumer: &str, clai
             tracing::warn!(%error, action = %item.action_id, batch = item.batch, "could not hand the batch back; it will be claimed when idle")
         }
     }
-}
-
-async fn discard_item(
-    conn: &mut MultiplexedConnection,
-    item: &WorkItem,
-) -> Result<(), infra::StoreError> {
-    work::discard(
-        conn,
-        &item.stream,
-        CONSUMER_GROUP,
-        std::slice::from_ref(&item.entry_id),
-    )
-    .await
 }

@@ -6,6 +6,7 @@
 
 pub mod api_keys;
 pub mod clock;
+mod commit;
 pub mod config;
 pub mod event_store;
 pub mod flow;
@@ -17,6 +18,7 @@ pub mod quarantine;
 pub mod redis_conn;
 pub mod retry;
 pub mod scripts;
+mod settlement;
 pub mod shutdown;
 pub mod staging;
 pub mod telemetry;
