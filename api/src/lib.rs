@@ -27,7 +27,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use clap::Args;
-use infra::{EventStore, Keys, StoreConfig};
+use infra::{AccountAdmin, EventStore, Keys, StoreConfig, Submissions};
 use mongodb::Database;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -129,7 +129,10 @@ pub struct Settings {
 
 #[derive(Clone)]
 pub struct AppState {
-    pub store: EventStore,
+    /// Reads, and the api's writes to actions.
+    pub store: Submissions,
+    /// The admin api's writes.
+    pub admin: AccountAdmin,
     pub database: Database,
     pub config: Arc<Settings>,
     /// Monotonic within this process, so that actions accepted in the same millisecond
@@ -172,7 +175,8 @@ impl AppState {
         let conn = infra::redis_conn::shared(&config.store.redis_url).await?;
         let database = infra::mongo::connect(&config.store.mongodb_uri, "bulk-api").await?;
         Ok(Self {
-            store: EventStore::new(conn, keys),
+            store: Submissions::new(EventStore::new(conn.clone(), keys.clone())),
+            admin: AccountAdmin::new(EventStore::new(conn, keys)),
             database,
             config: Arc::new(Settings {
                 batch_size: config.batch_size as usize,

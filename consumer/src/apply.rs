@@ -76,7 +76,7 @@ impl ApplyError {
 
 /// The memory of a batch that is on a work stream: fields of its action's meta in Redis.
 pub struct BatchInRedis<'a> {
-    pub store: &'a infra::EventStore,
+    pub store: &'a infra::Settlement,
     pub item: &'a infra::work::WorkItem,
 }
 

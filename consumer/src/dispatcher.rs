@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use infra::flow::DispatchLimits;
-use infra::EventStore;
+use infra::Scheduling;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -20,7 +20,7 @@ const ANNOUNCEMENT_TTL_MS: i64 = 10_000;
 const GRANTS_PER_CALL: u32 = 64;
 
 pub struct Dispatcher {
-    pub store: EventStore,
+    pub store: Scheduling,
     pub process_name: String,
     pub workers: usize,
     pub records_per_minute: u32,

@@ -127,8 +127,9 @@ pub async fn run(config: ConsumerConfig, shutdown: CancellationToken) -> Result<
     let settled = Arc::new(tokio::sync::Notify::new());
     let mut tasks = JoinSet::new();
     let in_flight = spawn_workers(&config, &store, &database, &settled, &shutdown, &mut tasks);
+    let scheduling = infra::Scheduling::new(store.clone());
     let dispatcher = dispatcher::Dispatcher {
-        store: store.clone(),
+        store: scheduling.clone(),
         process_name: base_name.clone(),
         workers: config.concurrency.max(1),
         records_per_minute: config.records_per_minute,
@@ -139,7 +140,7 @@ pub async fn run(config: ConsumerConfig, shutdown: CancellationToken) -> Result<
     };
     tasks.spawn(dispatcher.run(shutdown.clone()));
     tasks.spawn(scheduler::run(
-        store.clone(),
+        scheduling,
         Duration::from_millis(config.scheduler_tick_ms),
         shutdown.clone(),
     ));
@@ -203,7 +204,7 @@ fn spawn_workers(
         in_flight.push((name.clone(), slot.clone()));
         let worker = worker::Worker {
             name,
-            store: store.clone(),
+            store: infra::Settlement::new(store.clone()),
             writer: ContactWriter {
                 database: database.clone(),
                 statements_per_command: config.statements_per_command,

@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use infra::EventStore;
+use infra::Scheduling;
 use tokio_util::sync::CancellationToken;
 
 const RELEASES_PER_TICK: isize = 32;
 
-pub async fn run(store: EventStore, tick: Duration, shutdown: CancellationToken) {
+pub async fn run(store: Scheduling, tick: Duration, shutdown: CancellationToken) {
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -23,7 +23,7 @@ pub async fn run(store: EventStore, tick: Duration, shutdown: CancellationToken)
     }
 }
 
-async fn release_due(store: &EventStore) -> Result<(), infra::StoreError> {
+async fn release_due(store: &Scheduling) -> Result<(), infra::StoreError> {
     let mut conn = store.connection();
     // Due by Redis' clock, not this process': a consumer whose clock runs ahead must not
     // release anything early.

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 
 use infra::keys::CONSUMER_GROUP;
 use infra::work::{self, ReadFrom, WorkItem};
-use infra::EventStore;
+use infra::{EventStore, Settlement};
 use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -39,7 +39,7 @@ pub type InFlight = Arc<Mutex<Option<WorkItem>>>;
 
 pub struct Worker {
     pub name: String,
-    pub store: EventStore,
+    pub store: Settlement,
     pub writer: ContactWriter,
     pub streams: Vec<String>,
     pub redis_url: String,

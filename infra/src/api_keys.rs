@@ -10,6 +10,7 @@ use domain::{AccountId, Timestamp};
 use redis::AsyncCommands;
 
 use crate::event_store::{EventStore, StoreError};
+use crate::roles::AccountAdmin;
 
 /// A stored key, without its secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +30,9 @@ impl EventStore {
     fn account_keys_key(&self, account: &AccountId) -> String {
         format!("{}:apikeys:{account}", self.keys.prefix())
     }
+}
 
+impl AccountAdmin {
     pub async fn store_api_key(&self, key: &StoredKey) -> Result<(), StoreError> {
         redis::pipe()
             .atomic()
@@ -53,27 +56,6 @@ impl EventStore {
         Ok(())
     }
 
-    pub async fn api_key(&self, key_id: &str) -> Result<Option<StoredKey>, StoreError> {
-        let fields: std::collections::HashMap<String, String> =
-            self.conn.clone().hgetall(self.api_key_key(key_id)).await?;
-        if fields.is_empty() {
-            return Ok(None);
-        }
-        let corrupt = || StoreError::Corrupt(format!("api key {key_id} is malformed"));
-        Ok(Some(StoredKey {
-            key_id: key_id.to_owned(),
-            account: fields
-                .get("account")
-                .and_then(|raw| AccountId::parse(raw).ok())
-                .ok_or_else(corrupt)?,
-            digest: fields.get("digest").cloned().ok_or_else(corrupt)?,
-            created_at: fields
-                .get("createdAt")
-                .and_then(|raw| Timestamp::parse_rfc3339(raw))
-                .ok_or_else(corrupt)?,
-        }))
-    }
-
     /// Removes an account's key; false when the account has no such key.
     pub async fn revoke_api_key(
         &self,
@@ -94,6 +76,29 @@ impl EventStore {
             }
             _ => Ok(false),
         }
+    }
+}
+
+impl EventStore {
+    pub async fn api_key(&self, key_id: &str) -> Result<Option<StoredKey>, StoreError> {
+        let fields: std::collections::HashMap<String, String> =
+            self.conn.clone().hgetall(self.api_key_key(key_id)).await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let corrupt = || StoreError::Corrupt(format!("api key {key_id} is malformed"));
+        Ok(Some(StoredKey {
+            key_id: key_id.to_owned(),
+            account: fields
+                .get("account")
+                .and_then(|raw| AccountId::parse(raw).ok())
+                .ok_or_else(corrupt)?,
+            digest: fields.get("digest").cloned().ok_or_else(corrupt)?,
+            created_at: fields
+                .get("createdAt")
+                .and_then(|raw| Timestamp::parse_rfc3339(raw))
+                .ok_or_else(corrupt)?,
+        }))
     }
 
     /// The account's live keys, oldest first.

@@ -5,7 +5,8 @@ use domain::{ActionId, ActionType, EntityType, EventPayload, Timestamp, SCHEMA_V
 use redis::AsyncCommands;
 use ulid::Ulid;
 
-use crate::event_store::{EventStore, StoreError};
+use crate::event_store::StoreError;
+use crate::roles::Submissions;
 use crate::staging::Staging;
 
 /// Everything `commit_action` writes.
@@ -39,7 +40,7 @@ pub enum Commit {
     AlreadyExisted,
 }
 
-impl EventStore {
+impl Submissions {
     /// Makes the action exist, unless it already did (a retried submission).
     pub async fn commit_action(&self, new: &NewAction<'_>) -> Result<Commit, StoreError> {
         let action = new.action_id;

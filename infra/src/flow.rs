@@ -11,6 +11,7 @@ use redis::AsyncCommands;
 
 use crate::event_store::{EventStore, StoreError};
 use crate::keys::CONSUMER_GROUP;
+use crate::roles::{AccountAdmin, Scheduling, Settlement, Submissions};
 use crate::work::WorkItem;
 
 /// What the dispatcher of one partition may hand out in one call.
@@ -58,7 +59,7 @@ pub struct AccountLimits {
     pub records_per_minute: Option<u32>,
 }
 
-impl EventStore {
+impl Scheduling {
     /// Hands out the batches of one partition that may go now.
     pub async fn dispatch(
         &self,
@@ -82,109 +83,6 @@ impl EventStore {
             granted,
             wait_ms: u64::try_from(wait).ok(),
         })
-    }
-
-    /// Parks a delivered batch of a paused action (see `lua/park.lua`).
-    pub async fn park(
-        &self,
-        item: &WorkItem,
-        account: &AccountId,
-        cost: u32,
-        default_records_per_minute: u32,
-    ) -> Result<ParkDecision, StoreError> {
-        let partition = self.keys.partition_of(item.action_id);
-        let decision: String = self
-            .scripts
-            .park
-            .key(self.keys.meta(item.action_id))
-            .key(self.keys.parked(item.action_id))
-            .key(&item.stream)
-            .key(self.keys.records_budget(partition, account))
-            .key(self.keys.limits(partition, account))
-            .arg(item.batch)
-            .arg(&item.entry_id)
-            .arg(CONSUMER_GROUP)
-            .arg(cost)
-            .arg(default_records_per_minute.max(1))
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        Ok(match decision.as_str() {
-            "parked" => ParkDecision::Parked,
-            "cancelled" => ParkDecision::Cancelled,
-            _ => ParkDecision::Run,
-        })
-    }
-
-    /// The records per batch an action was planned with (`None`: unknown action, or one
-    /// created before this was recorded).
-    pub async fn batch_size_of(&self, action: ActionId) -> Result<Option<u32>, StoreError> {
-        Ok(self
-            .conn
-            .clone()
-            .hget(self.keys.meta(action), "batchSize")
-            .await?)
-    }
-
-    /// Charges one api request to its account's budget.
-    pub async fn admit_request(
-        &self,
-        account: &AccountId,
-        default_requests_per_minute: u32,
-        burst_seconds: u32,
-    ) -> Result<Quota, StoreError> {
-        let partition = self.keys.account_partition(account);
-        let (allowed, ahead, per_minute, burst): (i64, String, u32, u32) = self
-            .scripts
-            .request_budget
-            .key(self.keys.requests_budget(account))
-            .key(self.keys.limits(partition, account))
-            .arg(default_requests_per_minute.max(1))
-            .arg(burst_seconds)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        let ahead_ms: f64 = ahead
-            .parse()
-            .map_err(|_| StoreError::Corrupt(format!("request budget returned {ahead:?}")))?;
-        Ok(RatePolicy { per_minute, burst }.quota(allowed == 1, ahead_ms))
-    }
-
-    pub async fn account_limits(&self, account: &AccountId) -> Result<AccountLimits, StoreError> {
-        let partition = self.keys.account_partition(account);
-        let fields: HashMap<String, u32> = self
-            .conn
-            .clone()
-            .hgetall(self.keys.limits(partition, account))
-            .await?;
-        Ok(AccountLimits {
-            requests_per_minute: fields.get("requestsPerMinute").copied(),
-            records_per_minute: fields.get("recordsPerMinute").copied(),
-        })
-    }
-
-    /// Replaces an account's overrides (`None` removes one); the account's budgets move
-    /// to the new rates at once (see `lua/set_limits.lua`). `defaults` are the limits of
-    /// accounts without an override.
-    pub async fn set_account_limits(
-        &self,
-        account: &AccountId,
-        limits: AccountLimits,
-        defaults: DefaultLimits,
-    ) -> Result<(), StoreError> {
-        let partition = self.keys.account_partition(account);
-        let override_arg = |value: Option<u32>| value.map(|v| v.to_string()).unwrap_or_default();
-        let _: i64 = self
-            .scripts
-            .set_limits
-            .key(self.keys.limits(partition, account))
-            .key(self.keys.records_budget(partition, account))
-            .key(self.keys.requests_budget(account))
-            .arg(defaults.records_per_minute.max(1))
-            .arg(defaults.requests_per_minute.max(1))
-            .arg(override_arg(limits.records_per_minute))
-            .arg(override_arg(limits.requests_per_minute))
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        Ok(())
     }
 
     /// Announces a consumer process and its worker count until `expires_ms`.
@@ -228,5 +126,116 @@ impl EventStore {
             }
         }
         Ok(workers)
+    }
+}
+
+impl Settlement {
+    /// Parks a delivered batch of a paused action (see `lua/park.lua`).
+    pub async fn park(
+        &self,
+        item: &WorkItem,
+        account: &AccountId,
+        cost: u32,
+        default_records_per_minute: u32,
+    ) -> Result<ParkDecision, StoreError> {
+        let partition = self.keys.partition_of(item.action_id);
+        let decision: String = self
+            .scripts
+            .park
+            .key(self.keys.meta(item.action_id))
+            .key(self.keys.parked(item.action_id))
+            .key(&item.stream)
+            .key(self.keys.records_budget(partition, account))
+            .key(self.keys.limits(partition, account))
+            .arg(item.batch)
+            .arg(&item.entry_id)
+            .arg(CONSUMER_GROUP)
+            .arg(cost)
+            .arg(default_records_per_minute.max(1))
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(match decision.as_str() {
+            "parked" => ParkDecision::Parked,
+            "cancelled" => ParkDecision::Cancelled,
+            _ => ParkDecision::Run,
+        })
+    }
+}
+
+impl EventStore {
+    /// The records per batch an action was planned with (`None`: unknown action, or one
+    /// created before this was recorded).
+    pub async fn batch_size_of(&self, action: ActionId) -> Result<Option<u32>, StoreError> {
+        Ok(self
+            .conn
+            .clone()
+            .hget(self.keys.meta(action), "batchSize")
+            .await?)
+    }
+
+    pub async fn account_limits(&self, account: &AccountId) -> Result<AccountLimits, StoreError> {
+        let partition = self.keys.account_partition(account);
+        let fields: HashMap<String, u32> = self
+            .conn
+            .clone()
+            .hgetall(self.keys.limits(partition, account))
+            .await?;
+        Ok(AccountLimits {
+            requests_per_minute: fields.get("requestsPerMinute").copied(),
+            records_per_minute: fields.get("recordsPerMinute").copied(),
+        })
+    }
+}
+
+impl Submissions {
+    /// Charges one api request to its account's budget.
+    pub async fn admit_request(
+        &self,
+        account: &AccountId,
+        default_requests_per_minute: u32,
+        burst_seconds: u32,
+    ) -> Result<Quota, StoreError> {
+        let partition = self.keys.account_partition(account);
+        let (allowed, ahead, per_minute, burst): (i64, String, u32, u32) = self
+            .scripts
+            .request_budget
+            .key(self.keys.requests_budget(account))
+            .key(self.keys.limits(partition, account))
+            .arg(default_requests_per_minute.max(1))
+            .arg(burst_seconds)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let ahead_ms: f64 = ahead
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("request budget returned {ahead:?}")))?;
+        Ok(RatePolicy { per_minute, burst }.quota(allowed == 1, ahead_ms))
+    }
+}
+
+impl AccountAdmin {
+    /// Replaces an account's overrides (`None` removes one); the account's budgets move
+    /// to the new rates at once (see `lua/set_limits.lua`). `defaults` are the limits of
+    /// accounts without an override.
+    pub async fn set_account_limits(
+        &self,
+        account: &AccountId,
+        limits: AccountLimits,
+        defaults: DefaultLimits,
+    ) -> Result<(), StoreError> {
+        let partition = self.keys.account_partition(account);
+        let override_arg = |value: Option<u32>| value.map(|v| v.to_string()).unwrap_or_default();
+        let _: i64 = self
+            .scripts
+            .set_limits
+            .key(self.keys.limits(partition, account))
+            .key(self.keys.records_budget(partition, account))
+            .key(self.keys.requests_budget(account))
+            .arg(defaults.records_per_minute.max(1))
+            .arg(defaults.requests_per_minute.max(1))
+            .arg(override_arg(limits.records_per_minute))
+            .arg(override_arg(limits.requests_per_minute))
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
     }
 }

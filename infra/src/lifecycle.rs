@@ -9,7 +9,8 @@ use domain::pacing::Bucket;
 use domain::{ActionId, EventPayload, Timestamp, SCHEMA_VERSION};
 use ulid::Ulid;
 
-use crate::event_store::{EventStore, StoreError};
+use crate::event_store::StoreError;
+use crate::roles::Submissions;
 
 /// How often a decision is made again before giving up. Facts change a handful of times
 /// in an action's life, so two tries are rare and this many is a fault.
@@ -31,7 +32,7 @@ const RECORDED: i64 = 1;
 const UNKNOWN_ACTION: i64 = -1;
 const STALE: i64 = -5;
 
-impl EventStore {
+impl Submissions {
     /// Executes `command` on `action`. `pace` is the action's new pace bucket when the
     /// command changes its pace (`Some(None)`: no pace). `api_key_id` is the key that asked.
     pub async fn execute(

@@ -8,6 +8,7 @@ use redis::AsyncCommands;
 use ulid::Ulid;
 
 use crate::event_store::{EventStore, StoreError};
+use crate::roles::Scheduling;
 
 /// How long an opening is left to its api before a sweeper finishes it.
 pub const TAKE_OVER_AFTER_MS: i64 = 30_000;
@@ -15,7 +16,7 @@ pub const TAKE_OVER_AFTER_MS: i64 = 30_000;
 impl EventStore {
     /// Moves the rest of an opening action's staged events in, slice by slice, and opens
     /// it (queued, scheduled or completed). Nothing to do for an action that is open.
-    pub async fn finish_opening(&self, action: ActionId) -> Result<(), StoreError> {
+    pub(crate) async fn finish_opening(&self, action: ActionId) -> Result<(), StoreError> {
         let partition = self.keys.partition_of(action);
         let staged: Option<String> = self
             .conn
@@ -58,7 +59,9 @@ impl EventStore {
             }
         }
     }
+}
 
+impl Scheduling {
     /// Finishes the openings of one partition whose api has left them for too long;
     /// returns how many it finished.
     pub async fn finish_abandoned_openings(

@@ -12,8 +12,9 @@ use domain::{ActionId, ProjectionError};
 use redis::AsyncCommands;
 
 use crate::event_store::{EventStore, StoreError};
+use crate::roles::Projection;
 
-impl EventStore {
+impl Projection {
     pub async fn quarantine(
         &self,
         action: ActionId,
@@ -28,6 +29,18 @@ impl EventStore {
         Ok(())
     }
 
+    /// Forgets every quarantined action of a partition (replay judges them all again).
+    pub async fn clear_quarantine(&self, partition: u32) -> Result<(), StoreError> {
+        let _: () = self
+            .conn
+            .clone()
+            .del(self.keys.quarantine(partition))
+            .await?;
+        Ok(())
+    }
+}
+
+impl EventStore {
     /// Why `action` is quarantined, if it is.
     pub async fn quarantined(
         &self,
@@ -73,15 +86,5 @@ impl EventStore {
             .filter_map(|(action, error)| Some((ActionId::parse(action)?, error)))
             .map(|(action, error)| Ok((action, serde_json::from_str(error)?)))
             .collect()
-    }
-
-    /// Forgets every quarantined action of a partition (replay judges them all again).
-    pub async fn clear_quarantine(&self, partition: u32) -> Result<(), StoreError> {
-        let _: () = self
-            .conn
-            .clone()
-            .del(self.keys.quarantine(partition))
-            .await?;
-        Ok(())
     }
 }

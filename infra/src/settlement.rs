@@ -6,8 +6,9 @@ use domain::{ActionId, Batch, EventPayload, RecordOutcome, Timestamp, SCHEMA_VER
 use redis::AsyncCommands;
 use ulid::Ulid;
 
-use crate::event_store::{EventStore, StoreError};
+use crate::event_store::StoreError;
 use crate::keys::CONSUMER_GROUP;
+use crate::roles::{Projection, Scheduling, Settlement};
 use crate::work::WorkItem;
 
 /// When `append_event.lua` may append.
@@ -35,7 +36,7 @@ pub struct DeadLetter {
     pub outcomes: Vec<RecordOutcome>,
 }
 
-impl EventStore {
+impl Settlement {
     /// Records `found` (the emails a delete batch found in the account) unless an earlier
     /// attempt at the batch recorded its own, and returns what is recorded: every attempt
     /// then deletes and reports the first attempt's set. `append_event.lua` removes it when
@@ -269,6 +270,23 @@ impl EventStore {
         Ok(seq)
     }
 
+    /// A staged or queued batch; `None` once it has been applied and removed.
+    pub async fn load_batch(
+        &self,
+        action: ActionId,
+        batch: u32,
+    ) -> Result<Option<Batch>, StoreError> {
+        let raw: Option<String> = self
+            .conn
+            .clone()
+            .hget(self.keys.batches(action), batch)
+            .await?;
+        raw.map(|json| serde_json::from_str(&json).map_err(StoreError::from))
+            .transpose()
+    }
+}
+
+impl Scheduling {
     /// Puts a scheduled action whose time has come in its account's queue. Returns false if
     /// another scheduler did.
     pub async fn release(&self, action: ActionId, at: Timestamp) -> Result<bool, StoreError> {
@@ -298,7 +316,9 @@ impl EventStore {
             .await?;
         Ok(released == 1)
     }
+}
 
+impl Projection {
     /// Drops a finished action's events, batches and bookkeeping from Redis, once they are
     /// archived, and leaves a small tombstone meta (account, types, counts, `archived`) so
     /// that ownership checks, control commands (`action_finished`) and idempotent
@@ -322,20 +342,5 @@ impl EventStore {
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(forgotten == 1)
-    }
-
-    /// A staged or queued batch; `None` once it has been applied and removed.
-    pub async fn load_batch(
-        &self,
-        action: ActionId,
-        batch: u32,
-    ) -> Result<Option<Batch>, StoreError> {
-        let raw: Option<String> = self
-            .conn
-            .clone()
-            .hget(self.keys.batches(action), batch)
-            .await?;
-        raw.map(|json| serde_json::from_str(&json).map_err(StoreError::from))
-            .transpose()
     }
 }

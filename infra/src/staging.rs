@@ -10,6 +10,7 @@ use domain::{AccountId, Planned};
 use ulid::Ulid;
 
 use crate::event_store::{EventStore, StoreError};
+use crate::roles::Submissions;
 
 /// How long staged data lives if its submission never commits.
 const STAGED_TTL_SECS: i64 = 24 * 3600;
@@ -25,14 +26,14 @@ pub struct Staging {
 
 impl Staging {
     /// A fresh staging area in `account`'s partition, where its action will be minted.
-    pub fn new(store: &EventStore, account: &AccountId) -> Self {
+    pub fn new(store: &Submissions, account: &AccountId) -> Self {
         let keys = store.keys();
         let partition = keys.account_partition(account);
         let token = Ulid::new().to_string();
         Self {
             batches_key: keys.staged_batches(partition, &token),
             events_key: keys.staged_events(partition, &token),
-            store: store.clone(),
+            store: EventStore::clone(store),
             staged_events: 0,
         }
     }

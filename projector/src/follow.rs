@@ -13,7 +13,7 @@ use domain::{ActionId, ProjectionError};
 use infra::keys::PROJECTOR_GROUP;
 use infra::mongo::ACTION_VIEWS;
 use infra::work::{self, ReadFrom};
-use infra::EventStore;
+use infra::Projection;
 use mongodb::bson::{doc, Document};
 use mongodb::Database;
 use redis::aio::MultiplexedConnection;
@@ -24,7 +24,7 @@ use tracing::Instrument;
 use crate::{project_action, ProjectorConfig, ProjectorError};
 
 pub(crate) struct Projector {
-    pub(crate) store: EventStore,
+    pub(crate) store: Projection,
     pub(crate) database: Database,
     pub(crate) feeds: Vec<String>,
     pub(crate) config: ProjectorConfig,
@@ -142,7 +142,7 @@ impl Projector {
 /// api go by, and what operators list), in the log, and on the stored view if the store
 /// takes that much.
 pub(crate) async fn quarantine(
-    store: &EventStore,
+    store: &Projection,
     database: &Database,
     action: ActionId,
     error: &ProjectionError,

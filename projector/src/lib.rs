@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use clap::Args;
 use domain::{ActionId, ProjectionError};
-use infra::{EventStore, Keys, StoreConfig};
+use infra::{EventStore, Keys, Projection, StoreConfig};
 use mongodb::bson::Document;
 use mongodb::Database;
 use tokio_util::sync::CancellationToken;
@@ -102,12 +102,12 @@ impl ProjectorError {
     }
 }
 
-async fn connect(config: &ProjectorConfig) -> Result<(EventStore, Database), ProjectorError> {
+async fn connect(config: &ProjectorConfig) -> Result<(Projection, Database), ProjectorError> {
     let keys = Keys::new(&config.store.redis_key_prefix, config.store.partitions);
     let conn = infra::redis_conn::shared(&config.store.redis_url).await?;
     let database = infra::mongo::connect(&config.store.mongodb_uri, "bulk-projector").await?;
     infra::mongo::ensure_view_indexes(&database).await?;
-    Ok((EventStore::new(conn, keys), database))
+    Ok((Projection::new(EventStore::new(conn, keys)), database))
 }
 
 /// Follows the feeds until `shutdown` is cancelled. Waits for Redis and MongoDB at start
@@ -171,7 +171,7 @@ pub struct ReplayReport {
 /// Runs the retention sweep every `every` until shutdown. Several projectors may sweep at
 /// once: archiving is idempotent and the forget script checks the stream first.
 async fn sweep_retention(
-    store: EventStore,
+    store: Projection,
     database: Database,
     days: u32,
     every: Duration,
@@ -269,7 +269,7 @@ pub async fn quarantined(
 ) -> Result<Vec<(ActionId, ProjectionError)>, ProjectorError> {
     let keys = Keys::new(&config.store.redis_key_prefix, config.store.partitions);
     let conn = infra::redis_conn::shared(&config.store.redis_url).await?;
-    let store = EventStore::new(conn, keys);
+    let store = Projection::new(EventStore::new(conn, keys));
     let mut all = Vec::new();
     for partition in store.keys().partitions() {
         all.extend(store.quarantined_in(partition).await?);

@@ -14,7 +14,7 @@ use domain::{ActionId, ActionStatus, Timestamp};
 use futures::TryStreamExt;
 use infra::mongo::{ACTION_VIEWS, EVENT_ARCHIVE};
 use infra::views::ArchivedEvent;
-use infra::EventStore;
+use infra::Projection;
 use mongodb::bson::{doc, Document};
 use mongodb::Database;
 
@@ -35,7 +35,7 @@ pub struct RetentionReport {
 
 /// Archives every action that finished before `finished_before` and is fully projected.
 pub async fn archive_finished(
-    store: &EventStore,
+    store: &Projection,
     database: &Database,
     finished_before: Timestamp,
     now: Timestamp,
@@ -111,7 +111,7 @@ pub async fn archive_finished(
 /// Copies the action's events into the archive, checks that all `head_seq` of them are
 /// there, then lets Redis forget them. Returns the events archived (0 if it was not).
 async fn archive_action(
-    store: &EventStore,
+    store: &Projection,
     database: &Database,
     action: ActionId,
     head_seq: u64,

@@ -582,8 +582,9 @@ async fn a_second_attempt_reports_what_the_first_one_did() -> Result<()> {
             action_id: action,
             batch: 0,
         };
+        let settlement = infra::Settlement::new(store.clone());
         let memory = consumer::BatchInRedis {
-            store: &store,
+            store: &settlement,
             item: &item,
         };
         let mut reports = Vec::new();

@@ -241,7 +241,8 @@ async fn entries_a_dead_reader_left_under_another_name_are_taken_over() -> Resul
         max_outstanding: 1,
         max_grants: 1,
     };
-    ensure!(store.dispatch(partition, limits).await?.granted == 1);
+    let scheduling = infra::Scheduling::new(store.clone());
+    ensure!(scheduling.dispatch(partition, limits).await?.granted == 1);
     let work = store.keys().work(partition);
     let taken = ghost_read(
         &mut conn,

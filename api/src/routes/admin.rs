@@ -131,9 +131,7 @@ pub async fn put_limits(
         records_per_minute: state.config.records_per_minute,
         requests_per_minute: state.config.requests_per_minute,
     };
-    state
-        .store
-        .set_account_limits(&account, overrides, defaults)
+    state.admin.set_account_limits(&account, overrides, defaults)
         .await?;
     tracing::info!(%account, ?overrides, "account limits set");
     Ok(Json(view(&state, &account, overrides)))
@@ -178,9 +176,7 @@ pub async fn create_key(
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
     let minted = auth::mint_key();
     let created_at = infra::clock::now();
-    state
-        .store
-        .store_api_key(&infra::api_keys::StoredKey {
+    state.admin.store_api_key(&infra::api_keys::StoredKey {
             key_id: minted.key_id.clone(),
             account: account.clone(),
             digest: minted.digest,
@@ -243,7 +239,7 @@ pub async fn revoke_key(
 ) -> Result<StatusCode, ApiError> {
     let (_, key_id) = path;
     if ulid::Ulid::from_string(&key_id).is_err()
-        || !state.store.revoke_api_key(&account, &key_id).await?
+        || !state.admin.revoke_api_key(&account, &key_id).await?
     {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
