@@ -74,6 +74,8 @@ pub enum ErrorCode {
     ActionFinished,
     ActionCancelling,
     ActionAlreadyReleased,
+    /// Commands on the action raced each other too long; retry after `Retry-After`.
+    ActionContended,
     // Ours, not the client's.
     DependencyUnavailable,
     InternalError,
@@ -93,6 +95,8 @@ pub struct ApiError {
     details: Value,
     /// Whether the response challenges for a bearer token (`WWW-Authenticate: Bearer`).
     challenge: Option<Challenge>,
+    /// Seconds for a `Retry-After` header.
+    retry_after: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -108,6 +112,7 @@ impl ApiError {
             message: message.into(),
             details: json!({}),
             challenge: None,
+            retry_after: None,
         }
     }
 
@@ -126,6 +131,11 @@ impl ApiError {
             ErrorCode::InternalError,
             cause.to_string(),
         )
+    }
+
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub fn with_details(mut self, details: Value) -> Self {
@@ -212,6 +222,11 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if let Some(Challenge::Bearer) = self.challenge {
             response
                 .headers_mut()
@@ -229,6 +244,12 @@ impl From<infra::StoreError> for ApiError {
             infra::StoreError::Corrupt(message) => ApiError::internal(message),
             // Nothing became visible; the client's retry starts over.
             error @ infra::StoreError::StagingExpired(_) => unavailable("redis", &error),
+            infra::StoreError::Contended(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::ActionContended,
+                "other commands on this action kept changing it; retry in a moment",
+            )
+            .with_retry_after(1),
         }
     }
 }

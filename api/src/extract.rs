@@ -60,13 +60,32 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonObject<T> {
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
         require_json(request.headers())?;
-        let body = Bytes::from_request(request, state)
-            .await
-            .map_err(|rejection| {
-                ApiError::bad_request(ErrorCode::UnreadableBody, rejection.body_text())
-            })?;
-        parse_object(&body).map(JsonObject)
+        read_object(request, state).await.map(JsonObject)
     }
+}
+
+/// As `JsonObject`, whatever the `Content-Type`: for the admin api, whose clients (`curl
+/// -d`) have always been able to leave it out.
+pub struct AnyJsonObject<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AnyJsonObject<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        read_object(request, state).await.map(AnyJsonObject)
+    }
+}
+
+async fn read_object<T: DeserializeOwned, S: Send + Sync>(
+    request: Request,
+    state: &S,
+) -> Result<T, ApiError> {
+    let body = Bytes::from_request(request, state)
+        .await
+        .map_err(|rejection| {
+            ApiError::bad_request(ErrorCode::UnreadableBody, rejection.body_text())
+        })?;
+    parse_object(&body)
 }
 
 fn parse_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -84,7 +103,8 @@ fn parse_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 /// backticks, so the list is found from the end.
 fn refusal(serde_message: &str) -> ApiError {
     let Some(rest) = serde_message.strip_prefix("unknown field `") else {
-        return ApiError::bad_request(ErrorCode::InvalidBody, serde_message);
+        let message = domain::text::bounded(serde_message, domain::text::MESSAGE_MAX_BYTES);
+        return ApiError::bad_request(ErrorCode::InvalidBody, message);
     };
     let (field, expected) = match rest.rfind("`, expected ") {
         Some(at) => (&rest[..at], &rest[at + "`, expected ".len()..]),

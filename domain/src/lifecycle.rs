@@ -3,11 +3,11 @@
 //! of esrs' `handle_command`), and how those events change what the rules look at
 //! (`Facts::apply`).
 //!
-//! Redis keeps the facts in the action's meta, with a version that every change of them
-//! bumps. A decision is appended only if the version is still the one it was made on (the
-//! script checks it atomically); otherwise the caller reads the facts again and decides
-//! again. So no rule lives in a script, and no decision is applied to a state it did not
-//! see.
+//! Redis keeps the facts (the action's meta and schedule). A decision is appended only if
+//! the facts are still the ones it was made on (the script compares `Facts::signature`
+//! atomically); otherwise the caller reads them again and decides again. So no rule lives
+//! in a script, and no decision is applied to facts it did not see. Equal facts are enough:
+//! `decide` is a function of them, so whatever happened in between, it decides the same.
 
 use crate::pacing::Pacing;
 use crate::{EventPayload, Timestamp};
@@ -27,6 +27,20 @@ pub struct Facts {
 impl Facts {
     pub fn finished(&self) -> bool {
         self.settled >= self.batches
+    }
+
+    /// The facts `decide` reads, one character each, as the scripts spell them
+    /// (`lifecycle_signature` in infra's `lua/lib.lua`).
+    pub fn signature(&self) -> String {
+        let mark = |set: bool, letter: char| if set { letter } else { '-' };
+        [
+            mark(self.finished(), 'F'),
+            mark(self.cancelled, 'C'),
+            mark(self.paused, 'P'),
+            mark(self.scheduled, 'S'),
+        ]
+        .iter()
+        .collect()
     }
 
     /// The facts once `event` has happened.
@@ -223,6 +237,24 @@ mod tests {
                 Err(Refusal::BeingCancelled)
             );
         }
+    }
+
+    #[test]
+    fn the_signature_spells_each_fact_in_its_place() {
+        assert_eq!(running().signature(), "----");
+        let all = Facts {
+            settled: 4,
+            cancelled: true,
+            paused: true,
+            scheduled: true,
+            ..running()
+        };
+        assert_eq!(all.signature(), "FCPS");
+        let paused = Facts {
+            paused: true,
+            ..running()
+        };
+        assert_eq!(paused.signature(), "--P-");
     }
 
     #[test]

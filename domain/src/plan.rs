@@ -65,24 +65,45 @@ pub struct DeadLettered {
 /// it 10,000 times in its event.
 pub const DEAD_LETTER_EXCERPT_BYTES: usize = 160;
 
+/// Whether the store was looked at before a batch was dead-lettered (see the consumer's
+/// `reconcile`): then a `dead_lettered` record is one whose change the store did not hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreCheck {
+    Checked,
+    Unchecked,
+}
+
 impl Batch {
     /// The batch failed `attempts` times, the last with `last_error` (any size: a store's
     /// error may quote whatever the batch held); `None` when no attempt recorded one.
-    pub fn dead_lettered(&self, attempts: u32, last_error: Option<&str>) -> DeadLettered {
-        let error = match last_error {
-            Some(error) if !error.is_empty() => text::bounded(error, text::ERROR_MAX_BYTES),
-            _ => "no error was recorded: the last attempts ended with their consumer \
-                  (crash or kill)"
-                .to_owned(),
+    pub fn dead_lettered(
+        &self,
+        attempts: u32,
+        last_error: Option<&str>,
+        check: StoreCheck,
+    ) -> DeadLettered {
+        let recorded = match last_error {
+            Some(error) if !error.is_empty() => error,
+            _ => {
+                "no error was recorded: the last attempts ended with their consumer (crash or kill)"
+            }
         };
+        let (state, note) = match check {
+            StoreCheck::Checked => ("this record's change was not in the store when checked", ""),
+            StoreCheck::Unchecked => (
+                "the record may be partly applied: what the batch wrote could not be checked",
+                " (what the batch wrote could not be checked: some records may be applied)",
+            ),
+        };
+        let excerpt = text::bounded(recorded, DEAD_LETTER_EXCERPT_BYTES);
         let message = format!(
             "the batch failed {attempts} attempts and was moved to the dead-letter stream; \
-             this record's change was not in the store. Last error: {}",
-            text::bounded(&error, DEAD_LETTER_EXCERPT_BYTES)
+             {state}. Last error: {excerpt}"
         );
+        let room = text::ERROR_MAX_BYTES.saturating_sub(note.len());
         DeadLettered {
             outcomes: self.outcomes_all(OutcomeCode::DeadLettered, &message),
-            error,
+            error: format!("{}{note}", text::bounded(recorded, room)),
         }
     }
 }
@@ -336,7 +357,7 @@ mod tests {
         let records = vec![json!({"email": "a@x.io"}), json!({"email": "b@x.io"})];
         let plan = plan_action(&records, ActionType::Upsert, 10);
         let huge = format!("write failed: {}", "\"\0x".repeat(6_000_000));
-        let dead = plan.batches[0].dead_lettered(5, Some(&huge));
+        let dead = plan.batches[0].dead_lettered(5, Some(&huge), StoreCheck::Checked);
         assert!(dead.error.len() <= text::ERROR_MAX_BYTES);
         assert!(dead.error.starts_with("write failed: \"\u{FFFD}x"));
         assert_eq!(dead.outcomes.len(), 2);
@@ -345,8 +366,14 @@ mod tests {
             assert!(message.len() <= text::MESSAGE_MAX_BYTES);
             assert!(message.contains("5 attempts") && message.contains("Last error: write failed"));
         }
-        let unknown = plan.batches[0].dead_lettered(3, None);
+        let unknown = plan.batches[0].dead_lettered(3, None, StoreCheck::Unchecked);
         assert!(unknown.error.starts_with("no error was recorded"));
+        assert!(unknown.error.ends_with("some records may be applied)"));
+        let unchecked = plan.batches[0].dead_lettered(5, Some(&huge), StoreCheck::Unchecked);
+        assert!(unchecked.error.len() <= text::ERROR_MAX_BYTES);
+        assert!(unchecked.error.ends_with("some records may be applied)"));
+        let message = unchecked.outcomes[0].message.as_deref().unwrap_or_default();
+        assert!(message.contains("may be partly applied"), "{message}");
     }
 
     #[test]

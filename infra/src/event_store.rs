@@ -24,6 +24,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the staged batches of action {0} expired before it was committed")]
     StagingExpired(ActionId),
+    /// Commands on the action kept changing its facts under each decision.
+    #[error("action {0} changed under every decision; retry")]
+    Contended(ActionId),
 }
 
 impl From<domain::event::DecodeError> for StoreError {

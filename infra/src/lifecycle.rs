@@ -1,8 +1,8 @@
 //! Cancel, pause, resume and PATCH of an action: read its lifecycle facts, let
 //! `domain::lifecycle::decide` decide, and record the decision with the script of the
-//! command (`lua/control.lua`, `lua/amend.lua`) if the facts are still the ones it saw.
-//! A decision made on facts that changed meanwhile (a release, the last batch, another
-//! command) is made again on the new ones.
+//! command (`lua/control.lua`, `lua/amend.lua`) if the facts are still the ones it saw
+//! (the script compares `Facts::signature`). A decision made on facts that changed
+//! meanwhile (a release, the last batch, another command) is made again on the new ones.
 
 use domain::lifecycle::{self, Command, Facts, Refusal};
 use domain::pacing::Bucket;
@@ -12,8 +12,9 @@ use ulid::Ulid;
 use crate::event_store::StoreError;
 use crate::roles::Submissions;
 
-/// How often a decision is made again before giving up. Facts change a handful of times
-/// in an action's life, so two tries are rare and this many is a fault.
+/// How often a decision is made again before giving up: facts change a handful of times
+/// in an action's life, but an account may toggle pause and resume as fast as its request
+/// budget allows.
 const MAX_DECISIONS: usize = 32;
 
 /// What became of a command.
@@ -25,6 +26,13 @@ pub enum Executed {
     AlreadySo,
     UnknownAction,
     Refused(Refusal),
+}
+
+/// A short, growing, jittered pause before deciding again, so that commands racing on one
+/// action take turns instead of colliding again at once.
+fn stale_pause(round: usize) -> std::time::Duration {
+    let ceiling_ms = 1 + 2 * u64::try_from(round).unwrap_or(u64::MAX).min(25);
+    std::time::Duration::from_millis(rand::random_range(0..=ceiling_ms))
 }
 
 /// Script results (see the scripts' headers).
@@ -43,8 +51,8 @@ impl Submissions {
         api_key_id: Option<&str>,
         at: Timestamp,
     ) -> Result<Executed, StoreError> {
-        for _ in 0..MAX_DECISIONS {
-            let Some((facts, version)) = self.lifecycle_facts(action).await? else {
+        for round in 0..MAX_DECISIONS {
+            let Some(facts) = self.lifecycle_facts(action).await? else {
                 return Ok(Executed::UnknownAction);
             };
             let events = match lifecycle::decide(&facts, command, api_key_id) {
@@ -54,18 +62,18 @@ impl Submissions {
             };
             let code = match command {
                 Command::Amend(_) => {
-                    self.record_amendment(action, &events, pace, version, at)
+                    self.record_amendment(action, &events, pace, &facts, at)
                         .await?
                 }
                 _ => {
-                    self.record_control(action, command, &events, version, at)
+                    self.record_control(action, command, &events, &facts, at)
                         .await?
                 }
             };
             match code {
                 RECORDED => return Ok(Executed::Recorded),
                 UNKNOWN_ACTION => return Ok(Executed::UnknownAction),
-                STALE => continue,
+                STALE => tokio::time::sleep(stale_pause(round)).await,
                 other => {
                     return Err(StoreError::Corrupt(format!(
                         "lifecycle script answered {other}"
@@ -73,30 +81,22 @@ impl Submissions {
                 }
             }
         }
-        Err(StoreError::Corrupt(format!(
-            "the lifecycle of {action} changed under {MAX_DECISIONS} decisions in a row"
-        )))
+        tracing::warn!(%action, "the action's facts changed under {MAX_DECISIONS} decisions in a row");
+        Err(StoreError::Contended(action))
     }
 
-    /// The facts `decide` looks at and their version, read in one step.
-    async fn lifecycle_facts(&self, action: ActionId) -> Result<Option<(Facts, u64)>, StoreError> {
+    /// The facts `decide` looks at, read in one step.
+    async fn lifecycle_facts(&self, action: ActionId) -> Result<Option<Facts>, StoreError> {
         let partition = self.keys.partition_of(action);
-        type Meta = (
-            Option<u32>,
-            Option<u32>,
-            Option<String>,
-            Option<String>,
-            Option<u64>,
-        );
-        let ((batches, done, cancelled, paused, version), start): (Meta, Option<f64>) =
-            redis::pipe()
-                .atomic()
-                .cmd("HMGET")
-                .arg(self.keys.meta(action))
-                .arg(&["batches", "done", "cancelled", "paused", "lv"][..])
-                .zscore(self.keys.schedule(partition), action.to_string())
-                .query_async(&mut self.conn.clone())
-                .await?;
+        type Meta = (Option<u32>, Option<u32>, Option<String>, Option<String>);
+        let ((batches, done, cancelled, paused), start): (Meta, Option<f64>) = redis::pipe()
+            .atomic()
+            .cmd("HMGET")
+            .arg(self.keys.meta(action))
+            .arg(&["batches", "done", "cancelled", "paused"][..])
+            .zscore(self.keys.schedule(partition), action.to_string())
+            .query_async(&mut self.conn.clone())
+            .await?;
         let Some(batches) = batches else {
             return Ok(None);
         };
@@ -107,7 +107,7 @@ impl Submissions {
             paused: paused.as_deref() == Some("1"),
             scheduled: start.is_some(),
         };
-        Ok(Some((facts, version.unwrap_or(0))))
+        Ok(Some(facts))
     }
 
     async fn record_control(
@@ -115,7 +115,7 @@ impl Submissions {
         action: ActionId,
         command: &Command,
         events: &[EventPayload],
-        version: u64,
+        facts: &Facts,
         at: Timestamp,
     ) -> Result<i64, StoreError> {
         let name = match command {
@@ -152,7 +152,7 @@ impl Submissions {
             .arg(event.type_name())
             .arg(at.to_string())
             .arg(event.data_json())
-            .arg(version)
+            .arg(facts.signature())
             .invoke_async(&mut self.conn.clone())
             .await?)
     }
@@ -162,7 +162,7 @@ impl Submissions {
         action: ActionId,
         events: &[EventPayload],
         pace: Option<Option<Bucket>>,
-        version: u64,
+        facts: &Facts,
         at: Timestamp,
     ) -> Result<i64, StoreError> {
         let partition = self.keys.partition_of(action);
@@ -204,7 +204,7 @@ impl Submissions {
             .arg(Ulid::new().to_string())
             .arg("PacingChanged")
             .arg(data(paced).unwrap_or_default())
-            .arg(version)
+            .arg(facts.signature())
             .invoke_async(&mut self.conn.clone())
             .await?)
     }

@@ -940,10 +940,8 @@ return {
 }
 
 /// The api decides each command on facts read a moment before, and the scripts record it
-/// only if the action's lifecycle version is still the one read: racing commands never
-/// record what the facts no longer allow (a second `Paused` in a row, or anything after a
-/// cancel). An action whose meta predates lifecycle versions (an upgrade in place) takes
-/// commands like any other.
+/// only if the facts are still the ones read: racing commands never record what the facts
+/// no longer allow (a second `Paused` in a row, or anything after a cancel).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_commands_record_only_what_the_facts_allow() -> Result<()> {
     let _serial = SERIAL.lock().await;
@@ -956,17 +954,6 @@ async fn racing_commands_record_only_what_the_facts_allow() -> Result<()> {
     // Scheduled an hour ahead: no batch settles meanwhile, only the commands change it.
     body["scheduledFor"] = json!(at_offset(3_600_000));
     let action = app.submit(&body).await?;
-    let mut conn = redis::Client::open(app.services.redis_url.as_str())?
-        .get_multiplexed_async_connection()
-        .await?;
-    let meta = app
-        .keys()
-        .meta(ActionId::parse(&action).context("action id")?);
-    let _: () = redis::cmd("HDEL")
-        .arg(&meta)
-        .arg("lv")
-        .query_async(&mut conn)
-        .await?;
 
     let command = |verb: &'static str| {
         let client = app.client.clone();

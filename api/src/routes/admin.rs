@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use crate::auth;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
-use crate::extract::JsonObject;
+use crate::extract::AnyJsonObject;
 use crate::AppState;
 
 /// An account's limits: what applies, and which of it is the account's own.
@@ -60,17 +60,18 @@ impl FromRequestParts<AppState> for AdminAccount {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         authorize(state, &parts.headers)?;
+        let invalid = |message: String| {
+            ApiError::bad_request(ErrorCode::InvalidAccountId, message)
+                .with_details(json!({ "field": "accountId" }))
+        };
         let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
             .await
-            .map_err(|rejection| ApiError::internal(rejection.body_text()))?;
+            .map_err(|rejection| invalid(rejection.body_text()))?;
         let raw = params
             .get("account_id")
             .map(String::as_str)
             .unwrap_or_default();
-        let account = AccountId::parse(raw).map_err(|error| {
-            ApiError::bad_request(ErrorCode::InvalidAccountId, error.to_string())
-                .with_details(json!({ "field": "accountId" }))
-        })?;
+        let account = AccountId::parse(raw).map_err(|error| invalid(error.to_string()))?;
         tracing::Span::current().record("account", tracing::field::display(&account));
         Ok(AdminAccount(account))
     }
@@ -109,7 +110,7 @@ pub async fn get_limits(
 pub async fn put_limits(
     State(state): State<AppState>,
     AdminAccount(account): AdminAccount,
-    JsonObject(request): JsonObject<LimitsRequest>,
+    AnyJsonObject(request): AnyJsonObject<LimitsRequest>,
 ) -> Result<Json<LimitsView>, ApiError> {
     let limit = |name: &'static str, raw: Option<Value>| -> Result<Option<u32>, ApiError> {
         match raw {
@@ -131,7 +132,9 @@ pub async fn put_limits(
         records_per_minute: state.config.records_per_minute,
         requests_per_minute: state.config.requests_per_minute,
     };
-    state.admin.set_account_limits(&account, overrides, defaults)
+    state
+        .admin
+        .set_account_limits(&account, overrides, defaults)
         .await?;
     tracing::info!(%account, ?overrides, "account limits set");
     Ok(Json(view(&state, &account, overrides)))
@@ -176,7 +179,9 @@ pub async fn create_key(
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
     let minted = auth::mint_key();
     let created_at = infra::clock::now();
-    state.admin.store_api_key(&infra::api_keys::StoredKey {
+    state
+        .admin
+        .store_api_key(&infra::api_keys::StoredKey {
             key_id: minted.key_id.clone(),
             account: account.clone(),
             digest: minted.digest,

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use domain::plan::{DeadLettered, StoreCheck};
 use domain::{Batch, OutcomeCode, RecordOutcome};
 use infra::event_store::{ActionMeta, CancelSettlement, DeadLetter};
 use infra::flow::ParkDecision;
@@ -241,27 +242,21 @@ impl Worker {
         last_error: Option<String>,
         shutdown: &CancellationToken,
     ) -> Result<(), infra::StoreError> {
-        let attempts = attempt - 1;
-        // Bounded: a store's error may quote whatever the batch held.
-        let domain::plan::DeadLettered {
-            mut error,
-            outcomes,
-        } = batch.dead_lettered(attempts, last_error.as_deref());
-        let look = self.checked(meta, item, batch, attempt, &outcomes, shutdown);
-        let checked = self.while_holding(item, look).await;
-        let outcomes = match checked {
-            Checked::Reconciled(reconciled) => reconciled,
+        // Attempts past the limit were looks at what the batch wrote, not attempts.
+        let attempts = (attempt - 1).min(self.retry.max_attempts);
+        let error = last_error.as_deref();
+        let checked = batch.dead_lettered(attempts, error, StoreCheck::Checked);
+        let look = self.checked(meta, item, batch, attempt, &checked.outcomes, shutdown);
+        let DeadLettered { error, outcomes } = match self.while_holding(item, look).await {
+            Checked::Reconciled(outcomes) => DeadLettered {
+                error: checked.error,
+                outcomes,
+            },
             Checked::Later => {
                 self.hand_back(item).await;
                 return Ok(());
             }
-            Checked::Impossible => {
-                error.push_str(
-                    " (what the batch wrote could not be checked: its records are all \
-                     reported dead_lettered, some may be applied)",
-                );
-                outcomes
-            }
+            Checked::Impossible => batch.dead_lettered(attempts, error, StoreCheck::Unchecked),
         };
         tracing::error!(attempts, %error, "batch dead-lettered");
         let dead_letter = DeadLetter {

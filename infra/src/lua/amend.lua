@@ -1,19 +1,19 @@
 -- PATCH of an action: moves its start time and/or changes its pace, both or neither, as
--- `domain::lifecycle::decide` decided on the facts at lifecycle version `expectedVersion`
+-- `domain::lifecycle::decide` decided on the facts `expectedFacts` spells
 -- (a start moves only while the action waits in the schedule; the pace changes until the
--- action ends). If the facts have changed since, nothing is done and the caller decides
+-- action ends). If they are not the facts now, nothing is done and the caller decides
 -- again.
 --
 -- KEYS: meta, events, feed, schedule
 -- ARGV: action, schemaVersion, at, startAtMs ('' = unchanged),
 --       paceChange ('1' = set the pace below), paceEmitMs ('' = no pace), paceBurst,
 --       rescheduledId, rescheduledType, rescheduledData, pacedId, pacedType, pacedData,
---       expectedVersion
+--       expectedFacts
 -- Returns 1 done, -1 no such action, -5 stale (the facts changed since the decision).
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return -1
 end
-if not lifecycle_is(KEYS[1], ARGV[14]) then
+if lifecycle_signature(KEYS[1], KEYS[4], ARGV[1]) ~= ARGV[14] then
   return -5
 end
 local action = ARGV[1]

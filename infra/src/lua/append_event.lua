@@ -33,7 +33,6 @@ if ARGV[2] == '' or redis.call('HSETNX', KEYS[1], ARGV[2], 1) == 1 then
   if ARGV[8] == '1' then
     local done = redis.call('HINCRBY', KEYS[1], 'done', 1)
     if done == tonumber(redis.call('HGET', KEYS[1], 'batches')) then
-      bump_lifecycle(KEYS[1])
       seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
       xadd_event(KEYS[2], action, seq, ARGV[3], ARGV[9], ARGV[10], ARGV[6], ARGV[11])
     end

@@ -1,7 +1,7 @@
 -- Cancels, pauses or resumes an action, and records it as an event, in one step. Whether
 -- it may, and which event records it, was decided in Rust (`domain::lifecycle::decide`) on
--- the facts at lifecycle version `expectedVersion`; if they have changed since, nothing is
--- done and the caller decides again.
+-- the facts `expectedFacts` spells; if they are not the facts now, nothing is done and the
+-- caller decides again.
 --
 -- cancel: the action leaves the schedule and stays in (or joins) its account's queue while
 --   batches are left: the dispatcher hands them out free of budget and pace, a few at a
@@ -14,12 +14,12 @@
 -- resume: back into the queue at its original place (its creation time), if released.
 --
 -- KEYS: meta, events, feed, work, schedule, queue (the account's), ready, parked
--- ARGV: command, action, schemaVersion, eventId, type, at, data, expectedVersion
+-- ARGV: command, action, schemaVersion, eventId, type, at, data, expectedFacts
 -- Returns 1 done, -1 no such action, -5 stale (the facts changed since the decision).
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return -1
 end
-if not lifecycle_is(KEYS[1], ARGV[8]) then
+if lifecycle_signature(KEYS[1], KEYS[5], ARGV[2]) ~= ARGV[8] then
   return -5
 end
 local command, action = ARGV[1], ARGV[2]
@@ -64,7 +64,6 @@ else
   return redis.error_reply('unknown command ' .. command)
 end
 
-bump_lifecycle(KEYS[1])
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 xadd_event(KEYS[2], action, seq, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
 announce(KEYS[3], action, seq)

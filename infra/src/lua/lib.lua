@@ -47,15 +47,15 @@ local function gcra_rescale(tat, now, old_interval, new_interval)
   return now + (tat - now) * new_interval / old_interval
 end
 
--- The lifecycle version of an action (`lv` in its meta): bumped by every change of what
--- `domain::lifecycle::decide` looks at (finished, cancelled, paused, in the schedule), and
--- checked by the scripts that append its decisions, so none is applied to facts it did not
--- see. A meta without one (written by an older build) is at version 0.
-local function bump_lifecycle(meta)
-  redis.call('HINCRBY', meta, 'lv', 1)
-end
-
-local function lifecycle_is(meta, expected)
-  return tonumber(redis.call('HGET', meta, 'lv') or '0') == tonumber(expected)
+-- The facts `domain::lifecycle::decide` looks at, as `Facts::signature` spells them: one
+-- character each for finished, cancelled, paused and waiting in the schedule. The scripts
+-- that append a decision compare them with the ones it was made on, so no decision is
+-- applied to facts it did not see. Equality, not rules: the rules are in Rust.
+local function lifecycle_signature(meta, schedule, action)
+  local f = redis.call('HMGET', meta, 'batches', 'done', 'cancelled', 'paused')
+  local finished = tonumber(f[2] or '0') >= tonumber(f[1] or '0')
+  local scheduled = redis.call('ZSCORE', schedule, action) ~= false
+  return (finished and 'F' or '-') .. (f[3] == '1' and 'C' or '-')
+    .. (f[4] == '1' and 'P' or '-') .. (scheduled and 'S' or '-')
 end
 

@@ -30,7 +30,6 @@ if not more then
   redis.call('DEL', KEYS[4])
   redis.call('HDEL', KEYS[1], 'opening', 'startAt')
   redis.call('ZREM', KEYS[8], action)
-  bump_lifecycle(KEYS[1])
   if tonumber(f[3]) == 0 then
     append(ARGV[4], ARGV[5], ARGV[6])
   elseif f[4] ~= '' and f[8] ~= '1' then

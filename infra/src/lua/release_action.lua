@@ -8,7 +8,6 @@ if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
   return 0
 end
 local action = ARGV[1]
-bump_lifecycle(KEYS[2])
 local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
 xadd_event(KEYS[3], action, seq, ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 announce(KEYS[4], action, seq)
