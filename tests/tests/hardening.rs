@@ -309,44 +309,59 @@ async fn hold_writes_of(deployment: &Deployment, email: &str, seconds: u32) -> R
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancel_after_a_killed_attempt_reports_what_that_attempt_wrote() -> Result<()> {
-    let _serial = SERIAL.lock().await;
+/// A deployment with one single-worker consumer `c1`, whose first attempt at an `update`
+/// of `records` contacts of `account` (batches of 200) is caught with at least 150 of
+/// batch 0 written and the rest held back by a trigger, then SIGKILLed. Returns the update.
+async fn an_update_killed_mid_batch(
+    account: &str,
+    records_total: usize,
+    max_batch_attempts: u32,
+) -> Result<(Deployment, String)> {
     let mut deployment = Deployment::start(
         DeploymentOptions {
             batch_size: 200,
             consumer_concurrency: 1,
             claim_idle_ms: 2_000,
+            max_batch_attempts,
             ..DeploymentOptions::default()
         },
         &["c1"],
     )
     .await?;
-    let account = "mid";
     let seeded = deployment
-        .submit(&action(account, "create", records(account, 0..400, "A")))
+        .submit(&action(
+            account,
+            "create",
+            records(account, 0..records_total, "A"),
+        ))
         .await?;
     deployment.wait_projected_terminal(&seeded, WAIT).await?;
 
     // The update's statements go to the server 32 at a time, sorted by their `$set`: the
     // record named "Z…" goes last, so the attempt is caught with most of batch 0 written.
-    let mut data = records(account, 0..400, "B");
+    let mut data = records(account, 0..records_total, "B");
     data[7]["name"] = json!("Z0007X");
-    hold_writes_of(&deployment, &format!("u7@{account}.io"), 4).await?;
+    hold_writes_of(&deployment, &format!("u7@{account}.io"), 3).await?;
     let update = deployment.submit(&action(account, "update", data)).await?;
     let deadline = Instant::now() + WAIT;
-    loop {
-        let written = deployment
-            .contacts()
-            .count_documents(doc! { "accountId": account, "name": { "$regex": "^B" } })
-            .await?;
-        if written >= 150 {
-            break;
-        }
+    while deployment
+        .contacts()
+        .count_documents(doc! { "accountId": account, "name": { "$regex": "^B" } })
+        .await?
+        < 150
+    {
         ensure!(Instant::now() < deadline, "batch 0 was never written");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     deployment.kill_consumer("c1");
+    Ok((deployment, update))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_after_a_killed_attempt_reports_what_that_attempt_wrote() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let account = "mid";
+    let (mut deployment, update) = an_update_killed_mid_batch(account, 400, 8).await?;
     let (status, answer) = deployment
         .post_json(&format!("/bulk-actions/{update}/cancel"), &json!({}))
         .await?;
@@ -478,39 +493,8 @@ async fn a_consumer_whose_clock_runs_ahead_keeps_to_redis_time() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_dead_lettered_after_killed_attempts_reports_what_they_wrote() -> Result<()> {
     let _serial = SERIAL.lock().await;
-    let mut deployment = Deployment::start(
-        DeploymentOptions {
-            batch_size: 200,
-            consumer_concurrency: 1,
-            claim_idle_ms: 2_000,
-            max_batch_attempts: 1,
-            ..DeploymentOptions::default()
-        },
-        &["c1"],
-    )
-    .await?;
     let account = "dl";
-    let seeded = deployment
-        .submit(&action(account, "create", records(account, 0..200, "A")))
-        .await?;
-    deployment.wait_projected_terminal(&seeded, WAIT).await?;
-
-    // As in the cancel test above: the attempt is caught with most of the batch written.
-    let mut data = records(account, 0..200, "B");
-    data[7]["name"] = json!("Z0007X");
-    hold_writes_of(&deployment, &format!("u7@{account}.io"), 3).await?;
-    let update = deployment.submit(&action(account, "update", data)).await?;
-    let deadline = Instant::now() + WAIT;
-    while deployment
-        .contacts()
-        .count_documents(doc! { "accountId": account, "name": { "$regex": "^B" } })
-        .await?
-        < 150
-    {
-        ensure!(Instant::now() < deadline, "the batch was never written");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    deployment.kill_consumer("c1");
+    let (mut deployment, update) = an_update_killed_mid_batch(account, 200, 1).await?;
     deployment.services.psql(&format!(
         "DROP TRIGGER hold_write ON {};",
         deployment.contacts_table().await?

@@ -172,16 +172,7 @@ impl Worker {
         attempt: u32,
         shutdown: &CancellationToken,
     ) -> AttemptResult {
-        let mut target = Target {
-            account: &meta.account_id,
-            action: item.action_id,
-            action_type: meta.action_type,
-            attempt,
-        };
-        let memory = BatchInRedis {
-            store: &self.store,
-            item,
-        };
+        let (mut target, memory) = self.target(meta, item, attempt);
         if !self.simulated_latency.is_zero() {
             tokio::select! {
                 _ = shutdown.cancelled() => return AttemptResult::Interrupted,
@@ -196,11 +187,8 @@ impl Worker {
                     // The outage may have cut a write that reached the server: the next
                     // try looks for what this action wrote, as a retried attempt does.
                     target.attempt = target.attempt.max(2);
-                    let pause = outage_delays.next().unwrap_or(Duration::from_secs(5));
-                    tracing::warn!(%error, ?pause, "MongoDB is unreachable; waiting");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return AttemptResult::Interrupted,
-                        _ = tokio::time::sleep(pause) => {}
+                    if wait_out(&error, &mut outage_delays, shutdown).await == Waited::ShutDown {
+                        return AttemptResult::Interrupted;
                     }
                 }
                 // Bounded at once: it is logged on every attempt and kept for the dead letter.
@@ -283,16 +271,7 @@ impl Worker {
         if attempt > self.retry.max_attempts + MAX_RECONCILE_TRIES {
             return Checked::Impossible;
         }
-        let target = Target {
-            account: &meta.account_id,
-            action: item.action_id,
-            action_type: meta.action_type,
-            attempt,
-        };
-        let memory = BatchInRedis {
-            store: &self.store,
-            item,
-        };
+        let (target, memory) = self.target(meta, item, attempt);
         let mut outage_delays = infra::retry::reconnect_delays();
         loop {
             let outcomes = dead_lettered.to_vec();
@@ -303,11 +282,8 @@ impl Worker {
             {
                 Ok(reconciled) => return Checked::Reconciled(reconciled),
                 Err(error) if error.is_outage() => {
-                    let pause = outage_delays.next().unwrap_or(Duration::from_secs(5));
-                    tracing::warn!(%error, ?pause, "MongoDB is unreachable; waiting to check what the batch wrote");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Checked::Later,
-                        _ = tokio::time::sleep(pause) => {}
+                    if wait_out(&error, &mut outage_delays, shutdown).await == Waited::ShutDown {
+                        return Checked::Later;
                     }
                 }
                 Err(error) => {
@@ -316,5 +292,47 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Waited {
+    Paused,
+    ShutDown,
+}
+
+/// One pause of a MongoDB outage (the delays grow to 5 s), unless the consumer shuts down.
+async fn wait_out(
+    error: &crate::apply::ApplyError,
+    delays: &mut impl Iterator<Item = Duration>,
+    shutdown: &CancellationToken,
+) -> Waited {
+    let pause = delays.next().unwrap_or(Duration::from_secs(5));
+    tracing::warn!(%error, ?pause, "MongoDB is unreachable; waiting");
+    tokio::select! {
+        _ = shutdown.cancelled() => Waited::ShutDown,
+        _ = tokio::time::sleep(pause) => Waited::Paused,
+    }
+}
+
+impl Worker {
+    /// Where attempt `attempt` at `item` writes, and where it remembers what it found.
+    fn target<'a>(
+        &'a self,
+        meta: &'a ActionMeta,
+        item: &'a WorkItem,
+        attempt: u32,
+    ) -> (Target<'a>, BatchInRedis<'a>) {
+        let target = Target {
+            account: &meta.account_id,
+            action: item.action_id,
+            action_type: meta.action_type,
+            attempt,
+        };
+        let memory = BatchInRedis {
+            store: &self.store,
+            item,
+        };
+        (target, memory)
     }
 }
