@@ -40,46 +40,8 @@ pub async fn archive_finished(
     finished_before: Timestamp,
     now: Timestamp,
 ) -> Result<RetentionReport, ProjectorError> {
-    let finished: Vec<&str> = ActionStatus::ALL
-        .iter()
-        .filter(|status| {
-            matches!(
-                status,
-                ActionStatus::Completed | ActionStatus::Failed | ActionStatus::Cancelled
-            )
-        })
-        .map(ActionStatus::as_str)
-        .collect();
-    let views = database.collection::<Document>(ACTION_VIEWS);
-    let mut candidates: Vec<Document> = Vec::new();
-    // Times are stored as fixed-width RFC 3339 text, so text order is time order and the
-    // store picks the old ones. Paged by `_id`, each page in one reply: no `getMore` to lose.
-    let cutoff = finished_before.to_string();
-    loop {
-        let mut filter = doc! {
-            "status": { "$in": &finished },
-            "completedAt": { "$lt": &cutoff },
-        };
-        if let Some(last) = candidates.last().and_then(|view| view.get_str("_id").ok()) {
-            filter.insert("_id", doc! { "$gt": last });
-        }
-        let page: Vec<Document> = views
-            .find(filter)
-            .projection(doc! { "_id": 1, "lastSeq": 1 })
-            .sort(doc! { "_id": 1 })
-            .limit(CANDIDATES_PER_PAGE)
-            .batch_size(CANDIDATES_PER_PAGE as u32)
-            .await?
-            .try_collect()
-            .await?;
-        let full = page.len() as i64 == CANDIDATES_PER_PAGE;
-        candidates.extend(page);
-        if !full {
-            break;
-        }
-    }
     let mut report = RetentionReport::default();
-    for view in candidates {
+    for view in finished_views(database, finished_before).await? {
         let Some(action) = view.get_str("_id").ok().and_then(ActionId::parse) else {
             continue;
         };
@@ -106,6 +68,49 @@ pub async fn archive_finished(
         );
     }
     Ok(report)
+}
+
+/// The views (`_id`, `lastSeq`) of actions that finished before `finished_before`.
+/// Times are stored as fixed-width RFC 3339 text, so text order is time order and the
+/// store picks the old ones. Paged by `_id`, each page in one reply: no `getMore` to lose.
+async fn finished_views(
+    database: &Database,
+    finished_before: Timestamp,
+) -> Result<Vec<Document>, ProjectorError> {
+    let finished: Vec<&str> = [
+        ActionStatus::Completed,
+        ActionStatus::Failed,
+        ActionStatus::Cancelled,
+    ]
+    .iter()
+    .map(ActionStatus::as_str)
+    .collect();
+    let views = database.collection::<Document>(ACTION_VIEWS);
+    let cutoff = finished_before.to_string();
+    let mut candidates: Vec<Document> = Vec::new();
+    loop {
+        let mut filter = doc! {
+            "status": { "$in": &finished },
+            "completedAt": { "$lt": &cutoff },
+        };
+        if let Some(last) = candidates.last().and_then(|view| view.get_str("_id").ok()) {
+            filter.insert("_id", doc! { "$gt": last });
+        }
+        let page: Vec<Document> = views
+            .find(filter)
+            .projection(doc! { "_id": 1, "lastSeq": 1 })
+            .sort(doc! { "_id": 1 })
+            .limit(CANDIDATES_PER_PAGE)
+            .batch_size(CANDIDATES_PER_PAGE as u32)
+            .await?
+            .try_collect()
+            .await?;
+        let full = page.len() as i64 == CANDIDATES_PER_PAGE;
+        candidates.extend(page);
+        if !full {
+            return Ok(candidates);
+        }
+    }
 }
 
 /// Copies the action's events into the archive, checks that all `head_seq` of them are
