@@ -11,7 +11,8 @@ ensure_all
 ensure_wrk
 
 cargo build --release --bins -p api -p consumer -p projector -p bulk-tests
-BULK_BINARIES_DIR="$(pwd)/target/release"
+TARGET="${CARGO_TARGET_DIR:-target}"
+BULK_BINARIES_DIR="$(cd "$TARGET/release" && pwd)"
 export BULK_BINARIES_DIR
 echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr)"
-exec target/release/bench "$@"
+exec "$BULK_BINARIES_DIR"/bench "$@"

@@ -13,7 +13,8 @@ source scripts/deps.sh
 ensure_all
 
 cargo build --release --bins -p api -p consumer -p projector -p bulk-tests
-BULK_BINARIES_DIR="$(pwd)/target/release"
+TARGET="${CARGO_TARGET_DIR:-target}"
+BULK_BINARIES_DIR="$(cd "$TARGET/release" && pwd)"
 export BULK_BINARIES_DIR
 echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr)"
-exec target/release/soak "$@"
+exec "$BULK_BINARIES_DIR"/soak "$@"

@@ -40,7 +40,9 @@ wait_port() { # name, port
 }
 
 log "building ($PROFILE)"
-if [ "$PROFILE" = release ]; then cargo build --release --bins -q; BIN=target/release; else cargo build --bins -q; BIN=target/debug; fi
+# Binaries are where cargo puts them, `CARGO_TARGET_DIR` included.
+TARGET="${CARGO_TARGET_DIR:-target}"
+if [ "$PROFILE" = release ]; then cargo build --release --bins -q; BIN="$TARGET/release"; else cargo build --bins -q; BIN="$TARGET/debug"; fi
 
 start redis "$REDIS_SERVER_BIN" --port "$DEV_REDIS_PORT" --bind 127.0.0.1 --dir "$PWD/$DEV/redis" \
   --appendonly yes --appendfsync everysec --save ""
@@ -66,8 +68,14 @@ start ferretdb "$FERRETDB_BIN" --listen-addr="127.0.0.1:$DEV_MONGO_PORT" --handl
 wait_port ferretdb "$DEV_MONGO_PORT"
 
 # The admin api (per-account limits) needs a token; one is made once and kept in .dev.
-[ -s "$DEV/admin-token" ] || head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$DEV/admin-token"
-export ADMIN_TOKEN="${ADMIN_TOKEN:-$(cat "$DEV/admin-token")}"
+# An ADMIN_TOKEN from the environment is kept in the file too, so the file always holds the
+# token the running api takes (the demo tools read it).
+if [ -n "${ADMIN_TOKEN:-}" ]; then
+  printf '%s' "$ADMIN_TOKEN" > "$DEV/admin-token"
+elif [ ! -s "$DEV/admin-token" ]; then
+  head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$DEV/admin-token"
+fi
+export ADMIN_TOKEN="$(cat "$DEV/admin-token")"
 export REDIS_URL="redis://127.0.0.1:$DEV_REDIS_PORT"
 export MONGODB_URI="mongodb://127.0.0.1:$DEV_MONGO_PORT/crm-bulk-actions"
 export PORT
