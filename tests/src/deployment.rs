@@ -174,6 +174,9 @@ impl Deployment {
             }
             None => Command::new(path),
         };
+        // Its own process group, so that a SIGKILL reaches a wrapper's child too (faketime
+        // runs the consumer as its child, which would outlive it).
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let options = &self.options;
         command
             // Away from the repository, so no developer's `.env` leaks in.
@@ -433,7 +436,13 @@ fn peak_rss_of(pid: u32) -> Option<u64> {
 
 fn sigkill(child: Option<Child>) {
     if let Some(mut child) = child {
-        // `Child::kill` is SIGKILL on Unix: no chance to clean up, like a crash.
+        // SIGKILL: no chance to clean up, like a crash. To the whole process group (the
+        // child leads its own), so a wrapped process goes with its wrapper.
+        let group = format!("-{}", child.id());
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
         let _ = child.kill();
         let _ = child.wait();
     }
