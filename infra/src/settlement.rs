@@ -19,6 +19,21 @@ enum AppendCondition {
     Unattempted,
 }
 
+/// One run of `append_event.lua`: an event, its guard, and what it settles.
+#[derive(Clone, Copy)]
+struct Append<'a> {
+    action: ActionId,
+    /// At most one event per guard (e.g. `started`, `batch:7`); empty: no guard.
+    guard: &'a str,
+    payload: &'a EventPayload,
+    at: Timestamp,
+    /// The batch it settles, whose payload and work entry go in the same step.
+    settles: Option<&'a WorkItem>,
+    /// A dead letter's error and attempts, copied with the batch to the dead-letter stream.
+    dead_letter: Option<(&'a str, u32)>,
+    condition: AppendCondition,
+}
+
 /// How settling a batch of a cancelled action went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CancelSettlement {
@@ -81,15 +96,15 @@ impl Settlement {
         payload: &EventPayload,
         at: Timestamp,
     ) -> Result<Option<u64>, StoreError> {
-        self.append(
+        self.append(&Append {
             action,
             guard,
             payload,
             at,
-            None,
-            None,
-            AppendCondition::Always,
-        )
+            settles: None,
+            dead_letter: None,
+            condition: AppendCondition::Always,
+        })
         .await
     }
 
@@ -153,15 +168,15 @@ impl Settlement {
         };
         let guard = format!("batch:{}", item.batch);
         let code = self
-            .append_script(
-                item.action_id,
-                &guard,
-                &payload,
+            .append_script(&Append {
+                action: item.action_id,
+                guard: &guard,
+                payload: &payload,
                 at,
-                Some(item),
-                None,
-                AppendCondition::Unattempted,
-            )
+                settles: Some(item),
+                dead_letter: None,
+                condition: AppendCondition::Unattempted,
+            })
             .await?;
         match code {
             -1 => Err(StoreError::Corrupt(format!(
@@ -181,51 +196,40 @@ impl Settlement {
         dead_letter: Option<(&str, u32)>,
     ) -> Result<Option<u64>, StoreError> {
         let guard = format!("batch:{}", item.batch);
-        self.append(
-            item.action_id,
-            &guard,
+        self.append(&Append {
+            action: item.action_id,
+            guard: &guard,
             payload,
             at,
-            Some(item),
+            settles: Some(item),
             dead_letter,
-            AppendCondition::Always,
-        )
+            condition: AppendCondition::Always,
+        })
         .await
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn append(
-        &self,
-        action: ActionId,
-        guard: &str,
-        payload: &EventPayload,
-        at: Timestamp,
-        settles: Option<&WorkItem>,
-        dead_letter: Option<(&str, u32)>,
-        condition: AppendCondition,
-    ) -> Result<Option<u64>, StoreError> {
-        let seq = self
-            .append_script(action, guard, payload, at, settles, dead_letter, condition)
-            .await?;
-        match seq {
-            -1 => Err(StoreError::Corrupt(format!("action {action} has no meta"))),
+    async fn append(&self, append: &Append<'_>) -> Result<Option<u64>, StoreError> {
+        match self.append_script(append).await? {
+            -1 => Err(StoreError::Corrupt(format!(
+                "action {} has no meta",
+                append.action
+            ))),
             seq if seq <= 0 => Ok(None),
             seq => Ok(Some(seq as u64)),
         }
     }
 
     /// Runs `append_event.lua`; returns its raw answer (see the script).
-    #[allow(clippy::too_many_arguments)]
-    async fn append_script(
-        &self,
-        action: ActionId,
-        guard: &str,
-        payload: &EventPayload,
-        at: Timestamp,
-        settles: Option<&WorkItem>,
-        dead_letter: Option<(&str, u32)>,
-        condition: AppendCondition,
-    ) -> Result<i64, StoreError> {
+    async fn append_script(&self, append: &Append<'_>) -> Result<i64, StoreError> {
+        let Append {
+            action,
+            guard,
+            payload,
+            at,
+            settles,
+            dead_letter,
+            condition,
+        } = *append;
         let partition = self.keys.partition_of(action);
         let completed = EventPayload::Completed {};
         let seq: i64 = self
