@@ -6,7 +6,7 @@
 
 use domain::lifecycle::{self, Command, Facts, Refusal};
 use domain::pacing::Bucket;
-use domain::{ActionId, EventPayload, Timestamp, SCHEMA_VERSION};
+use domain::{AccountId, ActionId, EventPayload, Timestamp, SCHEMA_VERSION};
 use ulid::Ulid;
 
 use crate::event_store::StoreError;
@@ -52,7 +52,7 @@ impl Submissions {
         at: Timestamp,
     ) -> Result<Executed, StoreError> {
         for round in 0..MAX_DECISIONS {
-            let Some(facts) = self.lifecycle_facts(action).await? else {
+            let Some((facts, account)) = self.lifecycle_facts(action).await? else {
                 return Ok(Executed::UnknownAction);
             };
             let events = match lifecycle::decide(&facts, command, api_key_id) {
@@ -66,7 +66,7 @@ impl Submissions {
                         .await?
                 }
                 _ => {
-                    self.record_control(action, command, &events, &facts, at)
+                    self.record_control(action, &account, command, &events, &facts, at)
                         .await?
                 }
             };
@@ -85,21 +85,34 @@ impl Submissions {
         Err(StoreError::Contended(action))
     }
 
-    /// The facts `decide` looks at, read in one step.
-    async fn lifecycle_facts(&self, action: ActionId) -> Result<Option<Facts>, StoreError> {
+    /// The facts `decide` looks at, and the action's account (whose queue a control
+    /// command moves it in), read in one step.
+    async fn lifecycle_facts(
+        &self,
+        action: ActionId,
+    ) -> Result<Option<(Facts, AccountId)>, StoreError> {
         let partition = self.keys.partition_of(action);
-        type Meta = (Option<u32>, Option<u32>, Option<String>, Option<String>);
-        let ((batches, done, cancelled, paused), start): (Meta, Option<f64>) = redis::pipe()
-            .atomic()
-            .cmd("HMGET")
-            .arg(self.keys.meta(action))
-            .arg(&["batches", "done", "cancelled", "paused"][..])
-            .zscore(self.keys.schedule(partition), action.to_string())
-            .query_async(&mut self.conn.clone())
-            .await?;
-        let Some(batches) = batches else {
+        type Meta = (
+            Option<u32>,
+            Option<u32>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let ((batches, done, cancelled, paused, account), start): (Meta, Option<f64>) =
+            redis::pipe()
+                .atomic()
+                .cmd("HMGET")
+                .arg(self.keys.meta(action))
+                .arg(&["batches", "done", "cancelled", "paused", "account"][..])
+                .zscore(self.keys.schedule(partition), action.to_string())
+                .query_async(&mut self.conn.clone())
+                .await?;
+        let (Some(batches), Some(account)) = (batches, account) else {
             return Ok(None);
         };
+        let account = AccountId::parse(&account)
+            .map_err(|_| StoreError::Corrupt(format!("meta of {action}: bad account")))?;
         let facts = Facts {
             batches,
             settled: done.unwrap_or(0),
@@ -107,12 +120,13 @@ impl Submissions {
             paused: paused.as_deref() == Some("1"),
             scheduled: start.is_some(),
         };
-        Ok(Some(facts))
+        Ok(Some((facts, account)))
     }
 
     async fn record_control(
         &self,
         action: ActionId,
+        account: &AccountId,
         command: &Command,
         events: &[EventPayload],
         facts: &Facts,
@@ -130,9 +144,6 @@ impl Submissions {
                 events.len()
             )));
         };
-        let Some(account) = self.account_of(action).await? else {
-            return Ok(UNKNOWN_ACTION);
-        };
         let partition = self.keys.partition_of(action);
         Ok(self
             .scripts
@@ -142,7 +153,7 @@ impl Submissions {
             .key(self.keys.feed(partition))
             .key(self.keys.work(partition))
             .key(self.keys.schedule(partition))
-            .key(self.keys.account_queue(partition, &account))
+            .key(self.keys.account_queue(partition, account))
             .key(self.keys.ready(partition))
             .key(self.keys.parked(action))
             .arg(name)
