@@ -65,6 +65,53 @@ impl Facts {
     }
 }
 
+/// What a batch of the action does when its turn comes: when the dispatcher reaches it,
+/// when a consumer is handed it, and when a scheduled action is released (it joins its
+/// account's queue only if its batches would be applied).
+///
+/// These moments are atomic with other actions' batches and budgets, so the rule is applied
+/// inside the scripts, by `batch_turn` in infra's `lua/lib.lua`; this is its twin, and a test
+/// (tests/tests/flow.rs) runs both on every combination of the facts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchTurn {
+    /// Charged to the budgets and applied to the store.
+    Apply,
+    /// Paused: kept back (parked if already handed out), its budget given back.
+    Hold,
+    /// Cancelled: settled as unprocessed without reaching the store, free of budget.
+    SettleUnprocessed,
+}
+
+impl BatchTurn {
+    /// The name the scripts use for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            BatchTurn::Apply => "apply",
+            BatchTurn::Hold => "hold",
+            BatchTurn::SettleUnprocessed => "settle",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Apply, Self::Hold, Self::SettleUnprocessed]
+            .into_iter()
+            .find(|turn| turn.name() == name)
+    }
+}
+
+impl Facts {
+    /// A cancel wins over a pause: a cancelled action's batches are settled, never held.
+    pub fn batch_turn(&self) -> BatchTurn {
+        if self.cancelled {
+            BatchTurn::SettleUnprocessed
+        } else if self.paused {
+            BatchTurn::Hold
+        } else {
+            BatchTurn::Apply
+        }
+    }
+}
+
 /// A client's request to change an action.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
@@ -167,6 +214,21 @@ mod tests {
 
     fn types(events: &[EventPayload]) -> Vec<&'static str> {
         events.iter().map(EventPayload::type_name).collect()
+    }
+
+    #[test]
+    fn a_batch_is_held_while_paused_and_settled_once_cancelled() {
+        let paused = running().apply(&EventPayload::Paused { api_key_id: None });
+        assert_eq!(running().batch_turn(), BatchTurn::Apply);
+        assert_eq!(paused.batch_turn(), BatchTurn::Hold);
+        let cancelled = paused.apply(&EventPayload::CancelRequested { api_key_id: None });
+        assert_eq!(cancelled.batch_turn(), BatchTurn::SettleUnprocessed);
+        let resumed = paused.apply(&EventPayload::Resumed { api_key_id: None });
+        assert_eq!(resumed.batch_turn(), BatchTurn::Apply);
+        for turn in [BatchTurn::Apply, BatchTurn::Hold, BatchTurn::SettleUnprocessed] {
+            assert_eq!(BatchTurn::parse(turn.name()), Some(turn));
+        }
+        assert_eq!(BatchTurn::parse("parked"), None);
     }
 
     #[test]
@@ -321,6 +383,7 @@ mod tests {
                 }
                 if facts.cancelled {
                     prop_assert!(!facts.paused);
+                    prop_assert_eq!(facts.batch_turn(), BatchTurn::SettleUnprocessed);
                 }
             }
             let cancelled_before = facts.cancelled;

@@ -62,6 +62,18 @@ pub struct ActionMeta {
     pub archived: bool,
 }
 
+impl ActionMeta {
+    /// What its batches do now (`domain::lifecycle::BatchTurn`).
+    pub fn batch_turn(&self) -> domain::lifecycle::BatchTurn {
+        domain::lifecycle::Facts {
+            cancelled: self.cancelled,
+            paused: self.paused,
+            ..Default::default()
+        }
+        .batch_turn()
+    }
+}
+
 pub(crate) struct Scripts {
     pub(crate) commit_action: Script,
     pub(crate) append_event: Script,

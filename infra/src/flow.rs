@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use domain::lifecycle::BatchTurn;
 use domain::rate::{Quota, RatePolicy};
 use domain::{AccountId, ActionId};
 use redis::AsyncCommands;
@@ -33,16 +34,6 @@ pub struct Dispatched {
     pub granted: u32,
     /// How soon a batch held back by a budget or a pace could go; `None`: none is.
     pub wait_ms: Option<u64>,
-}
-
-/// What a consumer does with a batch of a paused action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ParkDecision {
-    Parked,
-    /// Resumed meanwhile: apply it.
-    Run,
-    /// Cancelled meanwhile: settle it as unprocessed.
-    Cancelled,
 }
 
 /// The limits of accounts without an override.
@@ -130,16 +121,17 @@ impl Scheduling {
 }
 
 impl Settlement {
-    /// Parks a delivered batch of a paused action (see `lua/park.lua`).
+    /// Parks a delivered batch of a paused action (see `lua/park.lua`), unless it was
+    /// resumed or cancelled meanwhile: its turn now, `Hold` once parked.
     pub async fn park(
         &self,
         item: &WorkItem,
         account: &AccountId,
         cost: u32,
         default_records_per_minute: u32,
-    ) -> Result<ParkDecision, StoreError> {
+    ) -> Result<BatchTurn, StoreError> {
         let partition = self.keys.partition_of(item.action_id);
-        let decision: String = self
+        let turn: String = self
             .scripts
             .park
             .key(self.keys.meta(item.action_id))
@@ -154,10 +146,8 @@ impl Settlement {
             .arg(default_records_per_minute.max(1))
             .invoke_async(&mut self.conn.clone())
             .await?;
-        Ok(match decision.as_str() {
-            "parked" => ParkDecision::Parked,
-            "cancelled" => ParkDecision::Cancelled,
-            _ => ParkDecision::Run,
+        BatchTurn::parse(&turn).ok_or_else(|| {
+            StoreError::Corrupt(format!("park.lua answered an unknown turn {turn:?}"))
         })
     }
 }

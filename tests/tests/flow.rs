@@ -858,16 +858,85 @@ async fn redis_bytes_per_record_of_a_finished_action() -> Result<()> {
     Ok(())
 }
 
-/// The GCRA steps the scripts take (`lua/lib.lua`) and their Rust twin (`domain::rate::gcra`)
-/// give the same bits on the same inputs, edge cases and random ones alike.
+/// The rules the scripts apply themselves (`lua/lib.lua`) and their Rust twins give the same
+/// answers on the same inputs: GCRA to the bit, a batch's turn and the facts' signature on
+/// every combination of the facts.
 #[tokio::test]
-async fn the_scripts_gcra_and_its_rust_twin_agree() -> Result<()> {
-    use domain::rate::gcra;
-    use rand::{Rng, SeedableRng};
-
+async fn the_scripts_rules_and_their_rust_twins_agree() -> Result<()> {
     let services = bulk_tests::Services::start()?;
     let client = redis::Client::open(services.redis_url.as_str())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
+    gcra_twins_agree(&mut conn).await?;
+    lifecycle_twins_agree(&mut conn).await
+}
+
+async fn lifecycle_twins_agree(conn: &mut redis::aio::MultiplexedConnection) -> Result<()> {
+    use domain::lifecycle::Facts;
+
+    let script = redis::Script::new(&format!(
+        "{}\n{}",
+        infra::scripts::LIBRARY,
+        r#"
+local f = redis.call('HMGET', KEYS[1], 'paused', 'cancelled')
+return {batch_turn(f[1], f[2]), lifecycle_signature(KEYS[1], KEYS[2], ARGV[1])}"#
+    ));
+    let flags = [None, Some("0"), Some("1")];
+    let mut cases = 0;
+    for paused in flags {
+        for cancelled in flags {
+            for (batches, settled) in [(3u32, 0u32), (3, 2), (3, 3), (3, 4)] {
+                for scheduled in [false, true] {
+                    let _: () = redis::cmd("DEL")
+                        .arg(&["twin:meta", "twin:schedule"])
+                        .query_async(conn)
+                        .await?;
+                    let mut fields = vec![("batches", batches.to_string())];
+                    fields.push(("done", settled.to_string()));
+                    fields.extend(paused.map(|value| ("paused", value.to_owned())));
+                    fields.extend(cancelled.map(|value| ("cancelled", value.to_owned())));
+                    let _: () = redis::cmd("HSET")
+                        .arg("twin:meta")
+                        .arg(&fields)
+                        .query_async(conn)
+                        .await?;
+                    if scheduled {
+                        let _: () = redis::cmd("ZADD")
+                            .arg(&["twin:schedule", "1", "twin"])
+                            .query_async(conn)
+                            .await?;
+                    }
+                    let (turn, signature): (String, String) = script
+                        .key("twin:meta")
+                        .key("twin:schedule")
+                        .arg("twin")
+                        .invoke_async(conn)
+                        .await?;
+                    let facts = Facts {
+                        batches,
+                        settled,
+                        paused: paused == Some("1"),
+                        cancelled: cancelled == Some("1"),
+                        scheduled,
+                    };
+                    ensure!(
+                        (turn.as_str(), signature.as_str())
+                            == (facts.batch_turn().name(), facts.signature().as_str()),
+                        "{fields:?} scheduled {scheduled}: lua ({turn}, {signature}), rust {facts:?}"
+                    );
+                    cases += 1;
+                }
+            }
+        }
+    }
+    ensure!(cases == 72);
+    Ok(())
+}
+
+/// GCRA to the bit, edge cases and random ones alike.
+async fn gcra_twins_agree(conn: &mut redis::aio::MultiplexedConnection) -> Result<()> {
+    use domain::rate::gcra;
+    use rand::{Rng, SeedableRng};
+
     let script = redis::Script::new(&format!(
         "{}\n{}",
         infra::scripts::LIBRARY,
@@ -922,7 +991,7 @@ return {
         for value in [tat, now, cost, burst, interval, new_interval] {
             invocation.arg(format!("{value:.17e}"));
         }
-        let lua: Vec<String> = invocation.invoke_async(&mut conn).await?;
+        let lua: Vec<String> = invocation.invoke_async(conn).await?;
         let rust = [
             gcra::charge(tat, now, cost, interval),
             gcra::ready_at(tat, now, cost, burst, interval),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use domain::plan::{DeadLettered, StoreCheck};
 use domain::{Batch, OutcomeCode, RecordOutcome};
 use infra::event_store::{ActionMeta, CancelSettlement, DeadLetter};
-use infra::flow::ParkDecision;
+use domain::lifecycle::BatchTurn;
 use infra::keys::CONSUMER_GROUP;
 use infra::work::{self, WorkItem};
 use redis::aio::MultiplexedConnection;
@@ -67,22 +67,19 @@ impl Worker {
             return discard_item(conn, item).await;
         };
         tracing::Span::current().record("account", tracing::field::display(&meta.account_id));
-        let mut cancelled = meta.cancelled;
-        if meta.paused && !cancelled {
+        let mut turn = meta.batch_turn();
+        if turn == BatchTurn::Hold {
             let cost = u32::try_from(batch.records.len()).unwrap_or(u32::MAX);
-            match self
+            turn = self
                 .store
                 .park(item, &meta.account_id, cost, self.records_per_minute)
-                .await?
-            {
-                ParkDecision::Parked => {
-                    tracing::debug!("batch parked: its action is paused");
-                    return Ok(());
-                }
-                ParkDecision::Cancelled => cancelled = true,
-                ParkDecision::Run => {}
+                .await?;
+            if turn == BatchTurn::Hold {
+                tracing::debug!("batch parked: its action is paused");
+                return Ok(());
             }
         }
+        let cancelled = turn == BatchTurn::SettleUnprocessed;
         if cancelled && self.settle_unprocessed(item, &batch).await? == CancelSettlement::Settled {
             return Ok(());
         }

@@ -96,13 +96,14 @@ local function try_account(account)
     local parked_key = prefix .. 'parked:' .. action
     local f = redis.call('HMGET', meta, 'batches', 'dispatched', 'batchSize', 'records',
       'paused', 'cancelled', 'paceEmitMs', 'paceBurst', 'paceTat')
+    local turn = batch_turn(f[5], f[6])
     local batch, from_parked = nil, false
-    if f[5] ~= '1' or f[6] == '1' then
+    if turn ~= 'hold' then
       batch, from_parked = next_batch(action, f, parked_key)
     end
     if batch == nil then
       redis.call('ZREM', queue, action)
-    elseif f[6] == '1' then
+    elseif turn == 'settle' then
       -- Cancelled: its batch is settled unprocessed without reaching MongoDB, so it costs
       -- neither budget nor pace, but it still takes its turn and its room in the stream.
       hand_out(account, queue, action, meta, parked_key, batch, from_parked)

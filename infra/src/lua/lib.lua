@@ -1,9 +1,10 @@
 -- The event store's shared Lua, put in front of every script (infra/src/scripts.rs): an
 -- event is appended, a feed told and a budget charged in one way in all of them.
 --
--- The GCRA functions have a Rust twin, `domain::rate::gcra`, and a test
--- (tests/tests/flow.rs) runs both on the same inputs: the policy is reasoned about and
--- unit-tested in Rust, and decided here, atomically, on Redis' clock.
+-- The GCRA functions and `batch_turn` have Rust twins (`domain::rate::gcra`,
+-- `domain::lifecycle::BatchTurn`), and tests (tests/tests/flow.rs) run both on the same
+-- inputs: the rules are reasoned about and unit-tested in Rust, and applied here,
+-- atomically, on Redis' clock.
 
 -- Now on Redis' clock, in (fractional) milliseconds: one timeline for every process.
 local function clock_ms()
@@ -45,6 +46,20 @@ local function gcra_rescale(tat, now, old_interval, new_interval)
     return tat
   end
   return now + (tat - now) * new_interval / old_interval
+end
+
+-- What a batch of an action does when its turn comes, as `Facts::batch_turn` decides it
+-- (its Rust twin, tested against this): 'settle' once cancelled (settled unprocessed, free
+-- of budget), 'hold' while paused, else 'apply'. The arguments are the meta's `paused` and
+-- `cancelled` fields as HMGET returns them.
+local function batch_turn(paused, cancelled)
+  if cancelled == '1' then
+    return 'settle'
+  end
+  if paused == '1' then
+    return 'hold'
+  end
+  return 'apply'
 end
 
 -- The facts `domain::lifecycle::decide` looks at, as `Facts::signature` spells them: one

@@ -6,13 +6,11 @@
 --
 -- KEYS: meta, parked, work, budget (the account's records), limits (the account's)
 -- ARGV: batch, workEntryId, group, cost (records), defaultRecordsPerMinute
--- Returns 'parked', 'run' or 'cancelled'.
+-- Returns the batch's turn (`batch_turn`): 'hold' once parked, 'apply' or 'settle'.
 local f = redis.call('HMGET', KEYS[1], 'paused', 'cancelled', 'paceEmitMs', 'paceTat')
-if f[2] == '1' then
-  return 'cancelled'
-end
-if f[1] ~= '1' then
-  return 'run'
+local turn = batch_turn(f[1], f[2])
+if turn ~= 'hold' then
+  return turn
 end
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('XACK', KEYS[3], ARGV[3], ARGV[2])
@@ -26,4 +24,4 @@ end
 if f[3] and f[4] then
   redis.call('HSET', KEYS[1], 'paceTat', tostring(gcra_refund(tonumber(f[4]), cost, tonumber(f[3]))))
 end
-return 'parked'
+return 'hold'

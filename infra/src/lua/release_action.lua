@@ -17,7 +17,7 @@ if f[5] == false then
   redis.call('HSET', KEYS[2], 'dispatched', 0)
 end
 redis.call('HSET', KEYS[2], 'queued', 1)
-if f[1] ~= '1' and f[2] ~= '1' then
+if batch_turn(f[1], f[2]) == 'apply' then
   redis.call('ZADD', KEYS[5], f[3] or 0, action)
   redis.call('ZADD', KEYS[6], 'NX', 0, f[4])
 end
