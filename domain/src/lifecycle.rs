@@ -225,7 +225,11 @@ mod tests {
         assert_eq!(cancelled.batch_turn(), BatchTurn::SettleUnprocessed);
         let resumed = paused.apply(&EventPayload::Resumed { api_key_id: None });
         assert_eq!(resumed.batch_turn(), BatchTurn::Apply);
-        for turn in [BatchTurn::Apply, BatchTurn::Hold, BatchTurn::SettleUnprocessed] {
+        for turn in [
+            BatchTurn::Apply,
+            BatchTurn::Hold,
+            BatchTurn::SettleUnprocessed,
+        ] {
             assert_eq!(BatchTurn::parse(turn.name()), Some(turn));
         }
         assert_eq!(BatchTurn::parse("parked"), None);

@@ -85,6 +85,13 @@ impl ApiClient {
         format!("{}{path}", self.base_url)
     }
 
+    /// Uses `key` for `account` from now on (e.g. one made by an earlier deployment).
+    pub fn use_key(&self, account: &str, key: &str) {
+        if let Ok(mut keys) = self.keys.lock() {
+            keys.insert(account.to_owned(), key.to_owned());
+        }
+    }
+
     /// The API key of `account`, made through the admin api the first time.
     pub async fn key_for(&self, account: &str) -> Result<String> {
         if let Some(key) = self

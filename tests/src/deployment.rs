@@ -121,6 +121,16 @@ impl Deployment {
         let binaries_ready = tokio::task::spawn_blocking(|| binaries().map(|_| ()));
         let services = tokio::task::spawn_blocking(Services::start).await??;
         binaries_ready.await??;
+        Self::start_with(services, options, consumers).await
+    }
+
+    /// The same over services started (and perhaps filled) by the caller.
+    pub async fn start_with(
+        services: Services,
+        options: DeploymentOptions,
+        consumers: &[&str],
+    ) -> Result<Self> {
+        tokio::task::spawn_blocking(|| binaries().map(|_| ())).await??;
         let api_port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -319,6 +329,28 @@ impl Deployment {
 
     pub fn kill_consumer(&mut self, name: &str) {
         sigkill(self.consumers.remove(name));
+    }
+
+    /// Stops a consumer in its tracks (SIGSTOP) until `thaw_consumer`.
+    pub fn freeze_consumer(&self, name: &str) -> Result<()> {
+        self.signal_consumer(name, "-STOP")
+    }
+
+    pub fn thaw_consumer(&self, name: &str) -> Result<()> {
+        self.signal_consumer(name, "-CONT")
+    }
+
+    fn signal_consumer(&self, name: &str, signal: &str) -> Result<()> {
+        let child = self
+            .consumers
+            .get(name)
+            .with_context(|| format!("no consumer {name}"))?;
+        let group = format!("-{}", child.id());
+        let status = Command::new("kill").args([signal, "--", &group]).status()?;
+        if !status.success() {
+            bail!("kill {signal} -- {group} failed");
+        }
+        Ok(())
     }
 
     /// SIGTERMs a consumer and waits for it to exit; returns how long that took.

@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use tempfile::TempDir;
 
 /// One private set of Redis, PostgreSQL and FerretDB processes.
@@ -101,8 +101,25 @@ fn as_postgres(program: &Path) -> Command {
     }
 }
 
+/// What a new redis-server starts with.
+enum RedisData {
+    /// The AOF in its data directory, or nothing.
+    Own,
+    /// An RDB file, e.g. one written by an earlier build of the platform.
+    Dump(PathBuf),
+}
+
 impl Services {
     pub fn start() -> Result<Self> {
+        Self::start_with(RedisData::Own)
+    }
+
+    /// Services whose Redis starts with the data saved in `dump` (an RDB file).
+    pub fn start_from_redis_dump(dump: &Path) -> Result<Self> {
+        Self::start_with(RedisData::Dump(dump.to_owned()))
+    }
+
+    fn start_with(redis_data: RedisData) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("bulk-test-").tempdir()?;
         let mut services = Services {
             redis_url: String::new(),
@@ -117,19 +134,39 @@ impl Services {
             ferretdb: None,
             dir,
         };
-        services.start_redis(free_port()?)?;
+        services.start_redis(free_port()?, redis_data)?;
         services.start_postgres_and_ferretdb()?;
         Ok(services)
+    }
+
+    /// Writes Redis' data to `path` as an RDB file.
+    pub fn save_redis_dump(&self, path: &Path) -> Result<()> {
+        let client = redis::Client::open(self.redis_url.as_str())?;
+        let mut conn = client.get_connection()?;
+        redis::cmd("SAVE").query::<()>(&mut conn)?;
+        std::fs::copy(self.dir.path().join("redis").join("dump.rdb"), path)
+            .with_context(|| format!("copying the RDB file to {}", path.display()))?;
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
 
-    fn start_redis(&mut self, port: u16) -> Result<()> {
+    fn start_redis(&mut self, port: u16, redis_data: RedisData) -> Result<()> {
         let redis_server = binary("REDIS_SERVER_BIN", &which("redis-server"))?;
         let data = self.dir.path().join("redis");
         std::fs::create_dir_all(&data)?;
+        // With the AOF on, redis-server ignores an RDB file: load the dump without it, then
+        // turn it on, which rewrites the AOF from the loaded data.
+        let appendonly = match &redis_data {
+            RedisData::Own => "yes",
+            RedisData::Dump(dump) => {
+                std::fs::copy(dump, data.join("dump.rdb"))
+                    .with_context(|| format!("copying {}", dump.display()))?;
+                "no"
+            }
+        };
         let child = Command::new(redis_server)
             .args([
                 "--port",
@@ -139,7 +176,7 @@ impl Services {
                 "--save",
                 "",
             ])
-            .args(["--appendonly", "yes", "--appendfsync", "everysec"])
+            .args(["--appendonly", appendonly, "--appendfsync", "everysec"])
             .arg("--dir")
             .arg(&data)
             .stdout(Stdio::null())
@@ -150,7 +187,30 @@ impl Services {
         wait_for_port(port, "redis-server", Duration::from_secs(10))?;
         self.redis_port = port;
         self.redis_url = format!("redis://127.0.0.1:{port}");
+        if let RedisData::Dump(_) = redis_data {
+            self.turn_the_aof_on()?;
+        }
         Ok(())
+    }
+
+    fn turn_the_aof_on(&self) -> Result<()> {
+        let client = redis::Client::open(self.redis_url.as_str())?;
+        let mut conn = client.get_connection()?;
+        redis::cmd("CONFIG")
+            .arg(&["SET", "appendonly", "yes"])
+            .query::<()>(&mut conn)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let info: String = redis::cmd("INFO").arg("persistence").query(&mut conn)?;
+            let done = info.contains("aof_enabled:1") && info.contains("aof_rewrite_in_progress:0");
+            if done && info.contains("aof_rewrite_scheduled:0") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("redis-server did not write its AOF within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
     }
 
     fn start_postgres_and_ferretdb(&mut self) -> Result<()> {
@@ -226,7 +286,7 @@ impl Services {
     /// SIGKILLs redis-server and starts it again on the same port and data (AOF).
     pub fn restart_redis(&mut self) -> Result<()> {
         self.kill_redis();
-        self.start_redis(self.redis_port)
+        self.start_redis(self.redis_port, RedisData::Own)
     }
 
     /// SIGKILLs redis-server; `start_redis_again` brings it back on the same data.
@@ -235,7 +295,7 @@ impl Services {
     }
 
     pub fn start_redis_again(&mut self) -> Result<()> {
-        self.start_redis(self.redis_port)
+        self.start_redis(self.redis_port, RedisData::Own)
     }
 
     /// SIGKILLs the MongoDB-compatible server (its PostgreSQL keeps the data).
@@ -245,6 +305,29 @@ impl Services {
 
     pub fn start_mongodb_again(&mut self) -> Result<()> {
         self.start_ferretdb(self.ferretdb_port)
+    }
+
+    /// Stops the MongoDB-compatible server in its tracks (SIGSTOP): every request to it
+    /// hangs until `thaw_mongodb`, without an error.
+    pub fn freeze_mongodb(&self) -> Result<()> {
+        self.signal_mongodb("-STOP")
+    }
+
+    pub fn thaw_mongodb(&self) -> Result<()> {
+        self.signal_mongodb("-CONT")
+    }
+
+    fn signal_mongodb(&self, signal: &str) -> Result<()> {
+        let pid = self
+            .ferretdb
+            .as_ref()
+            .context("ferretdb is not running")?
+            .id();
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()?;
+        ensure!(status.success(), "kill {signal} {pid} failed");
+        Ok(())
     }
 
     /// Runs SQL against FerretDB's own PostgreSQL, e.g. to make the store itself fail.

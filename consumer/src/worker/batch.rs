@@ -4,10 +4,10 @@
 
 use std::time::{Duration, Instant};
 
+use domain::lifecycle::BatchTurn;
 use domain::plan::{DeadLettered, StoreCheck};
 use domain::{Batch, OutcomeCode, RecordOutcome};
 use infra::event_store::{ActionMeta, CancelSettlement, DeadLetter};
-use domain::lifecycle::BatchTurn;
 use infra::keys::CONSUMER_GROUP;
 use infra::work::{self, WorkItem};
 use redis::aio::MultiplexedConnection;
