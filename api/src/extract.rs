@@ -1,7 +1,6 @@
 //! Extractors whose rejection is the app's `ApiError`, so a handler starts with what it
 //! needs already checked: whose action it is, and a JSON body of known fields.
 
-use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -58,9 +57,9 @@ pub struct JsonObject<T>(pub T);
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonObject<T> {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(request: Request, _state: &S) -> Result<Self, ApiError> {
         require_json(request.headers())?;
-        read_object(request, state).await.map(JsonObject)
+        read_object(request).await.map(JsonObject)
     }
 }
 
@@ -71,20 +70,34 @@ pub struct AnyJsonObject<T>(pub T);
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AnyJsonObject<T> {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        read_object(request, state).await.map(AnyJsonObject)
+    async fn from_request(request: Request, _state: &S) -> Result<Self, ApiError> {
+        read_object(request).await.map(AnyJsonObject)
     }
 }
 
-async fn read_object<T: DeserializeOwned, S: Send + Sync>(
-    request: Request,
-    state: &S,
-) -> Result<T, ApiError> {
-    let body = Bytes::from_request(request, state)
-        .await
-        .map_err(|rejection| {
-            ApiError::bad_request(ErrorCode::UnreadableBody, rejection.body_text())
+/// The largest body of a command or admin request. Each is a few fields; a larger one is an
+/// attack on memory (a JSON value takes many times its text), not a request.
+pub const MAX_OBJECT_BODY_BYTES: usize = 64 * 1024;
+
+async fn read_object<T: DeserializeOwned>(request: Request) -> Result<T, ApiError> {
+    use futures::StreamExt;
+
+    let mut chunks = request.into_body().into_data_stream();
+    let mut body = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|_| {
+            ApiError::bad_request(ErrorCode::UnreadableBody, "the body could not be read")
         })?;
+        if body.len() + chunk.len() > MAX_OBJECT_BODY_BYTES {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::PayloadTooLarge,
+                format!("this body may be at most {MAX_OBJECT_BODY_BYTES} bytes"),
+            )
+            .with_details(json!({ "limit": MAX_OBJECT_BODY_BYTES })));
+        }
+        body.extend_from_slice(&chunk);
+    }
     parse_object(&body)
 }
 

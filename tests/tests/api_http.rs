@@ -999,6 +999,32 @@ async fn hostile_input_gets_a_clear_4xx_or_a_per_record_code() -> Result<()> {
             "{path}: {reply}"
         );
     }
+    // A command's or admin request's body is a few fields: a big one is refused whole
+    // before it is parsed (parsed, a JSON array takes ~16 times its text).
+    let many = json!(vec![0; 200_000]);
+    let admin = format!("Bearer {}", bulk_tests::TEST_ADMIN_TOKEN);
+    for (method, path, body, headers) in [
+        (
+            Method::PATCH,
+            format!("/bulk-actions/{action}"),
+            json!({ "pacing": many }),
+            vec![],
+        ),
+        (
+            Method::PUT,
+            "/admin/accounts/acme/limits".to_owned(),
+            json!({ "requestsPerMinute": many }),
+            vec![("authorization", admin.as_str())],
+        ),
+    ] {
+        let reply = app.send(method, &path, Some(&body), &headers).await?;
+        assert_eq!(
+            (reply.status, reply.body["error"]["code"].as_str()),
+            (413, Some("payload_too_large")),
+            "{path}: {}",
+            reply.body
+        );
+    }
     let logs = app.all_logs(&action).await?;
     let codes: Vec<&str> = logs
         .iter()

@@ -104,6 +104,7 @@ pub async fn get_limits(
     responses(
         (status = 200, body = LimitsView),
         (status = 400, body = ErrorBody),
+        (status = 413, description = "A body over 64 KiB (`payload_too_large`)", body = ErrorBody),
         (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
         (status = 404, description = "Admin endpoints are disabled (no ADMIN_TOKEN)", body = ErrorBody),
     ))]

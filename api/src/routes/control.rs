@@ -129,6 +129,7 @@ pub struct AmendRequest {
         (status = 200, body = ActionView),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "`action_finished`, `action_cancelling` or `action_already_released`", body = ErrorBody),
+        (status = 413, description = "A body over 64 KiB (`payload_too_large`)", body = ErrorBody),
         (status = 415, body = ErrorBody), (status = 429, body = ErrorBody),
     ))]
 pub async fn amend(
