@@ -9,6 +9,8 @@
 //! in a script, and no decision is applied to facts it did not see. Equal facts are enough:
 //! `decide` is a function of them, so whatever happened in between, it decides the same.
 
+use serde::{Deserialize, Serialize};
+
 use crate::pacing::Pacing;
 use crate::{EventPayload, Timestamp};
 
@@ -22,6 +24,19 @@ pub struct Facts {
     pub paused: bool,
     /// It waits in the schedule for its start time.
     pub scheduled: bool,
+    pub pace: Pace,
+    pub pace_source: PaceSource,
+}
+
+/// Where the pace in the facts was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PaceSource {
+    /// The action's meta, as `Pace` JSON: what the signature spells.
+    #[default]
+    Meta,
+    /// Its events: an action of a build before the meta held the pace. The signature
+    /// spells it as the meta does, empty, until a change of pace writes it there.
+    Events,
 }
 
 impl Facts {
@@ -29,18 +44,23 @@ impl Facts {
         self.settled >= self.batches
     }
 
-    /// The facts `decide` reads, one character each, as the scripts spell them
-    /// (`lifecycle_signature` in infra's `lua/lib.lua`).
+    /// The facts `decide` reads, one character each and then the pace as the meta holds it,
+    /// as the scripts spell them (`lifecycle_signature` in infra's `lua/lib.lua`).
     pub fn signature(&self) -> String {
         let mark = |set: bool, letter: char| if set { letter } else { '-' };
-        [
+        let flags: String = [
             mark(self.finished(), 'F'),
             mark(self.cancelled, 'C'),
             mark(self.paused, 'P'),
             mark(self.scheduled, 'S'),
         ]
         .iter()
-        .collect()
+        .collect();
+        let pace = match self.pace_source {
+            PaceSource::Meta => self.pace.to_json(),
+            PaceSource::Events => String::new(),
+        };
+        format!("{flags}:{pace}")
     }
 
     /// The facts once `event` has happened.
@@ -52,6 +72,10 @@ impl Facts {
                 self.scheduled = false;
             }
             EventPayload::Released {} => self.scheduled = false,
+            EventPayload::PacingChanged { .. } => {
+                self.pace = Pace::recorded_by(event).unwrap_or(self.pace);
+                self.pace_source = PaceSource::Meta;
+            }
             EventPayload::Paused { .. } => self.paused = true,
             EventPayload::Resumed { .. } => self.paused = false,
             EventPayload::BatchProcessed { .. }
@@ -121,18 +145,67 @@ pub enum Command {
     Amend(Amendment),
 }
 
-/// A PATCH: a new start, a new pace, or both.
+/// A PATCH: a new start, a change of pace, or both.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Amendment {
     pub start_at: Option<Timestamp>,
     pub pace: Option<PaceChange>,
 }
 
-/// The action's whole pace after the change (what the request left out stays as it was).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PaceChange {
+/// An action's own pace, below its account's limit: what `Created` and `PacingChanged`
+/// record. The meta keeps it as this JSON, so a change is merged with the pace it changes,
+/// not with a view that may lag behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pace {
     pub pacing: Option<Pacing>,
     pub max_records_per_minute: Option<u32>,
+}
+
+impl Pace {
+    /// How the meta holds it (the scripts compare it as text).
+    pub fn to_json(self) -> String {
+        serde_json::to_string(&self).unwrap_or_default()
+    }
+
+    /// The pace an event records, if it records one.
+    pub fn recorded_by(event: &EventPayload) -> Option<Pace> {
+        match event {
+            EventPayload::Created {
+                pacing,
+                max_records_per_minute,
+                ..
+            }
+            | EventPayload::PacingChanged {
+                pacing,
+                max_records_per_minute,
+                ..
+            } => Some(Pace {
+                pacing: *pacing,
+                max_records_per_minute: *max_records_per_minute,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// What a PATCH says of the pace: each part `None` stays as it was, `Some(None)` is
+/// removed, `Some(Some(x))` is set.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PaceChange {
+    pub pacing: Option<Option<Pacing>>,
+    pub max_records_per_minute: Option<Option<u32>>,
+}
+
+impl PaceChange {
+    pub fn applied_to(self, pace: Pace) -> Pace {
+        Pace {
+            pacing: self.pacing.unwrap_or(pace.pacing),
+            max_records_per_minute: self
+                .max_records_per_minute
+                .unwrap_or(pace.max_records_per_minute),
+        }
+    }
 }
 
 /// Why a command cannot happen now.
@@ -189,12 +262,15 @@ fn amend(
             api_key_id: api_key_id.clone(),
         });
     }
-    if let Some(pace) = amendment.pace {
-        events.push(EventPayload::PacingChanged {
-            pacing: pace.pacing,
-            max_records_per_minute: pace.max_records_per_minute,
-            api_key_id,
-        });
+    if let Some(change) = amendment.pace {
+        let pace = change.applied_to(facts.pace);
+        if pace != facts.pace {
+            events.push(EventPayload::PacingChanged {
+                pacing: pace.pacing,
+                max_records_per_minute: pace.max_records_per_minute,
+                api_key_id,
+            });
+        }
     }
     Ok(events)
 }
@@ -252,10 +328,62 @@ mod tests {
             start_at: None,
             pace: Some(PaceChange {
                 pacing: None,
-                max_records_per_minute: Some(60),
+                max_records_per_minute: Some(Some(60)),
             }),
         });
         assert_eq!(decided(paced), Ok(vec!["PacingChanged"]));
+    }
+
+    #[test]
+    fn a_change_of_pace_keeps_what_it_leaves_out_and_a_repeat_records_nothing() {
+        let pacing = Pacing {
+            batch_size: 10,
+            interval_seconds: 60,
+        };
+        let paced = Facts {
+            pace: Pace {
+                pacing: Some(pacing),
+                max_records_per_minute: None,
+            },
+            ..running()
+        };
+        let capped = Command::Amend(Amendment {
+            start_at: None,
+            pace: Some(PaceChange {
+                pacing: None,
+                max_records_per_minute: Some(Some(600)),
+            }),
+        });
+        let events = decide(&paced, &capped, None).unwrap();
+        assert_eq!(
+            events,
+            vec![EventPayload::PacingChanged {
+                pacing: Some(pacing),
+                max_records_per_minute: Some(600),
+                api_key_id: None,
+            }]
+        );
+        let after = paced.apply(&events[0]);
+        assert_eq!(
+            after.signature(),
+            r#"----:{"pacing":{"batchSize":10,"intervalSeconds":60},"maxRecordsPerMinute":600}"#
+        );
+        assert_eq!(decide(&after, &capped, None), Ok(vec![]));
+        let uncapped = Command::Amend(Amendment {
+            start_at: None,
+            pace: Some(PaceChange {
+                pacing: Some(None),
+                max_records_per_minute: None,
+            }),
+        });
+        let events = decide(&after, &uncapped, None).unwrap();
+        assert_eq!(
+            Pace::recorded_by(&events[0]),
+            Some(Pace {
+                pacing: None,
+                max_records_per_minute: Some(600)
+            })
+        );
     }
 
     #[test]
@@ -268,7 +396,7 @@ mod tests {
             start_at: Some(Timestamp::from_millis(1_900_000_000_000).unwrap()),
             pace: Some(PaceChange {
                 pacing: None,
-                max_records_per_minute: None,
+                max_records_per_minute: Some(Some(60)),
             }),
         });
         let events = decide(&facts, &both, None).map(|e| types(&e));
@@ -307,7 +435,8 @@ mod tests {
 
     #[test]
     fn the_signature_spells_each_fact_in_its_place() {
-        assert_eq!(running().signature(), "----");
+        let unpaced = r#"{"pacing":null,"maxRecordsPerMinute":null}"#;
+        assert_eq!(running().signature(), format!("----:{unpaced}"));
         let all = Facts {
             settled: 4,
             cancelled: true,
@@ -315,12 +444,13 @@ mod tests {
             scheduled: true,
             ..running()
         };
-        assert_eq!(all.signature(), "FCPS");
-        let paused = Facts {
+        assert_eq!(all.signature(), format!("FCPS:{unpaced}"));
+        let legacy = Facts {
             paused: true,
+            pace_source: PaceSource::Events,
             ..running()
         };
-        assert_eq!(paused.signature(), "--P-");
+        assert_eq!(legacy.signature(), "--P-:");
     }
 
     #[test]
@@ -347,14 +477,35 @@ mod tests {
                 cancelled,
                 paused: paused && !cancelled,
                 scheduled,
+                ..Facts::default()
             })
     }
 
     fn control() -> impl Strategy<Value = Command> {
+        let pacing = proptest::option::of((1u32..3, 1u32..3).prop_map(
+            |(batch_size, interval_seconds)| Pacing {
+                batch_size,
+                interval_seconds,
+            },
+        ));
+        let repace = (
+            proptest::option::of(pacing),
+            proptest::option::of(proptest::option::of(1u32..3)),
+        )
+            .prop_map(|(pacing, max_records_per_minute)| {
+                Command::Amend(Amendment {
+                    start_at: None,
+                    pace: Some(PaceChange {
+                        pacing,
+                        max_records_per_minute,
+                    }),
+                })
+            });
         prop_oneof![
             Just(Command::Cancel),
             Just(Command::Pause),
-            Just(Command::Resume)
+            Just(Command::Resume),
+            repace,
         ]
     }
 

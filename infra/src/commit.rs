@@ -88,6 +88,12 @@ impl Submissions {
                 .arg(payload.data_json());
         }
         invocation.arg(new.created_at.millis() + crate::opening::TAKE_OVER_AFTER_MS);
+        let pace = new
+            .events
+            .first()
+            .and_then(domain::lifecycle::Pace::recorded_by)
+            .unwrap_or_default();
+        invocation.arg(pace.to_json());
         let created: i64 = invocation.invoke_async(&mut self.conn.clone()).await?;
         match created {
             1 => Ok(Commit::Created),

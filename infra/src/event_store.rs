@@ -152,11 +152,7 @@ impl EventStore {
             .clone()
             .xrange_count(self.keys.events(action), start, "+", count)
             .await?;
-        reply
-            .ids
-            .into_iter()
-            .map(|entry| raw_event(action, entry))
-            .collect()
+        raw_events(action, reply.ids)
     }
 
     pub async fn meta(&self, action: ActionId) -> Result<Option<ActionMeta>, StoreError> {
@@ -276,6 +272,16 @@ impl RawEvent {
             envelope,
         })
     }
+}
+
+pub(crate) fn raw_events(
+    action: ActionId,
+    entries: Vec<redis::streams::StreamId>,
+) -> Result<Vec<RawEvent>, StoreError> {
+    entries
+        .into_iter()
+        .map(|entry| raw_event(action, entry))
+        .collect()
 }
 
 fn raw_event(action: ActionId, entry: redis::streams::StreamId) -> Result<RawEvent, StoreError> {

@@ -4,9 +4,10 @@
 //! (the script compares `Facts::signature`). A decision made on facts that changed
 //! meanwhile (a release, the last batch, another command) is made again on the new ones.
 
-use domain::lifecycle::{self, Command, Facts, Refusal};
-use domain::pacing::Bucket;
+use domain::lifecycle::{self, Command, Facts, Pace, PaceSource, Refusal};
 use domain::{AccountId, ActionId, EventPayload, Timestamp, SCHEMA_VERSION};
+use redis::streams::StreamRangeReply;
+use redis::AsyncCommands;
 use ulid::Ulid;
 
 use crate::event_store::StoreError;
@@ -41,20 +42,31 @@ const UNKNOWN_ACTION: i64 = -1;
 const STALE: i64 = -5;
 
 impl Submissions {
-    /// Executes `command` on `action`. `pace` is the action's new pace bucket when the
-    /// command changes its pace (`Some(None)`: no pace). `api_key_id` is the key that asked.
+    /// Executes `command` on `action`. `default_batch_size` is the deployment's, for an
+    /// action created before its own was recorded (a change of pace is paced per batch).
+    /// `api_key_id` is the key that asked.
     pub async fn execute(
         &self,
         action: ActionId,
         command: &Command,
-        pace: Option<Option<Bucket>>,
+        default_batch_size: u32,
         api_key_id: Option<&str>,
         at: Timestamp,
     ) -> Result<Executed, StoreError> {
         for round in 0..MAX_DECISIONS {
-            let Some((facts, account)) = self.lifecycle_facts(action).await? else {
+            let Some(ActionFacts {
+                mut facts,
+                account,
+                batch_size,
+            }) = self.lifecycle_facts(action).await?
+            else {
                 return Ok(Executed::UnknownAction);
             };
+            let changes_pace =
+                matches!(command, Command::Amend(amendment) if amendment.pace.is_some());
+            if changes_pace && facts.pace_source == PaceSource::Events && !facts.finished() {
+                facts.pace = self.pace_in_events(action).await?;
+            }
             let events = match lifecycle::decide(&facts, command, api_key_id) {
                 Err(refusal) => return Ok(Executed::Refused(refusal)),
                 Ok(events) if events.is_empty() => return Ok(Executed::AlreadySo),
@@ -62,7 +74,8 @@ impl Submissions {
             };
             let code = match command {
                 Command::Amend(_) => {
-                    self.record_amendment(action, &events, pace, &facts, at)
+                    let batch_size = batch_size.unwrap_or(default_batch_size);
+                    self.record_amendment(action, &events, batch_size, &facts, at)
                         .await?
                 }
                 _ => {
@@ -85,42 +98,78 @@ impl Submissions {
         Err(StoreError::Contended(action))
     }
 
-    /// The facts `decide` looks at, and the action's account (whose queue a control
-    /// command moves it in), read in one step.
-    async fn lifecycle_facts(
-        &self,
-        action: ActionId,
-    ) -> Result<Option<(Facts, AccountId)>, StoreError> {
+    /// The facts `decide` looks at, with the action's account (whose queue a control
+    /// command moves it in) and batch size, read in one step.
+    async fn lifecycle_facts(&self, action: ActionId) -> Result<Option<ActionFacts>, StoreError> {
         let partition = self.keys.partition_of(action);
-        type Meta = (
-            Option<u32>,
-            Option<u32>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-        );
-        let ((batches, done, cancelled, paused, account), start): (Meta, Option<f64>) =
-            redis::pipe()
-                .atomic()
-                .cmd("HMGET")
-                .arg(self.keys.meta(action))
-                .arg(&["batches", "done", "cancelled", "paused", "account"][..])
-                .zscore(self.keys.schedule(partition), action.to_string())
-                .query_async(&mut self.conn.clone())
-                .await?;
+        const FIELDS: [&str; 7] = [
+            "batches",
+            "done",
+            "cancelled",
+            "paused",
+            "account",
+            "pace",
+            "batchSize",
+        ];
+        let (meta, start): ([Option<String>; 7], Option<f64>) = redis::pipe()
+            .atomic()
+            .cmd("HMGET")
+            .arg(self.keys.meta(action))
+            .arg(&FIELDS[..])
+            .zscore(self.keys.schedule(partition), action.to_string())
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let [batches, done, cancelled, paused, account, pace, batch_size] = meta;
         let (Some(batches), Some(account)) = (batches, account) else {
             return Ok(None);
         };
-        let account = AccountId::parse(&account)
-            .map_err(|_| StoreError::Corrupt(format!("meta of {action}: bad account")))?;
-        let facts = Facts {
-            batches,
-            settled: done.unwrap_or(0),
+        let corrupt = |field: &str| StoreError::Corrupt(format!("meta of {action}: bad {field}"));
+        let number = |raw: Option<String>, field: &str| -> Result<Option<u32>, StoreError> {
+            raw.map(|raw| raw.parse().map_err(|_| corrupt(field)))
+                .transpose()
+        };
+        let mut facts = Facts {
+            batches: number(Some(batches), "batches")?.unwrap_or(0),
+            settled: number(done, "done")?.unwrap_or(0),
             cancelled: cancelled.as_deref() == Some("1"),
             paused: paused.as_deref() == Some("1"),
             scheduled: start.is_some(),
+            pace: Pace::default(),
+            pace_source: PaceSource::Events,
         };
-        Ok(Some((facts, account)))
+        if let Some(json) = pace {
+            facts.pace = serde_json::from_str(&json).map_err(|_| corrupt("pace"))?;
+            facts.pace_source = PaceSource::Meta;
+        }
+        Ok(Some(ActionFacts {
+            facts,
+            account: AccountId::parse(&account).map_err(|_| corrupt("account"))?,
+            batch_size: number(batch_size, "batchSize")?,
+        }))
+    }
+
+    /// The pace the latest `PacingChanged` (or else `Created`) records: for an action whose
+    /// meta does not hold it, one created by a build before the meta did.
+    async fn pace_in_events(&self, action: ActionId) -> Result<Pace, StoreError> {
+        const PAGE: usize = 64;
+        let mut end = "+".to_owned();
+        loop {
+            let page: StreamRangeReply = self
+                .conn
+                .clone()
+                .xrevrange_count(self.keys.events(action), &end, "-", PAGE)
+                .await?;
+            for raw in crate::event_store::raw_events(action, page.ids.clone())? {
+                if matches!(raw.type_name.as_str(), "PacingChanged" | "Created") {
+                    let event = raw.decode(action)?;
+                    return Ok(Pace::recorded_by(&event.envelope.payload).unwrap_or_default());
+                }
+            }
+            match page.ids.last() {
+                Some(last) if page.ids.len() == PAGE => end = format!("({}", last.id),
+                _ => return Ok(Pace::default()),
+            }
+        }
     }
 
     async fn record_control(
@@ -172,7 +221,7 @@ impl Submissions {
         &self,
         action: ActionId,
         events: &[EventPayload],
-        pace: Option<Option<Bucket>>,
+        batch_size: u32,
         facts: &Facts,
         at: Timestamp,
     ) -> Result<i64, StoreError> {
@@ -189,7 +238,9 @@ impl Submissions {
             }
             _ => String::new(),
         };
-        let bucket = pace.flatten();
+        let pace = paced.and_then(Pace::recorded_by).unwrap_or_default();
+        let bucket =
+            domain::pacing::action_bucket(pace.pacing, pace.max_records_per_minute, batch_size);
         let data = |event: Option<&EventPayload>| event.map(EventPayload::data_json);
         Ok(self
             .scripts
@@ -216,7 +267,16 @@ impl Submissions {
             .arg("PacingChanged")
             .arg(data(paced).unwrap_or_default())
             .arg(facts.signature())
+            .arg(pace.to_json())
             .invoke_async(&mut self.conn.clone())
             .await?)
     }
+}
+
+/// What `execute` reads of an action.
+struct ActionFacts {
+    facts: Facts,
+    account: AccountId,
+    /// `None` for an action created before its batch size was recorded.
+    batch_size: Option<u32>,
 }

@@ -860,7 +860,7 @@ async fn redis_bytes_per_record_of_a_finished_action() -> Result<()> {
 
 /// The rules the scripts apply themselves (`lua/lib.lua`) and their Rust twins give the same
 /// answers on the same inputs: GCRA to the bit, a batch's turn and the facts' signature on
-/// every combination of the facts.
+/// every combination of the flags.
 #[tokio::test]
 async fn the_scripts_rules_and_their_rust_twins_agree() -> Result<()> {
     let services = bulk_tests::Services::start()?;
@@ -871,7 +871,9 @@ async fn the_scripts_rules_and_their_rust_twins_agree() -> Result<()> {
 }
 
 async fn lifecycle_twins_agree(conn: &mut redis::aio::MultiplexedConnection) -> Result<()> {
-    use domain::lifecycle::Facts;
+    use domain::lifecycle::{Facts, PaceSource};
+    const PACED: &str =
+        r#"{"pacing":{"batchSize":7,"intervalSeconds":2},"maxRecordsPerMinute":90}"#;
 
     let script = redis::Script::new(&format!(
         "{}\n{}",
@@ -885,7 +887,7 @@ return {batch_turn(f[1], f[2]), lifecycle_signature(KEYS[1], KEYS[2], ARGV[1])}"
     for paused in flags {
         for cancelled in flags {
             for (batches, settled) in [(3u32, 0u32), (3, 2), (3, 3), (3, 4)] {
-                for scheduled in [false, true] {
+                for (scheduled, pace) in [(false, None), (true, None), (false, Some(PACED))] {
                     let _: () = redis::cmd("DEL")
                         .arg(&["twin:meta", "twin:schedule"])
                         .query_async(conn)
@@ -894,6 +896,7 @@ return {batch_turn(f[1], f[2]), lifecycle_signature(KEYS[1], KEYS[2], ARGV[1])}"
                     fields.push(("done", settled.to_string()));
                     fields.extend(paused.map(|value| ("paused", value.to_owned())));
                     fields.extend(cancelled.map(|value| ("cancelled", value.to_owned())));
+                    fields.extend(pace.map(|json| ("pace", json.to_owned())));
                     let _: () = redis::cmd("HSET")
                         .arg("twin:meta")
                         .arg(&fields)
@@ -917,6 +920,14 @@ return {batch_turn(f[1], f[2]), lifecycle_signature(KEYS[1], KEYS[2], ARGV[1])}"
                         paused: paused == Some("1"),
                         cancelled: cancelled == Some("1"),
                         scheduled,
+                        pace: match pace {
+                            Some(json) => serde_json::from_str(json)?,
+                            None => domain::lifecycle::Pace::default(),
+                        },
+                        pace_source: match pace {
+                            Some(_) => PaceSource::Meta,
+                            None => PaceSource::Events,
+                        },
                     };
                     ensure!(
                         (turn.as_str(), signature.as_str())
@@ -928,7 +939,7 @@ return {batch_turn(f[1], f[2]), lifecycle_signature(KEYS[1], KEYS[2], ARGV[1])}"
             }
         }
     }
-    ensure!(cases == 72);
+    ensure!(cases == 108);
     Ok(())
 }
 
@@ -1005,6 +1016,66 @@ return {
             [tat, now, cost, burst, interval, new_interval]
         );
     }
+    Ok(())
+}
+
+/// Two PATCHes of different parts of the pace, racing, and each round right after the one
+/// before (before the projector has caught up): each change keeps what it leaves out, so
+/// no recorded pace undoes another request's part, and the last pace has both last parts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_changes_of_pace_keep_each_others_parts() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let app = TestApp::spawn(AppOptions::default()).await?;
+    let mut body = create("repace", 0..100);
+    body["scheduledFor"] = json!(at_offset(3_600_000));
+    let action = app.submit(&body).await?;
+    const ROUNDS: u32 = 15;
+    for round in 1..=ROUNDS {
+        let pacing = json!({ "pacing": { "batchSize": round, "intervalSeconds": 1 } });
+        let max = json!({ "maxRecordsPerMinute": 1000 + round });
+        let (a, b) = tokio::join!(
+            patch(&app.client, &action, pacing),
+            patch(&app.client, &action, max)
+        );
+        for (status, reply) in [a?, b?] {
+            ensure!(status == 200, "round {round}: {status} {reply}");
+        }
+    }
+    let paces: Vec<(Option<u32>, Option<u32>)> = events(&app.services.redis_url, &action)
+        .await?
+        .into_iter()
+        .filter_map(|event| match event.envelope.payload {
+            EventPayload::PacingChanged {
+                pacing,
+                max_records_per_minute,
+                ..
+            } => Some((pacing.map(|p| p.batch_size), max_records_per_minute)),
+            _ => None,
+        })
+        .collect();
+    ensure!(paces.len() == 2 * ROUNDS as usize, "{paces:?}");
+    for pair in paces.windows(2) {
+        let kept_one = pair[0].0 == pair[1].0 || pair[0].1 == pair[1].1;
+        ensure!(
+            kept_one,
+            "a change undid another's part: {pair:?} in {paces:?}"
+        );
+    }
+    ensure!(
+        paces.last() == Some(&(Some(ROUNDS), Some(1000 + ROUNDS))),
+        "{paces:?}"
+    );
+    let view = app
+        .client
+        .wait_view(&action, WAIT, |view| view["lastSeq"].as_u64() >= Some(31))
+        .await?;
+    ensure!(
+        (
+            view["pacing"]["batchSize"].as_u64(),
+            view["maxRecordsPerMinute"].as_u64()
+        ) == (Some(u64::from(ROUNDS)), Some(u64::from(1000 + ROUNDS))),
+        "{view}"
+    );
     Ok(())
 }
 

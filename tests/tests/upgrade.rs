@@ -3,8 +3,8 @@
 //! `tests/fixtures/upgrade-from-c200203/` holds what the build before issue 13's redesign
 //! (commit c200203) left behind: its Redis data (an RDB file), its MongoDB documents
 //! (canonical Extended JSON), the API keys it made and every answer its api gave about five
-//! actions, caught in each state an upgrade can meet: completed, cancelled, scheduled,
-//! paused with a batch parked, and queued while no consumer ran.
+//! actions, caught in each state an upgrade can meet: completed, cancelled, scheduled (and
+//! repaced), paused with batches parked, and queued while no consumer ran.
 //!
 //! The test starts today's binaries on that data and checks that they answer exactly as the
 //! old build did, accept its keys, carry every unfinished action to its end, and that a
@@ -226,10 +226,19 @@ async fn an_upgraded_deployment_answers_as_before_and_finishes_what_the_old_one_
         )
         .await?;
     ensure!(status == 200, "resume: {status} {body}");
+    // The old build changed its pace; a change of one part keeps the other.
     let (status, body) = client
-        .patch_action(&actions["scheduled"], &json!({ "scheduledFor": in_ms(0)? }))
+        .patch_action(
+            &actions["scheduled"],
+            &json!({ "scheduledFor": in_ms(0)?, "maxRecordsPerMinute": 60_000 }),
+        )
         .await?;
     ensure!(status == 200, "moving the start: {status} {body}");
+    ensure!(
+        body["pacing"] == json!({ "batchSize": 30, "intervalSeconds": 1 })
+            && body["maxRecordsPerMinute"] == 60_000,
+        "the old build's pacing is kept: {body}"
+    );
     let finished = [("paused", 150), ("scheduled", 60), ("queued", 80)];
     for (name, records) in finished {
         let view = client.wait_projected_terminal(&actions[name], WAIT).await?;
@@ -321,6 +330,9 @@ async fn record_the_fixture() -> Result<()> {
     let mut body = request(ACCOUNT_B, "create", people("scheduled", 0..60));
     body["scheduledFor"] = json!(in_ms(30 * 86_400_000)?);
     let scheduled = client.submit(&body).await?;
+    let pacing = json!({ "pacing": { "batchSize": 30, "intervalSeconds": 1 } });
+    let (status, reply) = client.patch_action(&scheduled, &pacing).await?;
+    ensure!(status == 200, "pace: {status} {reply}");
     wait_status(&client, &scheduled, "scheduled").await?;
     actions.insert("scheduled", scheduled);
 

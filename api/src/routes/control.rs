@@ -5,7 +5,6 @@
 use axum::extract::State;
 use axum::{Extension, Json};
 use domain::lifecycle::{Amendment, Command, PaceChange, Refusal};
-use domain::pacing::Bucket;
 use domain::{ActionId, ActionView};
 use infra::lifecycle::Executed;
 use serde::Deserialize;
@@ -88,7 +87,7 @@ async fn command(
         .execute(
             action,
             &command,
-            None,
+            state.config.batch_size as u32,
             Some(&caller.key_id),
             infra::clock::now(),
         )
@@ -148,21 +147,18 @@ pub async fn amend(
         ));
     }
     let mut amendment = Amendment::default();
-    let mut bucket = None;
     if let Some(raw) = &request.scheduled_for {
         amendment.start_at = Some(new_start(&state, raw)?);
     }
     if request.pacing.is_some() || request.max_records_per_minute.is_some() {
-        let (pace, pace_bucket) = new_pace(&state, action, &request).await?;
-        amendment.pace = Some(pace);
-        bucket = Some(pace_bucket);
+        amendment.pace = Some(pace_change(&request)?);
     }
     let executed = state
         .store
         .execute(
             action,
             &Command::Amend(amendment),
-            bucket,
+            state.config.batch_size as u32,
             Some(&caller.key_id),
             infra::clock::now(),
         )
@@ -189,38 +185,16 @@ fn new_start(state: &AppState, raw: &Value) -> Result<domain::Timestamp, ApiErro
     Ok(start.unwrap_or(now))
 }
 
-/// The action's new pace, what the request changes and the rest as it was, and the bucket
-/// its batches are released by.
-async fn new_pace(
-    state: &AppState,
-    action: ActionId,
-    request: &AmendRequest,
-) -> Result<(PaceChange, Option<Bucket>), ApiError> {
+/// What the request changes of the pace; `decide` keeps the rest as it is.
+fn pace_change(request: &AmendRequest) -> Result<PaceChange, ApiError> {
     let (pacing, max) = submission::pace(
         request.pacing.as_ref(),
         request.max_records_per_minute.as_ref(),
     )?;
-    let current = current_view(state, action).await?.0;
-    let change = PaceChange {
-        pacing: if request.pacing.is_some() {
-            pacing
-        } else {
-            current.pacing
-        },
-        max_records_per_minute: if request.max_records_per_minute.is_some() {
-            max
-        } else {
-            current.max_records_per_minute
-        },
-    };
-    let batch_size = state
-        .store
-        .batch_size_of(action)
-        .await?
-        .unwrap_or(state.config.batch_size as u32);
-    let bucket =
-        domain::pacing::action_bucket(change.pacing, change.max_records_per_minute, batch_size);
-    Ok((change, bucket))
+    Ok(PaceChange {
+        pacing: request.pacing.is_some().then_some(pacing),
+        max_records_per_minute: request.max_records_per_minute.is_some().then_some(max),
+    })
 }
 
 fn refused(executed: Executed) -> Result<(), ApiError> {

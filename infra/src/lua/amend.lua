@@ -8,7 +8,7 @@
 -- ARGV: action, schemaVersion, at, startAtMs ('' = unchanged),
 --       paceChange ('1' = set the pace below), paceEmitMs ('' = no pace), paceBurst,
 --       rescheduledId, rescheduledType, rescheduledData, pacedId, pacedType, pacedData,
---       expectedFacts
+--       expectedFacts, pace (the whole new pace, as `domain::lifecycle::Pace` JSON)
 -- Returns 1 done, -1 no such action, -5 stale (the facts changed since the decision).
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return -1
@@ -47,6 +47,7 @@ if ARGV[5] == '1' then
     redis.call('HSET', KEYS[1], 'paceEmitMs', ARGV[6], 'paceBurst', ARGV[7],
       'paceTat', tostring(new_tat))
   end
+  redis.call('HSET', KEYS[1], 'pace', ARGV[15])
   append(ARGV[11], ARGV[12], ARGV[13])
 end
 return 1

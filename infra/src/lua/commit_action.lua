@@ -20,7 +20,8 @@
 --       paceBurst, stagedEventCount, eventCount, then eventCount x (eventId, type, at, data)
 --       The staged events go in after the first ARGV event (Created); the other ARGV
 --       events (Completed, for an action without batches) after the staged ones.
---       Then: takeOverAtMs (when a sweeper may finish an opening the api left).
+--       Then: takeOverAtMs (when a sweeper may finish an opening the api left), pace (the
+--       action's own, as `domain::lifecycle::Pace` JSON).
 -- Returns 1 when created, 2 when created but still opening, 0 when the action already
 -- existed, -1 when staged data is gone (expired before the commit).
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -65,7 +66,7 @@ if not opening then
 end
 redis.call('HSET', KEYS[1], 'seq', seq, 'account', ARGV[2], 'actionType', ARGV[3],
   'entityType', ARGV[4], 'batches', ARGV[5], 'done', 0, 'dispatched', 0, 'created', ARGV[7],
-  'batchSize', ARGV[9], 'records', ARGV[10], 'queued', 0)
+  'batchSize', ARGV[9], 'records', ARGV[10], 'queued', 0, 'pace', ARGV[16 + event_count * 4])
 if ARGV[11] ~= '' then
   redis.call('HSET', KEYS[1], 'paceEmitMs', ARGV[11], 'paceBurst', ARGV[12])
 end

@@ -63,14 +63,15 @@ local function batch_turn(paused, cancelled)
 end
 
 -- The facts `domain::lifecycle::decide` looks at, as `Facts::signature` spells them: one
--- character each for finished, cancelled, paused and waiting in the schedule. The scripts
+-- character each for finished, cancelled, paused and waiting in the schedule, then the
+-- pace as the meta holds it (as text: '' for an action of a build before it did). The scripts
 -- that append a decision compare them with the ones it was made on, so no decision is
 -- applied to facts it did not see. Equality, not rules: the rules are in Rust.
 local function lifecycle_signature(meta, schedule, action)
-  local f = redis.call('HMGET', meta, 'batches', 'done', 'cancelled', 'paused')
+  local f = redis.call('HMGET', meta, 'batches', 'done', 'cancelled', 'paused', 'pace')
   local finished = tonumber(f[2] or '0') >= tonumber(f[1] or '0')
   local scheduled = redis.call('ZSCORE', schedule, action) ~= false
   return (finished and 'F' or '-') .. (f[3] == '1' and 'C' or '-')
-    .. (f[4] == '1' and 'P' or '-') .. (scheduled and 'S' or '-')
+    .. (f[4] == '1' and 'P' or '-') .. (scheduled and 'S' or '-') .. ':' .. (f[5] or '')
 end
 
