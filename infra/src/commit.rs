@@ -58,6 +58,7 @@ impl Submissions {
             .key(self.keys.ready(partition))
             .key(new.staging.events_key())
             .key(self.keys.opening(partition))
+            .key(self.keys.dispatch(partition))
             .arg(action.to_string())
             .arg(new.account_id.as_str())
             .arg(new.action_type.as_str())

@@ -205,6 +205,7 @@ impl Submissions {
             .key(self.keys.account_queue(partition, account))
             .key(self.keys.ready(partition))
             .key(self.keys.parked(action))
+            .key(self.keys.dispatch(partition))
             .arg(name)
             .arg(action.to_string())
             .arg(SCHEMA_VERSION)

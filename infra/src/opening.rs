@@ -46,6 +46,7 @@ impl EventStore {
                 .key(self.keys.schedule(partition))
                 .key(self.keys.ready(partition))
                 .key(self.keys.opening(partition))
+                .key(self.keys.dispatch(partition))
                 .arg(action.to_string())
                 .arg(SCHEMA_VERSION)
                 .arg(at.to_string())

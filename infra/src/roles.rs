@@ -9,8 +9,11 @@
 //!   openings, the worker registry);
 //! - the projector: `Projection` (quarantine, the end of an archived stream).
 //!
-//! So "only the api commits actions" or "only consumers settle batches" is a fact the
-//! compiler checks for everything downstream of a process' wiring.
+//! Code downstream of a process' wiring holds only its role, so "only the api commits
+//! actions" or "only consumers settle batches" is a fact the compiler checks there. The
+//! wiring itself (which roles a `run` builds) is the one place left to review: any crate
+//! may construct any role. MongoDB is enforced by the deployment instead: the api only
+//! reads, and can run as a read-only user (docs/operations.md, "MongoDB users").
 
 use std::ops::Deref;
 

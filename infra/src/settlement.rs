@@ -310,6 +310,7 @@ impl Scheduling {
             .key(self.keys.feed(partition))
             .key(self.keys.account_queue(partition, &account))
             .key(self.keys.ready(partition))
+            .key(self.keys.dispatch(partition))
             .arg(action.to_string())
             .arg(SCHEMA_VERSION)
             .arg(Ulid::new().to_string())

@@ -1079,6 +1079,70 @@ async fn racing_changes_of_pace_keep_each_others_parts() -> Result<()> {
     Ok(())
 }
 
+/// An account that leaves the accounts with work and joins again (a pause and a resume of
+/// its only action) joins behind the accounts waiting: toggling is no way to the front.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_account_joins_behind_the_accounts_waiting() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let app = TestApp::spawn(AppOptions {
+        consumers: 0,
+        ..AppOptions::default()
+    })
+    .await?;
+    let keys = app.keys();
+    let account = |name: &str| domain::AccountId::parse(name).context("an account id");
+    let partition = keys.account_partition(&account("steady")?);
+    let mut toggler = None;
+    for name in (0..100).map(|i| format!("toggler{i}")) {
+        if keys.account_partition(&account(&name)?) == partition {
+            toggler = Some(name);
+            break;
+        }
+    }
+    let toggler = toggler.context("no account name in the partition")?;
+    app.submit(&create("steady", 0..500)).await?;
+    let toggled = app.submit(&create(&toggler, 0..500)).await?;
+
+    let store = EventStore::new(
+        infra::redis_conn::shared(&app.services.redis_url).await?,
+        keys.clone(),
+    );
+    let scheduling = infra::Scheduling::new(store);
+    let limits = infra::flow::DispatchLimits {
+        default_records_per_minute: 100_000_000,
+        burst_seconds: 0,
+        max_outstanding: 100,
+        max_grants: 1,
+    };
+    const GRANTS: usize = 4;
+    for _ in 0..GRANTS {
+        for verb in ["pause", "resume"] {
+            let (status, body) =
+                post(&app.client, &format!("/bulk-actions/{toggled}/{verb}")).await?;
+            ensure!(status == 200, "{verb}: {status} {body}");
+        }
+        ensure!(scheduling.dispatch(partition, limits).await?.granted == 1);
+    }
+    let mut conn = infra::redis_conn::shared(&app.services.redis_url).await?;
+    let work: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(keys.work(partition))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await?;
+    let toggled_grants = work
+        .ids
+        .iter()
+        .filter(|entry| entry.get::<String>("action").as_deref() == Some(toggled.as_str()))
+        .count();
+    ensure!(
+        work.ids.len() == GRANTS && toggled_grants <= GRANTS / 2,
+        "the toggling account took {toggled_grants} of {} batches handed out",
+        work.ids.len()
+    );
+    Ok(())
+}
+
 /// The api decides each command on facts read a moment before, and the scripts record it
 /// only if the facts are still the ones read: racing commands never record what the facts
 /// no longer allow (a second `Paused` in a row, or anything after a cancel).

@@ -14,7 +14,7 @@
 -- it is neither queued nor completed until `open_action.lua` has moved the rest.
 --
 -- KEYS: meta, events, feed, batches, queue (the account's), schedule, actions,
---       staged batches, ready, staged events, opening
+--       staged batches, ready, staged events, opening, dispatch
 -- ARGV: action, account, actionType, entityType, batchCount, startAtMs ('' = now),
 --       createdAtMs, schemaVersion, batchSize, recordsInBatches, paceEmitMs ('' = none),
 --       paceBurst, stagedEventCount, eventCount, then eventCount x (eventId, type, at, data)
@@ -88,7 +88,7 @@ if batches > 0 then
   else
     redis.call('HSET', KEYS[1], 'queued', 1)
     redis.call('ZADD', KEYS[5], ARGV[7], action)
-    redis.call('ZADD', KEYS[9], 'NX', 0, ARGV[2])
+    join_ready(KEYS[9], KEYS[12], ARGV[2])
   end
 end
 return 1

@@ -13,7 +13,7 @@
 --   a consumer while it is paused are parked (park.lua) and go first on resume.
 -- resume: back into the queue at its original place (its creation time), if released.
 --
--- KEYS: meta, events, feed, work, schedule, queue (the account's), ready, parked
+-- KEYS: meta, events, feed, work, schedule, queue (the account's), ready, parked, dispatch
 -- ARGV: command, action, schemaVersion, eventId, type, at, data, expectedFacts
 -- Returns 1 done, -1 no such action, -5 stale (the facts changed since the decision).
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -46,7 +46,7 @@ if command == 'cancel' then
     -- nothing to move yet
   elseif dispatched < batches or redis.call('SCARD', KEYS[8]) > 0 then
     redis.call('ZADD', KEYS[6], f[7] or 0, action)
-    redis.call('ZADD', KEYS[7], 'NX', 0, f[8])
+    join_ready(KEYS[7], KEYS[9], f[8])
   else
     leave_queue()
   end
@@ -58,7 +58,7 @@ elseif command == 'resume' then
   local pending = tonumber(f[5] or f[1]) < batches or redis.call('SCARD', KEYS[8]) > 0
   if f[6] == '1' and pending then
     redis.call('ZADD', KEYS[6], f[7] or 0, action)
-    redis.call('ZADD', KEYS[7], 'NX', 0, f[8])
+    join_ready(KEYS[7], KEYS[9], f[8])
   end
 else
   return redis.error_reply('unknown command ' .. command)

@@ -48,6 +48,15 @@ local function gcra_rescale(tat, now, old_interval, new_interval)
   return now + (tat - now) * new_interval / old_interval
 end
 
+-- An account with work joins `ready` (scored by dispatch turn) at the turn of the latest
+-- batch handed out: behind every account already waiting, so that leaving and joining
+-- again (a pause and a resume) never moves it ahead of them. One already there keeps its
+-- place.
+local function join_ready(ready, dispatch, account)
+  local turn = redis.call('HGET', dispatch, 'turn') or '0'
+  redis.call('ZADD', ready, 'NX', turn, account)
+end
+
 -- What a batch of an action does when its turn comes, as `Facts::batch_turn` decides it
 -- (its Rust twin, tested against this): 'settle' once cancelled (settled unprocessed, free
 -- of budget), 'hold' while paused, else 'apply'. The arguments are the meta's `paused` and

@@ -4,7 +4,8 @@
 -- resume, a cancelled one is queued so that dispatch drains it). Safe to run by several
 -- processes at once: each call is atomic and takes the slice at the head of the list.
 --
--- KEYS: meta, events, feed, staged events, queue (the account's), schedule, ready, opening
+-- KEYS: meta, events, feed, staged events, queue (the account's), schedule, ready, opening,
+--       dispatch
 -- ARGV: action, schemaVersion, at, completedId, completedType, completedData
 -- Returns 0 when nothing was opening, 1 when opened, 2 when more is left.
 local f = redis.call('HMGET', KEYS[1], 'opening', 'seq', 'batches', 'startAt', 'created',
@@ -36,9 +37,9 @@ if not more then
     redis.call('ZADD', KEYS[6], f[4], action)
   else
     redis.call('HSET', KEYS[1], 'queued', 1)
-    if f[7] ~= '1' or f[8] == '1' then
+    if batch_turn(f[7], f[8]) ~= 'hold' then
       redis.call('ZADD', KEYS[5], f[5], action)
-      redis.call('ZADD', KEYS[7], 'NX', 0, f[6])
+      join_ready(KEYS[7], KEYS[9], f[6])
     end
   end
 end

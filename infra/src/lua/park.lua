@@ -1,8 +1,8 @@
 -- A consumer got a batch of a paused action: put it aside, unapplied, and give back the
 -- budget it was charged, so a paused action takes none. Decided here, atomically with
 -- pause/resume/cancel: a batch of an action resumed meanwhile is applied, and one of an
--- action cancelled meanwhile is settled as unprocessed, never parked (a cancel has already
--- emptied the parked set and would not see it).
+-- action cancelled meanwhile is settled as unprocessed, never parked (a cancel queues the
+-- action to drain its parked set, but a batch parked after it would wait for nothing).
 --
 -- KEYS: meta, parked, work, budget (the account's records), limits (the account's)
 -- ARGV: batch, workEntryId, group, cost (records), defaultRecordsPerMinute

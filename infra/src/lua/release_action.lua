@@ -2,7 +2,7 @@
 -- claim, so two schedulers racing on the same action release it one time. A paused action
 -- is released too (it leaves the schedule) but joins its account's queue only on resume.
 --
--- KEYS: schedule, meta, events, feed, queue (the account's), ready
+-- KEYS: schedule, meta, events, feed, queue (the account's), ready, dispatch
 -- ARGV: action, schemaVersion, eventId, type, at, data
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
   return 0
@@ -17,8 +17,8 @@ if f[5] == false then
   redis.call('HSET', KEYS[2], 'dispatched', 0)
 end
 redis.call('HSET', KEYS[2], 'queued', 1)
-if batch_turn(f[1], f[2]) == 'apply' then
+if batch_turn(f[1], f[2]) ~= 'hold' then
   redis.call('ZADD', KEYS[5], f[3] or 0, action)
-  redis.call('ZADD', KEYS[6], 'NX', 0, f[4])
+  join_ready(KEYS[6], KEYS[7], f[4])
 end
 return 1
