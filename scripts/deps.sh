@@ -63,7 +63,7 @@ ferretdb_works() {
 ensure_ferretdb() {
   local gobin
   if ! command -v go >/dev/null 2>&1; then
-    log "Go is required to build FerretDB (the local MongoDB-compatible server); install Go >= 1.22"
+    log "Go is required to build FerretDB (the local MongoDB-compatible server); install Go >= 1.24"
     return 1
   fi
   gobin="$(go env GOBIN)"; [ -n "$gobin" ] || gobin="$(go env GOPATH)/bin"

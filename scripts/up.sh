@@ -26,7 +26,8 @@ running() { [ -f "$DEV/pids/$1" ] && kill -0 "$(cat "$DEV/pids/$1")" 2>/dev/null
 start() { # name, command...
   local name="$1"; shift
   if running "$name"; then log "$name already running (pid $(cat "$DEV/pids/$name"))"; return; fi
-  nohup "$@" >"$DEV/logs/$name.log" 2>&1 &
+  # Appended, not truncated: what the last run logged (e.g. at its shutdown) stays readable.
+  nohup "$@" >>"$DEV/logs/$name.log" 2>&1 &
   echo $! >"$DEV/pids/$name"
   log "started $name (pid $!, log $DEV/logs/$name.log)"
 }

@@ -287,6 +287,7 @@ pub async fn serve(
     let address: SocketAddr = listener.local_addr()?;
     tracing::info!(%address, "api listening");
     let signal = shutdown.clone();
+    let database = state.database.clone();
     let server = axum::serve(listener, router(state))
         .with_graceful_shutdown(async move { signal.cancelled().await })
         .into_future();
@@ -298,6 +299,7 @@ pub async fn serve(
         served = server => served?,
         _ = deadline => tracing::warn!(?grace, "requests still in flight at the shutdown deadline; exiting"),
     }
+    infra::mongo::close(&database).await;
     tracing::info!("api stopped");
     Ok(())
 }

@@ -150,6 +150,7 @@ pub async fn run(config: ConsumerConfig, shutdown: CancellationToken) -> Result<
         hand_back_all(&store, &in_flight, claim_idle).await;
         tracing::warn!(consumer = %base_name, ?grace, "stopped at the shutdown deadline; in-flight batches handed back");
     }
+    infra::mongo::close(&database).await;
     tracing::info!(consumer = %base_name, "consumer stopped");
     Ok(())
 }

@@ -34,6 +34,13 @@ pub async fn connect(uri: &str, app_name: &str) -> mongodb::error::Result<Databa
     Ok(Client::with_options(options)?.database(&database))
 }
 
+/// Closes the client's connections and monitors before the process ends: a driver task
+/// left running while the runtime shuts down can panic on its closed channels. Does not
+/// wait for cursors or sessions still alive elsewhere.
+pub async fn close(database: &Database) {
+    database.client().clone().shutdown().immediate(true).await;
+}
+
 const DUPLICATE_KEY: i32 = 11000;
 
 /// Unordered insert in which documents that exist already (the same derived `_id`) are no

@@ -157,6 +157,7 @@ pub async fn run(
             }
         }
     }
+    infra::mongo::close(&projector.database).await;
     tracing::info!("projector stopped");
     Ok(())
 }
