@@ -32,6 +32,16 @@ pub struct NewAction<'a> {
     pub staging: &'a Staging,
 }
 
+impl NewAction<'_> {
+    /// The pace its `Created` records, which the meta keeps for changes of pace.
+    fn own_pace(&self) -> domain::lifecycle::Pace {
+        self.events
+            .first()
+            .and_then(domain::lifecycle::Pace::recorded_by)
+            .unwrap_or_default()
+    }
+}
+
 /// Whether `commit_action` made the action exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Commit {
@@ -89,12 +99,7 @@ impl Submissions {
                 .arg(payload.data_json());
         }
         invocation.arg(new.created_at.millis() + crate::opening::TAKE_OVER_AFTER_MS);
-        let pace = new
-            .events
-            .first()
-            .and_then(domain::lifecycle::Pace::recorded_by)
-            .unwrap_or_default();
-        invocation.arg(pace.to_json());
+        invocation.arg(new.own_pace().to_json());
         let created: i64 = invocation.invoke_async(&mut self.conn.clone()).await?;
         match created {
             1 => Ok(Commit::Created),

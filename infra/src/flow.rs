@@ -122,14 +122,16 @@ impl Scheduling {
 
 impl Settlement {
     /// Parks a delivered batch of a paused action (see `lua/park.lua`), unless it was
-    /// resumed or cancelled meanwhile: its turn now, `Hold` once parked.
+    /// resumed or cancelled meanwhile: its turn now, `Hold` once parked; `None` when the
+    /// entry is no longer `consumer`'s (taken over while this one stalled).
     pub async fn park(
         &self,
         item: &WorkItem,
+        consumer: &str,
         account: &AccountId,
         cost: u32,
         default_records_per_minute: u32,
-    ) -> Result<BatchTurn, StoreError> {
+    ) -> Result<Option<BatchTurn>, StoreError> {
         let partition = self.keys.partition_of(item.action_id);
         let turn: String = self
             .scripts
@@ -144,9 +146,13 @@ impl Settlement {
             .arg(CONSUMER_GROUP)
             .arg(cost)
             .arg(default_records_per_minute.max(1))
+            .arg(consumer)
             .invoke_async(&mut self.conn.clone())
             .await?;
-        BatchTurn::parse(&turn).ok_or_else(|| {
+        if turn == "gone" {
+            return Ok(None);
+        }
+        BatchTurn::parse(&turn).map(Some).ok_or_else(|| {
             StoreError::Corrupt(format!("park.lua answered an unknown turn {turn:?}"))
         })
     }

@@ -30,3 +30,4 @@ pub use config::StoreConfig;
 pub use event_store::{EventStore, StoreError, StoredEvent};
 pub use keys::Keys;
 pub use roles::{AccountAdmin, Projection, Scheduling, Settlement, Submissions};
+pub use settlement::AttemptStart;

@@ -2,6 +2,7 @@
 //! settled (applied, dead-lettered or cancelled, each exactly once, with `Completed` after
 //! the last), releases of scheduled actions, and the end of an archived stream.
 
+use domain::lifecycle::BatchTurn;
 use domain::{ActionId, Batch, EventPayload, RecordOutcome, Timestamp, SCHEMA_VERSION};
 use redis::AsyncCommands;
 use ulid::Ulid;
@@ -51,6 +52,15 @@ pub struct DeadLetter {
     pub outcomes: Vec<RecordOutcome>,
 }
 
+/// Whether an attempt at a batch began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptStart {
+    /// Counted: this is its number.
+    Began(u32),
+    /// Not counted: the batch's turn is no longer to be applied.
+    Refused(BatchTurn),
+}
+
 impl Settlement {
     /// Records `found` (the emails a delete batch found in the account) unless an earlier
     /// attempt at the batch recorded its own, and returns what is recorded: every attempt
@@ -73,18 +83,24 @@ impl Settlement {
     }
 
     /// Counts one more attempt at a batch and returns its number (1 for the first).
-    /// Counted before the attempt, so attempts that crash their consumer count too.
-    pub async fn begin_attempt(&self, item: &WorkItem) -> Result<u32, StoreError> {
-        let attempt: u32 = self
-            .conn
-            .clone()
-            .hincr(
-                self.keys.meta(item.action_id),
-                format!("attempts:{}", item.batch),
-                1,
-            )
+    /// Counted before the attempt, so attempts that crash their consumer count too. The
+    /// first is refused with the batch's turn if its action was paused or cancelled since
+    /// the worker looked (`lua/begin_attempt.lua`).
+    pub async fn begin_attempt(&self, item: &WorkItem) -> Result<AttemptStart, StoreError> {
+        let (turn, attempt): (String, u32) = self
+            .scripts
+            .begin_attempt
+            .key(self.keys.meta(item.action_id))
+            .arg(item.batch)
+            .invoke_async(&mut self.conn.clone())
             .await?;
-        Ok(attempt)
+        match BatchTurn::parse(&turn) {
+            Some(BatchTurn::Apply) => Ok(AttemptStart::Began(attempt)),
+            Some(turn) => Ok(AttemptStart::Refused(turn)),
+            None => Err(StoreError::Corrupt(format!(
+                "begin_attempt.lua answered an unknown turn {turn:?}"
+            ))),
+        }
     }
 
     /// Appends `payload` unless an event with the same `guard` was appended before.

@@ -1079,16 +1079,117 @@ async fn racing_changes_of_pace_keep_each_others_parts() -> Result<()> {
     Ok(())
 }
 
+/// An app whose batches go nowhere unless the test hands them out itself.
+async fn app_without_consumers() -> Result<TestApp> {
+    TestApp::spawn(AppOptions {
+        consumers: 0,
+        ..AppOptions::default()
+    })
+    .await
+}
+
+async fn store_of(app: &TestApp) -> Result<EventStore> {
+    let conn = infra::redis_conn::shared(&app.services.redis_url).await?;
+    Ok(EventStore::new(conn, app.keys()))
+}
+
+/// A worker reads its action's turn, then counts the first attempt: a pause or cancel
+/// acknowledged in between refuses that attempt (the batch is parked or settled instead),
+/// while a batch an attempt has touched is always attempted again. Only the worker that
+/// holds a batch parks it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_or_cancel_acknowledged_before_the_first_attempt_holds() -> Result<()> {
+    use domain::lifecycle::BatchTurn;
+    use infra::AttemptStart;
+
+    let _serial = SERIAL.lock().await;
+    let app = app_without_consumers().await?;
+    let action = app.submit(&create("turns", 0..300)).await?;
+    let id = ActionId::parse(&action).context("a ULID")?;
+    let settlement = infra::Settlement::new(store_of(&app).await?);
+    let item = |batch| infra::work::WorkItem {
+        stream: app.keys().work(app.keys().partition_of(id)),
+        entry_id: "0-1".into(),
+        action_id: id,
+        batch,
+    };
+    let command = |verb: &'static str| {
+        let client = app.client.clone();
+        let path = format!("/bulk-actions/{action}/{verb}");
+        async move { post(&client, &path).await }
+    };
+
+    ensure!(settlement.begin_attempt(&item(0)).await? == AttemptStart::Began(1));
+    ensure!(command("pause").await?.0 == 200);
+    ensure!(
+        settlement.begin_attempt(&item(1)).await? == AttemptStart::Refused(BatchTurn::Hold),
+        "a paused action's untouched batch"
+    );
+    ensure!(settlement.begin_attempt(&item(0)).await? == AttemptStart::Began(2));
+
+    // A batch handed to worker `a` is parked by `a`, not by a worker that no longer holds
+    // it (one that stalled past the claim idle time while `a` took it over).
+    let mut conn = infra::redis_conn::shared(&app.services.redis_url).await?;
+    let work = item(1).stream;
+    let group = infra::keys::CONSUMER_GROUP;
+    infra::work::ensure_groups(&mut conn, std::slice::from_ref(&work), group).await?;
+    let entry_id: String = redis::cmd("XADD")
+        .arg(&work)
+        .arg("*")
+        .arg(&["action", action.as_str(), "batch", "1"])
+        .query_async(&mut conn)
+        .await?;
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg(&[
+            "GROUP",
+            group,
+            "a",
+            "COUNT",
+            "1",
+            "STREAMS",
+            work.as_str(),
+            ">",
+        ])
+        .query_async(&mut conn)
+        .await?;
+    let handed = infra::work::WorkItem {
+        entry_id,
+        ..item(1)
+    };
+    let account = domain::AccountId::parse("turns").context("an account id")?;
+    ensure!(
+        settlement
+            .park(&handed, "b", &account, 100, 1_000_000)
+            .await?
+            .is_none(),
+        "parked by a worker that does not hold it"
+    );
+    ensure!(
+        settlement
+            .park(&handed, "a", &account, 100, 1_000_000)
+            .await?
+            == Some(BatchTurn::Hold)
+    );
+
+    ensure!(command("cancel").await?.0 == 200);
+    ensure!(
+        settlement.begin_attempt(&item(2)).await?
+            == AttemptStart::Refused(BatchTurn::SettleUnprocessed),
+        "a cancelled action's untouched batch"
+    );
+    ensure!(
+        settlement.begin_attempt(&item(0)).await? == AttemptStart::Began(3),
+        "a touched batch is attempted to the end, whatever the action's turn"
+    );
+    Ok(())
+}
+
 /// An account that leaves the accounts with work and joins again (a pause and a resume of
 /// its only action) joins behind the accounts waiting: toggling is no way to the front.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_account_joins_behind_the_accounts_waiting() -> Result<()> {
     let _serial = SERIAL.lock().await;
-    let app = TestApp::spawn(AppOptions {
-        consumers: 0,
-        ..AppOptions::default()
-    })
-    .await?;
+    let app = app_without_consumers().await?;
     let keys = app.keys();
     let account = |name: &str| domain::AccountId::parse(name).context("an account id");
     let partition = keys.account_partition(&account("steady")?);
@@ -1103,11 +1204,7 @@ async fn a_resumed_account_joins_behind_the_accounts_waiting() -> Result<()> {
     app.submit(&create("steady", 0..500)).await?;
     let toggled = app.submit(&create(&toggler, 0..500)).await?;
 
-    let store = EventStore::new(
-        infra::redis_conn::shared(&app.services.redis_url).await?,
-        keys.clone(),
-    );
-    let scheduling = infra::Scheduling::new(store);
+    let scheduling = infra::Scheduling::new(store_of(&app).await?);
     let limits = infra::flow::DispatchLimits {
         default_records_per_minute: 100_000_000,
         burst_seconds: 0,

@@ -10,6 +10,7 @@ use domain::{Batch, OutcomeCode, RecordOutcome};
 use infra::event_store::{ActionMeta, CancelSettlement, DeadLetter};
 use infra::keys::CONSUMER_GROUP;
 use infra::work::{self, WorkItem};
+use infra::AttemptStart;
 use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -29,6 +30,14 @@ enum Checked {
     Later,
     /// The look failed or was cut off too often: every record stays `dead_lettered`.
     Impossible,
+}
+
+/// Whether a batch's turn leaves it to be applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    /// Parked or settled: nothing more to do with it here.
+    Done,
+    Apply,
 }
 
 enum AttemptResult {
@@ -68,49 +77,86 @@ impl Worker {
         };
         tracing::Span::current().record("account", tracing::field::display(&meta.account_id));
         let mut turn = meta.batch_turn();
-        if turn == BatchTurn::Hold {
-            let cost = u32::try_from(batch.records.len()).unwrap_or(u32::MAX);
-            turn = self
-                .store
-                .park(item, &meta.account_id, cost, self.records_per_minute)
-                .await?;
-            if turn == BatchTurn::Hold {
-                tracing::debug!("batch parked: its action is paused");
+        loop {
+            if self.take_turn(item, &meta, &batch, turn).await? == Turn::Done {
                 return Ok(());
             }
+            // To be applied, or cancelled after an attempt began: that attempt may have
+            // written to MongoDB, so the batch is applied to the end, which reports what it
+            // did. A pause or cancel since the look above refuses the first attempt.
+            match self.store.begin_attempt(item).await? {
+                AttemptStart::Began(attempt) => {
+                    self.store
+                        .append_once(
+                            item.action_id,
+                            "started",
+                            &domain::EventPayload::Started {},
+                            infra::clock::now(),
+                        )
+                        .await?;
+                    return self
+                        .apply_with_retries(&meta, item, &batch, attempt, shutdown)
+                        .await;
+                }
+                AttemptStart::Refused(now) => turn = now,
+            }
         }
-        let cancelled = turn == BatchTurn::SettleUnprocessed;
-        if cancelled && self.settle_unprocessed(item, &batch).await? == CancelSettlement::Settled {
-            return Ok(());
-        }
-        // Not cancelled, or cancelled after an attempt began: that attempt may have written
-        // to MongoDB, so the batch is applied to the end, which reports what it did.
-        self.store
-            .append_once(
-                item.action_id,
-                "started",
-                &domain::EventPayload::Started {},
-                infra::clock::now(),
-            )
-            .await?;
-
-        self.apply_with_retries(&meta, item, &batch, shutdown).await
     }
 
-    /// Attempts until one applies the batch, the attempts run out (dead letter) or the
-    /// consumer shuts down (the batch is handed back).
+    /// Parks the batch of a paused action (unless resumed meanwhile) and settles that of a
+    /// cancelled one as unprocessed (unless an attempt has touched it).
+    async fn take_turn(
+        &self,
+        item: &WorkItem,
+        meta: &ActionMeta,
+        batch: &Batch,
+        mut turn: BatchTurn,
+    ) -> Result<Turn, infra::StoreError> {
+        if turn == BatchTurn::Hold {
+            let cost = u32::try_from(batch.records.len()).unwrap_or(u32::MAX);
+            let parked = self
+                .store
+                .park(
+                    item,
+                    &self.name,
+                    &meta.account_id,
+                    cost,
+                    self.records_per_minute,
+                )
+                .await?;
+            let Some(now) = parked else {
+                tracing::warn!("batch taken over by another consumer while this one stalled");
+                return Ok(Turn::Done);
+            };
+            turn = now;
+            if turn == BatchTurn::Hold {
+                tracing::debug!("batch parked: its action is paused");
+                return Ok(Turn::Done);
+            }
+        }
+        if turn == BatchTurn::SettleUnprocessed
+            && self.settle_unprocessed(item, batch).await? == CancelSettlement::Settled
+        {
+            return Ok(Turn::Done);
+        }
+        Ok(Turn::Apply)
+    }
+
+    /// Attempts, from `first` on, until one applies the batch, the attempts run out (dead
+    /// letter) or the consumer shuts down (the batch is handed back).
     async fn apply_with_retries(
         &self,
         meta: &ActionMeta,
         item: &WorkItem,
         batch: &Batch,
+        first: u32,
         shutdown: &CancellationToken,
     ) -> Result<(), infra::StoreError> {
         let began = Instant::now();
         let mut last_error: Option<String> = None;
         let mut delays = infra::retry::delays(self.retry.first_delay, self.retry.max_delay);
+        let mut attempt = first;
         loop {
-            let attempt = self.store.begin_attempt(item).await?;
             if attempt > self.retry.max_attempts {
                 return self
                     .dead_letter(meta, item, batch, attempt, last_error, shutdown)
@@ -142,21 +188,33 @@ impl Worker {
             let pause = delays.next().unwrap_or(self.retry.max_delay);
             tracing::warn!(attempt, max_attempts = self.retry.max_attempts, %error, ?pause, "batch failed");
             last_error = Some(error);
-            if attempt >= self.retry.max_attempts {
-                continue; // The next count is past the limit: dead-letter it now.
+            // Past the limit, the next count dead-letters it at once.
+            if attempt < self.retry.max_attempts {
+                let waited = self
+                    .while_holding(item, async {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => false,
+                            _ = tokio::time::sleep(pause) => true,
+                        }
+                    })
+                    .await;
+                if !waited {
+                    self.hand_back(item).await;
+                    return Ok(());
+                }
             }
-            let waited = self
-                .while_holding(item, async {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => false,
-                        _ = tokio::time::sleep(pause) => true,
-                    }
-                })
-                .await;
-            if !waited {
-                self.hand_back(item).await;
-                return Ok(());
-            }
+            attempt = self.next_attempt(item).await?;
+        }
+    }
+
+    /// The number of the next attempt at a batch an attempt has touched: never refused.
+    async fn next_attempt(&self, item: &WorkItem) -> Result<u32, infra::StoreError> {
+        match self.store.begin_attempt(item).await? {
+            AttemptStart::Began(attempt) => Ok(attempt),
+            AttemptStart::Refused(turn) => Err(infra::StoreError::Corrupt(format!(
+                "attempt {} refused ({turn:?}) after an attempt had begun",
+                item.batch
+            ))),
         }
     }
 

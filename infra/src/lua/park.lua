@@ -4,9 +4,17 @@
 -- action cancelled meanwhile is settled as unprocessed, never parked (a cancel queues the
 -- action to drain its parked set, but a batch parked after it would wait for nothing).
 --
+-- A worker that stalled past the claim idle time may find its entry taken over (and the
+-- batch parked, resumed and settled by others since): it parks nothing it no longer holds.
+--
 -- KEYS: meta, parked, work, budget (the account's records), limits (the account's)
--- ARGV: batch, workEntryId, group, cost (records), defaultRecordsPerMinute
--- Returns the batch's turn (`batch_turn`): 'hold' once parked, 'apply' or 'settle'.
+-- ARGV: batch, workEntryId, group, cost (records), defaultRecordsPerMinute, consumer
+-- Returns the batch's turn (`batch_turn`): 'hold' once parked, 'apply' or 'settle'; or
+-- 'gone' when the entry is not this consumer's any more.
+local mine = redis.call('XPENDING', KEYS[3], ARGV[3], ARGV[2], ARGV[2], 1, ARGV[6])
+if #mine == 0 then
+  return 'gone'
+end
 local f = redis.call('HMGET', KEYS[1], 'paused', 'cancelled', 'paceEmitMs', 'paceTat')
 local turn = batch_turn(f[1], f[2])
 if turn ~= 'hold' then
