@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use infra::keys::CONSUMER_GROUP;
+use infra::redis_conn::Blocking;
 use infra::work::{self, ReadFrom, WorkItem};
 use infra::{EventStore, Settlement};
-use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -109,7 +109,7 @@ impl Worker {
 
     async fn read(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Blocking,
         streams: &[String],
         from: ReadFrom,
     ) -> Result<Vec<(String, redis::streams::StreamId)>, infra::StoreError> {
@@ -129,7 +129,7 @@ impl Worker {
     /// others; blocks on all of them when all are empty.
     async fn read_next(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Blocking,
         next_stream: &mut usize,
     ) -> Result<Vec<(String, redis::streams::StreamId)>, infra::StoreError> {
         let count = self.streams.len();
@@ -158,7 +158,7 @@ impl Worker {
     /// only claim it back.
     async fn claim_abandoned(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Blocking,
         shutdown: &CancellationToken,
     ) -> Result<bool, infra::StoreError> {
         for stream in &self.streams {
@@ -183,7 +183,7 @@ impl Worker {
 
     async fn handle(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Blocking,
         stream: String,
         entry: &redis::streams::StreamId,
         shutdown: &CancellationToken,

@@ -5,6 +5,11 @@
 //! |---|---|---|
 //! | `P:apikey:<keyId>` | hash | `account`, `digest` (hex SHA-256 of the secret), `createdAt` |
 //! | `P:apikeys:<account>` | zset | the account's key ids by creation time (ms) |
+//!
+//! The two live in different hash slots (a key is found by its id, a list by its account),
+//! so on a Redis Cluster they cannot change in one transaction. They change in an order
+//! that any crash leaves harmless: an id is listed before its key exists, and a revoked
+//! key is gone before it is unlisted; a listed id without a key is not shown.
 
 use domain::{AccountId, Timestamp};
 use redis::AsyncCommands;
@@ -34,8 +39,15 @@ impl EventStore {
 
 impl AccountAdmin {
     pub async fn store_api_key(&self, key: &StoredKey) -> Result<(), StoreError> {
-        redis::pipe()
-            .atomic()
+        let mut conn = self.conn.clone();
+        let _: () = conn
+            .zadd(
+                self.account_keys_key(&key.account),
+                &key.key_id,
+                key.created_at.millis(),
+            )
+            .await?;
+        let _: () = conn
             .hset_multiple(
                 self.api_key_key(&key.key_id),
                 &[
@@ -44,14 +56,6 @@ impl AccountAdmin {
                     ("createdAt", key.created_at.to_string()),
                 ],
             )
-            .ignore()
-            .zadd(
-                self.account_keys_key(&key.account),
-                &key.key_id,
-                key.created_at.millis(),
-            )
-            .ignore()
-            .exec_async(&mut self.conn.clone())
             .await?;
         Ok(())
     }
@@ -64,14 +68,9 @@ impl AccountAdmin {
     ) -> Result<bool, StoreError> {
         match self.api_key(key_id).await? {
             Some(key) if &key.account == account => {
-                redis::pipe()
-                    .atomic()
-                    .del(self.api_key_key(key_id))
-                    .ignore()
-                    .zrem(self.account_keys_key(account), key_id)
-                    .ignore()
-                    .exec_async(&mut self.conn.clone())
-                    .await?;
+                let mut conn = self.conn.clone();
+                let _: () = conn.del(self.api_key_key(key_id)).await?;
+                let _: () = conn.zrem(self.account_keys_key(account), key_id).await?;
                 Ok(true)
             }
             _ => Ok(false),

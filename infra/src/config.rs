@@ -17,7 +17,7 @@ pub struct StoreConfig {
     )]
     pub mongodb_uri: String,
 
-    /// Redis connection URL.
+    /// Redis: one node's URL, or `redis+cluster://host:port,host:port,…` for a cluster.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", value_parser = redis_url)]
     pub redis_url: String,
 
@@ -42,9 +42,7 @@ fn mongodb_uri(raw: &str) -> Result<String, String> {
 }
 
 fn redis_url(raw: &str) -> Result<String, String> {
-    redis::Client::open(raw)
-        .map(|_| raw.to_owned())
-        .map_err(|error| error.to_string())
+    crate::redis_conn::Topology::parse(raw).map(|_| raw.to_owned())
 }
 
 /// Reads `.env` from the working directory if there is one. Variables already set in the
@@ -64,5 +62,7 @@ mod tests {
         assert!(mongodb_uri("postgres://x").is_err());
         assert!(redis_url("redis://:secret@cache:6380/2").is_ok());
         assert!(redis_url("http://cache").is_err());
+        assert!(redis_url("redis+cluster://r1:7000,r2:7000").is_ok());
+        assert!(redis_url("redis+cluster://r1").is_err());
     }
 }

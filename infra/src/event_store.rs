@@ -4,10 +4,10 @@
 //! api's in `commit`, the consumers' in `settlement`, commands in `lifecycle`. Reads (here)
 //! return events with their stream position, which the projector keeps as its checkpoint.
 
+use crate::redis_conn::Shared;
 use std::sync::Arc;
 
 use domain::{ActionId, ActionType, EntityType, EventEnvelope, EventPayload, Timestamp};
-use redis::aio::ConnectionManager;
 use redis::streams::StreamRangeReply;
 use redis::{AsyncCommands, Script};
 
@@ -91,13 +91,13 @@ pub(crate) struct Scripts {
 
 #[derive(Clone)]
 pub struct EventStore {
-    pub(crate) conn: ConnectionManager,
+    pub(crate) conn: Shared,
     pub(crate) keys: Keys,
     pub(crate) scripts: Arc<Scripts>,
 }
 
 impl EventStore {
-    pub fn new(conn: ConnectionManager, keys: Keys) -> Self {
+    pub fn new(conn: Shared, keys: Keys) -> Self {
         let scripts = Scripts {
             commit_action: with_library(include_str!("lua/commit_action.lua")),
             append_event: with_library(include_str!("lua/append_event.lua")),
@@ -123,7 +123,7 @@ impl EventStore {
         &self.keys
     }
 
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> Shared {
         self.conn.clone()
     }
 

@@ -51,25 +51,35 @@ impl EventStore {
         Ok(raw.map(|raw| serde_json::from_str(&raw)).transpose()?)
     }
 
-    /// Which of `actions` are quarantined; one round trip.
+    /// Which of `actions` are quarantined; one round trip per partition (a pipeline stays
+    /// in one hash slot, as a Redis Cluster requires).
     pub async fn quarantined_among(
         &self,
         actions: &BTreeSet<ActionId>,
     ) -> Result<BTreeSet<ActionId>, StoreError> {
-        if actions.is_empty() {
-            return Ok(BTreeSet::new());
-        }
-        let mut pipe = redis::pipe();
+        let mut by_partition: std::collections::BTreeMap<u32, Vec<ActionId>> = Default::default();
         for action in actions {
-            let key = self.keys.quarantine(self.keys.partition_of(*action));
-            pipe.hexists(key, action.to_string());
+            by_partition
+                .entry(self.keys.partition_of(*action))
+                .or_default()
+                .push(*action);
         }
-        let flags: Vec<bool> = pipe.query_async(&mut self.conn.clone()).await?;
-        Ok(actions
-            .iter()
-            .zip(flags)
-            .filter_map(|(action, quarantined)| quarantined.then_some(*action))
-            .collect())
+        let mut quarantined = BTreeSet::new();
+        for (partition, actions) in by_partition {
+            let key = self.keys.quarantine(partition);
+            let mut pipe = redis::pipe();
+            for action in &actions {
+                pipe.hexists(&key, action.to_string());
+            }
+            let flags: Vec<bool> = pipe.query_async(&mut self.conn.clone()).await?;
+            quarantined.extend(
+                actions
+                    .into_iter()
+                    .zip(flags)
+                    .filter_map(|(action, flagged)| flagged.then_some(action)),
+            );
+        }
+        Ok(quarantined)
     }
 
     /// Every quarantined action of a partition, with its reason.

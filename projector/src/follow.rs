@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use domain::{ActionId, ProjectionError};
 use infra::keys::PROJECTOR_GROUP;
 use infra::mongo::ACTION_VIEWS;
+use infra::redis_conn::Blocking;
 use infra::work::{self, ReadFrom};
 use infra::Projection;
 use mongodb::bson::{doc, Document};
 use mongodb::Database;
-use redis::aio::MultiplexedConnection;
 use redis::streams::StreamId;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -76,7 +76,7 @@ impl Projector {
     /// acknowledged for `claim_idle_ms`. While there are some, keeps taking them.
     async fn claim_if_due(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Blocking,
         last_claim: &mut Option<Instant>,
     ) -> Result<Option<Vec<(String, StreamId)>>, ProjectorError> {
         let idle = Duration::from_millis(self.config.claim_idle_ms);
@@ -109,7 +109,7 @@ impl Projector {
     /// the entries.
     async fn project_round(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Blocking,
         entries: &[(String, StreamId)],
     ) -> Result<(), ProjectorError> {
         let actions: BTreeSet<ActionId> = entries

@@ -8,8 +8,8 @@
 //! the old one, so an interrupted run can simply be run again.
 
 use domain::{AccountId, ActionId};
+use infra::redis_conn::Shared;
 use infra::Keys;
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 
 use crate::ProjectorError;
@@ -33,7 +33,7 @@ pub enum RepartitionError {
 /// Moves every finished action's keys from `from`'s partitions to `to`'s. Refuses while any
 /// action is scheduled, queued or has work in flight.
 pub async fn repartition(
-    conn: &mut ConnectionManager,
+    conn: &mut Shared,
     from: &Keys,
     to: &Keys,
 ) -> Result<RepartitionReport, RepartitionError> {
@@ -93,7 +93,7 @@ pub async fn repartition(
     Ok(report)
 }
 
-async fn ensure_drained(conn: &mut ConnectionManager, keys: &Keys) -> Result<(), RepartitionError> {
+async fn ensure_drained(conn: &mut Shared, keys: &Keys) -> Result<(), RepartitionError> {
     for partition in keys.partitions() {
         let scheduled: u64 = conn.zcard(keys.schedule(partition)).await?;
         let ready: u64 = conn.zcard(keys.ready(partition)).await?;
@@ -114,11 +114,7 @@ async fn ensure_drained(conn: &mut ConnectionManager, keys: &Keys) -> Result<(),
 }
 
 /// Moves `old` to `new` (nothing when they are the same key or `old` does not exist).
-async fn move_key(
-    conn: &mut ConnectionManager,
-    old: &str,
-    new: &str,
-) -> Result<bool, RepartitionError> {
+async fn move_key(conn: &mut Shared, old: &str, new: &str) -> Result<bool, RepartitionError> {
     if old == new {
         return Ok(false);
     }
@@ -137,10 +133,7 @@ async fn move_key(
     Ok(true)
 }
 
-async fn scan(
-    conn: &mut ConnectionManager,
-    pattern: &str,
-) -> Result<Vec<String>, RepartitionError> {
+async fn scan(conn: &mut Shared, pattern: &str) -> Result<Vec<String>, RepartitionError> {
     let mut found = Vec::new();
     let mut cursor: u64 = 0;
     loop {

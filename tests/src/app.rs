@@ -14,6 +14,11 @@ use crate::services::Services;
 #[derive(Debug, Clone)]
 pub struct AppOptions {
     pub consumers: usize,
+    /// 0 runs no projector: reads fold the events themselves.
+    pub projectors: usize,
+    /// A Redis other than the services' own, e.g. a `RedisCluster`'s URL.
+    pub redis_url: Option<String>,
+    pub partitions: u32,
     pub batch_size: u32,
     pub max_records_per_action: usize,
     pub max_batches_per_action: u32,
@@ -34,6 +39,9 @@ impl Default for AppOptions {
     fn default() -> Self {
         Self {
             consumers: 1,
+            projectors: 1,
+            redis_url: None,
+            partitions: 4,
             batch_size: 100,
             max_records_per_action: 100_000,
             max_batches_per_action: 10_000,
@@ -72,9 +80,12 @@ impl TestApp {
         let services = tokio::task::spawn_blocking(Services::start).await??;
         let store = StoreConfig {
             mongodb_uri: services.mongodb_uri.clone(),
-            redis_url: services.redis_url.clone(),
+            redis_url: options
+                .redis_url
+                .clone()
+                .unwrap_or_else(|| services.redis_url.clone()),
             redis_key_prefix: "test".into(),
-            partitions: 4,
+            partitions: options.partitions,
         };
         let api_config = ApiConfig {
             store: store.clone(),
@@ -120,17 +131,22 @@ impl TestApp {
         for _ in 0..options.consumers {
             app.start_consumer();
         }
-        app.start_projector();
-        app.wait_for_groups(options.consumers > 0).await?;
+        if options.projectors > 0 {
+            app.start_projector();
+        }
+        app.wait_for_groups(&options).await?;
         Ok(app)
     }
 
     /// Waits until the projector (and the consumers, if any) have created their consumer
     /// groups, so that tests see a settled key space.
-    async fn wait_for_groups(&self, consumers: bool) -> Result<()> {
+    async fn wait_for_groups(&self, options: &AppOptions) -> Result<()> {
         let keys = infra::Keys::new(&self.store.redis_key_prefix, self.store.partitions);
-        let mut expected: Vec<String> = keys.partitions().map(|p| keys.feed(p)).collect();
-        if consumers {
+        let mut expected: Vec<String> = Vec::new();
+        if options.projectors > 0 {
+            expected.extend(keys.partitions().map(|p| keys.feed(p)));
+        }
+        if options.consumers > 0 {
             expected.extend(keys.partitions().map(|p| keys.work(p)));
         }
         let mut conn = infra::redis_conn::shared(&self.store.redis_url).await?;

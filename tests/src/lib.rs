@@ -8,10 +8,12 @@
 
 mod app;
 mod client;
+mod cluster;
 mod deployment;
 mod services;
 
 pub use app::{AppOptions, TestApp};
 pub use client::{error_code, ApiClient, Reply, ONE_REPLY, TEST_ADMIN_TOKEN};
+pub use cluster::RedisCluster;
 pub use deployment::{Deployment, DeploymentOptions};
 pub use services::{binary, which, Services};

@@ -653,7 +653,7 @@ async fn finished_actions_past_retention_leave_redis_and_replay_from_the_archive
     let keys = infra::Keys::new("test", 4);
     let finished_id = domain::ActionId::parse(&finished).expect("an action id");
     let waiting_id = domain::ActionId::parse(&waiting).expect("an action id");
-    let stream_len = |conn: &mut redis::aio::ConnectionManager, action| {
+    let stream_len = |conn: &mut infra::redis_conn::Shared, action| {
         let key = keys.events(action);
         let mut conn = conn.clone();
         async move { redis::AsyncCommands::xlen::<_, u64>(&mut conn, key).await }

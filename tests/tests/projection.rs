@@ -290,7 +290,7 @@ async fn entries_a_dead_reader_left_under_another_name_are_taken_over() -> Resul
 
 /// Reads every new entry of `stream` as `reader` and never acknowledges them.
 async fn ghost_read(
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut infra::redis_conn::Shared,
     stream: &str,
     group: &str,
     reader: &str,

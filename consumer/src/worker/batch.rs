@@ -9,9 +9,9 @@ use domain::plan::{DeadLettered, StoreCheck};
 use domain::{Batch, OutcomeCode, RecordOutcome};
 use infra::event_store::{ActionMeta, CancelSettlement, DeadLetter};
 use infra::keys::CONSUMER_GROUP;
+use infra::redis_conn::Blocking;
 use infra::work::{self, WorkItem};
 use infra::AttemptStart;
-use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -47,10 +47,7 @@ enum AttemptResult {
     Interrupted,
 }
 
-async fn discard_item(
-    conn: &mut MultiplexedConnection,
-    item: &WorkItem,
-) -> Result<(), infra::StoreError> {
+async fn discard_item(conn: &mut Blocking, item: &WorkItem) -> Result<(), infra::StoreError> {
     work::discard(
         conn,
         &item.stream,
@@ -63,7 +60,7 @@ async fn discard_item(
 impl Worker {
     pub(super) async fn process(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Blocking,
         item: &WorkItem,
         shutdown: &CancellationToken,
     ) -> Result<(), infra::StoreError> {
