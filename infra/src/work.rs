@@ -9,6 +9,7 @@ use redis::AsyncCommands;
 
 use crate::event_store::StoreError;
 use crate::keys::Keys;
+use crate::redis_conn::Blocking;
 
 /// One batch to apply, as read from a partition's work stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,8 +53,54 @@ pub async fn ensure_groups<C: ConnectionLike + Send + Sync>(
     Ok(())
 }
 
-/// One `XREADGROUP` over several streams. Returns (stream, entry) pairs.
-pub async fn read_group<C: ConnectionLike + Send + Sync>(
+/// Reads a group's entries from several streams: one `XREADGROUP` over all of them on one
+/// node. A cluster refuses a command over several slots (each partition is its own), so
+/// there each stream is read in turn without waiting and, when all are empty, the wait is
+/// on one of them, picked at random, for a share of `block` (at least 50 ms): an idle
+/// reader notices new work on another partition within about `block`, at the cost of a
+/// few reads a second.
+pub async fn read_group(
+    conn: &mut Blocking,
+    streams: &[String],
+    group: &str,
+    consumer: &str,
+    from: ReadFrom,
+    count: usize,
+    block: Duration,
+) -> Result<Vec<(String, StreamId)>, StoreError> {
+    if !matches!(conn, Blocking::Cluster(_)) || streams.len() < 2 {
+        return read_streams(conn, streams, group, consumer, from, count, block).await;
+    }
+    let mut found = Vec::new();
+    for stream in streams {
+        let single = std::slice::from_ref(stream);
+        let room = count.saturating_sub(found.len());
+        if room == 0 {
+            break;
+        }
+        found
+            .extend(read_streams(conn, single, group, consumer, from, room, Duration::ZERO).await?);
+    }
+    if !found.is_empty() || from == ReadFrom::OwnPending || block.is_zero() {
+        return Ok(found);
+    }
+    let slots = u32::try_from(streams.len()).unwrap_or(u32::MAX);
+    let share = (block / slots).max(Duration::from_millis(50)).min(block);
+    let stream = &streams[rand::random_range(0..streams.len())];
+    read_streams(
+        conn,
+        std::slice::from_ref(stream),
+        group,
+        consumer,
+        from,
+        count,
+        share,
+    )
+    .await
+}
+
+/// One `XREADGROUP` over `streams`. Returns (stream, entry) pairs.
+async fn read_streams<C: ConnectionLike + Send + Sync>(
     conn: &mut C,
     streams: &[String],
     group: &str,
