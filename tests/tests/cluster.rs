@@ -220,8 +220,8 @@ async fn actions_on_every_master_complete_exactly_on_a_redis_cluster() -> Result
 }
 
 /// The master serving an action's partition is SIGKILLed mid-action: its replica takes
-/// over, and the action completes with exact counts, contacts and log lines, and one
-/// `Completed` (decision 0047).
+/// over, and the action completes with exact counts, contacts and log lines, one
+/// `Completed`, and the view a replay builds (decision 0047).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_action_completes_exactly_through_its_masters_failover() -> Result<()> {
     const RECORDS: u64 = 20_000;
@@ -291,6 +291,12 @@ async fn an_action_completes_exactly_through_its_masters_failover() -> Result<()
             .keys()
             .all(|code| code == "created" || code == "updated"),
         "{codes:?}"
+    );
+    let served = app.view(&action).await?;
+    app.replay().await?;
+    ensure!(
+        app.view(&action).await? == served,
+        "a replay built another view"
     );
     let masters = cluster.masters()?;
     ensure!(
