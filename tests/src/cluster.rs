@@ -142,6 +142,46 @@ impl RedisCluster {
         bail!("no master serves {key}")
     }
 
+    /// Moves every slot the master on `from` serves to the master on `to`, with
+    /// `redis-cli --cluster reshard`, keys and all, while the cluster serves.
+    pub fn move_all_slots(&self, from: u16, to: u16) -> Result<()> {
+        let slots = self.slots_of(from)?;
+        let moved = Command::new(redis_cli()?)
+            .args(["--cluster", "reshard", &format!("127.0.0.1:{to}")])
+            .args([
+                "--cluster-from",
+                self.cli(from, &["CLUSTER", "MYID"])?.trim(),
+            ])
+            .args(["--cluster-to", self.cli(to, &["CLUSTER", "MYID"])?.trim()])
+            .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
+            .output()
+            .context("running redis-cli --cluster reshard")?;
+        if !moved.status.success() {
+            bail!(
+                "redis-cli --cluster reshard failed: {}",
+                String::from_utf8_lossy(&moved.stdout)
+            );
+        }
+        Ok(())
+    }
+
+    /// How many slots the master on `port` serves.
+    pub fn slots_of(&self, port: u16) -> Result<usize> {
+        let info = Command::new(redis_cli()?)
+            .args(["--cluster", "info", &format!("127.0.0.1:{port}")])
+            .output()
+            .context("running redis-cli --cluster info")?;
+        let info = String::from_utf8_lossy(&info.stdout);
+        let line = info
+            .lines()
+            .find(|line| line.starts_with(&format!("127.0.0.1:{port} ")))
+            .with_context(|| format!("no line for {port} in {info}"))?;
+        line.split('|')
+            .find_map(|part| part.trim().strip_suffix(" slots"))
+            .and_then(|count| count.trim().parse().ok())
+            .with_context(|| format!("no slot count in {line:?}"))
+    }
+
     /// SIGKILLs the node on `port`; `start_node_again` brings it back on its data.
     pub fn kill_node(&mut self, port: u16) {
         if let Some(node) = self.nodes.iter_mut().find(|node| node.port == port) {

@@ -16,6 +16,10 @@ use serde_json::{json, Value};
 
 const PARTITIONS: u32 = 6;
 
+/// One cluster at a time: four of them with their MongoDB on two cores would only measure
+/// the machine.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn create(account: &str, tag: &str) -> Value {
     let data: Vec<Value> = (0..5)
         .map(|i| json!({ "email": format!("{tag}{i}@{account}.io"), "name": format!("{tag} {i}") }))
@@ -49,6 +53,7 @@ fn accounts_on_every_master(cluster: &RedisCluster, keys: &infra::Keys) -> Resul
 /// cancel, request budgets) work through one connection that follows the slots.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_runs_on_a_redis_cluster() -> Result<()> {
+    let _serial = SERIAL.lock().await;
     let cluster = tokio::task::spawn_blocking(RedisCluster::start).await??;
     let keys = infra::Keys::new("test", PARTITIONS);
     let mut masters = BTreeSet::new();
@@ -168,6 +173,7 @@ async fn the_api_runs_on_a_redis_cluster() -> Result<()> {
 /// replay rebuilds the very same views.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actions_on_every_master_complete_exactly_on_a_redis_cluster() -> Result<()> {
+    let _serial = SERIAL.lock().await;
     let cluster = tokio::task::spawn_blocking(RedisCluster::start).await??;
     let keys = infra::Keys::new("test", PARTITIONS);
     let accounts = accounts_on_every_master(&cluster, &keys)?;
@@ -225,6 +231,7 @@ async fn actions_on_every_master_complete_exactly_on_a_redis_cluster() -> Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_action_completes_exactly_through_its_masters_failover() -> Result<()> {
     const RECORDS: u64 = 20_000;
+    let _serial = SERIAL.lock().await;
     let mut cluster = tokio::task::spawn_blocking(RedisCluster::start).await??;
     let keys = infra::Keys::new("test", PARTITIONS);
     let account = accounts_on_every_master(&cluster, &keys)?.remove(0);
@@ -302,6 +309,79 @@ async fn an_action_completes_exactly_through_its_masters_failover() -> Result<()
     ensure!(
         masters.len() == 3 && !masters.contains(&master),
         "the killed master's replica was promoted: masters {masters:?}, killed {master}"
+    );
+    Ok(())
+}
+
+/// Every slot of the master serving an action's partition moves to another master with
+/// `redis-cli --cluster reshard` while the action runs: it completes exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_completes_exactly_while_its_slot_moves_to_another_master() -> Result<()> {
+    const RECORDS: u64 = 20_000;
+    let _serial = SERIAL.lock().await;
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start).await??;
+    let keys = infra::Keys::new("test", PARTITIONS);
+    let account = accounts_on_every_master(&cluster, &keys)?.remove(0);
+    let app = TestApp::spawn(AppOptions {
+        redis_url: Some(cluster.url()),
+        partitions: PARTITIONS,
+        consumers: 2,
+        batch_size: 100,
+        max_records_per_action: 1_000_000,
+        ..AppOptions::default()
+    })
+    .await?;
+    let data: Vec<Value> = (0..RECORDS)
+        .map(|i| json!({ "email": format!("r{i}@{account}.io"), "name": format!("R{i}") }))
+        .collect();
+    let body = json!({ "accountId": account, "entityType": "contact", "actionType": "upsert", "data": data });
+    let action = app.submit(&body).await?;
+    app.wait_view(&action, std::time::Duration::from_secs(60), |view| {
+        view["processedRecords"].as_u64() >= Some(2_000)
+    })
+    .await?;
+    let partition = keys.account_partition(&domain::AccountId::parse(&account).context("id")?);
+    let feed = keys.feed(partition);
+    let from = cluster.master_of(&feed)?;
+    let to = cluster
+        .masters()?
+        .into_iter()
+        .find(|port| *port != from)
+        .context("another master")?;
+    let at_move = app.view(&action).await?;
+    let cluster =
+        tokio::task::spawn_blocking(move || cluster.move_all_slots(from, to).map(|()| cluster))
+            .await??;
+    ensure!(
+        at_move["processedRecords"].as_u64() < Some(RECORDS),
+        "the action ended before its slot moved: {at_move}"
+    );
+    ensure!(cluster.master_of(&feed)? == to, "the slot did not move");
+
+    let view = app
+        .wait_projected_terminal(&action, std::time::Duration::from_secs(180))
+        .await?;
+    ensure!(
+        view["status"] == "completed" && view["succeeded"].as_u64() == Some(RECORDS),
+        "{view}"
+    );
+    let contacts = app
+        .contacts()
+        .count_documents(mongodb::bson::doc! { "accountId": account.as_str() })
+        .await?;
+    ensure!(contacts == RECORDS, "{contacts} contacts");
+    let logs = app.all_logs(&action).await?;
+    let created = logs.iter().filter(|line| line["code"] == "created").count();
+    ensure!(
+        created as u64 == RECORDS,
+        "{created} of {} created",
+        logs.len()
+    );
+    let served = app.view(&action).await?;
+    app.replay().await?;
+    ensure!(
+        app.view(&action).await? == served,
+        "a replay built another view"
     );
     Ok(())
 }
