@@ -131,6 +131,17 @@ impl RedisCluster {
         Ok(masters)
     }
 
+    /// The ports of the live nodes that replicate a master.
+    pub fn replicas(&self) -> Result<Vec<u16>> {
+        let masters = self.masters()?;
+        Ok(self
+            .nodes
+            .iter()
+            .filter(|node| node.child.is_some() && !masters.contains(&node.port))
+            .map(|node| node.port)
+            .collect())
+    }
+
     /// The port of the master serving `key`'s slot: the one that answers for it instead
     /// of redirecting.
     pub fn master_of(&self, key: &str) -> Result<u16> {

@@ -310,6 +310,22 @@ async fn an_action_completes_exactly_through_its_masters_failover() -> Result<()
         masters.len() == 3 && !masters.contains(&master),
         "the killed master's replica was promoted: masters {masters:?}, killed {master}"
     );
+
+    // A replica SIGKILLed and started again on its data changes nothing.
+    let replica = *cluster.replicas()?.first().context("a live replica")?;
+    cluster.kill_node(replica);
+    cluster.start_node_again(replica)?;
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster
+            .wait_healthy(std::time::Duration::from_secs(30))
+            .map(|()| cluster)
+    })
+    .await??;
+    ensure!(
+        cluster.replicas()?.contains(&replica),
+        "the replica came back as a replica"
+    );
+    ensure!(app.view(&action).await? == served, "the view changed");
     Ok(())
 }
 
