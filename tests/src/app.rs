@@ -66,6 +66,8 @@ struct Running {
 /// private set of services.
 pub struct TestApp {
     pub services: Services,
+    /// The cluster the app runs on when `BULK_TEST_REDIS=cluster`.
+    pub cluster: Option<crate::RedisCluster>,
     pub client: ApiClient,
     store: StoreConfig,
     options: AppOptions,
@@ -78,11 +80,19 @@ impl TestApp {
     pub async fn spawn(options: AppOptions) -> Result<Self> {
         init_logs();
         let services = tokio::task::spawn_blocking(Services::start).await??;
+        // BULK_TEST_REDIS=cluster runs the app on a Redis Cluster of its own instead.
+        let on_cluster = std::env::var("BULK_TEST_REDIS").is_ok_and(|redis| redis == "cluster");
+        let cluster = if on_cluster && options.redis_url.is_none() {
+            Some(tokio::task::spawn_blocking(crate::RedisCluster::start).await??)
+        } else {
+            None
+        };
         let store = StoreConfig {
             mongodb_uri: services.mongodb_uri.clone(),
             redis_url: options
                 .redis_url
                 .clone()
+                .or_else(|| cluster.as_ref().map(crate::RedisCluster::url))
                 .unwrap_or_else(|| services.redis_url.clone()),
             redis_key_prefix: "test".into(),
             partitions: options.partitions,
@@ -118,6 +128,7 @@ impl TestApp {
         let database = infra::mongo::connect(&services.mongodb_uri, "bulk-tests").await?;
         let mut app = TestApp {
             services,
+            cluster,
             client: match &options.admin_token {
                 Some(token) => ApiClient::new(base_url, database).with_admin(token),
                 None => ApiClient::new(base_url, database),
@@ -241,6 +252,11 @@ impl TestApp {
 
     pub fn options(&self) -> &AppOptions {
         &self.options
+    }
+
+    /// The Redis the app runs on: the services' own, or a cluster.
+    pub fn redis_url(&self) -> &str {
+        &self.store.redis_url
     }
 
     /// The Redis key layout the processes use.

@@ -1,5 +1,9 @@
 //! The platform on a real Redis Cluster (three masters, three replicas; `RedisCluster`).
 //!
+//! `scripts/test.sh` also runs the processing tests and the in-process flow tests (fairness,
+//! schedules, cancel, pause, resume, PATCH, racing commands) on a cluster of their own
+//! (`BULK_TEST_REDIS=cluster`).
+//!
 //! Issue 14 is under way: the connection layer, every api path, and consumers and the
 //! projector (which read their partitions' streams one slot at a time there) run on a
 //! cluster, and an action survives its master's failover; all tested here. Resharding,

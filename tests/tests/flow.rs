@@ -306,7 +306,7 @@ async fn patch_moves_a_start_and_paces_an_action() -> Result<()> {
         (0..1000).contains(&late),
         "started {late} ms after its time"
     );
-    let settles = settle_times(&app.services.redis_url, &action).await?;
+    let settles = settle_times(app.redis_url(), &action).await?;
     assert_eq!(settles.len(), 2);
     let gap = settles[1].0 - settles[0].0;
     assert!(gap >= 1_600, "the drip let two batches go {gap} ms apart");
@@ -348,7 +348,7 @@ async fn patch_moves_a_start_and_paces_an_action() -> Result<()> {
     body["maxRecordsPerMinute"] = json!(6_000);
     let capped = app.submit(&body).await?;
     app.wait_projected_terminal(&capped, WAIT).await?;
-    let settles = settle_times(&app.services.redis_url, &capped).await?;
+    let settles = settle_times(app.redis_url(), &capped).await?;
     let span = settles[2].0 - settles[0].0;
     assert!(span >= 1_700, "300 records at 100/s took {span} ms");
     Ok(())
@@ -1041,7 +1041,7 @@ async fn racing_changes_of_pace_keep_each_others_parts() -> Result<()> {
             ensure!(status == 200, "round {round}: {status} {reply}");
         }
     }
-    let paces: Vec<(Option<u32>, Option<u32>)> = events(&app.services.redis_url, &action)
+    let paces: Vec<(Option<u32>, Option<u32>)> = events(app.redis_url(), &action)
         .await?
         .into_iter()
         .filter_map(|event| match event.envelope.payload {
@@ -1089,7 +1089,7 @@ async fn app_without_consumers() -> Result<TestApp> {
 }
 
 async fn store_of(app: &TestApp) -> Result<EventStore> {
-    let conn = infra::redis_conn::shared(&app.services.redis_url).await?;
+    let conn = infra::redis_conn::shared(app.redis_url()).await?;
     Ok(EventStore::new(conn, app.keys()))
 }
 
@@ -1129,7 +1129,7 @@ async fn a_pause_or_cancel_acknowledged_before_the_first_attempt_holds() -> Resu
 
     // A batch handed to worker `a` is parked by `a`, not by a worker that no longer holds
     // it (one that stalled past the claim idle time while `a` took it over).
-    let mut conn = infra::redis_conn::shared(&app.services.redis_url).await?;
+    let mut conn = infra::redis_conn::shared(app.redis_url()).await?;
     let work = item(1).stream;
     let group = infra::keys::CONSUMER_GROUP;
     infra::work::ensure_groups(&mut conn, std::slice::from_ref(&work), group).await?;
@@ -1220,7 +1220,7 @@ async fn a_resumed_account_joins_behind_the_accounts_waiting() -> Result<()> {
         }
         ensure!(scheduling.dispatch(partition, limits).await?.granted == 1);
     }
-    let mut conn = infra::redis_conn::shared(&app.services.redis_url).await?;
+    let mut conn = infra::redis_conn::shared(app.redis_url()).await?;
     let work: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
         .arg(keys.work(partition))
         .arg("-")
@@ -1281,7 +1281,7 @@ async fn racing_commands_record_only_what_the_facts_allow() -> Result<()> {
         );
     }
 
-    let types: Vec<&'static str> = events(&app.services.redis_url, &action)
+    let types: Vec<&'static str> = events(app.redis_url(), &action)
         .await?
         .iter()
         .map(|event| event.envelope.payload.type_name())

@@ -353,7 +353,7 @@ async fn two_consumers_share_a_20k_record_action_with_exact_results() -> Result<
 
     // Both consumer processes took part.
     let store = infra::EventStore::new(
-        infra::redis_conn::shared(&app.services.redis_url).await?,
+        infra::redis_conn::shared(app.redis_url()).await?,
         infra::Keys::new("test", 4),
     );
     let action_id = domain::ActionId::parse(&id).expect("ulid");
@@ -456,7 +456,7 @@ async fn events_stored_by_schema_version_1_are_upcast_on_read() -> Result<()> {
         ),
         ("Completed", "{}"),
     ];
-    let mut conn = infra::redis_conn::shared(&app.services.redis_url).await?;
+    let mut conn = infra::redis_conn::shared(app.redis_url()).await?;
     let mut pipe = redis::pipe();
     for (seq, (type_name, data)) in (1u64..).zip(v1_events) {
         let at = format!("2025-01-01T00:00:0{seq}.000Z");
@@ -547,7 +547,7 @@ async fn a_second_attempt_reports_what_the_first_one_did() -> Result<()> {
         statements_per_command: 32,
     };
     let store = infra::EventStore::new(
-        infra::redis_conn::shared(&app.services.redis_url).await?,
+        infra::redis_conn::shared(app.redis_url()).await?,
         infra::Keys::new("test", 4),
     );
     let account = AccountId::parse("retry").expect("valid");
@@ -649,7 +649,7 @@ async fn finished_actions_past_retention_leave_redis_and_replay_from_the_archive
         domain::Timestamp::from_millis(infra::clock::now().millis() + 20 * 86_400_000);
     waiting_body["scheduledFor"] = json!(in_twenty_days.map(|at| at.to_string()));
     let waiting = app.submit(&waiting_body).await?;
-    let mut conn = infra::redis_conn::shared(&app.services.redis_url).await?;
+    let mut conn = infra::redis_conn::shared(app.redis_url()).await?;
     let keys = infra::Keys::new("test", 4);
     let finished_id = domain::ActionId::parse(&finished).expect("an action id");
     let waiting_id = domain::ActionId::parse(&waiting).expect("an action id");
@@ -785,7 +785,7 @@ async fn a_drained_deployment_moves_to_another_partition_count() -> Result<()> {
     let mut config = app.projector_config();
     let old_keys = infra::Keys::new("test", config.store.partitions);
     let new_keys = infra::Keys::new("test", 7);
-    let mut conn = infra::redis_conn::shared(&app.services.redis_url).await?;
+    let mut conn = infra::redis_conn::shared(app.redis_url()).await?;
     let _: () = redis::AsyncCommands::zadd(&mut conn, old_keys.schedule(0), "x", 1).await?;
     assert!(matches!(
         projector::repartition(&config, 7).await,
