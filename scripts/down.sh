@@ -2,7 +2,7 @@
 # Stops what scripts/up.sh started (SIGTERM, then SIGKILL after 10 s). Data stays in .dev/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for pidfile in .dev/pids/api .dev/pids/consumer-* .dev/pids/projector .dev/pids/ferretdb .dev/pids/redis; do
+for pidfile in .dev/pids/api .dev/pids/consumer-* .dev/pids/projector .dev/pids/ferretdb .dev/pids/redis .dev/pids/redis-*; do
   [ -f "$pidfile" ] || continue
   pid="$(cat "$pidfile")"
   if kill -0 "$pid" 2>/dev/null; then

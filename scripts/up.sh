@@ -4,7 +4,9 @@
 # Installs what is missing first. Stop everything with scripts/down.sh.
 #
 # Settings (environment): PORT (api, 3000), DEV_REDIS_PORT (6379), DEV_MONGO_PORT (27017),
-# CONSUMERS (number of consumer processes, 1), PROFILE (debug|release, debug).
+# CONSUMERS (number of consumer processes, 1), PROFILE (debug|release, debug),
+# REDIS_TOPOLOGY (single|cluster, single: cluster runs 3 masters and 3 replicas on
+# DEV_CLUSTER_PORT..+5, 7000 by default, and 6 partitions).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
@@ -45,9 +47,35 @@ log "building ($PROFILE)"
 TARGET="${CARGO_TARGET_DIR:-target}"
 if [ "$PROFILE" = release ]; then cargo build --release --bins -q; BIN="$TARGET/release"; else cargo build --bins -q; BIN="$TARGET/debug"; fi
 
-start redis "$REDIS_SERVER_BIN" --port "$DEV_REDIS_PORT" --bind 127.0.0.1 --dir "$PWD/$DEV/redis" \
-  --appendonly yes --appendfsync everysec --save ""
-wait_port redis "$DEV_REDIS_PORT"
+REDIS_TOPOLOGY="${REDIS_TOPOLOGY:-single}"
+DEV_CLUSTER_PORT="${DEV_CLUSTER_PORT:-7000}"
+if [ "$REDIS_TOPOLOGY" = cluster ]; then
+  nodes=()
+  for port in $(seq "$DEV_CLUSTER_PORT" $((DEV_CLUSTER_PORT + 5))); do
+    mkdir -p "$DEV/redis-cluster/$port"
+    start "redis-$port" "$REDIS_SERVER_BIN" --port "$port" --bind 127.0.0.1 \
+      --dir "$PWD/$DEV/redis-cluster/$port" --cluster-enabled yes \
+      --cluster-config-file nodes.conf --cluster-node-timeout 5000 \
+      --appendonly yes --appendfsync everysec --save ""
+    wait_port "redis-$port" "$port"
+    nodes+=("127.0.0.1:$port")
+  done
+  # Formed once; later starts find their nodes.conf and rejoin by themselves.
+  if ! redis-cli -p "$DEV_CLUSTER_PORT" cluster info | grep -q 'cluster_slots_assigned:16384'; then
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$DEV/logs/redis-cluster-create.log"
+  fi
+  for _ in $(seq 1 100); do
+    redis-cli -p "$DEV_CLUSTER_PORT" cluster info | grep -q 'cluster_state:ok' && break
+    sleep 0.2
+  done
+  REDIS_URL="redis+cluster://$(IFS=,; echo "${nodes[*]}")"
+  export STREAM_PARTITIONS="${STREAM_PARTITIONS:-6}"
+else
+  start redis "$REDIS_SERVER_BIN" --port "$DEV_REDIS_PORT" --bind 127.0.0.1 --dir "$PWD/$DEV/redis" \
+    --appendonly yes --appendfsync everysec --save ""
+  wait_port redis "$DEV_REDIS_PORT"
+  REDIS_URL="redis://127.0.0.1:$DEV_REDIS_PORT"
+fi
 # FerretDB holds one PostgreSQL connection per statement of a command until the command
 # ends, and hangs when its pool runs dry: hence the large pool and max_connections.
 # PostgreSQL refuses to run as root: as root, its files belong to the postgres user.
@@ -77,7 +105,7 @@ elif [ ! -s "$DEV/admin-token" ]; then
   head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$DEV/admin-token"
 fi
 export ADMIN_TOKEN="$(cat "$DEV/admin-token")"
-export REDIS_URL="redis://127.0.0.1:$DEV_REDIS_PORT"
+export REDIS_URL
 export MONGODB_URI="mongodb://127.0.0.1:$DEV_MONGO_PORT/crm-bulk-actions"
 export PORT
 start projector "$BIN/projector"
@@ -95,7 +123,7 @@ curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null || { log "api is not ready;
 # A demo account with an API key, kept in .dev and made again if Redis lost it.
 DEMO_KEY_FILE="$DEV/demo-api-key"
 if ! [ -s "$DEMO_KEY_FILE" ] ||
-  ! curl -fsS -o /dev/null -H "authorization: Bearer $(cat "$DEMO_KEY_FILE")" "http://127.0.0.1:$PORT/bulk-actions?limit=1"; then
+  ! curl -fs -o /dev/null -H "authorization: Bearer $(cat "$DEMO_KEY_FILE")" "http://127.0.0.1:$PORT/bulk-actions?limit=1"; then
   curl -fsS -X POST -H "authorization: Bearer $ADMIN_TOKEN" "http://127.0.0.1:$PORT/admin/accounts/demo/api-keys" |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["apiKey"])' > "$DEMO_KEY_FILE"
 fi
