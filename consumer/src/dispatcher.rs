@@ -63,7 +63,8 @@ impl Dispatcher {
     /// Redis' clock: a process whose clock is off must not expire the others' announcements
     /// early, nor have its own outlive it.
     async fn announce(&self) -> Result<u32, infra::StoreError> {
-        let now = infra::clock::redis_now(&mut self.store.connection())
+        let registry = self.store.keys().consumers();
+        let now = infra::clock::redis_now(&mut self.store.connection(), &registry)
             .await?
             .millis();
         self.store

@@ -27,8 +27,8 @@ async fn release_due(store: &Scheduling) -> Result<(), infra::StoreError> {
     let mut conn = store.connection();
     // Due by Redis' clock, not this process': a consumer whose clock runs ahead must not
     // release anything early.
-    let now = infra::clock::redis_now(&mut conn).await?;
     for partition in store.keys().partitions() {
+        let now = infra::clock::redis_now(&mut conn, &store.keys().schedule(partition)).await?;
         let due = infra::work::due_actions(
             &mut conn,
             store.keys(),

@@ -1,9 +1,9 @@
 //! Redis connections with explicit timeouts, to one node or to a Redis Cluster.
 //!
-//! `REDIS_URL` names one node (`redis://…`, `rediss://…`) or a cluster by some of its nodes
-//! (`redis+cluster://[user:password@]host:port,host:port,…`, `rediss+cluster://` for TLS;
-//! the cluster client finds the rest). Both give the same connection types, so nothing
-//! above this module knows the topology.
+//! `REDIS_URL` names one node (`redis://…`) or a cluster by some of its nodes
+//! (`redis+cluster://[user:password@]host:port,host:port,…`; the cluster client finds the
+//! rest). Both give the same connection types, so nothing above this module knows the
+//! topology. TLS is not built in (the `redis` crate's TLS features are off).
 //!
 //! Shared, multiplexed commands go through one connection that reconnects by itself: a
 //! `ConnectionManager` (capped exponential backoff) or the cluster client (which also
@@ -35,30 +35,27 @@ pub enum Topology {
 
 impl Topology {
     pub fn parse(url: &str) -> Result<Self, String> {
-        let cluster = [
-            ("redis+cluster://", "redis://"),
-            ("rediss+cluster://", "rediss://"),
-        ]
-        .into_iter()
-        .find_map(|(scheme, node)| url.strip_prefix(scheme).map(|rest| (node, rest)));
-        let Some((node_scheme, rest)) = cluster else {
+        let Some(rest) = url.strip_prefix("redis+cluster://") else {
             Client::open(url).map_err(|error| error.to_string())?;
             return Ok(Topology::Single(url.to_owned()));
         };
-        let rest = rest.trim_end_matches('/');
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains(['/', '?', '#']) {
+            return Err("a cluster URL has no database, query or fragment".into());
+        }
         let (credentials, hosts) = match rest.rsplit_once('@') {
             Some((credentials, hosts)) => (format!("{credentials}@"), hosts),
             None => (String::new(), rest),
         };
-        let nodes: Vec<String> = hosts
-            .split(',')
-            .map(|host| format!("{node_scheme}{credentials}{}", host.trim()))
-            .collect();
-        for (node, host) in nodes.iter().zip(hosts.split(',')) {
-            if host.trim().is_empty() || !host.contains(':') {
+        let mut nodes = Vec::new();
+        for host in hosts.split(',').map(str::trim) {
+            let port = host.rsplit_once(':').map(|(_, port)| port);
+            if port.is_none_or(|port| port.parse::<u16>().is_err()) {
                 return Err(format!("a cluster node is host:port, not {host:?}"));
             }
+            let node = format!("redis://{credentials}{host}");
             Client::open(node.as_str()).map_err(|error| format!("{host}: {error}"))?;
+            nodes.push(node);
         }
         Ok(Topology::Cluster(nodes))
     }
@@ -187,14 +184,22 @@ mod tests {
             ]))
         );
         assert_eq!(
-            Topology::parse("rediss+cluster://r1:7000"),
-            Ok(Topology::Cluster(vec!["rediss://r1:7000".into()]))
+            Topology::parse("redis+cluster://:p@ss,w@rd@[::1]:7000"),
+            Ok(Topology::Cluster(vec![
+                "redis://:p@ss,w@rd@[::1]:7000".into()
+            ]))
         );
         for malformed in [
             "http://cache",
             "redis+cluster://",
             "redis+cluster://r1:7000,,r2:7001",
             "redis+cluster://r1",
+            "redis+cluster://r1:",
+            "redis+cluster://[::1]",
+            "redis+cluster://r1:7000,r2:7001/2",
+            "redis+cluster://r1:7000?protocol=resp3",
+            "rediss+cluster://r1:7000",
+            "rediss://cache:6380",
         ] {
             assert!(Topology::parse(malformed).is_err(), "{malformed}");
         }

@@ -55,7 +55,8 @@ pub async fn ensure_groups<C: ConnectionLike + Send + Sync>(
 
 /// Reads a group's entries from several streams: one `XREADGROUP` over all of them on one
 /// node. A cluster refuses a command over several slots (each partition is its own), so
-/// there each stream is read in turn without waiting and, when all are empty, the wait is
+/// there each stream is read in turn (from a random one, `count` each, as one node reads)
+/// without waiting and, when all are empty, the wait is
 /// on one of them, picked at random, for a share of `block` (at least 50 ms): an idle
 /// reader notices new work on another partition within about `block`, at the cost of a
 /// few reads a second.
@@ -71,15 +72,15 @@ pub async fn read_group(
     if !matches!(conn, Blocking::Cluster(_)) || streams.len() < 2 {
         return read_streams(conn, streams, group, consumer, from, count, block).await;
     }
+    // As on one node, `count` is per stream; the pass starts at a random stream so that a
+    // busy partition is not always read first.
     let mut found = Vec::new();
-    for stream in streams {
+    let start = rand::random_range(0..streams.len());
+    for stream in streams[start..].iter().chain(&streams[..start]) {
         let single = std::slice::from_ref(stream);
-        let room = count.saturating_sub(found.len());
-        if room == 0 {
-            break;
-        }
-        found
-            .extend(read_streams(conn, single, group, consumer, from, room, Duration::ZERO).await?);
+        found.extend(
+            read_streams(conn, single, group, consumer, from, count, Duration::ZERO).await?,
+        );
     }
     if !found.is_empty() || from == ReadFrom::OwnPending || block.is_zero() {
         return Ok(found);

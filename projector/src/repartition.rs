@@ -28,6 +28,9 @@ pub enum RepartitionError {
     NotDrained(String),
     #[error("{0}")]
     Projector(#[from] ProjectorError),
+    /// It finds keys with `SCAN`, which sees one node of a cluster.
+    #[error("repartition on a Redis Cluster is not supported yet; see docs/operations.md")]
+    OnACluster,
 }
 
 /// Moves every finished action's keys from `from`'s partitions to `to`'s. Refuses while any
@@ -37,6 +40,9 @@ pub async fn repartition(
     from: &Keys,
     to: &Keys,
 ) -> Result<RepartitionReport, RepartitionError> {
+    if matches!(conn, Shared::Cluster(_)) {
+        return Err(RepartitionError::OnACluster);
+    }
     ensure_drained(conn, from).await?;
     let mut report = RepartitionReport::default();
     // All of them first: an action moved to a partition number still to be walked would

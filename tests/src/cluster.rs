@@ -90,7 +90,8 @@ impl RedisCluster {
                 "--cluster-config-file",
                 "nodes.conf",
             ])
-            .args(["--cluster-node-timeout", "2000", "--save", ""])
+            // Long enough that a slow fsync on a loaded machine is not taken for a death.
+            .args(["--cluster-node-timeout", "5000", "--save", ""])
             .args(["--appendonly", "yes", "--appendfsync", "everysec"])
             .arg("--dir")
             .arg(&node.dir)
@@ -140,6 +141,12 @@ impl RedisCluster {
             .filter(|node| node.child.is_some() && !masters.contains(&node.port))
             .map(|node| node.port)
             .collect())
+    }
+
+    /// Whether the replica on `port` is connected to its master and in sync.
+    pub fn replica_in_sync(&self, port: u16) -> Result<bool> {
+        let info = self.cli(port, &["INFO", "replication"])?;
+        Ok(info.contains("role:slave") && info.contains("master_link_status:up"))
     }
 
     /// The port of the master serving `key`'s slot: the one that answers for it instead
