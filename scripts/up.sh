@@ -61,11 +61,11 @@ if [ "$REDIS_TOPOLOGY" = cluster ]; then
     nodes+=("127.0.0.1:$port")
   done
   # Formed once; later starts find their nodes.conf and rejoin by themselves.
-  if ! redis-cli -p "$DEV_CLUSTER_PORT" cluster info | grep -q 'cluster_slots_assigned:16384'; then
+  if ! output_contains 'cluster_slots_assigned:16384' redis-cli -p "$DEV_CLUSTER_PORT" cluster info; then
     redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$DEV/logs/redis-cluster-create.log"
   fi
   for _ in $(seq 1 100); do
-    redis-cli -p "$DEV_CLUSTER_PORT" cluster info | grep -q 'cluster_state:ok' && break
+    output_contains 'cluster_state:ok' redis-cli -p "$DEV_CLUSTER_PORT" cluster info && break
     sleep 0.2
   done
   REDIS_URL="redis+cluster://$(IFS=,; echo "${nodes[*]}")"
