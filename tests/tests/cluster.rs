@@ -325,25 +325,17 @@ async fn completed_exactly(
 async fn an_action_completes_exactly_through_its_masters_failover() -> Result<()> {
     const RECORDS: u64 = 50_000;
     let _serial = SERIAL.lock().await;
-    let RunningAction {
-        mut cluster,
-        app,
-        account,
-        action,
-        id,
-        store,
-        feed,
-    } = a_running_action(RECORDS, "f").await?;
-    let master = cluster.master_of(&feed)?;
-    let finished_before = completed_events(&store, id).await?;
-    cluster.kill_node(master);
+    let mut run = a_running_action(RECORDS, "f").await?;
+    let master = run.cluster.master_of(&run.feed)?;
+    let finished_before = completed_events(&run.store, run.id).await?;
+    run.cluster.kill_node(master);
     ensure!(
         finished_before == 0,
         "the action ended before its master was killed"
     );
 
-    let codes = completed_exactly(&app, &account, &action, RECORDS).await?;
-    let completed = completed_events(&store, id).await?;
+    let codes = completed_exactly(&run.app, &run.account, &run.action, RECORDS).await?;
+    let completed = completed_events(&run.store, run.id).await?;
     ensure!(completed == 1, "{completed} Completed events");
     eprintln!("failover outcomes: {codes:?}");
     // A record whose creation was in the lost tail of the old master is applied again and
@@ -354,16 +346,17 @@ async fn an_action_completes_exactly_through_its_masters_failover() -> Result<()
             .all(|code| code == "created" || code == "updated"),
         "{codes:?}"
     );
-    let masters = cluster.masters()?;
+    let masters = run.cluster.masters()?;
     ensure!(
         masters.len() == 3 && !masters.contains(&master),
         "the killed master's replica was promoted: masters {masters:?}, killed {master}"
     );
 
     // A replica SIGKILLed and started again on its data changes nothing.
-    let replica = *cluster.replicas()?.first().context("a live replica")?;
-    cluster.kill_node(replica);
-    cluster.start_node_again(replica)?;
+    let replica = *run.cluster.replicas()?.first().context("a live replica")?;
+    run.cluster.kill_node(replica);
+    run.cluster.start_node_again(replica)?;
+    let cluster = run.cluster;
     let cluster = tokio::task::spawn_blocking(move || {
         cluster
             .wait_healthy(std::time::Duration::from_secs(30))
@@ -379,7 +372,7 @@ async fn an_action_completes_exactly_through_its_masters_failover() -> Result<()
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     ensure!(
-        completed_events(&store, id).await? == 1,
+        completed_events(&run.store, run.id).await? == 1,
         "the stream changed"
     );
     Ok(())
@@ -391,31 +384,26 @@ async fn an_action_completes_exactly_through_its_masters_failover() -> Result<()
 async fn an_action_completes_exactly_while_its_slot_moves_to_another_master() -> Result<()> {
     const RECORDS: u64 = 20_000;
     let _serial = SERIAL.lock().await;
-    let RunningAction {
-        cluster,
-        app,
-        account,
-        action,
-        id,
-        store,
-        feed,
-    } = a_running_action(RECORDS, "r").await?;
-    let from = cluster.master_of(&feed)?;
-    let to = cluster
+    let run = a_running_action(RECORDS, "r").await?;
+    let from = run.cluster.master_of(&run.feed)?;
+    let to = run
+        .cluster
         .masters()?
         .into_iter()
         .find(|port| *port != from)
         .context("another master")?;
     ensure!(
-        completed_events(&store, id).await? == 0,
+        completed_events(&run.store, run.id).await? == 0,
         "the action ended before its slot began to move"
     );
-    let cluster =
-        tokio::task::spawn_blocking(move || cluster.move_all_slots(from, to).map(|()| cluster))
-            .await??;
-    ensure!(cluster.master_of(&feed)? == to, "the slot did not move");
+    let cluster = tokio::task::spawn_blocking(move || {
+        let cluster = run.cluster;
+        cluster.move_all_slots(from, to).map(|()| cluster)
+    })
+    .await??;
+    ensure!(cluster.master_of(&run.feed)? == to, "the slot did not move");
 
-    let codes = completed_exactly(&app, &account, &action, RECORDS).await?;
+    let codes = completed_exactly(&run.app, &run.account, &run.action, RECORDS).await?;
     ensure!(codes.keys().eq(["created"]), "{codes:?}");
     Ok(())
 }
