@@ -50,30 +50,129 @@ pub struct AccountLimits {
     pub records_per_minute: Option<u32>,
 }
 
+/// Accounts read from `ready` per run of the dispatch script, and actions from the head of
+/// each one's queue: every key a run may touch is declared, so a run sees a page of them.
+const ACCOUNTS_PER_PAGE: usize = 64;
+const QUEUE_HEAD: isize = 16;
+/// Pages one dispatch call may read. Accounts without budget keep their place at the front
+/// of `ready`, so a call looks this far past them (1,024 accounts).
+const MAX_PAGES: usize = 16;
+
 impl Scheduling {
-    /// Hands out the batches of one partition that may go now.
+    /// Hands out the batches of one partition that may go now (see `lua/dispatch.lua`).
+    ///
+    /// Reads a page of the accounts in `ready` and the head of each one's queue, then lets
+    /// the script decide on exactly those keys; the next page starts after the accounts the
+    /// script could not serve.
     pub async fn dispatch(
         &self,
         partition: u32,
         limits: DispatchLimits,
     ) -> Result<Dispatched, StoreError> {
-        let (granted, wait): (u32, i64) = self
-            .scripts
-            .dispatch
-            .key(self.keys.ready(partition))
-            .key(self.keys.dispatch(partition))
-            .key(self.keys.work(partition))
-            .arg(self.keys.partition_prefix(partition))
-            .arg(limits.default_records_per_minute.max(1))
-            .arg(limits.burst_seconds)
-            .arg(limits.max_outstanding.max(1))
-            .arg(limits.max_grants.max(1))
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        Ok(Dispatched {
-            granted,
-            wait_ms: u64::try_from(wait).ok(),
-        })
+        let mut conn = self.conn.clone();
+        let max_grants = limits.max_grants.max(1);
+        let mut dispatched = Dispatched {
+            granted: 0,
+            wait_ms: None,
+        };
+        let mut offset = 0;
+        for _ in 0..MAX_PAGES {
+            let page = self.ready_page(partition, offset).await?;
+            if page.is_empty() {
+                break;
+            }
+            let last_page = page.len() < ACCOUNTS_PER_PAGE;
+            let passes = if last_page { 0 } else { 1 };
+            let mut invocation = self.scripts.dispatch.prepare_invoke();
+            invocation
+                .key(self.keys.ready(partition))
+                .key(self.keys.dispatch(partition))
+                .key(self.keys.work(partition));
+            for (account, _) in &page {
+                invocation
+                    .key(self.keys.account_queue(partition, account))
+                    .key(self.keys.limits(partition, account))
+                    .key(self.keys.records_budget(partition, account));
+            }
+            for action in page.iter().flat_map(|(_, actions)| actions) {
+                invocation
+                    .key(self.keys.meta(*action))
+                    .key(self.keys.parked(*action));
+            }
+            invocation
+                .arg(limits.default_records_per_minute.max(1))
+                .arg(limits.burst_seconds)
+                .arg(limits.max_outstanding.max(1))
+                .arg(max_grants - dispatched.granted)
+                .arg(passes)
+                .arg(page.len());
+            for (account, actions) in &page {
+                invocation.arg(account.as_str()).arg(actions.len());
+                for action in actions {
+                    invocation.arg(action.to_string());
+                }
+            }
+            let (granted, wait, held): (u32, i64, i64) = invocation.invoke_async(&mut conn).await?;
+            dispatched.granted += granted;
+            if let Ok(wait) = u64::try_from(wait) {
+                dispatched.wait_ms = Some(dispatched.wait_ms.map_or(wait, |w| w.min(wait)));
+            }
+            match usize::try_from(held) {
+                // The accounts held by this page and the pages before it keep their places
+                // at the front; the ones served went to the back.
+                Ok(held) if !last_page && dispatched.granted < max_grants => offset += held,
+                _ => break,
+            }
+        }
+        Ok(dispatched)
+    }
+
+    /// Up to `ACCOUNTS_PER_PAGE` accounts of `ready` from `offset`, least recently served
+    /// first, each with the head of its queue.
+    async fn ready_page(
+        &self,
+        partition: u32,
+        offset: usize,
+    ) -> Result<Vec<(AccountId, Vec<ActionId>)>, StoreError> {
+        let mut conn = self.conn.clone();
+        let start = isize::try_from(offset).unwrap_or(isize::MAX);
+        let stop = start.saturating_add(ACCOUNTS_PER_PAGE as isize - 1);
+        let names: Vec<String> = conn.zrange(self.keys.ready(partition), start, stop).await?;
+        let accounts = names
+            .iter()
+            .map(|name| {
+                AccountId::parse(name).map_err(|error| {
+                    StoreError::Corrupt(format!("account {name:?} in ready: {error}"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if accounts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut heads = redis::pipe();
+        for account in &accounts {
+            heads.zrange(
+                self.keys.account_queue(partition, account),
+                0,
+                QUEUE_HEAD - 1,
+            );
+        }
+        let heads: Vec<Vec<String>> = heads.query_async(&mut conn).await?;
+        accounts
+            .into_iter()
+            .zip(heads)
+            .map(|(account, head)| {
+                let actions = head
+                    .iter()
+                    .map(|id| {
+                        ActionId::parse(id).ok_or_else(|| {
+                            StoreError::Corrupt(format!("action {id:?} in the queue of {account}"))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((account, actions))
+            })
+            .collect()
     }
 
     /// Announces a consumer process and its worker count until `expires_ms`.

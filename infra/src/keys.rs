@@ -27,7 +27,9 @@
 //!
 //! An account's keys live in the partition of its actions: new actions are minted in
 //! `AccountId::partition`, so one account has one queue and one budget, and the dispatch
-//! script reaches them all in one slot.
+//! script reaches them all in one slot. Every script is given every key it touches in
+//! `KEYS` (the key guard in `lua/lib.lua` refuses any other), so the layout above is what
+//! keeps each script on one Redis Cluster slot.
 
 use domain::{AccountId, ActionId};
 
@@ -65,9 +67,8 @@ impl Keys {
         account.partition(self.partitions)
     }
 
-    /// `<prefix>:{n}:`, the start of every key in partition `n`; the dispatch script builds
-    /// per-account and per-action keys from it.
-    pub fn partition_prefix(&self, partition: u32) -> String {
+    /// `<prefix>:{n}:`, the start of every key in partition `n`.
+    fn partition_prefix(&self, partition: u32) -> String {
         format!("{}:{{{partition}}}:", self.prefix)
     }
 

@@ -10,3 +10,26 @@ pub const LIBRARY: &str = include_str!("lua/lib.lua");
 pub fn with_library(body: &str) -> Script {
     Script::new(&format!("{LIBRARY}\n{body}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// The key guard only sees what goes through `call`: a script calling Redis directly
+    /// would bypass it.
+    #[test]
+    fn only_the_key_guard_calls_redis_directly() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lua");
+        let mut direct = Vec::new();
+        for entry in std::fs::read_dir(&dir).expect("the scripts' directory") {
+            let path = entry.expect("a directory entry").path();
+            let text = std::fs::read_to_string(&path).expect("a script");
+            let calls = text.matches("redis.call").count() + text.matches("redis.pcall").count();
+            let allowed = usize::from(path.ends_with("lib.lua"));
+            if calls != allowed {
+                direct.push(format!("{}: {calls}", path.display()));
+            }
+        }
+        assert!(direct.is_empty(), "direct Redis calls: {direct:?}");
+    }
+}

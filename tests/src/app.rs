@@ -81,8 +81,7 @@ impl TestApp {
         init_logs();
         let services = tokio::task::spawn_blocking(Services::start).await??;
         // BULK_TEST_REDIS=cluster runs the app on a Redis Cluster of its own instead.
-        let on_cluster = std::env::var("BULK_TEST_REDIS").is_ok_and(|redis| redis == "cluster");
-        let cluster = if on_cluster && options.redis_url.is_none() {
+        let cluster = if crate::on_cluster() && options.redis_url.is_none() {
             Some(tokio::task::spawn_blocking(crate::RedisCluster::start).await??)
         } else {
             None

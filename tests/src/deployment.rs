@@ -103,6 +103,9 @@ impl Default for DeploymentOptions {
 
 pub struct Deployment {
     pub services: Services,
+    /// The Redis Cluster the processes use instead of the services' Redis, when
+    /// `BULK_TEST_REDIS=cluster`.
+    pub cluster: Option<crate::RedisCluster>,
     pub client: ApiClient,
     options: DeploymentOptions,
     api_port: u16,
@@ -131,6 +134,11 @@ impl Deployment {
         consumers: &[&str],
     ) -> Result<Self> {
         tokio::task::spawn_blocking(|| binaries().map(|_| ())).await??;
+        let cluster = if crate::on_cluster() {
+            Some(tokio::task::spawn_blocking(crate::RedisCluster::start).await??)
+        } else {
+            None
+        };
         let api_port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -145,6 +153,7 @@ impl Deployment {
             .with_admin(&admin_token);
         let mut deployment = Deployment {
             services,
+            cluster,
             client,
             options,
             api_port,
@@ -195,9 +204,9 @@ impl Deployment {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("RUST_LOG", "info,consumer=debug")
             .env("MONGODB_URI", &self.services.mongodb_uri)
-            .env("REDIS_URL", &self.services.redis_url)
+            .env("REDIS_URL", self.redis_url())
             .env("REDIS_KEY_PREFIX", "test")
-            .env("STREAM_PARTITIONS", "4")
+            .env("STREAM_PARTITIONS", self.partitions().to_string())
             .env("HOST", "127.0.0.1")
             .env("PORT", self.api_port.to_string())
             .env("BATCH_SIZE", options.batch_size.to_string())
@@ -227,6 +236,28 @@ impl Deployment {
             .stdout(log.try_clone()?)
             .stderr(log);
         Ok(command)
+    }
+
+    /// The Redis every process uses: the services' own, or the cluster.
+    pub fn redis_url(&self) -> String {
+        match &self.cluster {
+            Some(cluster) => cluster.url(),
+            None => self.services.redis_url.clone(),
+        }
+    }
+
+    /// Six on a cluster, so that partitions land on each of its three masters.
+    pub fn partitions(&self) -> u32 {
+        if self.cluster.is_some() {
+            6
+        } else {
+            4
+        }
+    }
+
+    /// The key layout the processes use.
+    pub fn keys(&self) -> infra::Keys {
+        infra::Keys::new("test", self.partitions())
     }
 
     pub fn start_api(&mut self) -> Result<()> {

@@ -17,3 +17,9 @@ pub use client::{error_code, ApiClient, Reply, ONE_REPLY, TEST_ADMIN_TOKEN};
 pub use cluster::RedisCluster;
 pub use deployment::{Deployment, DeploymentOptions};
 pub use services::{binary, which, Services};
+
+/// `BULK_TEST_REDIS=cluster`: every `TestApp` and `Deployment` runs on a Redis Cluster of
+/// its own instead of the services' single Redis.
+pub fn on_cluster() -> bool {
+    std::env::var("BULK_TEST_REDIS").is_ok_and(|redis| redis == "cluster")
+}

@@ -30,7 +30,7 @@ fn upsert_body(account: &str, records: usize) -> Value {
 
 async fn event_store(deployment: &Deployment) -> Result<EventStore> {
     Ok(EventStore::new(
-        infra::redis_conn::shared(&deployment.services.redis_url).await?,
+        infra::redis_conn::shared(&deployment.redis_url()).await?,
         infra::Keys::new("test", 4),
     ))
 }
@@ -126,7 +126,7 @@ async fn assert_exact_upsert(
 }
 
 async fn assert_no_work_left(deployment: &Deployment) -> Result<()> {
-    let mut conn = infra::redis_conn::shared(&deployment.services.redis_url).await?;
+    let mut conn = infra::redis_conn::shared(&deployment.redis_url()).await?;
     let keys = infra::Keys::new("test", 4);
     for partition in keys.partitions() {
         let length: usize = redis::AsyncCommands::xlen(&mut conn, keys.work(partition)).await?;
@@ -311,7 +311,7 @@ async fn redis_and_mongodb_restarts_mid_action_heal_without_an_operator() -> Res
 
     wait_done(&deployment, &action, Duration::from_secs(300)).await?;
     // The outage was waited out, not taken for the store refusing the action's views.
-    let mut conn = infra::redis_conn::shared(&deployment.services.redis_url).await?;
+    let mut conn = infra::redis_conn::shared(&deployment.redis_url()).await?;
     let keys = infra::Keys::new("test", 4);
     for partition in keys.partitions() {
         let quarantined: u64 =
@@ -543,7 +543,7 @@ async fn a_poison_batch_is_dead_lettered_and_the_action_completes() -> Result<()
     );
 
     // The dead-letter stream holds the batch, its records and the store's error.
-    let mut conn = infra::redis_conn::shared(&deployment.services.redis_url).await?;
+    let mut conn = infra::redis_conn::shared(&deployment.redis_url()).await?;
     let keys = infra::Keys::new("test", 4);
     let partition = keys.partition_of(ActionId::parse(&action).expect("ulid"));
     let dead: redis::streams::StreamRangeReply =
@@ -593,7 +593,7 @@ async fn a_consumer_stopped_at_its_deadline_hands_its_batches_back() -> Result<(
     eprintln!("consumer exited {took:?} after SIGTERM with no grace");
 
     // What it held is pending, but marked as idle for the whole claim time already.
-    let mut conn = infra::redis_conn::shared(&deployment.services.redis_url).await?;
+    let mut conn = infra::redis_conn::shared(&deployment.redis_url()).await?;
     let keys = infra::Keys::new("test", 4);
     let mut handed_back = 0;
     for partition in keys.partitions() {

@@ -41,18 +41,19 @@ fn millis(view: &Value, field: &str) -> Result<i64> {
     Ok(Timestamp::parse_rfc3339(raw).context("rfc 3339")?.millis())
 }
 
-async fn events(redis_url: &str, action: &str) -> Result<Vec<StoredEvent>> {
-    let store = EventStore::new(
-        infra::redis_conn::shared(redis_url).await?,
-        infra::Keys::new("test", 4),
-    );
+async fn events(redis_url: &str, keys: infra::Keys, action: &str) -> Result<Vec<StoredEvent>> {
+    let store = EventStore::new(infra::redis_conn::shared(redis_url).await?, keys);
     let action = ActionId::parse(action).context("a ULID")?;
     Ok(store.read(action, None, 100_000).await?)
 }
 
 /// When each batch settled (ms), in order.
-async fn settle_times(redis_url: &str, action: &str) -> Result<Vec<(i64, usize, String)>> {
-    Ok(events(redis_url, action)
+async fn settle_times(
+    redis_url: &str,
+    keys: infra::Keys,
+    action: &str,
+) -> Result<Vec<(i64, usize, String)>> {
+    Ok(events(redis_url, keys, action)
         .await?
         .into_iter()
         .filter_map(|event| match event.envelope.payload {
@@ -306,7 +307,7 @@ async fn patch_moves_a_start_and_paces_an_action() -> Result<()> {
         (0..1000).contains(&late),
         "started {late} ms after its time"
     );
-    let settles = settle_times(app.redis_url(), &action).await?;
+    let settles = settle_times(app.redis_url(), app.keys(), &action).await?;
     assert_eq!(settles.len(), 2);
     let gap = settles[1].0 - settles[0].0;
     assert!(gap >= 1_600, "the drip let two batches go {gap} ms apart");
@@ -348,7 +349,7 @@ async fn patch_moves_a_start_and_paces_an_action() -> Result<()> {
     body["maxRecordsPerMinute"] = json!(6_000);
     let capped = app.submit(&body).await?;
     app.wait_projected_terminal(&capped, WAIT).await?;
-    let settles = settle_times(app.redis_url(), &capped).await?;
+    let settles = settle_times(app.redis_url(), app.keys(), &capped).await?;
     let span = settles[2].0 - settles[0].0;
     assert!(span >= 1_700, "300 records at 100/s took {span} ms");
     Ok(())
@@ -480,7 +481,7 @@ async fn two_consumer_processes_hold_the_processing_limit_within_two_percent() -
 
     let done = client.wait_projected_terminal(&action, WAIT).await?;
     assert_eq!(done["succeeded"], 15_000);
-    let settles = settle_times(&deployment.services.redis_url, &action).await?;
+    let settles = settle_times(&deployment.redis_url(), deployment.keys(), &action).await?;
     let consumers: BTreeSet<&str> = settles
         .iter()
         .map(|(_, _, consumer)| consumer.split('-').next().unwrap_or(""))
@@ -672,7 +673,7 @@ async fn five_minute_window_at_the_default_limit() -> Result<()> {
         .submit(&create("steady", 0..60_000))
         .await?;
     tokio::time::sleep(Duration::from_secs(305)).await;
-    let settles = settle_times(&deployment.services.redis_url, &action).await?;
+    let settles = settle_times(&deployment.redis_url(), deployment.keys(), &action).await?;
     let start = settles.first().context("settled batches")?.0;
     let in_window: usize = settles
         .iter()
@@ -789,7 +790,7 @@ async fn consumers_scale_out_when_batches_wait_on_a_slow_downstream() -> Result<
             .wait_projected_terminal(&action, WAIT)
             .await?;
         ensure!(done["succeeded"] == records, "{done}");
-        let settles = settle_times(&deployment.services.redis_url, &action).await?;
+        let settles = settle_times(&deployment.redis_url(), deployment.keys(), &action).await?;
         let first = settles.first().context("settles")?.0;
         let last = settles.last().context("settles")?.0;
         let after_first: usize = settles[1..].iter().map(|(_, n, _)| n).sum();
@@ -812,8 +813,8 @@ async fn consumers_scale_out_when_batches_wait_on_a_slow_downstream() -> Result<
 async fn redis_bytes_per_record_of_a_finished_action() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let deployment = Deployment::start(DeploymentOptions::default(), &["c1"]).await?;
-    let mut conn = infra::redis_conn::shared(&deployment.services.redis_url).await?;
-    let keys = infra::Keys::new("test", 4);
+    let mut conn = infra::redis_conn::shared(&deployment.redis_url()).await?;
+    let keys = deployment.keys();
     for records in [10_000usize, 100_000] {
         let action = deployment
             .client
@@ -879,7 +880,7 @@ async fn lifecycle_twins_agree(conn: &mut redis::aio::MultiplexedConnection) -> 
         "{}\n{}",
         infra::scripts::LIBRARY,
         r#"
-local f = redis.call('HMGET', KEYS[1], 'paused', 'cancelled')
+local f = call('HMGET', KEYS[1], 'paused', 'cancelled')
 return {batch_turn(f[1], f[2]), lifecycle_signature(KEYS[1], KEYS[2], ARGV[1])}"#
     ));
     let flags = [None, Some("0"), Some("1")];
@@ -1041,7 +1042,7 @@ async fn racing_changes_of_pace_keep_each_others_parts() -> Result<()> {
             ensure!(status == 200, "round {round}: {status} {reply}");
         }
     }
-    let paces: Vec<(Option<u32>, Option<u32>)> = events(app.redis_url(), &action)
+    let paces: Vec<(Option<u32>, Option<u32>)> = events(app.redis_url(), app.keys(), &action)
         .await?
         .into_iter()
         .filter_map(|event| match event.envelope.payload {
@@ -1281,7 +1282,7 @@ async fn racing_commands_record_only_what_the_facts_allow() -> Result<()> {
         );
     }
 
-    let types: Vec<&'static str> = events(app.redis_url(), &action)
+    let types: Vec<&'static str> = events(app.redis_url(), app.keys(), &action)
         .await?
         .iter()
         .map(|event| event.envelope.payload.type_name())
@@ -1299,5 +1300,107 @@ async fn racing_commands_record_only_what_the_facts_allow() -> Result<()> {
         ensure!(*name == expected, "not alternating at {i}: {before:?}");
     }
     wait_status(&app.client, &action, "cancelled").await?;
+    Ok(())
+}
+
+/// The dispatcher reads `ready` a page at a time (every key a script touches is declared):
+/// accounts out of budget filling the first pages never hide an account behind them, and
+/// one call serves the accounts of every page before any gets a second batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_past_a_page_of_accounts_out_of_budget_are_served() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let app = TestApp::spawn(AppOptions {
+        consumers: 0,
+        batch_size: 1,
+        ..AppOptions::default()
+    })
+    .await?;
+    let keys = app.keys();
+    let partition = 0;
+    let mut names = (0..).map(|i| format!("paged{i}")).filter(|name| {
+        domain::AccountId::parse(name).is_ok_and(|id| keys.account_partition(&id) == partition)
+    });
+    const BLOCKED: usize = 150; // more than two pages of 64
+    for name in names.by_ref().take(BLOCKED) {
+        app.submit(&create(&name, 0..2)).await?;
+    }
+    let scheduling = infra::Scheduling::new(store_of(&app).await?);
+    let limits = infra::flow::DispatchLimits {
+        default_records_per_minute: 1,
+        burst_seconds: 0,
+        max_outstanding: 1_000,
+        max_grants: 1_000,
+    };
+    let first = scheduling.dispatch(partition, limits).await?;
+    ensure!(
+        first.granted as usize == BLOCKED,
+        "one call served {} of {BLOCKED} accounts their first batch",
+        first.granted
+    );
+    let blocked = scheduling.dispatch(partition, limits).await?;
+    ensure!(
+        blocked.granted == 0 && blocked.wait_ms.is_some_and(|ms| ms > 30_000),
+        "accounts out of budget: {blocked:?}"
+    );
+
+    let late = names.next().context("one more account name")?;
+    let late_action = app.submit(&create(&late, 0..1)).await?;
+    let served = scheduling.dispatch(partition, limits).await?;
+    ensure!(
+        served.granted == 1,
+        "the late account behind them: {served:?}"
+    );
+    let mut conn = infra::redis_conn::shared(app.redis_url()).await?;
+    let last: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(keys.work(partition))
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut conn)
+        .await?;
+    let handed = last
+        .ids
+        .first()
+        .and_then(|entry| entry.get::<String>("action"));
+    ensure!(
+        handed.as_deref() == Some(late_action.as_str()),
+        "{handed:?}"
+    );
+    Ok(())
+}
+
+/// Every script runs behind the key guard of `lua/lib.lua`: a key not given in KEYS is
+/// refused, on one node as on a cluster, so no script can reach past its slot unnoticed.
+#[tokio::test]
+async fn the_key_guard_refuses_a_key_not_given_in_keys() -> Result<()> {
+    let services = bulk_tests::Services::start()?;
+    let client = redis::Client::open(services.redis_url.as_str())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let script = infra::scripts::with_library(
+        "call('SET', KEYS[1], 'given')\nreturn call('GET', KEYS[1] .. ':derived')",
+    );
+    let refused: redis::RedisResult<Option<String>> =
+        script.key("guard:declared").invoke_async(&mut conn).await;
+    let error = match refused {
+        Ok(value) => anyhow::bail!("an undeclared key was read: {value:?}"),
+        Err(error) => error.to_string(),
+    };
+    ensure!(
+        error.contains("undeclared key guard:declared:derived"),
+        "{error}"
+    );
+    let unknown: redis::RedisResult<()> = infra::scripts::with_library("return call('FLUSHALL')")
+        .invoke_async(&mut conn)
+        .await;
+    ensure!(
+        unknown.is_err_and(|error| error.to_string().contains("does not know")),
+        "a command the guard cannot check ran"
+    );
+    let given: Option<String> = infra::scripts::with_library("return call('GET', KEYS[1])")
+        .key("guard:declared")
+        .invoke_async(&mut conn)
+        .await?;
+    ensure!(given.as_deref() == Some("given"), "{given:?}");
     Ok(())
 }

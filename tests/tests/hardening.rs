@@ -441,7 +441,7 @@ async fn a_consumer_whose_clock_runs_ahead_keeps_to_redis_time() -> Result<()> {
     let mut deployment = Deployment::start(DeploymentOptions::default(), &["honest"]).await?;
     deployment.start_consumer_wrapped("ahead", &[&faketime, "-f", "+10s"])?;
 
-    let mut conn = redis(&deployment.services.redis_url).await?;
+    let mut conn = redis(&deployment.redis_url()).await?;
     let announced_consumers = |conn: &mut redis::aio::MultiplexedConnection| {
         let mut conn = conn.clone();
         async move {

@@ -10,7 +10,7 @@
 --       rescheduledId, rescheduledType, rescheduledData, pacedId, pacedType, pacedData,
 --       expectedFacts, pace (the whole new pace, as `domain::lifecycle::Pace` JSON)
 -- Returns 1 done, -1 no such action, -5 stale (the facts changed since the decision).
-if redis.call('EXISTS', KEYS[1]) == 0 then
+if call('EXISTS', KEYS[1]) == 0 then
   return -1
 end
 if lifecycle_signature(KEYS[1], KEYS[4], ARGV[1]) ~= ARGV[14] then
@@ -19,24 +19,24 @@ end
 local action = ARGV[1]
 
 local function append(id, type, data)
-  local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+  local seq = call('HINCRBY', KEYS[1], 'seq', 1)
   xadd_event(KEYS[2], action, seq, ARGV[2], id, type, ARGV[3], data)
   announce(KEYS[3], action, seq)
 end
 
 if ARGV[4] ~= '' then
-  redis.call('ZADD', KEYS[4], 'XX', ARGV[4], action)
+  call('ZADD', KEYS[4], 'XX', ARGV[4], action)
   append(ARGV[8], ARGV[9], ARGV[10])
 end
 if ARGV[5] == '1' then
   if ARGV[6] == '' then
-    redis.call('HDEL', KEYS[1], 'paceEmitMs', 'paceBurst', 'paceTat')
+    call('HDEL', KEYS[1], 'paceEmitMs', 'paceBurst', 'paceTat')
   else
     -- The records already charged ahead of now (TAT - now at the old interval) are carried
     -- over at the new interval, so a faster pace applies from the next batch instead of
     -- after the old, slower interval has run out.
     local now = math.floor(clock_ms())
-    local old = redis.call('HMGET', KEYS[1], 'paceEmitMs', 'paceTat')
+    local old = call('HMGET', KEYS[1], 'paceEmitMs', 'paceTat')
     local old_emit = tonumber(old[1] or '0')
     local tat = tonumber(old[2] or '0')
     local new_emit = tonumber(ARGV[6])
@@ -44,10 +44,10 @@ if ARGV[5] == '1' then
     if old_emit > 0 and tat > now then
       new_tat = gcra_rescale(tat, now, old_emit, new_emit)
     end
-    redis.call('HSET', KEYS[1], 'paceEmitMs', ARGV[6], 'paceBurst', ARGV[7],
+    call('HSET', KEYS[1], 'paceEmitMs', ARGV[6], 'paceBurst', ARGV[7],
       'paceTat', tostring(new_tat))
   end
-  redis.call('HSET', KEYS[1], 'pace', ARGV[15])
+  call('HSET', KEYS[1], 'pace', ARGV[15])
   append(ARGV[11], ARGV[12], ARGV[13])
 end
 return 1

@@ -18,36 +18,36 @@
 --       completedId, completedType, completedData, batchNumber, workEntryId, group,
 --       deadLetterError ('' = not dead-lettered), attempts, unattempted ('1'/'')
 -- Returns the seq of the event, 0 if the guard was used, -1 no such action, -2 attempted.
-if redis.call('EXISTS', KEYS[1]) == 0 then
+if call('EXISTS', KEYS[1]) == 0 then
   return -1
 end
-if ARGV[17] == '1' and redis.call('HEXISTS', KEYS[1], ARGV[2]) == 0
-    and redis.call('HEXISTS', KEYS[1], 'attempts:' .. ARGV[12]) == 1 then
+if ARGV[17] == '1' and call('HEXISTS', KEYS[1], ARGV[2]) == 0
+    and call('HEXISTS', KEYS[1], 'attempts:' .. ARGV[12]) == 1 then
   return -2
 end
 local action = ARGV[1]
 local seq = 0
-if ARGV[2] == '' or redis.call('HSETNX', KEYS[1], ARGV[2], 1) == 1 then
-  seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+if ARGV[2] == '' or call('HSETNX', KEYS[1], ARGV[2], 1) == 1 then
+  seq = call('HINCRBY', KEYS[1], 'seq', 1)
   xadd_event(KEYS[2], action, seq, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
   if ARGV[8] == '1' then
-    local done = redis.call('HINCRBY', KEYS[1], 'done', 1)
-    if done == tonumber(redis.call('HGET', KEYS[1], 'batches')) then
-      seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+    local done = call('HINCRBY', KEYS[1], 'done', 1)
+    if done == tonumber(call('HGET', KEYS[1], 'batches')) then
+      seq = call('HINCRBY', KEYS[1], 'seq', 1)
       xadd_event(KEYS[2], action, seq, ARGV[3], ARGV[9], ARGV[10], ARGV[6], ARGV[11])
     end
   end
   announce(KEYS[3], action, seq)
   if ARGV[15] ~= '' then
-    redis.call('XADD', KEYS[6], '*', 'action', action, 'batch', ARGV[12],
+    call('XADD', KEYS[6], '*', 'action', action, 'batch', ARGV[12],
       'attempts', ARGV[16], 'error', ARGV[15], 'at', ARGV[6],
-      'records', redis.call('HGET', KEYS[4], ARGV[12]) or '')
+      'records', call('HGET', KEYS[4], ARGV[12]) or '')
   end
 end
 if ARGV[13] ~= '' then
-  redis.call('HDEL', KEYS[4], ARGV[12])
-  redis.call('HDEL', KEYS[1], 'found:' .. ARGV[12])
-  redis.call('XACK', KEYS[5], ARGV[14], ARGV[13])
-  redis.call('XDEL', KEYS[5], ARGV[13])
+  call('HDEL', KEYS[4], ARGV[12])
+  call('HDEL', KEYS[1], 'found:' .. ARGV[12])
+  call('XACK', KEYS[5], ARGV[14], ARGV[13])
+  call('XDEL', KEYS[5], ARGV[13])
 end
 return seq

@@ -7,9 +7,9 @@
 -- ARGV: batch
 -- Returns {turn, attempt}: {'apply', its number}, or {'hold' | 'settle', 0} uncounted.
 local field = 'attempts:' .. ARGV[1]
-local f = redis.call('HMGET', KEYS[1], 'paused', 'cancelled', field)
+local f = call('HMGET', KEYS[1], 'paused', 'cancelled', field)
 local turn = batch_turn(f[1], f[2])
 if turn ~= 'apply' and not f[3] then
   return {turn, 0}
 end
-return {'apply', redis.call('HINCRBY', KEYS[1], field, 1)}
+return {'apply', call('HINCRBY', KEYS[1], field, 1)}

@@ -24,16 +24,16 @@
 --       action's own, as `domain::lifecycle::Pace` JSON).
 -- Returns 1 when created, 2 when created but still opening, 0 when the action already
 -- existed, -1 when staged data is gone (expired before the commit).
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('DEL', KEYS[8], KEYS[10])
+if call('EXISTS', KEYS[1]) == 1 then
+  call('DEL', KEYS[8], KEYS[10])
   return 0
 end
 local batches = tonumber(ARGV[5])
-if batches > 0 and redis.call('EXISTS', KEYS[8]) == 0 then
+if batches > 0 and call('EXISTS', KEYS[8]) == 0 then
   return -1
 end
 local staged = tonumber(ARGV[13])
-if redis.call('LLEN', KEYS[10]) ~= staged * 3 then
+if call('LLEN', KEYS[10]) ~= staged * 3 then
   return -1
 end
 local action = ARGV[1]
@@ -51,43 +51,43 @@ append_argv(0)
 local OPENING_SLICE = 4
 local moving = math.min(staged, OPENING_SLICE)
 if moving > 0 then
-  local items = redis.call('LRANGE', KEYS[10], 0, moving * 3 - 1)
+  local items = call('LRANGE', KEYS[10], 0, moving * 3 - 1)
   for j = 1, #items, 3 do
     append(items[j], items[j + 1], ARGV[17], items[j + 2])
   end
-  redis.call('LTRIM', KEYS[10], moving * 3, -1)
+  call('LTRIM', KEYS[10], moving * 3, -1)
 end
 local opening = moving < staged
 if not opening then
-  redis.call('DEL', KEYS[10])
+  call('DEL', KEYS[10])
   for i = 1, event_count - 1 do
     append_argv(i)
   end
 end
-redis.call('HSET', KEYS[1], 'seq', seq, 'account', ARGV[2], 'actionType', ARGV[3],
+call('HSET', KEYS[1], 'seq', seq, 'account', ARGV[2], 'actionType', ARGV[3],
   'entityType', ARGV[4], 'batches', ARGV[5], 'done', 0, 'dispatched', 0, 'created', ARGV[7],
   'batchSize', ARGV[9], 'records', ARGV[10], 'queued', 0, 'pace', ARGV[16 + event_count * 4])
 if ARGV[11] ~= '' then
-  redis.call('HSET', KEYS[1], 'paceEmitMs', ARGV[11], 'paceBurst', ARGV[12])
+  call('HSET', KEYS[1], 'paceEmitMs', ARGV[11], 'paceBurst', ARGV[12])
 end
 announce(KEYS[3], action, seq)
-redis.call('ZADD', KEYS[7], ARGV[7], action)
+call('ZADD', KEYS[7], ARGV[7], action)
 if batches > 0 then
-  redis.call('RENAME', KEYS[8], KEYS[4])
-  redis.call('PERSIST', KEYS[4])
+  call('RENAME', KEYS[8], KEYS[4])
+  call('PERSIST', KEYS[4])
 end
 if opening then
-  redis.call('PERSIST', KEYS[10])
-  redis.call('HSET', KEYS[1], 'opening', KEYS[10], 'startAt', ARGV[6])
-  redis.call('ZADD', KEYS[11], ARGV[15 + event_count * 4], action)
+  call('PERSIST', KEYS[10])
+  call('HSET', KEYS[1], 'opening', KEYS[10], 'startAt', ARGV[6])
+  call('ZADD', KEYS[11], ARGV[15 + event_count * 4], action)
   return 2
 end
 if batches > 0 then
   if ARGV[6] ~= '' then
-    redis.call('ZADD', KEYS[6], ARGV[6], action)
+    call('ZADD', KEYS[6], ARGV[6], action)
   else
-    redis.call('HSET', KEYS[1], 'queued', 1)
-    redis.call('ZADD', KEYS[5], ARGV[7], action)
+    call('HSET', KEYS[1], 'queued', 1)
+    call('ZADD', KEYS[5], ARGV[7], action)
     join_ready(KEYS[9], KEYS[12], ARGV[2])
   end
 end

@@ -7,7 +7,7 @@
 -- ARGV: archivedSeq, archivedAtMs
 -- Returns 1 when forgotten (or already), 0 when the stream moved past the archived seq or
 -- the action is unknown.
-local f = redis.call('HMGET', KEYS[1], 'seq', 'archived', 'account', 'actionType',
+local f = call('HMGET', KEYS[1], 'seq', 'archived', 'account', 'actionType',
   'entityType', 'created', 'batches', 'done', 'cancelled')
 if not f[1] then
   return 0
@@ -18,8 +18,8 @@ end
 if f[1] ~= ARGV[1] then
   return 0
 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
-redis.call('HSET', KEYS[1], 'seq', f[1], 'archived', 1, 'archivedAt', ARGV[2],
+call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+call('HSET', KEYS[1], 'seq', f[1], 'archived', 1, 'archivedAt', ARGV[2],
   'account', f[3], 'actionType', f[4], 'entityType', f[5], 'created', f[6] or '0',
   'batches', f[7] or '0', 'done', f[8] or '0', 'cancelled', f[9] or '0')
 return 1

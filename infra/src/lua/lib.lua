@@ -6,21 +6,68 @@
 -- inputs: the rules are reasoned about and unit-tested in Rust, and applied here,
 -- atomically, on Redis' clock.
 
+-- Every script calls Redis through `call`, which refuses a key the caller did not give in
+-- KEYS. Redis itself only notices an undeclared key when it lands in another slot of a
+-- cluster, and then only on the day it does; this makes every run of every script, on one
+-- node or a cluster, prove that the script touches only what it declared.
+local DECLARED = {}
+for _, key in ipairs(KEYS) do
+  DECLARED[key] = true
+end
+
+-- Where the commands these scripts use name their keys, among the arguments after the
+-- command: 'first', 'first two', 'all', or 'none'. A command missing here is refused, so
+-- using a new one means saying where its keys are.
+local KEY_ARGUMENTS = {
+  DEL = 'all', EXISTS = 'all', RENAME = 'first two', TIME = 'none',
+  GET = 'first', SET = 'first', PERSIST = 'first',
+  HDEL = 'first', HEXISTS = 'first', HGET = 'first', HINCRBY = 'first', HMGET = 'first',
+  HSET = 'first', HSETNX = 'first',
+  LLEN = 'first', LRANGE = 'first', LTRIM = 'first',
+  SADD = 'first', SCARD = 'first', SMEMBERS = 'first', SREM = 'first',
+  XACK = 'first', XADD = 'first', XDEL = 'first', XLEN = 'first', XPENDING = 'first',
+  ZADD = 'first', ZCARD = 'first', ZRANGE = 'first', ZREM = 'first', ZSCORE = 'first',
+}
+
+local function refuse_undeclared(command, key)
+  if not DECLARED[key] then
+    error('script touched undeclared key ' .. tostring(key) .. ' (' .. command .. ')')
+  end
+end
+
+local function call(command, ...)
+  local shape = KEY_ARGUMENTS[command]
+  local args = {...}
+  if shape == nil then
+    error('script used ' .. command .. ', which the key guard in lib.lua does not know')
+  elseif shape == 'first' then
+    refuse_undeclared(command, args[1])
+  elseif shape == 'first two' then
+    refuse_undeclared(command, args[1])
+    refuse_undeclared(command, args[2])
+  elseif shape == 'all' then
+    for _, key in ipairs(args) do
+      refuse_undeclared(command, key)
+    end
+  end
+  return redis.call(command, ...)
+end
+
 -- Now on Redis' clock, in (fractional) milliseconds: one timeline for every process.
 local function clock_ms()
-  local t = redis.call('TIME')
+  local t = call('TIME')
   return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 end
 
 -- One event of an action's stream, in the schema `EventEnvelope` reads back.
 local function xadd_event(stream, action, seq, version, id, type, at, data)
-  redis.call('XADD', stream, '*', 'id', id, 'action', action, 'seq', seq,
+  call('XADD', stream, '*', 'id', id, 'action', action, 'seq', seq,
     'v', version, 'type', type, 'at', at, 'data', data)
 end
 
 -- Tells the projectors that `action` has events up to `seq`.
 local function announce(feed, action, seq)
-  redis.call('XADD', feed, '*', 'action', action, 'seq', seq)
+  call('XADD', feed, '*', 'action', action, 'seq', seq)
 end
 
 -- GCRA keeps one number per bucket, its theoretical arrival time (TAT, ms; 0 = empty).
@@ -53,8 +100,8 @@ end
 -- again (a pause and a resume) never moves it ahead of them. One already there keeps its
 -- place.
 local function join_ready(ready, dispatch, account)
-  local turn = redis.call('HGET', dispatch, 'turn') or '0'
-  redis.call('ZADD', ready, 'NX', turn, account)
+  local turn = call('HGET', dispatch, 'turn') or '0'
+  call('ZADD', ready, 'NX', turn, account)
 end
 
 -- What a batch of an action does when its turn comes, as `Facts::batch_turn` decides it
@@ -77,9 +124,9 @@ end
 -- that append a decision compare them with the ones it was made on, so no decision is
 -- applied to facts it did not see. Equality, not rules: the rules are in Rust.
 local function lifecycle_signature(meta, schedule, action)
-  local f = redis.call('HMGET', meta, 'batches', 'done', 'cancelled', 'paused', 'pace')
+  local f = call('HMGET', meta, 'batches', 'done', 'cancelled', 'paused', 'pace')
   local finished = tonumber(f[2] or '0') >= tonumber(f[1] or '0')
-  local scheduled = redis.call('ZSCORE', schedule, action) ~= false
+  local scheduled = call('ZSCORE', schedule, action) ~= false
   return (finished and 'F' or '-') .. (f[3] == '1' and 'C' or '-')
     .. (f[4] == '1' and 'P' or '-') .. (scheduled and 'S' or '-') .. ':' .. (f[5] or '')
 end

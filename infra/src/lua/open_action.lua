@@ -8,10 +8,10 @@
 --       dispatch
 -- ARGV: action, schemaVersion, at, completedId, completedType, completedData
 -- Returns 0 when nothing was opening, 1 when opened, 2 when more is left.
-local f = redis.call('HMGET', KEYS[1], 'opening', 'seq', 'batches', 'startAt', 'created',
+local f = call('HMGET', KEYS[1], 'opening', 'seq', 'batches', 'startAt', 'created',
   'account', 'paused', 'cancelled')
 if f[1] ~= KEYS[4] then
-  redis.call('ZREM', KEYS[8], ARGV[1])
+  call('ZREM', KEYS[8], ARGV[1])
   return 0
 end
 local action = ARGV[1]
@@ -21,29 +21,29 @@ local function append(id, type, data)
   xadd_event(KEYS[2], action, seq, ARGV[2], id, type, ARGV[3], data)
 end
 local OPENING_SLICE = 4
-local items = redis.call('LRANGE', KEYS[4], 0, OPENING_SLICE * 3 - 1)
+local items = call('LRANGE', KEYS[4], 0, OPENING_SLICE * 3 - 1)
 for j = 1, #items, 3 do
   append(items[j], items[j + 1], items[j + 2])
 end
-redis.call('LTRIM', KEYS[4], #items, -1)
-local more = redis.call('LLEN', KEYS[4]) > 0
+call('LTRIM', KEYS[4], #items, -1)
+local more = call('LLEN', KEYS[4]) > 0
 if not more then
-  redis.call('DEL', KEYS[4])
-  redis.call('HDEL', KEYS[1], 'opening', 'startAt')
-  redis.call('ZREM', KEYS[8], action)
+  call('DEL', KEYS[4])
+  call('HDEL', KEYS[1], 'opening', 'startAt')
+  call('ZREM', KEYS[8], action)
   if tonumber(f[3]) == 0 then
     append(ARGV[4], ARGV[5], ARGV[6])
   elseif f[4] ~= '' and f[8] ~= '1' then
-    redis.call('ZADD', KEYS[6], f[4], action)
+    call('ZADD', KEYS[6], f[4], action)
   else
-    redis.call('HSET', KEYS[1], 'queued', 1)
+    call('HSET', KEYS[1], 'queued', 1)
     if batch_turn(f[7], f[8]) ~= 'hold' then
-      redis.call('ZADD', KEYS[5], f[5], action)
+      call('ZADD', KEYS[5], f[5], action)
       join_ready(KEYS[7], KEYS[9], f[6])
     end
   end
 end
-redis.call('HSET', KEYS[1], 'seq', seq)
+call('HSET', KEYS[1], 'seq', seq)
 announce(KEYS[3], action, seq)
 if more then
   return 2

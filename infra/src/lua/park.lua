@@ -11,25 +11,25 @@
 -- ARGV: batch, workEntryId, group, cost (records), defaultRecordsPerMinute, consumer
 -- Returns the batch's turn (`batch_turn`): 'hold' once parked, 'apply' or 'settle'; or
 -- 'gone' when the entry is not this consumer's any more.
-local mine = redis.call('XPENDING', KEYS[3], ARGV[3], ARGV[2], ARGV[2], 1, ARGV[6])
+local mine = call('XPENDING', KEYS[3], ARGV[3], ARGV[2], ARGV[2], 1, ARGV[6])
 if #mine == 0 then
   return 'gone'
 end
-local f = redis.call('HMGET', KEYS[1], 'paused', 'cancelled', 'paceEmitMs', 'paceTat')
+local f = call('HMGET', KEYS[1], 'paused', 'cancelled', 'paceEmitMs', 'paceTat')
 local turn = batch_turn(f[1], f[2])
 if turn ~= 'hold' then
   return turn
 end
-redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('XACK', KEYS[3], ARGV[3], ARGV[2])
-redis.call('XDEL', KEYS[3], ARGV[2])
+call('SADD', KEYS[2], ARGV[1])
+call('XACK', KEYS[3], ARGV[3], ARGV[2])
+call('XDEL', KEYS[3], ARGV[2])
 local cost = tonumber(ARGV[4])
-local tat = tonumber(redis.call('GET', KEYS[4]) or '0')
+local tat = tonumber(call('GET', KEYS[4]) or '0')
 if tat > 0 then
-  local rpm = tonumber(redis.call('HGET', KEYS[5], 'recordsPerMinute') or ARGV[5])
-  redis.call('SET', KEYS[4], tostring(gcra_refund(tat, cost, 60000 / rpm)), 'KEEPTTL')
+  local rpm = tonumber(call('HGET', KEYS[5], 'recordsPerMinute') or ARGV[5])
+  call('SET', KEYS[4], tostring(gcra_refund(tat, cost, 60000 / rpm)), 'KEEPTTL')
 end
 if f[3] and f[4] then
-  redis.call('HSET', KEYS[1], 'paceTat', tostring(gcra_refund(tonumber(f[4]), cost, tonumber(f[3]))))
+  call('HSET', KEYS[1], 'paceTat', tostring(gcra_refund(tonumber(f[4]), cost, tonumber(f[3]))))
 end
 return 'hold'

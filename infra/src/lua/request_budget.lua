@@ -8,13 +8,13 @@
 -- A refused request leaves the TAT as it was: it is not charged (GCRA as in redis-cell),
 -- so a client retrying too fast is still admitted at the limit's pace.
 local now = clock_ms()
-local rpm = tonumber(redis.call('HGET', KEYS[2], 'requestsPerMinute') or ARGV[1])
+local rpm = tonumber(call('HGET', KEYS[2], 'requestsPerMinute') or ARGV[1])
 local burst = math.max(1, math.floor(rpm * tonumber(ARGV[2]) / 60))
 local emission = 60000 / rpm
-local tat = gcra_charge(tonumber(redis.call('GET', KEYS[1]) or '0'), now, 1, emission)
+local tat = gcra_charge(tonumber(call('GET', KEYS[1]) or '0'), now, 1, emission)
 local ahead = tat - now
 if ahead <= burst * emission + 0.001 then
-  redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil(ahead) + 1000)
+  call('SET', KEYS[1], tostring(tat), 'PX', math.ceil(ahead) + 1000)
   return {1, tostring(ahead), rpm, burst}
 end
 return {0, tostring(ahead), rpm, burst}

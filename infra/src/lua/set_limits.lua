@@ -9,15 +9,15 @@
 -- ARGV: defaultRecordsPerMinute, defaultRequestsPerMinute,
 --       recordsPerMinute ('' = no override), requestsPerMinute ('' = no override)
 local now = clock_ms()
-local old = redis.call('HMGET', KEYS[1], 'recordsPerMinute', 'requestsPerMinute')
+local old = call('HMGET', KEYS[1], 'recordsPerMinute', 'requestsPerMinute')
 
 local function rescale(budget_key, old_rpm, new_rpm, linger_ms)
-  local tat = tonumber(redis.call('GET', budget_key) or '0')
+  local tat = tonumber(call('GET', budget_key) or '0')
   if tat <= now or old_rpm == new_rpm then
     return
   end
   local rescaled = gcra_rescale(tat, now, 60000 / old_rpm, 60000 / new_rpm)
-  redis.call('SET', budget_key, tostring(rescaled), 'PX', math.ceil(rescaled - now) + linger_ms)
+  call('SET', budget_key, tostring(rescaled), 'PX', math.ceil(rescaled - now) + linger_ms)
 end
 
 local function effective(override, default)
@@ -27,12 +27,12 @@ local function effective(override, default)
   return tonumber(override)
 end
 
-redis.call('DEL', KEYS[1])
+call('DEL', KEYS[1])
 if ARGV[3] ~= '' then
-  redis.call('HSET', KEYS[1], 'recordsPerMinute', ARGV[3])
+  call('HSET', KEYS[1], 'recordsPerMinute', ARGV[3])
 end
 if ARGV[4] ~= '' then
-  redis.call('HSET', KEYS[1], 'requestsPerMinute', ARGV[4])
+  call('HSET', KEYS[1], 'requestsPerMinute', ARGV[4])
 end
 -- The lingering TTLs are the ones dispatch.lua and request_budget.lua set.
 rescale(KEYS[2], effective(old[1], ARGV[1]), effective(ARGV[3], ARGV[1]), 60000)
