@@ -1,8 +1,9 @@
 //! `Idempotency-Key`: a client that resubmits after a timeout or a crash gets the action it
 //! created the first time, not a second one.
 //!
-//! The key is scoped to the account. Its first use reserves `idem:<digest>` in Redis (24 h
-//! by default) for a freshly generated action id plus a fingerprint of the body; a later
+//! The key is scoped to the account. Its first use reserves `idem:<digest>` in the account's
+//! partition (24 h by default) for a freshly generated action id plus a fingerprint of the
+//! body (a reservation made before issue 14, outside the partitions, is read first); a later
 //! use with the same body gets that action id back. If the first submission died before
 //! committing, the retry takes over the reserved id and commits it itself; `commit_action`
 //! creates an action at most once, so two racing submissions still make one action.
@@ -66,12 +67,18 @@ pub async fn claim(
     body_fingerprint: &str,
     candidate: ActionId,
 ) -> Result<Claim, ApiError> {
-    let redis_key = redis_key(state, account, key);
+    let keys = redis_keys(state, account, key);
+    let redis_key = &keys.current;
     let ours = format!("{candidate} {body_fingerprint}");
-    let holder = state
-        .store
-        .reserve(&redis_key, &ours, state.config.idempotency_ttl_secs)
-        .await?;
+    let holder = match state.store.holder(&keys.legacy).await? {
+        Some(legacy) => Some(legacy),
+        None => {
+            state
+                .store
+                .reserve(redis_key, &ours, state.config.idempotency_ttl_secs)
+                .await?
+        }
+    };
     let Some(holder) = holder else {
         return Ok(Claim::Proceed(candidate));
     };
@@ -104,7 +111,12 @@ pub async fn committed(
     key: &IdempotencyKey,
     body_fingerprint: &str,
 ) -> Result<Option<ActionId>, ApiError> {
-    let Some(holder) = state.store.holder(&redis_key(state, account, key)).await? else {
+    let keys = redis_keys(state, account, key);
+    let holder = match state.store.holder(&keys.current).await? {
+        Some(holder) => Some(holder),
+        None => state.store.holder(&keys.legacy).await?,
+    };
+    let Some(holder) = holder else {
         return Ok(None);
     };
     let Some((id, fingerprint)) = holder.split_once(' ') else {
@@ -116,12 +128,24 @@ pub async fn committed(
     Ok(state.store.meta(id).await?.map(|_| id))
 }
 
-fn redis_key(state: &AppState, account: &AccountId, key: &IdempotencyKey) -> String {
+/// Where a key's reservation is kept, and where builds before issue 14 kept it: a
+/// reservation made by one of those within the last `IDEMPOTENCY_TTL_SECS` still holds.
+struct RedisKeys {
+    current: String,
+    legacy: String,
+}
+
+fn redis_keys(state: &AppState, account: &AccountId, key: &IdempotencyKey) -> RedisKeys {
     let mut hasher = Sha256::new();
     hasher.update(account.as_str().as_bytes());
     hasher.update([0]);
     hasher.update(key.0.as_bytes());
-    state.store.keys().idempotency(&hex(&hasher.finalize()))
+    let digest = hex(&hasher.finalize());
+    let keys = state.store.keys();
+    RedisKeys {
+        current: keys.idempotency(account, &digest),
+        legacy: keys.legacy_idempotency(&digest),
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {

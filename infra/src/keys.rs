@@ -23,7 +23,7 @@
 //! | `P:{n}:limits:<account>` | hash | per-account overrides: `recordsPerMinute`, `requestsPerMinute` |
 //! | `P:consumers` | hash | live consumer process -> "<workers> <expires ms>", sizes the dispatch |
 //! | `P:apikey:<keyId>`, `P:apikeys:<account>` | hash, zset | API keys (see `api_keys`) |
-//! | `idem:<sha256>` | string | `Idempotency-Key` of an account -> "<action> <body sha256>", 24 h |
+//! | `P:{n}:idem:<sha256>` | string | `Idempotency-Key` of an account -> "<action> <body sha256>", 24 h; in the account's partition |
 //!
 //! An account's keys live in the partition of its actions: new actions are minted in
 //! `AccountId::partition`, so one account has one queue and one budget, and the dispatch
@@ -159,8 +159,18 @@ impl Keys {
     }
 
     /// `digest` is the hex SHA-256 of the account and the client's key, so that any bytes a
-    /// client sends end up as a fixed-size key.
-    pub fn idempotency(&self, digest: &str) -> String {
+    /// client sends end up as a fixed-size key. In the account's partition, beside the
+    /// actions it guards: a failover keeps or loses the two together, in the order they
+    /// were written (a reservation is never lost while its action survives).
+    pub fn idempotency(&self, account: &AccountId, digest: &str) -> String {
+        let partition = self.account_partition(account);
+        format!("{}idem:{digest}", self.partition_prefix(partition))
+    }
+
+    /// Where builds before issue 14 kept the reservation, outside any partition; read as a
+    /// fallback until every such reservation has expired (`IDEMPOTENCY_TTL_SECS` after an
+    /// upgrade).
+    pub fn legacy_idempotency(&self, digest: &str) -> String {
         format!("{}:idem:{digest}", self.prefix)
     }
 

@@ -3,7 +3,7 @@
 //! The partition count is part of every key name (`P:{n}:…`), so a new count needs the
 //! keys of finished actions moved to where the new count looks for them: each action's
 //! events and meta, its entry in its partition's `actions` set, and each account's limit
-//! overrides. Keys move with `DUMP` + `RESTORE` + `DEL`, which works across Redis Cluster
+//! overrides and idempotency reservations. Keys move with `DUMP` + `RESTORE` + `DEL`, which works across Redis Cluster
 //! slots, one key at a time; an action is added to its new `actions` set before it leaves
 //! the old one, so an interrupted run can simply be run again.
 
@@ -92,6 +92,27 @@ pub async fn repartition(
             report.keys_moved += 1;
         }
     }
+    // An idempotency reservation follows its account, known from the action it holds.
+    for old in scan(conn, &format!("{}:{{*}}:idem:*", from.prefix())).await? {
+        let Some((_, digest)) = old.rsplit_once(":idem:") else {
+            continue;
+        };
+        let holder: Option<String> = conn.get(&old).await?;
+        let Some(action) = holder
+            .as_deref()
+            .and_then(|holder| holder.split(' ').next())
+            .and_then(ActionId::parse)
+        else {
+            continue;
+        };
+        let account: Option<String> = conn.hget(to.meta(action), "account").await?;
+        let Some(account) = account.and_then(|account| AccountId::parse(&account).ok()) else {
+            continue; // reserved, never committed: nothing to guard
+        };
+        if move_key(conn, &old, &to.idempotency(&account, digest)).await? {
+            report.keys_moved += 1;
+        }
+    }
     // Budgets are a minute of state at most; under new names they simply start afresh.
     for budget in scan(conn, &format!("{}:{{*}}:budget:*", from.prefix())).await? {
         let _: () = conn.del(&budget).await?;
@@ -128,9 +149,11 @@ async fn move_key(conn: &mut Shared, old: &str, new: &str) -> Result<bool, Repar
     let Some(dumped) = dumped else {
         return Ok(false);
     };
+    // Keeps an expiry (idempotency reservations have one; -1 is none, 0 for RESTORE).
+    let ttl_ms: i64 = conn.pttl(old).await?;
     let _: () = redis::cmd("RESTORE")
         .arg(new)
-        .arg(0)
+        .arg(ttl_ms.max(0))
         .arg(dumped)
         .arg("REPLACE")
         .query_async(conn)

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{ensure, Context, Result};
 use bulk_tests::{AppOptions, TestApp};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -578,6 +578,58 @@ async fn an_idempotency_key_replays_the_original_action_even_after_its_start_tim
         (status, bad["error"]["code"].as_str()),
         (400, Some("invalid_idempotency_key"))
     );
+    Ok(())
+}
+
+/// A reservation lives in the account's partition, so it fails over with the actions it
+/// guards; one a build before that made (outside the partitions) still holds after an
+/// upgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_reserved_by_an_older_build_still_holds() -> Result<()> {
+    let app = TestApp::spawn(AppOptions::default()).await?;
+    let api_key = app.key_for("acme").await?;
+    let post = || {
+        app.http
+            .post(app.url("/bulk-actions"))
+            .bearer_auth(&api_key)
+            .header("Idempotency-Key", "k-upgrade")
+            .json(&valid())
+            .send()
+    };
+    let first: Value = post().await?.json().await?;
+    let mut conn = infra::redis_conn::shared(&app.services.redis_url).await?;
+    let reservations: Vec<String> = redis::cmd("KEYS")
+        .arg("test:*idem:*")
+        .query_async(&mut conn)
+        .await?;
+    let account = domain::AccountId::parse("acme")?;
+    let partition = app.keys().account_partition(&account);
+    let [reservation] = reservations.as_slice() else {
+        anyhow::bail!("reservations: {reservations:?}");
+    };
+    let digest = reservation
+        .strip_prefix(&format!("test:{{{partition}}}:idem:"))
+        .with_context(|| format!("{reservation} is not in the account's partition"))?;
+
+    // As a build before issue 14 left it.
+    let legacy = app.keys().legacy_idempotency(digest);
+    let _: () = redis::cmd("RENAME")
+        .arg(reservation)
+        .arg(&legacy)
+        .query_async(&mut conn)
+        .await?;
+    let response = post().await?;
+    let replayed = response.headers().get("idempotent-replayed").is_some();
+    let again: Value = response.json().await?;
+    ensure!(
+        replayed && again["actionId"] == first["actionId"],
+        "{first} then {again}"
+    );
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(reservation)
+        .query_async(&mut conn)
+        .await?;
+    ensure!(!exists, "the old reservation was shadowed by a new one");
     Ok(())
 }
 

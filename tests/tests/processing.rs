@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use bulk_tests::{AppOptions, TestApp};
 use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
 use serde_json::{json, Value};
@@ -758,6 +758,23 @@ async fn a_drained_deployment_moves_to_another_partition_count() -> Result<()> {
                 .await?,
         );
     }
+    let keyed_body = action("north", "create", json!([{ "email": "k@north.io" }]));
+    let keyed = [("idempotency-key", "before-the-move")];
+    let keyed_reply = app
+        .send(
+            reqwest::Method::POST,
+            "/bulk-actions",
+            Some(&keyed_body),
+            &keyed,
+        )
+        .await?;
+    assert_eq!(keyed_reply.status, 202, "{}", keyed_reply.body);
+    ids.push(
+        keyed_reply.body["actionId"]
+            .as_str()
+            .context("an action id")?
+            .to_owned(),
+    );
     for id in &ids {
         app.wait_projected_terminal(id, WAIT).await?;
     }
@@ -794,7 +811,7 @@ async fn a_drained_deployment_moves_to_another_partition_count() -> Result<()> {
     let _: () = redis::AsyncCommands::zrem(&mut conn, old_keys.schedule(0), "x").await?;
 
     let report = projector::repartition(&config, 7).await?;
-    assert_eq!(report.actions, 5);
+    assert_eq!(report.actions, 6);
     let store = infra::EventStore::new(conn.clone(), new_keys.clone());
     for id in &ids {
         let action = domain::ActionId::parse(id).expect("an action id");
@@ -820,8 +837,21 @@ async fn a_drained_deployment_moves_to_another_partition_count() -> Result<()> {
     // Running it again moves nothing more.
     assert_eq!(projector::repartition(&config, 7).await?.keys_moved, 0);
 
+    // The reservation followed its account, with its expiry.
+    let reservations: Vec<String> = redis::cmd("KEYS")
+        .arg("test:*idem:*")
+        .query_async(&mut conn)
+        .await?;
+    let home = format!("test:{{{}}}:idem:", new_keys.account_partition(&north));
+    assert!(
+        reservations.len() == 1 && reservations[0].starts_with(&home),
+        "{reservations:?} under {home}"
+    );
+    let ttl: i64 = redis::AsyncCommands::ttl(&mut conn, &reservations[0]).await?;
+    assert!(ttl > 0, "the reservation lost its expiry: {ttl}");
+
     config.store.partitions = 7;
-    assert_eq!(projector::replay(&config).await?.actions, 5);
+    assert_eq!(projector::replay(&config).await?.actions, 6);
     assert_eq!(before.0, app.all_docs(infra::mongo::ACTION_VIEWS).await?);
     assert_eq!(before.1, app.all_docs(infra::mongo::LOG_VIEWS).await?);
     Ok(())
