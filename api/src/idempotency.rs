@@ -68,25 +68,50 @@ pub async fn claim(
     candidate: ActionId,
 ) -> Result<Claim, ApiError> {
     let keys = redis_keys(state, account, key);
-    let redis_key = &keys.current;
-    let ours = format!("{candidate} {body_fingerprint}");
-    let holder = match state.store.holder(&keys.legacy).await? {
-        Some(legacy) => Some(legacy),
-        None => {
-            state
-                .store
-                .reserve(redis_key, &ours, state.config.idempotency_ttl_secs)
-                .await?
+    // A reservation an older build made stands for its action once committed; one it never
+    // committed is not taken over (its id may not be minted in the account's partition).
+    if let Some(legacy) = state.store.holder(&keys.legacy).await? {
+        if let Held::Committed(id) = held(state, &legacy, body_fingerprint, &keys.legacy).await? {
+            return Ok(Claim::Replay(id));
         }
-    };
+    }
+    let ours = format!("{candidate} {body_fingerprint}");
+    let holder = state
+        .store
+        .reserve(&keys.current, &ours, state.config.idempotency_ttl_secs)
+        .await?;
     let Some(holder) = holder else {
         return Ok(Claim::Proceed(candidate));
     };
-    let (held_id, held_fingerprint) = holder.split_once(' ').unwrap_or((holder.as_str(), ""));
+    Ok(
+        match held(state, &holder, body_fingerprint, &keys.current).await? {
+            Held::Committed(id) => Claim::Replay(id),
+            Held::Uncommitted(id) => Claim::Proceed(id),
+            Held::Unreadable => Claim::Proceed(candidate),
+        },
+    )
+}
+
+/// What a reservation holds.
+enum Held {
+    Committed(ActionId),
+    /// Reserved by a submission that has not committed (yet, or ever): the retry takes over.
+    Uncommitted(ActionId),
+    /// Not ours to interpret; never let it block the client.
+    Unreadable,
+}
+
+/// Reads a reservation's value; a different body is the client's error.
+async fn held(
+    state: &AppState,
+    holder: &str,
+    body_fingerprint: &str,
+    redis_key: &str,
+) -> Result<Held, ApiError> {
+    let (held_id, held_fingerprint) = holder.split_once(' ').unwrap_or((holder, ""));
     let Some(held_id) = ActionId::parse(held_id) else {
-        // Not ours to interpret; never let it block the client.
         tracing::error!(%redis_key, "unreadable idempotency record; proceeding without it");
-        return Ok(Claim::Proceed(candidate));
+        return Ok(Held::Unreadable);
     };
     if held_fingerprint != body_fingerprint {
         return Err(ApiError::new(
@@ -97,9 +122,9 @@ pub async fn claim(
         .with_details(json!({ "actionId": held_id.to_string() })));
     }
     if state.store.meta(held_id).await?.is_some() {
-        Ok(Claim::Replay(held_id))
+        Ok(Held::Committed(held_id))
     } else {
-        Ok(Claim::Proceed(held_id))
+        Ok(Held::Uncommitted(held_id))
     }
 }
 
@@ -112,20 +137,21 @@ pub async fn committed(
     body_fingerprint: &str,
 ) -> Result<Option<ActionId>, ApiError> {
     let keys = redis_keys(state, account, key);
-    let holder = match state.store.holder(&keys.current).await? {
-        Some(holder) => Some(holder),
-        None => state.store.holder(&keys.legacy).await?,
-    };
-    let Some(holder) = holder else {
-        return Ok(None);
-    };
-    let Some((id, fingerprint)) = holder.split_once(' ') else {
-        return Ok(None);
-    };
-    let Some(id) = ActionId::parse(id).filter(|_| fingerprint == body_fingerprint) else {
-        return Ok(None);
-    };
-    Ok(state.store.meta(id).await?.map(|_| id))
+    for redis_key in [&keys.legacy, &keys.current] {
+        let Some(holder) = state.store.holder(redis_key).await? else {
+            continue;
+        };
+        let Some((id, fingerprint)) = holder.split_once(' ') else {
+            continue;
+        };
+        let Some(id) = ActionId::parse(id).filter(|_| fingerprint == body_fingerprint) else {
+            continue;
+        };
+        if state.store.meta(id).await?.is_some() {
+            return Ok(Some(id));
+        }
+    }
+    Ok(None)
 }
 
 /// Where a key's reservation is kept, and where builds before issue 14 kept it: a

@@ -9,12 +9,14 @@
 //! The two live in different hash slots (a key is found by its id, a list by its account),
 //! so on a Redis Cluster they cannot change in one transaction. They change in an order
 //! that any crash leaves harmless: an id is listed before its key exists, and a revoked
-//! key is gone before it is unlisted; a listed id without a key is not shown.
+//! key is gone before it is unlisted; a listed id without a key is not shown. On a cluster
+//! a revocation is answered once a replica holds it (waiting 2 s at most).
 
 use domain::{AccountId, Timestamp};
 use redis::AsyncCommands;
 
 use crate::event_store::{EventStore, StoreError};
+use crate::redis_conn::Shared;
 use crate::roles::AccountAdmin;
 
 /// A stored key, without its secret.
@@ -71,12 +73,37 @@ impl AccountAdmin {
                 let mut conn = self.conn.clone();
                 let _: () = conn.del(self.api_key_key(key_id)).await?;
                 let _: () = conn.zrem(self.account_keys_key(account), key_id).await?;
+                self.wait_for_a_replica(&mut conn, "the revocation").await?;
                 Ok(true)
             }
             _ => Ok(false),
         }
     }
 }
+
+impl AccountAdmin {
+    /// On a cluster, waits (a bounded time) until a replica of every master holds this
+    /// connection's writes, so that a failover does not bring back a revoked key (decision
+    /// 0047). Revocations are rare, so they can pay the round trip that settlements do not.
+    /// A cluster without replicas has no failover to fear, and never gets an acknowledgement:
+    /// then the wait runs out, is logged, and the revocation stands.
+    async fn wait_for_a_replica(&self, conn: &mut Shared, what: &str) -> Result<(), StoreError> {
+        if let Shared::Cluster(_) = conn {
+            let replicas: i64 = redis::cmd("WAIT")
+                .arg(1)
+                .arg(REPLICA_WAIT_MS)
+                .query_async(conn)
+                .await?;
+            if replicas < 1 {
+                tracing::warn!(what, "no replica acknowledged within {REPLICA_WAIT_MS} ms");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How long a revocation waits for replicas.
+const REPLICA_WAIT_MS: u64 = 2_000;
 
 impl EventStore {
     pub async fn api_key(&self, key_id: &str) -> Result<Option<StoredKey>, StoreError> {

@@ -78,23 +78,24 @@ impl Scheduling {
         let mut offset = 0;
         for _ in 0..MAX_PAGES {
             let page = self.ready_page(partition, offset).await?;
-            if page.is_empty() {
+            if page.read == 0 {
                 break;
             }
-            let last_page = page.len() < ACCOUNTS_PER_PAGE;
+            let last_page = page.read < ACCOUNTS_PER_PAGE;
             let passes = if last_page { 0 } else { 1 };
             let mut invocation = self.scripts.dispatch.prepare_invoke();
             invocation
                 .key(self.keys.ready(partition))
                 .key(self.keys.dispatch(partition))
                 .key(self.keys.work(partition));
-            for (account, _) in &page {
+            for waiting in &page.accounts {
+                let account = &waiting.account;
                 invocation
                     .key(self.keys.account_queue(partition, account))
                     .key(self.keys.limits(partition, account))
                     .key(self.keys.records_budget(partition, account));
             }
-            for action in page.iter().flat_map(|(_, actions)| actions) {
+            for action in page.accounts.iter().flat_map(|waiting| &waiting.queue_head) {
                 invocation
                     .key(self.keys.meta(*action))
                     .key(self.keys.parked(*action));
@@ -105,10 +106,13 @@ impl Scheduling {
                 .arg(limits.max_outstanding.max(1))
                 .arg(max_grants - dispatched.granted)
                 .arg(passes)
-                .arg(page.len());
-            for (account, actions) in &page {
-                invocation.arg(account.as_str()).arg(actions.len());
-                for action in actions {
+                .arg(page.accounts.len());
+            for waiting in &page.accounts {
+                invocation
+                    .arg(waiting.account.as_str())
+                    .arg(&waiting.turn)
+                    .arg(waiting.queue_head.len());
+                for action in &waiting.queue_head {
                     invocation.arg(action.to_string());
                 }
             }
@@ -119,38 +123,51 @@ impl Scheduling {
             }
             match usize::try_from(held) {
                 // The accounts held by this page and the pages before it keep their places
-                // at the front; the ones served went to the back.
-                Ok(held) if !last_page && dispatched.granted < max_grants => offset += held,
+                // at the front (so do unreadable entries); the ones served went to the back.
+                Ok(held) if !last_page && dispatched.granted < max_grants => {
+                    offset += held + page.unreadable;
+                }
                 _ => break,
             }
         }
         Ok(dispatched)
     }
 
-    /// Up to `ACCOUNTS_PER_PAGE` accounts of `ready` from `offset`, least recently served
-    /// first, each with the head of its queue.
-    async fn ready_page(
-        &self,
-        partition: u32,
-        offset: usize,
-    ) -> Result<Vec<(AccountId, Vec<ActionId>)>, StoreError> {
+    /// Up to `ACCOUNTS_PER_PAGE` entries of `ready` from `offset`, least recently served
+    /// first, each with its score and the head of its queue. An entry that is not an
+    /// account id (no build writes one) is logged and passed over rather than stalling the
+    /// partition's every account.
+    async fn ready_page(&self, partition: u32, offset: usize) -> Result<ReadyPage, StoreError> {
         let mut conn = self.conn.clone();
         let start = isize::try_from(offset).unwrap_or(isize::MAX);
         let stop = start.saturating_add(ACCOUNTS_PER_PAGE as isize - 1);
-        let names: Vec<String> = conn.zrange(self.keys.ready(partition), start, stop).await?;
-        let accounts = names
-            .iter()
-            .map(|name| {
-                AccountId::parse(name).map_err(|error| {
-                    StoreError::Corrupt(format!("account {name:?} in ready: {error}"))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let entries: Vec<(String, String)> = redis::cmd("ZRANGE")
+            .arg(self.keys.ready(partition))
+            .arg(start)
+            .arg(stop)
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await?;
+        let read = entries.len();
+        let mut accounts = Vec::with_capacity(read);
+        for (name, turn) in entries {
+            match AccountId::parse(&name) {
+                Ok(account) => accounts.push((account, turn)),
+                Err(error) => {
+                    tracing::error!(partition, ?name, %error, "unreadable entry in ready")
+                }
+            }
+        }
+        let unreadable = read - accounts.len();
         if accounts.is_empty() {
-            return Ok(Vec::new());
+            return Ok(ReadyPage {
+                read,
+                unreadable,
+                accounts: Vec::new(),
+            });
         }
         let mut heads = redis::pipe();
-        for account in &accounts {
+        for (account, _) in &accounts {
             heads.zrange(
                 self.keys.account_queue(partition, account),
                 0,
@@ -158,23 +175,51 @@ impl Scheduling {
             );
         }
         let heads: Vec<Vec<String>> = heads.query_async(&mut conn).await?;
-        accounts
+        let accounts = accounts
             .into_iter()
             .zip(heads)
-            .map(|(account, head)| {
-                let actions = head
+            .map(|((account, turn), head)| {
+                let queue_head = head
                     .iter()
-                    .map(|id| {
-                        ActionId::parse(id).ok_or_else(|| {
-                            StoreError::Corrupt(format!("action {id:?} in the queue of {account}"))
-                        })
+                    .filter_map(|id| {
+                        let action = ActionId::parse(id);
+                        if action.is_none() {
+                            tracing::error!(%account, ?id, "unreadable entry in a queue");
+                        }
+                        action
                     })
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok((account, actions))
+                    .collect();
+                WaitingAccount {
+                    account,
+                    turn,
+                    queue_head,
+                }
             })
-            .collect()
+            .collect();
+        Ok(ReadyPage {
+            read,
+            unreadable,
+            accounts,
+        })
     }
+}
 
+/// One page of `ready` as the dispatcher read it.
+struct ReadyPage {
+    /// Entries read, the unreadable ones included.
+    read: usize,
+    unreadable: usize,
+    accounts: Vec<WaitingAccount>,
+}
+
+struct WaitingAccount {
+    account: AccountId,
+    /// Its score in `ready` when read, as Redis wrote it.
+    turn: String,
+    queue_head: Vec<ActionId>,
+}
+
+impl Scheduling {
     /// Announces a consumer process and its worker count until `expires_ms`.
     pub async fn register_consumer(
         &self,

@@ -145,12 +145,16 @@ async fn move_key(conn: &mut Shared, old: &str, new: &str) -> Result<bool, Repar
     if old == new {
         return Ok(false);
     }
+    // Keeps an expiry (idempotency reservations have one): -1 is none (0 for RESTORE), -2
+    // gone. Read first, so a key expiring meanwhile is lost, never made to last forever.
+    let ttl_ms: i64 = conn.pttl(old).await?;
+    if ttl_ms == -2 {
+        return Ok(false);
+    }
     let dumped: Option<Vec<u8>> = redis::cmd("DUMP").arg(old).query_async(conn).await?;
     let Some(dumped) = dumped else {
         return Ok(false);
     };
-    // Keeps an expiry (idempotency reservations have one; -1 is none, 0 for RESTORE).
-    let ttl_ms: i64 = conn.pttl(old).await?;
     let _: () = redis::cmd("RESTORE")
         .arg(new)
         .arg(ttl_ms.max(0))

@@ -1,14 +1,12 @@
-//! The platform on a real Redis Cluster (three masters, three replicas; `RedisCluster`).
+//! The platform on a real Redis Cluster (three masters, three replicas; `RedisCluster`):
+//! the api on every path, actions on every master, a master's failover and a reshard in the
+//! middle of an action.
 //!
-//! `scripts/test.sh` also runs the processing tests and the in-process flow tests (fairness,
-//! schedules, cancel, pause, resume, PATCH, racing commands) on a cluster of their own
-//! (`BULK_TEST_REDIS=cluster`).
-//!
-//! Issue 14 is under way: the connection layer, every api path, and consumers and the
-//! projector (which read their partitions' streams one slot at a time there) run on a
-//! cluster, and an action survives its master's failover; all tested here. Resharding,
-//! the dispatch script's undeclared keys, the flow tests on a cluster and the benchmarks
-//! are next (docs/ARCHITECTURE.md, Known gaps).
+//! `scripts/test.sh` also runs the processing and flow tests (fairness, limits across
+//! processes, schedules, cancel, pause, resume, PATCH, racing commands, idempotency) on a
+//! cluster of their own (`BULK_TEST_REDIS=cluster`). Every script there runs behind the key
+//! guard of `lua/lib.lua`, so those runs also prove that no script touches a key it was not
+//! given.
 
 use std::collections::BTreeSet;
 

@@ -1304,8 +1304,8 @@ async fn racing_commands_record_only_what_the_facts_allow() -> Result<()> {
 }
 
 /// The dispatcher reads `ready` a page at a time (every key a script touches is declared):
-/// accounts out of budget filling the first pages never hide an account behind them, and
-/// one call serves the accounts of every page before any gets a second batch.
+/// one call reaches the accounts of every page, and accounts out of budget filling the
+/// first pages never hide an account behind them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accounts_past_a_page_of_accounts_out_of_budget_are_served() -> Result<()> {
     let _serial = SERIAL.lock().await;
@@ -1370,6 +1370,74 @@ async fn accounts_past_a_page_of_accounts_out_of_budget_are_served() -> Result<(
     Ok(())
 }
 
+/// Every consumer process dispatches every partition: dispatchers that read the same page
+/// at once do not serve its accounts twice in a round while accounts behind them wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatchers_racing_over_one_page_serve_each_account_once_a_round() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let app = TestApp::spawn(AppOptions {
+        consumers: 0,
+        batch_size: 1,
+        ..AppOptions::default()
+    })
+    .await?;
+    let keys = app.keys();
+    let partition = 0;
+    const ACCOUNTS: usize = 150;
+    let names = (0..)
+        .map(|i| format!("racing{i}"))
+        .filter(|name| {
+            domain::AccountId::parse(name).is_ok_and(|id| keys.account_partition(&id) == partition)
+        })
+        .take(ACCOUNTS);
+    for name in names {
+        app.submit(&create(&name, 0..3)).await?;
+    }
+    let limits = infra::flow::DispatchLimits {
+        default_records_per_minute: 100_000_000,
+        burst_seconds: 60,
+        max_outstanding: 10_000,
+        max_grants: 37,
+    };
+    const DISPATCHERS: usize = 4; // 148 grants in all: one round, short of every account
+    let mut racing = Vec::new();
+    for _ in 0..DISPATCHERS {
+        let scheduling = infra::Scheduling::new(store_of(&app).await?);
+        racing.push(tokio::spawn(async move {
+            scheduling.dispatch(partition, limits).await
+        }));
+    }
+    let mut granted = 0;
+    for dispatcher in racing {
+        granted += dispatcher.await??.granted;
+    }
+    let mut conn = infra::redis_conn::shared(app.redis_url()).await?;
+    let work: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(keys.work(partition))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await?;
+    let actions: Vec<String> = work
+        .ids
+        .iter()
+        .filter_map(|entry| entry.get::<String>("action"))
+        .collect();
+    let distinct: BTreeSet<&String> = actions.iter().collect();
+    ensure!(
+        granted as usize == actions.len() && actions.len() == DISPATCHERS * 37,
+        "{granted} granted, {} handed out",
+        actions.len()
+    );
+    ensure!(
+        distinct.len() == actions.len(),
+        "{} of {} batches went to accounts served twice in the round",
+        actions.len() - distinct.len(),
+        actions.len()
+    );
+    Ok(())
+}
+
 /// Every script runs behind the key guard of `lua/lib.lua`: a key not given in KEYS is
 /// refused, on one node as on a cluster, so no script can reach past its slot unnoticed.
 #[tokio::test]
@@ -1397,6 +1465,20 @@ async fn the_key_guard_refuses_a_key_not_given_in_keys() -> Result<()> {
         unknown.is_err_and(|error| error.to_string().contains("does not know")),
         "a command the guard cannot check ran"
     );
+    // Every key of a command that names several.
+    for (shape, body) in [
+        ("all", "return call('DEL', KEYS[1], 'guard:other')"),
+        ("first two", "return call('RENAME', KEYS[1], 'guard:other')"),
+    ] {
+        let refused: redis::RedisResult<()> = infra::scripts::with_library(body)
+            .key("guard:declared")
+            .invoke_async(&mut conn)
+            .await;
+        ensure!(
+            refused.is_err_and(|error| error.to_string().contains("undeclared key guard:other")),
+            "a second key ({shape}) went unchecked"
+        );
+    }
     let given: Option<String> = infra::scripts::with_library("return call('GET', KEYS[1])")
         .key("guard:declared")
         .invoke_async(&mut conn)

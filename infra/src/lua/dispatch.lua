@@ -26,11 +26,13 @@
 -- ARGV: defaultRecordsPerMinute, burstSeconds, maxOutstanding, maxGrants, passes (0: as
 --       many as give batches; 1 when more accounts wait past this page, so that each gets
 --       its batch before any gets a second), accountCount, then per account: account,
---       actionCount, action...
+--       its score in `ready` as read, actionCount, action...
 -- Returns {granted, waitMs, held}: waitMs is how soon a batch held back by a budget or
 -- pace could go (-1: none is); held is how many of the given accounts are still in
--- `ready`, not served by this call (they keep their place at its front, so the caller's
--- next page starts after them), or -1 when this call stopped for want of room or grants.
+-- `ready` where the caller read them, not served by this call (they keep their place at
+-- its front, so the caller's next page starts after them), or -1 when this call stopped
+-- for want of room or grants. An account whose score changed since the read was served by
+-- another dispatcher meanwhile: it went to the back, and this call leaves it there.
 local now = math.floor(clock_ms())
 local default_rpm = tonumber(ARGV[1])
 local burst_seconds = tonumber(ARGV[2])
@@ -44,17 +46,17 @@ local next_key = 4 + 3 * tonumber(ARGV[6])
 local arg = 7
 for i = 1, tonumber(ARGV[6]) do
   local account = {
-    name = ARGV[arg], queue = KEYS[1 + 3 * i], limits = KEYS[2 + 3 * i],
-    budget = KEYS[3 + 3 * i], actions = {},
+    name = ARGV[arg], turn = ARGV[arg + 1], queue = KEYS[1 + 3 * i],
+    limits = KEYS[2 + 3 * i], budget = KEYS[3 + 3 * i], actions = {},
   }
-  local action_count = tonumber(ARGV[arg + 1])
+  local action_count = tonumber(ARGV[arg + 2])
   for j = 1, action_count do
     account.actions[j] = {
-      id = ARGV[arg + 1 + j], meta = KEYS[next_key], parked = KEYS[next_key + 1],
+      id = ARGV[arg + 2 + j], meta = KEYS[next_key], parked = KEYS[next_key + 1],
     }
     next_key = next_key + 2
   end
-  arg = arg + 2 + action_count
+  arg = arg + 3 + action_count
   accounts[i] = account
 end
 local granted = 0
@@ -174,19 +176,20 @@ local function try_account(account)
   return false
 end
 
--- The given accounts still in `ready`, least recently served first (as ZRANGE orders them).
+-- The given accounts still in `ready` at the turn they had when read (or were given by
+-- this call), least recently served first, as ZRANGE orders them.
 local function in_turn_order()
   local waiting = {}
   for _, account in ipairs(accounts) do
     local turn = call('ZSCORE', KEYS[1], account.name)
-    if turn then
-      account.turn = tonumber(turn)
+    if turn and account.turn and tonumber(turn) == tonumber(account.turn) then
       waiting[#waiting + 1] = account
     end
   end
   table.sort(waiting, function(a, b)
-    if a.turn ~= b.turn then
-      return a.turn < b.turn
+    local a_turn, b_turn = tonumber(a.turn), tonumber(b.turn)
+    if a_turn ~= b_turn then
+      return a_turn < b_turn
     end
     return a.name < b.name
   end)
@@ -203,6 +206,7 @@ while (max_passes == 0 or passes < max_passes) and room > 0 and granted < max_gr
     end
     if try_account(account) then
       account.served = true
+      account.turn = call('ZSCORE', KEYS[1], account.name)
       granted = granted + 1
       room = room - 1
       progress = true
