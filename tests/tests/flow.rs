@@ -1303,23 +1303,52 @@ async fn racing_commands_record_only_what_the_facts_allow() -> Result<()> {
     Ok(())
 }
 
+/// An app without consumers, whose actions have one record per batch.
+async fn app_of_single_record_batches() -> Result<TestApp> {
+    TestApp::spawn(AppOptions {
+        consumers: 0,
+        batch_size: 1,
+        ..AppOptions::default()
+    })
+    .await
+}
+
+/// Account names `<stem><i>` whose actions live in `partition`.
+fn accounts_in(keys: &infra::Keys, stem: &str, partition: u32) -> impl Iterator<Item = String> {
+    let keys = keys.clone();
+    let stem = stem.to_owned();
+    (0..)
+        .map(move |i| format!("{stem}{i}"))
+        .filter(move |name| {
+            domain::AccountId::parse(name).is_ok_and(|id| keys.account_partition(&id) == partition)
+        })
+}
+
+/// The action of every entry of a partition's work stream, oldest first.
+async fn work_actions(app: &TestApp, partition: u32) -> Result<Vec<String>> {
+    let mut conn = infra::redis_conn::shared(app.redis_url()).await?;
+    let work: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(app.keys().work(partition))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await?;
+    Ok(work
+        .ids
+        .iter()
+        .filter_map(|entry| entry.get::<String>("action"))
+        .collect())
+}
+
 /// The dispatcher reads `ready` a page at a time (every key a script touches is declared):
 /// one call reaches the accounts of every page, and accounts out of budget filling the
 /// first pages never hide an account behind them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accounts_past_a_page_of_accounts_out_of_budget_are_served() -> Result<()> {
     let _serial = SERIAL.lock().await;
-    let app = TestApp::spawn(AppOptions {
-        consumers: 0,
-        batch_size: 1,
-        ..AppOptions::default()
-    })
-    .await?;
-    let keys = app.keys();
+    let app = app_of_single_record_batches().await?;
     let partition = 0;
-    let mut names = (0..).map(|i| format!("paged{i}")).filter(|name| {
-        domain::AccountId::parse(name).is_ok_and(|id| keys.account_partition(&id) == partition)
-    });
+    let mut names = accounts_in(&app.keys(), "paged", partition);
     const BLOCKED: usize = 150; // more than two pages of 64
     for name in names.by_ref().take(BLOCKED) {
         app.submit(&create(&name, 0..2)).await?;
@@ -1350,23 +1379,8 @@ async fn accounts_past_a_page_of_accounts_out_of_budget_are_served() -> Result<(
         served.granted == 1,
         "the late account behind them: {served:?}"
     );
-    let mut conn = infra::redis_conn::shared(app.redis_url()).await?;
-    let last: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
-        .arg(keys.work(partition))
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(&mut conn)
-        .await?;
-    let handed = last
-        .ids
-        .first()
-        .and_then(|entry| entry.get::<String>("action"));
-    ensure!(
-        handed.as_deref() == Some(late_action.as_str()),
-        "{handed:?}"
-    );
+    let handed = work_actions(&app, partition).await?;
+    ensure!(handed.last() == Some(&late_action), "{:?}", handed.last());
     Ok(())
 }
 
@@ -1375,22 +1389,10 @@ async fn accounts_past_a_page_of_accounts_out_of_budget_are_served() -> Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dispatchers_racing_over_one_page_serve_each_account_once_a_round() -> Result<()> {
     let _serial = SERIAL.lock().await;
-    let app = TestApp::spawn(AppOptions {
-        consumers: 0,
-        batch_size: 1,
-        ..AppOptions::default()
-    })
-    .await?;
-    let keys = app.keys();
+    let app = app_of_single_record_batches().await?;
     let partition = 0;
     const ACCOUNTS: usize = 150;
-    let names = (0..)
-        .map(|i| format!("racing{i}"))
-        .filter(|name| {
-            domain::AccountId::parse(name).is_ok_and(|id| keys.account_partition(&id) == partition)
-        })
-        .take(ACCOUNTS);
-    for name in names {
+    for name in accounts_in(&app.keys(), "racing", partition).take(ACCOUNTS) {
         app.submit(&create(&name, 0..3)).await?;
     }
     let limits = infra::flow::DispatchLimits {
@@ -1411,18 +1413,7 @@ async fn dispatchers_racing_over_one_page_serve_each_account_once_a_round() -> R
     for dispatcher in racing {
         granted += dispatcher.await??.granted;
     }
-    let mut conn = infra::redis_conn::shared(app.redis_url()).await?;
-    let work: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(keys.work(partition))
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
-        .await?;
-    let actions: Vec<String> = work
-        .ids
-        .iter()
-        .filter_map(|entry| entry.get::<String>("action"))
-        .collect();
+    let actions = work_actions(&app, partition).await?;
     let distinct: BTreeSet<&String> = actions.iter().collect();
     ensure!(
         granted as usize == actions.len() && actions.len() == DISPATCHERS * 37,
