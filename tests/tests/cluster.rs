@@ -250,7 +250,9 @@ struct RunningAction {
     feed: String,
 }
 
-async fn a_running_action(records: u64, tag: &str) -> Result<RunningAction> {
+/// An upsert of `records` new contacts on a cluster of its own, 2,000 records in; `pace`
+/// (records a minute) keeps it running for as long as a test needs.
+async fn a_running_action(records: u64, tag: &str, pace: Option<u64>) -> Result<RunningAction> {
     let cluster = tokio::task::spawn_blocking(RedisCluster::start).await??;
     let keys = infra::Keys::new("test", PARTITIONS);
     let account = accounts_on_every_master(&cluster, &keys)?.remove(0);
@@ -258,7 +260,10 @@ async fn a_running_action(records: u64, tag: &str) -> Result<RunningAction> {
     let data: Vec<Value> = (0..records)
         .map(|i| json!({ "email": format!("{tag}{i}@{account}.io"), "name": format!("{tag} {i}") }))
         .collect();
-    let body = json!({ "accountId": account, "entityType": "contact", "actionType": "upsert", "data": data });
+    let mut body = json!({ "accountId": account, "entityType": "contact", "actionType": "upsert", "data": data });
+    if let Some(pace) = pace {
+        body["maxRecordsPerMinute"] = json!(pace);
+    }
     let action = app.submit(&body).await?;
     app.wait_view(&action, std::time::Duration::from_secs(60), |view| {
         view["processedRecords"].as_u64() >= Some(2_000)
@@ -323,8 +328,20 @@ async fn completed_exactly(
 async fn an_action_completes_exactly_through_its_masters_failover() -> Result<()> {
     const RECORDS: u64 = 50_000;
     let _serial = SERIAL.lock().await;
-    let mut run = a_running_action(RECORDS, "f").await?;
+    let mut run = a_running_action(RECORDS, "f", None).await?;
     let master = run.cluster.master_of(&run.feed)?;
+    // A keyed submission of the same account, on the same master (an update of nobody,
+    // so that the account's contacts stay the action's).
+    let keyed_body = json!({
+        "accountId": run.account, "entityType": "contact", "actionType": "update",
+        "data": [{ "email": "nobody@failover.io", "name": "n" }],
+    });
+    let keyed = [("idempotency-key", "across-the-failover")];
+    let first = run
+        .app
+        .send(Method::POST, "/bulk-actions", Some(&keyed_body), &keyed)
+        .await?;
+    ensure!(first.status == 202, "{} {}", first.status, first.body);
     let finished_before = completed_events(&run.store, run.id).await?;
     run.cluster.kill_node(master);
     ensure!(
@@ -348,6 +365,19 @@ async fn an_action_completes_exactly_through_its_masters_failover() -> Result<()
     ensure!(
         masters.len() == 3 && !masters.contains(&master),
         "the killed master's replica was promoted: masters {masters:?}, killed {master}"
+    );
+    // The reservation failed over with the action it guards: a retry is the same action.
+    let again = run
+        .app
+        .send(Method::POST, "/bulk-actions", Some(&keyed_body), &keyed)
+        .await?;
+    ensure!(
+        again.header("idempotent-replayed") == Some("true")
+            && again.body["actionId"] == first.body["actionId"],
+        "{} {} after {}",
+        again.status,
+        again.body,
+        first.body
     );
 
     // A replica SIGKILLed and started again on its data changes nothing.
@@ -382,7 +412,8 @@ async fn an_action_completes_exactly_through_its_masters_failover() -> Result<()
 async fn an_action_completes_exactly_while_its_slot_moves_to_another_master() -> Result<()> {
     const RECORDS: u64 = 20_000;
     let _serial = SERIAL.lock().await;
-    let run = a_running_action(RECORDS, "r").await?;
+    // Paced to take 40 s, longer than moving a third of the slots takes here.
+    let run = a_running_action(RECORDS, "r", Some(30_000)).await?;
     let from = run.cluster.master_of(&run.feed)?;
     let to = run
         .cluster
@@ -400,6 +431,11 @@ async fn an_action_completes_exactly_while_its_slot_moves_to_another_master() ->
     })
     .await??;
     ensure!(cluster.master_of(&run.feed)? == to, "the slot did not move");
+    // Unfinished on both sides of the move: its slot moved while batches were settling.
+    ensure!(
+        completed_events(&run.store, run.id).await? == 0,
+        "the action ended before its slot had moved"
+    );
 
     let codes = completed_exactly(&run.app, &run.account, &run.action, RECORDS).await?;
     ensure!(codes.keys().eq(["created"]), "{codes:?}");
