@@ -1470,6 +1470,43 @@ async fn the_key_guard_refuses_a_key_not_given_in_keys() -> Result<()> {
             "a second key ({shape}) went unchecked"
         );
     }
+    // The guard's table says where each command names its keys as Redis itself does.
+    let library = infra::scripts::LIBRARY;
+    let table = library
+        .split_once("local KEY_ARGUMENTS = {")
+        .and_then(|(_, rest)| rest.split_once('}'))
+        .map(|(table, _)| table)
+        .context("KEY_ARGUMENTS in lib.lua")?;
+    let mut checked = 0;
+    for entry in table.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (command, shape) = entry.split_once('=').context("NAME = 'shape'")?;
+        let (command, shape) = (command.trim(), shape.trim().trim_matches('\''));
+        let info: Vec<redis::Value> = redis::cmd("COMMAND")
+            .arg("INFO")
+            .arg(command)
+            .query_async(&mut conn)
+            .await?;
+        let [redis::Value::Array(info)] = info.as_slice() else {
+            anyhow::bail!("COMMAND INFO {command}: {info:?}");
+        };
+        let key_positions: Vec<i64> = info[3..6]
+            .iter()
+            .map(|value| redis::from_redis_value(value.clone()))
+            .collect::<Result<_, _>>()?;
+        let expected: [i64; 3] = match shape {
+            "none" => [0, 0, 0],
+            "first" => [1, 1, 1],
+            "first two" => [1, 2, 1],
+            "all" => [1, -1, 1],
+            other => anyhow::bail!("{command}: shape {other}"),
+        };
+        ensure!(
+            key_positions == expected,
+            "{command} is '{shape}' in the guard, Redis says first/last/step {key_positions:?}"
+        );
+        checked += 1;
+    }
+    ensure!(checked >= 30, "{checked} commands in the guard's table");
     let given: Option<String> = infra::scripts::with_library("return call('GET', KEYS[1])")
         .key("guard:declared")
         .invoke_async(&mut conn)
