@@ -106,7 +106,11 @@ elif [ ! -s "$DEV/admin-token" ]; then
 fi
 export ADMIN_TOKEN="$(cat "$DEV/admin-token")"
 export REDIS_URL
-export MONGODB_URI="mongodb://127.0.0.1:$DEV_MONGO_PORT/crm-bulk-actions"
+# A database per topology: a cluster starts with an empty Redis (and 6 partitions), so the
+# views of the single node's actions must not show up beside it.
+DATABASE=crm-bulk-actions
+[ "$REDIS_TOPOLOGY" = cluster ] && DATABASE=crm-bulk-actions-cluster
+export MONGODB_URI="mongodb://127.0.0.1:$DEV_MONGO_PORT/$DATABASE"
 export PORT
 start projector "$BIN/projector"
 for n in $(seq 1 "$CONSUMERS"); do
@@ -124,6 +128,7 @@ curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null || { log "api is not ready;
 DEMO_KEY_FILE="$DEV/demo-api-key"
 if ! [ -s "$DEMO_KEY_FILE" ] ||
   ! curl -fs -o /dev/null -H "authorization: Bearer $(cat "$DEMO_KEY_FILE")" "http://127.0.0.1:$PORT/bulk-actions?limit=1"; then
+  log "making the demo account's API key (this Redis has none)"
   curl -fsS -X POST -H "authorization: Bearer $ADMIN_TOKEN" "http://127.0.0.1:$PORT/admin/accounts/demo/api-keys" |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["apiKey"])' > "$DEMO_KEY_FILE"
 fi
@@ -133,7 +138,7 @@ cat <<MSG
 
   CRM bulk action platform is up.
     API:       http://127.0.0.1:$PORT        (OpenAPI: http://127.0.0.1:$PORT/openapi.json)
-    Redis:     $REDIS_URL
+    Redis:     $REDIS_URL   (STREAM_PARTITIONS=${STREAM_PARTITIONS:-4})
     MongoDB:   $MONGODB_URI   (FerretDB on PostgreSQL :$DEV_PG_PORT)
     Logs:      $DEV/logs/        Stop: scripts/down.sh
 

@@ -36,6 +36,16 @@ pub enum Topology {
 impl Topology {
     pub fn parse(url: &str) -> Result<Self, String> {
         let Some(rest) = url.strip_prefix("redis+cluster://") else {
+            let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+            if scheme.starts_with("rediss") {
+                return Err("TLS (rediss) is not supported yet".into());
+            }
+            if !matches!(scheme, "redis" | "redis+unix" | "unix") {
+                return Err(format!(
+                    "unknown scheme {scheme:?}: redis://host:port for one node, \
+                     redis+cluster://host:port,host:port for a cluster"
+                ));
+            }
             Client::open(url).map_err(|error| error.to_string())?;
             return Ok(Topology::Single(url.to_owned()));
         };
@@ -43,10 +53,18 @@ impl Topology {
         if rest.contains(['/', '?', '#']) {
             return Err("a cluster URL has no database, query or fragment".into());
         }
-        let (credentials, hosts) = match rest.rsplit_once('@') {
+        // Credentials once, before the first host; an '@' or ',' in them is percent-encoded.
+        let (credentials, hosts) = match rest.split_once('@') {
             Some((credentials, hosts)) => (format!("{credentials}@"), hosts),
             None => (String::new(), rest),
         };
+        if hosts.contains('@') || credentials.contains(',') {
+            return Err(
+                "a cluster URL gives its credentials once, before the first host \
+                 (redis+cluster://user:password@host:port,host:port)"
+                    .into(),
+            );
+        }
         let mut nodes = Vec::new();
         for host in hosts.split(',').map(str::trim) {
             let port = host.rsplit_once(':').map(|(_, port)| port);
@@ -184,9 +202,9 @@ mod tests {
             ]))
         );
         assert_eq!(
-            Topology::parse("redis+cluster://:p@ss,w@rd@[::1]:7000"),
+            Topology::parse("redis+cluster://:p%40ss%2Cw%40rd@[::1]:7000"),
             Ok(Topology::Cluster(vec![
-                "redis://:p@ss,w@rd@[::1]:7000".into()
+                "redis://:p%40ss%2Cw%40rd@[::1]:7000".into()
             ]))
         );
         for malformed in [
@@ -200,6 +218,9 @@ mod tests {
             "redis+cluster://r1:7000?protocol=resp3",
             "rediss+cluster://r1:7000",
             "rediss://cache:6380",
+            "redis-cluster://r1:7000",
+            "redis+cluster://:pw@r1:7000,:pw@r2:7001",
+            "redis+cluster://:p@ss,w@rd@r1:7000",
         ] {
             assert!(Topology::parse(malformed).is_err(), "{malformed}");
         }
