@@ -47,15 +47,21 @@ pub struct SubmitRequest {
 }
 
 /// One contact record. Unknown fields, `$`-prefixed or dotted keys, and wrong types fail
-/// the record (not the request) with a code in the action's logs.
+/// the record (not the request) with a code in the action's logs. A field left out is left
+/// as it is; `null` removes it from the contact (in CSV: the cell `#N/A`; an empty cell
+/// leaves it).
 #[allow(dead_code)]
 #[derive(Deserialize, ToSchema)]
 pub struct ContactRecord {
+    /// The key; it cannot be cleared.
     #[schema(example = "ann@example.com")]
     email: String,
+    /// At most 256 characters; `null` clears it.
     name: Option<String>,
+    /// `null` clears it.
     #[schema(minimum = 0, maximum = 150)]
     age: Option<i64>,
+    /// At most 64 characters; `null` clears it.
     status: Option<String>,
 }
 

@@ -10,8 +10,9 @@
 //!   these 40k contacts"), so a batch is typically one or two statements;
 //! - statements are sent many per `update` command, at most `statements_per_command`.
 //!
-//! Only the managed fields are ever `$set`; a contact's `_id` and every field we do not
-//! manage are left as they are, whatever their shape.
+//! Only the managed fields are ever `$set` or (when a record clears one) `$unset`; a
+//! contact's `_id` and every field we do not manage are left as they are, whatever their
+//! shape.
 //!
 //! Contacts the platform inserts carry `createdByBulkAction: <actionId>`. A retried attempt
 //! at a create or upsert batch looks up which of its emails an earlier attempt of this very
@@ -21,12 +22,12 @@
 use std::collections::{HashMap, HashSet};
 
 use domain::{
-    AccountId, ActionId, ActionType, Batch, ContactChange, OutcomeCode, PlannedRecord,
+    AccountId, ActionId, ActionType, Batch, ContactChange, FieldChange, OutcomeCode, PlannedRecord,
     RecordOutcome,
 };
 use futures::TryStreamExt;
 use infra::mongo::CONTACTS;
-use mongodb::bson::{doc, DateTime, Document};
+use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::options::FindOptions;
 use mongodb::Database;
 
@@ -317,17 +318,88 @@ fn outcome(record: &PlannedRecord, code: OutcomeCode, message: Option<&str>) -> 
     )
 }
 
-fn managed_fields(change: &ContactChange, now: DateTime) -> Document {
+/// The update a record makes to its contact: `$set` of the values (and `updatedAt`), and
+/// `$unset` of the fields it clears, if any.
+fn contact_update(change: &ContactChange, now: DateTime) -> Document {
     let mut set = Document::new();
-    if let Some(name) = &change.fields.name {
-        set.insert("name", name.as_str());
-    }
-    if let Some(age) = change.fields.age {
-        set.insert("age", age);
-    }
-    if let Some(status) = &change.fields.status {
-        set.insert("status", status.as_str());
+    let mut unset = Document::new();
+    let fields = &change.fields;
+    for (name, value) in [
+        ("name", text_change(&fields.name)),
+        (
+            "age",
+            fields
+                .age
+                .as_ref()
+                .map(|age| age.value().map(|age| Bson::Int64(*age))),
+        ),
+        ("status", text_change(&fields.status)),
+    ] {
+        match value {
+            Some(Some(value)) => {
+                set.insert(name, value);
+            }
+            Some(None) => {
+                unset.insert(name, "");
+            }
+            None => {}
+        }
     }
     set.insert("updatedAt", now);
-    set
+    let mut update = doc! { "$set": set };
+    if !unset.is_empty() {
+        update.insert("$unset", unset);
+    }
+    update
+}
+
+/// The values a new contact starts with (a clear has nothing to remove there).
+fn new_contact_fields(change: &ContactChange, now: DateTime) -> Document {
+    let mut fields = Document::new();
+    if let Some(FieldChange::Set(name)) = &change.fields.name {
+        fields.insert("name", name.as_str());
+    }
+    if let Some(FieldChange::Set(age)) = change.fields.age {
+        fields.insert("age", age);
+    }
+    if let Some(FieldChange::Set(status)) = &change.fields.status {
+        fields.insert("status", status.as_str());
+    }
+    fields.insert("updatedAt", now);
+    fields
+}
+
+/// A text field's change as BSON: `Some(None)` clears it.
+fn text_change(change: &Option<FieldChange<String>>) -> Option<Option<Bson>> {
+    change
+        .as_ref()
+        .map(|change| change.value().map(|text| Bson::String(text.clone())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(record: serde_json::Value) -> ContactChange {
+        ContactChange::parse(&record, ActionType::Upsert).expect("a valid record")
+    }
+
+    #[test]
+    fn a_clear_is_an_unset_in_the_same_update_and_never_part_of_an_insert() {
+        let now = DateTime::from_millis(0);
+        let both = change(serde_json::json!({"email": "a@b.co", "name": "Ann", "age": null}));
+        assert_eq!(
+            contact_update(&both, now),
+            doc! { "$set": { "name": "Ann", "updatedAt": now }, "$unset": { "age": "" } }
+        );
+        assert_eq!(
+            new_contact_fields(&both, now),
+            doc! { "name": "Ann", "updatedAt": now }
+        );
+        let values = change(serde_json::json!({"email": "a@b.co", "age": 7, "status": "x"}));
+        assert_eq!(
+            contact_update(&values, now),
+            doc! { "$set": { "age": 7_i64, "status": "x", "updatedAt": now } }
+        );
+    }
 }

@@ -10,13 +10,13 @@
 //! - delete: the first attempt found the contact (its remembered found set) and it is gone
 //!   → `deleted`.
 //!
-//! A `$set` writes a document's fields at once, so "the fields are the record's" cannot be
-//! half true; a contact that already had those values is `updated` too, which is what an
-//! applied update reports for it.
+//! A `$set` (with its `$unset`) writes a document's fields at once, so "the fields are the
+//! record's" cannot be half true; a contact that already had those values is `updated`
+//! too, which is what an applied update reports for it.
 
 use std::collections::{HashMap, HashSet};
 
-use domain::{ActionType, Batch, OutcomeCode, PlannedRecord, RecordOutcome};
+use domain::{ActionType, Batch, FieldChange, OutcomeCode, PlannedRecord, RecordOutcome};
 use futures::TryStreamExt;
 use infra::mongo::CONTACTS;
 use mongodb::bson::{doc, Bson, Document};
@@ -105,19 +105,24 @@ impl ContactWriter {
     }
 }
 
-/// Whether every field the record sets has the record's value in `contact`.
+/// Whether every field the record names is as the record leaves it in `contact`: its value
+/// where it sets one, absent where it clears it.
 fn fields_are(contact: &Document, record: &PlannedRecord) -> bool {
     let fields = &record.change.fields;
-    let text = |name: &str, wanted: &Option<String>| {
-        wanted
-            .as_deref()
-            .is_none_or(|wanted| contact.get_str(name).ok() == Some(wanted))
+    let text = |name: &str, wanted: &Option<FieldChange<String>>| match wanted {
+        None => true,
+        Some(FieldChange::Set(wanted)) => contact.get_str(name).ok() == Some(wanted.as_str()),
+        Some(FieldChange::Clear) => !contact.contains_key(name),
     };
-    let age = fields.age.is_none_or(|wanted| match contact.get("age") {
-        Some(Bson::Int32(stored)) => i64::from(*stored) == wanted,
-        Some(Bson::Int64(stored)) => *stored == wanted,
-        _ => false,
-    });
+    let age = match &fields.age {
+        None => true,
+        Some(FieldChange::Set(wanted)) => match contact.get("age") {
+            Some(Bson::Int32(stored)) => i64::from(*stored) == *wanted,
+            Some(Bson::Int64(stored)) => stored == wanted,
+            _ => false,
+        },
+        Some(FieldChange::Clear) => !contact.contains_key("age"),
+    };
     text("name", &fields.name) && text("status", &fields.status) && age
 }
 

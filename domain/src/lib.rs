@@ -27,7 +27,7 @@ pub use outcome::{OutcomeCode, OutcomeStatus, RecordOutcome};
 pub use pacing::Pacing;
 pub use plan::{plan_action, ActionPlan, Batch, PlanSummary, Planned, PlannedRecord, Planner};
 pub use projection::ProjectionError;
-pub use record::{ContactChange, Email, RecordError};
+pub use record::{ContactChange, ContactFields, Email, FieldChange, RecordError};
 pub use schedule::ScheduleError;
 pub use time::Timestamp;
 pub use view::{ActionStats, ActionView, FoldError};

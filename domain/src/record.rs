@@ -135,20 +135,93 @@ impl RecordError {
     }
 }
 
+/// What a record does to one field it names: gives it a value, or removes it (`null` in
+/// JSON, the `#N/A` marker in CSV).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldChange<T> {
+    Set(T),
+    Clear,
+}
+
+impl<T> FieldChange<T> {
+    /// The value set, if any.
+    pub fn value(&self) -> Option<&T> {
+        match self {
+            FieldChange::Set(value) => Some(value),
+            FieldChange::Clear => None,
+        }
+    }
+}
+
+/// As the record said it: the value, or `null` for a clear.
+impl<T: Serialize> Serialize for FieldChange<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.value().serialize(serializer)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for FieldChange<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(match Option::<T>::deserialize(deserializer)? {
+            Some(value) => FieldChange::Set(value),
+            None => FieldChange::Clear,
+        })
+    }
+}
+
+/// A field present in the stored JSON, `null` included: a change. (Absent: `None`.)
+fn named<'de, D, T>(deserializer: D) -> Result<Option<FieldChange<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    FieldChange::deserialize(deserializer).map(Some)
+}
+
 /// The fields of a contact that bulk actions manage. `None` means "leave as it is".
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContactFields {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub age: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "named"
+    )]
+    pub name: Option<FieldChange<String>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "named"
+    )]
+    pub age: Option<FieldChange<i64>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "named"
+    )]
+    pub status: Option<FieldChange<String>>,
 }
 
 impl ContactFields {
     pub fn is_empty(&self) -> bool {
         self.name.is_none() && self.age.is_none() && self.status.is_none()
+    }
+
+    /// Without the clears: what a new contact is created with (it has nothing to remove).
+    pub fn without_clears(&self) -> Self {
+        let set = |change: &Option<FieldChange<String>>| {
+            change
+                .as_ref()
+                .filter(|change| matches!(change, FieldChange::Set(_)))
+                .cloned()
+        };
+        Self {
+            name: set(&self.name),
+            age: self
+                .age
+                .clone()
+                .filter(|age| matches!(age, FieldChange::Set(_))),
+            status: set(&self.status),
+        }
     }
 }
 
@@ -163,14 +236,22 @@ pub struct ContactChange {
 /// The fields a record may have.
 pub const KNOWN_FIELDS: [&str; 4] = ["email", "name", "age", "status"];
 
+/// The CSV cell that clears its field, as `null` does in JSON (Salesforce's Data Loader
+/// marker). An empty cell leaves the field as it is.
+pub const CLEAR_MARKER: &str = "#N/A";
+
 /// The JSON record a row of text cells stands for (a CSV row under its header): an empty
-/// cell leaves its field out, as an absent JSON field does, and `age` is a number when
-/// the cell is one. Anything else stays text, so that `ContactChange::parse` gives a bad
-/// cell the same code as the same mistake in JSON.
+/// cell leaves its field out, as an absent JSON field does, `#N/A` is `null` (clear it),
+/// and `age` is a number when the cell is one. Anything else stays text, so that
+/// `ContactChange::parse` gives a bad cell the same code as the same mistake in JSON.
 pub fn record_from_cells<'a>(cells: impl IntoIterator<Item = (&'a str, &'a str)>) -> Value {
     let mut record = Map::new();
     for (field, cell) in cells {
         if cell.is_empty() {
+            continue;
+        }
+        if cell.trim() == CLEAR_MARKER {
+            record.insert(field.to_owned(), Value::Null);
             continue;
         }
         let value = match (field, cell.trim().parse::<i64>()) {
@@ -214,12 +295,17 @@ impl ContactChange {
         match action_type {
             ActionType::Update if fields.is_empty() => Err(RecordError::new(
                 OutcomeCode::NoFieldsToUpdate,
-                "update needs at least one of name, age, status",
+                "update needs at least one of name, age, status (a value, or null to clear it)",
             )),
             // A delete is keyed by email alone; the fields were checked but carry no meaning.
             ActionType::Delete => Ok(Self {
                 email,
                 fields: ContactFields::default(),
+            }),
+            // A new contact has nothing to clear.
+            ActionType::Create => Ok(Self {
+                email,
+                fields: fields.without_clears(),
             }),
             _ => Ok(Self { email, fields }),
         }
@@ -264,9 +350,10 @@ fn bounded_string(
     object: &Map<String, Value>,
     field: &str,
     max_chars: usize,
-) -> Result<Option<String>, RecordError> {
+) -> Result<Option<FieldChange<String>>, RecordError> {
     match object.get(field) {
         None => Ok(None),
+        Some(Value::Null) => Ok(Some(FieldChange::Clear)),
         Some(Value::String(text)) if text.chars().count() > max_chars => Err(RecordError::new(
             OutcomeCode::InvalidValue,
             format!("{field} must be at most {max_chars} characters"),
@@ -278,19 +365,20 @@ fn bounded_string(
                      return are allowed)"
             ),
         )),
-        Some(Value::String(text)) => Ok(Some(text.clone())),
+        Some(Value::String(text)) => Ok(Some(FieldChange::Set(text.clone()))),
         Some(_) => Err(RecordError::new(
             OutcomeCode::InvalidType,
-            format!("{field} must be a string"),
+            format!("{field} must be a string or null"),
         )),
     }
 }
 
-fn age(object: &Map<String, Value>) -> Result<Option<i64>, RecordError> {
+fn age(object: &Map<String, Value>) -> Result<Option<FieldChange<i64>>, RecordError> {
     match object.get("age") {
         None => Ok(None),
+        Some(Value::Null) => Ok(Some(FieldChange::Clear)),
         Some(Value::Number(number)) => match number.as_i64() {
-            Some(age) if (0..=AGE_MAX).contains(&age) => Ok(Some(age)),
+            Some(age) if (0..=AGE_MAX).contains(&age) => Ok(Some(FieldChange::Set(age))),
             Some(_) => Err(RecordError::new(
                 OutcomeCode::InvalidValue,
                 format!("age must be between 0 and {AGE_MAX}"),
@@ -319,6 +407,60 @@ mod tests {
 
     fn code_of(record: Value, action_type: ActionType) -> OutcomeCode {
         ContactChange::parse(&record, action_type).unwrap_err().code
+    }
+
+    #[test]
+    fn null_clears_a_field_and_counts_as_a_change() {
+        use ActionType::{Create, Update, Upsert};
+        let record = json!({"email": "a@b.co", "name": null, "age": null, "status": "lead"});
+        let change = ContactChange::parse(&record, Update).unwrap();
+        assert_eq!(change.fields.name, Some(FieldChange::Clear));
+        assert_eq!(change.fields.age, Some(FieldChange::Clear));
+        assert_eq!(change.fields.status, Some(FieldChange::Set("lead".into())));
+        let only_clears = json!({"email": "a@b.co", "status": null});
+        assert!(ContactChange::parse(&only_clears, Update).is_ok());
+        assert!(ContactChange::parse(&only_clears, Upsert).is_ok());
+        // A new contact has nothing to clear: the clears are dropped, the values kept.
+        let created = ContactChange::parse(&record, Create).unwrap();
+        assert_eq!(created.fields.name, None);
+        assert_eq!(created.fields.age, None);
+        assert_eq!(created.fields.status, Some(FieldChange::Set("lead".into())));
+        // The key itself cannot be cleared.
+        assert_eq!(
+            code_of(json!({"email": null, "name": "x"}), Update),
+            OutcomeCode::MissingEmail
+        );
+    }
+
+    #[test]
+    fn a_clear_survives_the_batch_payload_and_old_payloads_read_as_before() {
+        let record = json!({"email": "a@b.co", "name": null, "age": 7});
+        let change = ContactChange::parse(&record, ActionType::Upsert).unwrap();
+        let stored = serde_json::to_value(&change).unwrap();
+        assert_eq!(stored, json!({"email": "a@b.co", "name": null, "age": 7}));
+        assert_eq!(
+            serde_json::from_value::<ContactChange>(stored).unwrap(),
+            change
+        );
+        // As a build before clearing wrote it: absent fields stay "leave as it is".
+        let old: ContactChange =
+            serde_json::from_value(json!({"email": "a@b.co", "status": "x"})).unwrap();
+        assert_eq!(old.fields.name, None);
+        assert_eq!(old.fields.status, Some(FieldChange::Set("x".into())));
+    }
+
+    #[test]
+    fn the_csv_marker_clears_and_an_empty_cell_leaves_alone() {
+        let record = record_from_cells([
+            ("email", "a@b.co"),
+            ("name", "#N/A"),
+            ("age", " #N/A "),
+            ("status", ""),
+        ]);
+        assert_eq!(
+            record,
+            json!({"email": "a@b.co", "name": null, "age": null})
+        );
     }
 
     #[test]
@@ -419,7 +561,10 @@ mod tests {
             Upsert,
         )
         .unwrap();
-        assert_eq!(change.fields.name.as_deref(), Some("Ann\tLee\r\nJr"));
+        assert_eq!(
+            change.fields.name,
+            Some(FieldChange::Set("Ann\tLee\r\nJr".to_owned()))
+        );
         // Whitespace inside an email is still a malformed email.
         assert_eq!(
             Email::parse("tab\t@x.io").unwrap_err().code,
@@ -511,8 +656,8 @@ mod tests {
             object.insert(key, json!("v"));
             match ContactChange::parse(&Value::Object(object), ActionType::Upsert) {
                 Ok(change) => {
-                    let name = change.fields.name.unwrap_or_default();
-                    prop_assert!(!has_forbidden_control(&name, true));
+                    let name = change.fields.name.as_ref().and_then(FieldChange::value);
+                    prop_assert!(!has_forbidden_control(name.map_or("", String::as_str), true));
                     prop_assert!(!change.email.as_str().chars().any(char::is_control));
                 }
                 Err(error) => prop_assert!(error.message.len() <= MESSAGE_MAX_BYTES),

@@ -856,3 +856,93 @@ async fn a_drained_deployment_moves_to_another_partition_count() -> Result<()> {
     assert_eq!(before.1, app.all_docs(infra::mongo::LOG_VIEWS).await?);
     Ok(())
 }
+
+/// `null` (JSON, NDJSON) and `#N/A` (CSV) remove a field with `$unset`; an absent field or
+/// an empty cell leaves it; a create or upsert that inserts has nothing to remove; fields
+/// the platform does not manage are never touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_and_the_csv_marker_clear_fields_and_nothing_else() -> Result<()> {
+    let app = TestApp::spawn(AppOptions::default()).await?;
+    let seeded = |email: &str| {
+        doc! {
+            "_id": ObjectId::new(), "accountId": "clear", "email": email, "name": "Kept",
+            "age": 40_i64, "status": "lead", "crm": { "owner": "kim" },
+        }
+    };
+    app.contacts()
+        .insert_many([seeded("json@x.io"), seeded("nd@x.io"), seeded("csv@x.io")])
+        .await?;
+
+    let json_action = app
+        .submit(&action(
+            "clear",
+            "update",
+            json!([{ "email": "json@x.io", "age": null, "status": null }]),
+        ))
+        .await?;
+    let ndjson = "{\"email\":\"nd@x.io\",\"name\":null,\"status\":\"customer\"}\n\
+                  {\"email\":\"new-nd@x.io\",\"name\":null,\"status\":\"lead\"}\n";
+    let (status, nd_reply) = app
+        .post_raw(
+            "/bulk-actions?accountId=clear&entityType=contact&actionType=upsert",
+            "application/x-ndjson",
+            ndjson.as_bytes().to_vec(),
+        )
+        .await?;
+    assert_eq!(status, 202, "{nd_reply}");
+    let csv = "email,name,age,status\ncsv@x.io,,#N/A,\n";
+    let (status, csv_reply) = app
+        .post_raw(
+            "/bulk-actions?accountId=clear&entityType=contact&actionType=update",
+            "text/csv",
+            csv.as_bytes().to_vec(),
+        )
+        .await?;
+    assert_eq!(status, 202, "{csv_reply}");
+    for id in [
+        json_action.as_str(),
+        nd_reply["actionId"].as_str().context("ndjson action")?,
+        csv_reply["actionId"].as_str().context("csv action")?,
+    ] {
+        let view = app.wait_projected_terminal(id, WAIT).await?;
+        assert_eq!(view["failed"], 0, "{view}");
+    }
+
+    let fields = |contact: &Document| -> BTreeSet<String> {
+        contact
+            .keys()
+            .filter(|key| !matches!(key.as_str(), "_id" | "createdAt" | "updatedAt"))
+            .cloned()
+            .collect()
+    };
+    let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>();
+    let json_contact = contact(&app, "clear", "json@x.io").await?.context("json")?;
+    assert_eq!(
+        fields(&json_contact),
+        set(&["accountId", "email", "name", "crm"])
+    );
+    assert_eq!(json_contact.get_str("name")?, "Kept");
+    assert_eq!(json_contact.get_document("crm")?, &doc! { "owner": "kim" });
+
+    let nd_contact = contact(&app, "clear", "nd@x.io").await?.context("nd")?;
+    assert_eq!(
+        fields(&nd_contact),
+        set(&["accountId", "email", "age", "status", "crm"])
+    );
+    assert_eq!(nd_contact.get_str("status")?, "customer");
+    // Inserted by the upsert: a clear has nothing to remove, the value is set.
+    let new_nd = contact(&app, "clear", "new-nd@x.io")
+        .await?
+        .context("new")?;
+    assert!(!new_nd.contains_key("name"), "{new_nd}");
+    assert_eq!(new_nd.get_str("status")?, "lead");
+
+    let csv_contact = contact(&app, "clear", "csv@x.io").await?.context("csv")?;
+    assert_eq!(
+        fields(&csv_contact),
+        set(&["accountId", "email", "name", "status", "crm"]),
+        "#N/A clears age, empty cells leave name and status"
+    );
+    assert_eq!(csv_contact.get_str("status")?, "lead");
+    Ok(())
+}

@@ -9,7 +9,8 @@ use mongodb::bson::{doc, DateTime, Document};
 use mongodb::error::ErrorKind;
 
 use super::{
-    email_of, managed_fields, ApplyError, ContactWriter, Target, CREATED_BY, DUPLICATE_KEY,
+    contact_update, email_of, new_contact_fields, ApplyError, ContactWriter, Target, CREATED_BY,
+    DUPLICATE_KEY,
 };
 
 impl ContactWriter {
@@ -88,7 +89,7 @@ impl ContactWriter {
             .iter()
             .map(|r| {
                 let mut contact = doc! { "accountId": account.as_str(), "email": email_of(r) };
-                contact.extend(managed_fields(&r.change, now));
+                contact.extend(new_contact_fields(&r.change, now));
                 contact.insert("createdAt", now);
                 contact.insert(CREATED_BY, created_by.as_str());
                 contact
@@ -110,7 +111,8 @@ impl ContactWriter {
         Ok(refused)
     }
 
-    /// `$set`s each record's fields on its contact, one statement per distinct change.
+    /// `$set`s (and `$unset`s) each record's fields on its contact, one statement per
+    /// distinct change.
     /// Returns how many contacts matched.
     pub(super) async fn set_fields(
         &self,
@@ -120,25 +122,25 @@ impl ContactWriter {
     ) -> Result<i64, ApplyError> {
         let mut groups: BTreeMap<Vec<u8>, (Document, Vec<&str>)> = BTreeMap::new();
         for record in records {
-            let set = managed_fields(&record.change, now);
+            let update = contact_update(&record.change, now);
             let group_key =
-                mongodb::bson::to_vec(&set).map_err(|e| ApplyError::Refused(e.to_string()))?;
+                mongodb::bson::to_vec(&update).map_err(|e| ApplyError::Refused(e.to_string()))?;
             groups
                 .entry(group_key)
-                .or_insert_with(|| (set, Vec::new()))
+                .or_insert_with(|| (update, Vec::new()))
                 .1
                 .push(email_of(record));
         }
         let statements: Vec<Document> = groups
             .into_values()
-            .map(|(set, emails)| match emails.as_slice() {
+            .map(|(update, emails)| match emails.as_slice() {
                 [email] => doc! {
                     "q": { "accountId": account.as_str(), "email": *email },
-                    "u": { "$set": set },
+                    "u": update,
                 },
                 _ => doc! {
                     "q": { "accountId": account.as_str(), "email": { "$in": emails } },
-                    "u": { "$set": set },
+                    "u": update,
                     "multi": true,
                 },
             })

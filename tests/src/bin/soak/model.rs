@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use domain::{ActionType, ContactChange};
+use domain::{ActionType, ContactChange, FieldChange};
 use serde_json::Value;
 
 /// One accepted action.
@@ -151,15 +151,25 @@ fn expected_code(
 }
 
 fn created(change: &ContactChange, action: &str) -> Expected {
+    let fields = &change.fields;
     Expected::Present {
-        name: change.fields.name.clone(),
-        age: change.fields.age,
-        status: change.fields.status.clone(),
+        name: after(&fields.name, None),
+        age: after(&fields.age, None),
+        status: after(&fields.status, None),
         created_by: action.to_owned(),
     }
 }
 
+/// A field after a record's change: its value, nothing once cleared, as it was if unnamed.
+fn after<T: Clone>(change: &Option<FieldChange<T>>, before: Option<T>) -> Option<T> {
+    match change {
+        None => before,
+        Some(change) => change.value().cloned(),
+    }
+}
+
 fn updated(before: Expected, change: &ContactChange) -> Expected {
+    let fields = &change.fields;
     match before {
         Expected::Present {
             name,
@@ -167,18 +177,18 @@ fn updated(before: Expected, change: &ContactChange) -> Expected {
             status,
             created_by,
         } => Expected::Present {
-            name: change.fields.name.clone().or(name),
-            age: change.fields.age.or(age),
-            status: change.fields.status.clone().or(status),
+            name: after(&fields.name, name),
+            age: after(&fields.age, age),
+            status: after(&fields.status, status),
             created_by,
         },
         // Reported applied to a contact the soak did not expect (`expected_code` reported
         // that): an upsert that wrote it, e.g. an insert re-sent after an outage. Carry on
         // from what the record says, so one wrong code is not also a wrong contact.
         Expected::Absent => Expected::Present {
-            name: change.fields.name.clone(),
-            age: change.fields.age,
-            status: change.fields.status.clone(),
+            name: after(&fields.name, None),
+            age: after(&fields.age, None),
+            status: after(&fields.status, None),
             created_by: String::new(),
         },
         other => other,
