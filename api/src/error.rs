@@ -67,6 +67,8 @@ pub enum ErrorCode {
     ScheduledForInPast,
     ScheduledForTooFar,
     InvalidPacing,
+    // An account's definitions.
+    InvalidFieldDefinition,
     // An existing action.
     InvalidActionId,
     NotFound,

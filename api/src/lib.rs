@@ -209,10 +209,10 @@ pub enum ApiStartError {
 
 pub fn router(state: AppState) -> Router {
     use axum::routing::post;
-    use routes::{actions, admin, control, health, logs, submit};
+    use routes::{actions, admin, control, fields, health, logs, submit};
     let max_body = state.config.max_body_bytes;
-    // Every /bulk-actions route is behind an API key, checked before the handler reads
-    // anything of the request.
+    // Every /bulk-actions and /fields route is behind an API key, checked before the
+    // handler reads anything of the request.
     let bulk_actions = Router::new()
         .route(
             "/bulk-actions",
@@ -227,6 +227,10 @@ pub fn router(state: AppState) -> Router {
         .route("/bulk-actions/{action_id}/resume", post(control::resume))
         .route("/bulk-actions/{action_id}/stats", get(actions::get_stats))
         .route("/bulk-actions/{action_id}/logs", get(logs::get_logs))
+        .route(
+            "/fields/{entity_type}",
+            get(fields::get_fields).put(fields::put_fields),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,

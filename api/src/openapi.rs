@@ -8,7 +8,7 @@ use utoipa::openapi::{Ref, RefOr};
 use utoipa::OpenApi;
 
 use crate::error::{ErrorBody, ErrorDetail};
-use crate::routes::{actions, admin, control, health, logs, submit};
+use crate::routes::{actions, admin, control, fields, health, logs, submit};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -23,6 +23,8 @@ use crate::routes::{actions, admin, control, health, logs, submit};
         control::resume,
         control::amend,
         logs::get_logs,
+        fields::get_fields,
+        fields::put_fields,
         admin::get_limits,
         admin::put_limits,
         admin::create_key,
@@ -33,7 +35,7 @@ use crate::routes::{actions, admin, control, health, logs, submit};
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&SecuritySchemes),
-    tags((name = "bulk-actions"), (name = "admin"), (name = "health")),
+    tags((name = "bulk-actions"), (name = "fields"), (name = "admin"), (name = "health")),
 )]
 pub struct ApiDoc;
 
@@ -56,7 +58,7 @@ impl utoipa::Modify for SecuritySchemes {
         // Every /bulk-actions operation needs an API key, and every operation behind a
         // credential can answer with the errors any such request can get.
         for (path, item) in openapi.paths.paths.iter_mut() {
-            let bulk = path.starts_with("/bulk-actions");
+            let bulk = path.starts_with("/bulk-actions") || path.starts_with("/fields");
             let admin = path.starts_with("/admin");
             if !bulk && !admin {
                 continue;

@@ -7,6 +7,7 @@
 
 pub mod action;
 pub mod event;
+pub mod fields;
 pub mod ids;
 pub mod lifecycle;
 pub mod outcome;

@@ -127,7 +127,7 @@ pub struct RecordError {
 
 impl RecordError {
     /// The message is bounded (`text::MESSAGE_MAX_BYTES`): it ends up in a log line.
-    fn new(code: OutcomeCode, message: impl AsRef<str>) -> Self {
+    pub(crate) fn new(code: OutcomeCode, message: impl AsRef<str>) -> Self {
         Self {
             code,
             message: bounded(message.as_ref(), MESSAGE_MAX_BYTES),

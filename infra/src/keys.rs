@@ -21,6 +21,7 @@
 //! | `P:{n}:budget:records:<account>` | string | the account's processing GCRA TAT (ms) |
 //! | `P:{n}:budget:requests:<account>` | string | the account's api request GCRA TAT (ms) |
 //! | `P:{n}:limits:<account>` | hash | per-account overrides: `recordsPerMinute`, `requestsPerMinute` |
+//! | `P:{n}:fields:<account>:<entityType>` | string | the account's custom field definitions (JSON) |
 //! | `P:consumers` | hash | live consumer process -> "<workers> <expires ms>", sizes the dispatch |
 //! | `P:apikey:<keyId>`, `P:apikeys:<account>` | hash, zset | API keys (see `api_keys`) |
 //! | `P:{n}:idem:<sha256>` | string | `Idempotency-Key` of an account -> "<action> <body sha256>", 24 h; in the account's partition |
@@ -31,7 +32,7 @@
 //! `KEYS` (the key guard in `lua/lib.lua` refuses any other), so the layout above is what
 //! keeps each script on one Redis Cluster slot.
 
-use domain::{AccountId, ActionId};
+use domain::{AccountId, ActionId, EntityType};
 
 pub const CONSUMER_GROUP: &str = "consumers";
 pub const PROJECTOR_GROUP: &str = "projector";
@@ -103,6 +104,16 @@ impl Keys {
     /// so that the processing side reads the copy beside the action it dispatches.
     pub fn limits(&self, partition: u32, account: &AccountId) -> String {
         format!("{}limits:{account}", self.partition_prefix(partition))
+    }
+
+    /// An account's custom field definitions for one entity type (JSON).
+    pub fn field_definitions(&self, account: &AccountId, entity: EntityType) -> String {
+        let partition = self.account_partition(account);
+        format!(
+            "{}fields:{account}:{}",
+            self.partition_prefix(partition),
+            entity.as_str()
+        )
     }
 
     /// Actions the projector skips because their views cannot be written, with the reason.

@@ -9,6 +9,7 @@ pub mod clock;
 mod commit;
 pub mod config;
 pub mod event_store;
+pub mod fields;
 pub mod flow;
 pub mod keys;
 pub mod lifecycle;

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use bulk_tests::error_code as code;
 use bulk_tests::{AppOptions, TestApp};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -1441,5 +1442,117 @@ async fn a_batch_whose_log_outgrows_a_bucket_is_split_and_paged_in_order() -> Re
         }
     }
     assert_eq!(indexes(failed), expected);
+    Ok(())
+}
+
+/// `PUT /fields/{entityType}` defines an account's custom fields, checked whole; `GET`
+/// reads them back; each account sees only its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_defines_its_custom_fields() -> Result<()> {
+    let app = TestApp::spawn(AppOptions::default()).await?;
+    let acme = format!("Bearer {}", app.key_for("acme").await?);
+    let other = format!("Bearer {}", app.key_for("other").await?);
+    let as_acme = [("authorization", acme.as_str())];
+    let definition = json!({ "fields": [
+        { "name": "tier", "type": "string", "maxLength": 10, "enum": ["gold", "silver"] },
+        { "name": "seats", "type": "integer", "min": 1, "max": 500 },
+        { "name": "score", "type": "number" },
+        { "name": "vip", "type": "boolean" },
+        { "name": "renewsOn", "type": "date" },
+        { "name": "tags", "type": "string[]", "maxLength": 32 },
+    ]});
+    let put = app
+        .send(Method::PUT, "/fields/contact", Some(&definition), &as_acme)
+        .await?;
+    ensure!(put.status == 200, "{} {}", put.status, put.body);
+    ensure!(
+        put.body["entityType"] == "contact" && put.body["fields"] == definition["fields"],
+        "{}",
+        put.body
+    );
+    let got = app
+        .send(Method::GET, "/fields/contact", None, &as_acme)
+        .await?;
+    ensure!(got.status == 200 && got.body == put.body, "{}", got.body);
+    let theirs = app
+        .send(
+            Method::GET,
+            "/fields/contact",
+            None,
+            &[("authorization", other.as_str())],
+        )
+        .await?;
+    ensure!(
+        theirs.body["fields"] == json!([]),
+        "another account's fields: {}",
+        theirs.body
+    );
+
+    for (bad, field) in [
+        (
+            json!({ "fields": [{ "name": "email", "type": "string" }] }),
+            "email",
+        ),
+        (
+            json!({ "fields": [{ "name": "a b", "type": "string" }] }),
+            "a b",
+        ),
+        (
+            json!({ "fields": [{ "name": "n", "type": "integer", "min": 3, "max": 1 }] }),
+            "n",
+        ),
+        (
+            json!({ "fields": [{ "name": "n", "type": "string", "$where": "1" }] }),
+            "fields",
+        ),
+        (json!({ "field": [] }), "fields"),
+    ] {
+        let refused = app
+            .send(Method::PUT, "/fields/contact", Some(&bad), &as_acme)
+            .await?;
+        ensure!(
+            refused.status == 400
+                && code(&refused.body) == "invalid_field_definition"
+                && refused.body["error"]["details"]["field"] == field,
+            "{bad}: {} {}",
+            refused.status,
+            refused.body
+        );
+    }
+    // A refused definition changes nothing.
+    let kept = app
+        .send(Method::GET, "/fields/contact", None, &as_acme)
+        .await?;
+    ensure!(kept.body == put.body, "{}", kept.body);
+
+    let unknown = app
+        .send(Method::GET, "/fields/widget", None, &as_acme)
+        .await?;
+    ensure!(
+        unknown.status == 400 && code(&unknown.body) == "unsupported_entity_type",
+        "{}",
+        unknown.body
+    );
+    let anonymous = app
+        .send(
+            Method::GET,
+            "/fields/contact",
+            None,
+            &[("authorization", "Bearer nope")],
+        )
+        .await?;
+    ensure!(anonymous.status == 401, "{}", anonymous.status);
+    let huge: Vec<Value> = (0..100)
+        .map(|i| json!({ "name": format!("f{i}"), "type": "string", "enum": vec!["x".repeat(60); 20] }))
+        .collect();
+    let too_big = app
+        .send(
+            Method::PUT,
+            "/fields/contact",
+            Some(&json!({ "fields": huge })),
+            &as_acme,
+        )
+        .await?;
+    ensure!(too_big.status == 413, "{} {}", too_big.status, too_big.body);
     Ok(())
 }

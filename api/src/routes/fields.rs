@@ -1,0 +1,99 @@
+//! An account's custom fields per entity type: `GET` and `PUT /fields/{entityType}`, behind
+//! the account's API key. Records of later submissions are checked against the definition
+//! in force when they are submitted.
+
+use axum::extract::{Path, State};
+use axum::{Extension, Json};
+use domain::fields::{FieldDefinition, FieldDefinitions};
+use domain::EntityType;
+use serde::Serialize;
+use serde_json::{json, Value};
+use utoipa::ToSchema;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::extract::JsonObject;
+use crate::AppState;
+
+/// An account's custom fields for one entity type.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FieldsView {
+    #[schema(value_type = String, example = "contact")]
+    entity_type: &'static str,
+    fields: Vec<FieldDefinition>,
+}
+
+/// Read the account's custom fields of an entity type (none defined: an empty list).
+#[utoipa::path(get, path = "/fields/{entityType}", tag = "fields",
+    params(("entityType" = String, Path, description = "e.g. `contact`")),
+    responses(
+        (status = 200, body = FieldsView),
+        (status = 400, description = "Unknown entity type (`unsupported_entity_type`)", body = ErrorBody),
+    ))]
+pub async fn get_fields(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(entity): Path<String>,
+) -> Result<Json<FieldsView>, ApiError> {
+    let entity = entity_type(&entity)?;
+    let definitions = state
+        .store
+        .field_definitions(&caller.account, entity)
+        .await?;
+    Ok(Json(view(entity, definitions)))
+}
+
+/// Define the account's custom fields of an entity type, replacing the earlier definition.
+///
+/// `{"fields": [{"name", "type", "maxLength"?, "min"?, "max"?, "enum"?}]}`; `type` is one of
+/// `string`, `number`, `integer`, `boolean`, `date`, `string[]`. At most 100 fields; the
+/// whole definition is refused for one mistake. Actions already submitted keep the
+/// definition they were checked against.
+#[utoipa::path(put, path = "/fields/{entityType}", tag = "fields",
+    params(("entityType" = String, Path, description = "e.g. `contact`")),
+    request_body = FieldDefinitions,
+    responses(
+        (status = 200, body = FieldsView),
+        (status = 400, description = "`invalid_field_definition` (details name the field), `unsupported_entity_type`", body = ErrorBody),
+    ))]
+pub async fn put_fields(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(entity): Path<String>,
+    JsonObject(body): JsonObject<Value>,
+) -> Result<Json<FieldsView>, ApiError> {
+    let entity = entity_type(&entity)?;
+    let definitions = FieldDefinitions::parse(&body).map_err(|error| {
+        ApiError::bad_request(
+            ErrorCode::InvalidFieldDefinition,
+            format!("field {}: {}", error.field, error.message),
+        )
+        .with_details(json!({ "field": error.field }))
+    })?;
+    state
+        .store
+        .put_field_definitions(&caller.account, entity, &definitions)
+        .await?;
+    Ok(Json(view(entity, definitions)))
+}
+
+fn view(entity: EntityType, definitions: FieldDefinitions) -> FieldsView {
+    FieldsView {
+        entity_type: entity.as_str(),
+        fields: definitions.fields,
+    }
+}
+
+fn entity_type(raw: &str) -> Result<EntityType, ApiError> {
+    EntityType::parse(raw).ok_or_else(|| {
+        ApiError::bad_request(
+            ErrorCode::UnsupportedEntityType,
+            format!("entityType {} is not supported", domain::text::quoted(raw)),
+        )
+        .with_details(json!({
+            "field": "entityType",
+            "supported": EntityType::ALL.map(|t| t.as_str()),
+        }))
+    })
+}

@@ -1,0 +1,403 @@
+//! Custom fields an account defines for an entity type, and the check of a record's value
+//! against its definition (issue 15). What is allowed is decided here, from the definition
+//! alone, so that the api at submission and a replay of a recorded definition agree.
+//!
+//! A definition is `{"fields": [{"name", "type", "maxLength"?, "min"?, "max"?, "enum"?}]}`.
+//! A value is checked into a `CustomChange`: a value to set, `null` to clear, or, for a
+//! `string[]` field, `{"add": [...], "remove": [...]}` to change the list in place.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::outcome::OutcomeCode;
+use crate::record::RecordError;
+use crate::text::quoted;
+use crate::time::Timestamp;
+
+/// Field names no account may define: the built-in fields and what the store keeps.
+pub const RESERVED_NAMES: [&str; 9] = [
+    "email",
+    "name",
+    "age",
+    "status",
+    "_id",
+    "id",
+    "accountId",
+    "createdAt",
+    "updatedAt",
+];
+pub const MAX_FIELDS: usize = 100;
+pub const NAME_MAX_CHARS: usize = 64;
+/// The longest text any field may hold, whatever its `maxLength`.
+pub const TEXT_MAX_CHARS: u32 = 10_000;
+pub const LIST_MAX_ITEMS: usize = 100;
+pub const ENUM_MAX_VALUES: usize = 500;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum FieldType {
+    #[serde(rename = "string")]
+    Text,
+    #[serde(rename = "number")]
+    Number,
+    #[serde(rename = "integer")]
+    Integer,
+    #[serde(rename = "boolean")]
+    Boolean,
+    /// An RFC 3339 instant or a `YYYY-MM-DD` day (midnight UTC).
+    #[serde(rename = "date")]
+    Date,
+    #[serde(rename = "string[]")]
+    TextList,
+}
+
+/// One field as an account defined it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FieldDefinition {
+    /// A letter, then up to 63 letters, digits or `_`; not a built-in field's name.
+    #[cfg_attr(feature = "openapi", schema(example = "tier"))]
+    pub name: String,
+    #[serde(rename = "type")]
+    pub field_type: FieldType,
+    /// Characters of a text, or of each item of a list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<u32>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "as_written"
+    )]
+    pub min: Option<f64>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "as_written"
+    )]
+    pub max: Option<f64>,
+    /// The values allowed (of a text, a number, an integer, or each item of a list).
+    #[serde(default, rename = "enum", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<Object>>))]
+    pub allowed: Option<Vec<Value>>,
+}
+
+/// An account's fields for one entity type, by name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FieldDefinitions {
+    pub fields: Vec<FieldDefinition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct DefinitionError {
+    /// The field's name, or `fields` for the definition as a whole.
+    pub field: String,
+    pub message: String,
+}
+
+/// What a record does to one custom field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum CustomChange {
+    Set(CustomValue),
+    Clear,
+    /// A list changed in place: `remove` taken out, then `add` put in where missing.
+    Edit {
+        add: Vec<String>,
+        remove: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum CustomValue {
+    Text(String),
+    Number(f64),
+    Integer(i64),
+    Boolean(bool),
+    /// Milliseconds since the epoch.
+    Date(i64),
+    TextList(Vec<String>),
+}
+
+impl FieldDefinitions {
+    /// A definition as an account sends it, checked whole: any mistake refuses all of it.
+    pub fn parse(raw: &Value) -> Result<Self, DefinitionError> {
+        let whole = |message: String| DefinitionError {
+            field: "fields".into(),
+            message,
+        };
+        let definitions: FieldDefinitions =
+            serde_json::from_value(raw.clone()).map_err(|error| whole(error.to_string()))?;
+        if definitions.fields.len() > MAX_FIELDS {
+            return Err(whole(format!("at most {MAX_FIELDS} fields")));
+        }
+        let mut names = BTreeSet::new();
+        for field in &definitions.fields {
+            field.check_itself()?;
+            if !names.insert(field.name.to_lowercase()) {
+                return Err(field.error("is defined twice (names are compared ignoring case)"));
+            }
+        }
+        Ok(definitions)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&FieldDefinition> {
+        self.fields.iter().find(|field| field.name == name)
+    }
+}
+
+impl FieldDefinition {
+    fn error(&self, message: impl Into<String>) -> DefinitionError {
+        DefinitionError {
+            field: self.name.clone(),
+            message: message.into(),
+        }
+    }
+
+    fn check_itself(&self) -> Result<(), DefinitionError> {
+        if !is_field_name(&self.name) {
+            return Err(DefinitionError {
+                field: self.name.chars().take(NAME_MAX_CHARS).collect(),
+                message: "a name is a letter then up to 63 letters, digits or '_'".into(),
+            });
+        }
+        if RESERVED_NAMES
+            .iter()
+            .any(|reserved| reserved.eq_ignore_ascii_case(&self.name))
+        {
+            return Err(self.error("is reserved"));
+        }
+        let textual = matches!(self.field_type, FieldType::Text | FieldType::TextList);
+        let numeric = matches!(self.field_type, FieldType::Number | FieldType::Integer);
+        if self.max_length.is_some() && !textual {
+            return Err(self.error("maxLength applies to string and string[] fields"));
+        }
+        if self
+            .max_length
+            .is_some_and(|max| max == 0 || max > TEXT_MAX_CHARS)
+        {
+            return Err(self.error(format!("maxLength is 1 to {TEXT_MAX_CHARS}")));
+        }
+        if (self.min.is_some() || self.max.is_some()) && !numeric {
+            return Err(self.error("min and max apply to number and integer fields"));
+        }
+        if [self.min, self.max]
+            .into_iter()
+            .flatten()
+            .any(|b| !b.is_finite())
+        {
+            return Err(self.error("min and max are finite numbers"));
+        }
+        if let (Some(min), Some(max)) = (self.min, self.max) {
+            if min > max {
+                return Err(self.error("min is above max"));
+            }
+        }
+        if let Some(allowed) = &self.allowed {
+            if matches!(self.field_type, FieldType::Boolean | FieldType::Date) {
+                return Err(self.error("enum applies to string, number, integer and string[]"));
+            }
+            if allowed.is_empty() || allowed.len() > ENUM_MAX_VALUES {
+                return Err(self.error(format!("enum has 1 to {ENUM_MAX_VALUES} values")));
+            }
+            let unconstrained = FieldDefinition {
+                allowed: None,
+                field_type: match self.field_type {
+                    FieldType::TextList => FieldType::Text,
+                    other => other,
+                },
+                ..self.clone()
+            };
+            for value in allowed {
+                if unconstrained.scalar(value).is_err() {
+                    return Err(self.error(format!(
+                        "enum value {} does not fit the field",
+                        quoted(&value.to_string())
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A record's value for this field: what to do with it, or why the record fails.
+    pub fn check(&self, value: &Value) -> Result<CustomChange, RecordError> {
+        match (self.field_type, value) {
+            (_, Value::Null) => Ok(CustomChange::Clear),
+            (FieldType::TextList, Value::Array(items)) => {
+                Ok(CustomChange::Set(CustomValue::TextList(self.items(items)?)))
+            }
+            (FieldType::TextList, Value::Object(edit)) => self.edit(edit),
+            (FieldType::TextList, _) => {
+                Err(self
+                    .wrong_type("a list of strings, {\"add\": [...], \"remove\": [...]}, or null"))
+            }
+            _ => self.scalar(value).map(CustomChange::Set),
+        }
+    }
+
+    fn scalar(&self, value: &Value) -> Result<CustomValue, RecordError> {
+        let checked = match (self.field_type, value) {
+            (FieldType::Text | FieldType::TextList, Value::String(text)) => {
+                let max = self.max_length.unwrap_or(TEXT_MAX_CHARS);
+                if text.chars().count() > max as usize {
+                    return Err(self.invalid(format!("is longer than {max} characters")));
+                }
+                if text
+                    .chars()
+                    .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+                {
+                    return Err(RecordError::new(
+                        OutcomeCode::InvalidCharacters,
+                        format!("{} contains a control character", self.name),
+                    ));
+                }
+                CustomValue::Text(text.clone())
+            }
+            (FieldType::Integer, Value::Number(number)) => match number.as_i64() {
+                Some(integer) => {
+                    self.within(integer as f64)?;
+                    CustomValue::Integer(integer)
+                }
+                None => return Err(self.wrong_type("an integer")),
+            },
+            (FieldType::Number, Value::Number(number)) => match number.as_f64() {
+                Some(float) if float.is_finite() => {
+                    self.within(float)?;
+                    CustomValue::Number(float)
+                }
+                _ => return Err(self.wrong_type("a finite number")),
+            },
+            (FieldType::Boolean, Value::Bool(flag)) => CustomValue::Boolean(*flag),
+            (FieldType::Date, Value::String(text)) => match date_millis(text) {
+                Some(millis) => CustomValue::Date(millis),
+                None => return Err(self.invalid("is not an RFC 3339 instant or a YYYY-MM-DD day")),
+            },
+            _ => return Err(self.wrong_type(self.expected())),
+        };
+        if let Some(allowed) = &self.allowed {
+            if !allowed.iter().any(|one| same_value(one, value)) {
+                return Err(self.invalid("is not one of the values its enum allows"));
+            }
+        }
+        Ok(checked)
+    }
+
+    fn items(&self, items: &[Value]) -> Result<Vec<String>, RecordError> {
+        if items.len() > LIST_MAX_ITEMS {
+            return Err(self.invalid(format!("has more than {LIST_MAX_ITEMS} items")));
+        }
+        let mut texts = Vec::with_capacity(items.len());
+        for item in items {
+            match self.scalar(item)? {
+                CustomValue::Text(text) if !texts.contains(&text) => texts.push(text),
+                CustomValue::Text(_) => {}
+                _ => return Err(self.wrong_type("a list of strings")),
+            }
+        }
+        Ok(texts)
+    }
+
+    fn edit(&self, edit: &serde_json::Map<String, Value>) -> Result<CustomChange, RecordError> {
+        if let Some(key) = edit
+            .keys()
+            .find(|key| !matches!(key.as_str(), "add" | "remove"))
+        {
+            return Err(self.wrong_type(format!("add and remove only, not {}", quoted(key))));
+        }
+        let list = |key: &str| match edit.get(key) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => self.items(items),
+            Some(_) => Err(self.wrong_type(format!("{key} as a list of strings"))),
+        };
+        let (add, remove) = (list("add")?, list("remove")?);
+        if add.is_empty() && remove.is_empty() {
+            return Err(self.invalid("adds and removes nothing"));
+        }
+        if add.iter().any(|item| remove.contains(item)) {
+            return Err(self.invalid("adds and removes the same value"));
+        }
+        Ok(CustomChange::Edit { add, remove })
+    }
+
+    fn within(&self, number: f64) -> Result<(), RecordError> {
+        if self.min.is_some_and(|min| number < min) || self.max.is_some_and(|max| number > max) {
+            return Err(self.invalid(format!(
+                "is outside {}..{}",
+                self.min.map_or("".into(), |min| min.to_string()),
+                self.max.map_or("".into(), |max| max.to_string())
+            )));
+        }
+        Ok(())
+    }
+
+    fn expected(&self) -> &'static str {
+        match self.field_type {
+            FieldType::Text | FieldType::TextList => "a string",
+            FieldType::Number => "a finite number",
+            FieldType::Integer => "an integer",
+            FieldType::Boolean => "true or false",
+            FieldType::Date => "a date string",
+        }
+    }
+
+    fn wrong_type(&self, expected: impl AsRef<str>) -> RecordError {
+        RecordError::new(
+            OutcomeCode::InvalidType,
+            format!("{} must be {} (or null)", self.name, expected.as_ref()),
+        )
+    }
+
+    fn invalid(&self, why: impl AsRef<str>) -> RecordError {
+        RecordError::new(
+            OutcomeCode::InvalidValue,
+            format!("{} {}", self.name, why.as_ref()),
+        )
+    }
+}
+
+/// A bound as it was most likely written: a whole number without a fraction (`1`, not `1.0`).
+fn as_written<S: serde::Serializer>(bound: &Option<f64>, serializer: S) -> Result<S::Ok, S::Error> {
+    match bound {
+        Some(whole) if whole.fract() == 0.0 && whole.abs() < 9.0e15 => {
+            serializer.serialize_some(&(*whole as i64))
+        }
+        other => other.serialize(serializer),
+    }
+}
+
+fn is_field_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|first| first.is_ascii_alphabetic())
+        && name.len() <= NAME_MAX_CHARS
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Numbers compare by value (`1` is `1.0`), anything else as JSON.
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+        _ => a == b,
+    }
+}
+
+fn date_millis(text: &str) -> Option<i64> {
+    let day = text.len() == 10 && text.as_bytes().get(4) == Some(&b'-');
+    let instant = if day {
+        Timestamp::parse_rfc3339(&format!("{text}T00:00:00Z"))
+    } else {
+        Timestamp::parse_rfc3339(text)
+    };
+    instant.map(|at| at.millis())
+}
+
+#[cfg(test)]
+mod tests;
