@@ -21,13 +21,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use domain::{
-    AccountId, ActionId, ActionType, Batch, ContactChange, FieldChange, OutcomeCode, PlannedRecord,
-    RecordOutcome,
-};
+use domain::{AccountId, ActionId, ActionType, Batch, OutcomeCode, PlannedRecord, RecordOutcome};
 use futures::TryStreamExt;
 use infra::mongo::CONTACTS;
-use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::bson::{doc, DateTime, Document};
 use mongodb::options::FindOptions;
 use mongodb::Database;
 
@@ -35,7 +32,10 @@ const DUPLICATE_KEY: i32 = 11000;
 const NOT_FOUND_MESSAGE: &str = "no contact with this email in the account";
 pub const CREATED_BY: &str = "createdByBulkAction";
 
+mod documents;
 mod writes;
+
+pub(crate) use documents::{bson, contact_update, new_contact_fields};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -316,90 +316,4 @@ fn outcome(record: &PlannedRecord, code: OutcomeCode, message: Option<&str>) -> 
         code,
         message,
     )
-}
-
-/// The update a record makes to its contact: `$set` of the values (and `updatedAt`), and
-/// `$unset` of the fields it clears, if any.
-fn contact_update(change: &ContactChange, now: DateTime) -> Document {
-    let mut set = Document::new();
-    let mut unset = Document::new();
-    let fields = &change.fields;
-    for (name, value) in [
-        ("name", text_change(&fields.name)),
-        (
-            "age",
-            fields
-                .age
-                .as_ref()
-                .map(|age| age.value().map(|age| Bson::Int64(*age))),
-        ),
-        ("status", text_change(&fields.status)),
-    ] {
-        match value {
-            Some(Some(value)) => {
-                set.insert(name, value);
-            }
-            Some(None) => {
-                unset.insert(name, "");
-            }
-            None => {}
-        }
-    }
-    set.insert("updatedAt", now);
-    let mut update = doc! { "$set": set };
-    if !unset.is_empty() {
-        update.insert("$unset", unset);
-    }
-    update
-}
-
-/// The values a new contact starts with (a clear has nothing to remove there).
-fn new_contact_fields(change: &ContactChange, now: DateTime) -> Document {
-    let mut fields = Document::new();
-    if let Some(FieldChange::Set(name)) = &change.fields.name {
-        fields.insert("name", name.as_str());
-    }
-    if let Some(FieldChange::Set(age)) = change.fields.age {
-        fields.insert("age", age);
-    }
-    if let Some(FieldChange::Set(status)) = &change.fields.status {
-        fields.insert("status", status.as_str());
-    }
-    fields.insert("updatedAt", now);
-    fields
-}
-
-/// A text field's change as BSON: `Some(None)` clears it.
-fn text_change(change: &Option<FieldChange<String>>) -> Option<Option<Bson>> {
-    change
-        .as_ref()
-        .map(|change| change.value().map(|text| Bson::String(text.clone())))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn change(record: serde_json::Value) -> ContactChange {
-        ContactChange::parse(&record, ActionType::Upsert).expect("a valid record")
-    }
-
-    #[test]
-    fn a_clear_is_an_unset_in_the_same_update_and_never_part_of_an_insert() {
-        let now = DateTime::from_millis(0);
-        let both = change(serde_json::json!({"email": "a@b.co", "name": "Ann", "age": null}));
-        assert_eq!(
-            contact_update(&both, now),
-            doc! { "$set": { "name": "Ann", "updatedAt": now }, "$unset": { "age": "" } }
-        );
-        assert_eq!(
-            new_contact_fields(&both, now),
-            doc! { "name": "Ann", "updatedAt": now }
-        );
-        let values = change(serde_json::json!({"email": "a@b.co", "age": 7, "status": "x"}));
-        assert_eq!(
-            contact_update(&values, now),
-            doc! { "$set": { "age": 7_i64, "status": "x", "updatedAt": now } }
-        );
-    }
 }

@@ -16,6 +16,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use domain::fields::CustomChange;
 use domain::{ActionType, Batch, FieldChange, OutcomeCode, PlannedRecord, RecordOutcome};
 use futures::TryStreamExt;
 use infra::mongo::CONTACTS;
@@ -123,7 +124,38 @@ fn fields_are(contact: &Document, record: &PlannedRecord) -> bool {
         },
         Some(FieldChange::Clear) => !contact.contains_key("age"),
     };
-    text("name", &fields.name) && text("status", &fields.status) && age
+    let custom = record
+        .change
+        .custom
+        .iter()
+        .all(|(name, change)| match change {
+            CustomChange::Set(value) => same(contact.get(name), &crate::apply::bson(value)),
+            CustomChange::Clear => !contact.contains_key(name),
+            CustomChange::Edit { add, remove } => {
+                let items: Vec<&str> = match contact.get_array(name) {
+                    Ok(items) => items.iter().filter_map(Bson::as_str).collect(),
+                    Err(_) => Vec::new(),
+                };
+                add.iter().all(|item| items.contains(&item.as_str()))
+                    && remove.iter().all(|item| !items.contains(&item.as_str()))
+            }
+        });
+    text("name", &fields.name) && text("status", &fields.status) && age && custom
+}
+
+/// A stored value is the one wanted; whole numbers match whatever width they were stored in.
+fn same(stored: Option<&Bson>, wanted: &Bson) -> bool {
+    let number = |value: &Bson| match value {
+        Bson::Int32(n) => Some(f64::from(*n)),
+        Bson::Int64(n) => Some(*n as f64),
+        Bson::Double(n) => Some(*n),
+        _ => None,
+    };
+    match (stored, number(wanted)) {
+        (Some(stored), Some(wanted)) => number(stored) == Some(wanted),
+        (Some(stored), None) => stored == wanted,
+        (None, _) => false,
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 //! shape, one version step at a time (see `upcast`), before the domain sees it.
 
 use serde::{Deserialize, Serialize};
+
+use crate::fields::FieldDefinitions;
 use ulid::Ulid;
 
 use crate::action::{ActionType, EntityType};
@@ -55,6 +57,10 @@ pub enum EventPayload {
         /// The id of the API key that submitted it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         api_key_id: Option<String>,
+        /// The account's own fields its records were checked against (none: only the
+        /// built-in ones).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        custom_fields: Option<FieldDefinitions>,
     },
     /// Records that failed validation at submission (one event per chunk).
     RecordRejected { records: Vec<RecordOutcome> },
@@ -236,6 +242,10 @@ mod tests {
                 }),
                 max_records_per_minute: None,
                 api_key_id: Some("01JDQ6V4J8Q0Y5Z6X7W8V9T0S1".into()),
+                custom_fields: FieldDefinitions::parse(&serde_json::json!({
+                    "fields": [{ "name": "seats", "type": "integer", "min": 1 }]
+                }))
+                .ok(),
             },
             EventPayload::CancelRequested { api_key_id: None },
             EventPayload::BatchCancelled {

@@ -16,8 +16,10 @@ use crate::record::RecordError;
 use crate::text::quoted;
 use crate::time::Timestamp;
 
-/// Field names no account may define: the built-in fields and what the store keeps.
-pub const RESERVED_NAMES: [&str; 9] = [
+/// Field names no account may define: the built-in fields and what the platform keeps on
+/// every document (a record naming `createdByBulkAction` could forge another action's
+/// provenance, which retries and dead-letter reconciliation rely on).
+pub const RESERVED_NAMES: [&str; 10] = [
     "email",
     "name",
     "age",
@@ -27,6 +29,7 @@ pub const RESERVED_NAMES: [&str; 9] = [
     "accountId",
     "createdAt",
     "updatedAt",
+    "createdByBulkAction",
 ];
 pub const MAX_FIELDS: usize = 100;
 pub const NAME_MAX_CHARS: usize = 64;
@@ -123,6 +126,19 @@ pub enum CustomValue {
     /// Milliseconds since the epoch.
     Date(i64),
     TextList(Vec<String>),
+}
+
+impl CustomChange {
+    /// The change as a new document takes it: nothing to clear, and an edited list starts
+    /// with its adds.
+    pub fn on_insert(self) -> Option<CustomChange> {
+        match self {
+            CustomChange::Set(value) => Some(CustomChange::Set(value)),
+            CustomChange::Clear => None,
+            CustomChange::Edit { add, .. } if add.is_empty() => None,
+            CustomChange::Edit { add, .. } => Some(CustomChange::Set(CustomValue::TextList(add))),
+        }
+    }
 }
 
 impl FieldDefinitions {

@@ -17,17 +17,18 @@ use sha2::{Digest, Sha256};
 
 use crate::action::ActionType;
 use crate::event::EventPayload;
+use crate::fields::FieldDefinitions;
 use crate::outcome::{OutcomeCode, RecordOutcome};
 use crate::record::{ContactChange, Email};
 use crate::text;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlannedRecord {
     pub index: u32,
     pub change: ContactChange,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Batch {
     pub number: u32,
     pub records: Vec<PlannedRecord>,
@@ -108,7 +109,7 @@ impl Batch {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ActionPlan {
     pub total_records: u32,
     pub batches: Vec<Batch>,
@@ -183,6 +184,8 @@ pub const MIN_OUTCOME_CHUNK: usize = 1_000;
 /// Plans an action one record at a time, by the rules at the top of this module.
 pub struct Planner {
     action_type: ActionType,
+    /// The account's own fields, as defined when the action was submitted.
+    custom: FieldDefinitions,
     batch_size: usize,
     outcome_chunk: usize,
     seen: HashSet<EmailDigest>,
@@ -214,6 +217,7 @@ impl Planner {
         let batch_size = batch_size.max(1);
         Self {
             action_type,
+            custom: FieldDefinitions::default(),
             batch_size,
             outcome_chunk: batch_size.max(MIN_OUTCOME_CHUNK),
             seen: HashSet::new(),
@@ -223,6 +227,12 @@ impl Planner {
             duplicates: Vec::new(),
             summary: PlanSummary::default(),
         }
+    }
+
+    /// Checks records against the account's own fields too.
+    pub fn with_custom_fields(mut self, custom: FieldDefinitions) -> Self {
+        self.custom = custom;
+        self
     }
 
     /// Records pushed so far.
@@ -238,7 +248,7 @@ impl Planner {
     /// The next record of the input.
     pub fn push(&mut self, record: &Value) -> Option<Planned> {
         let index = self.next_index();
-        match ContactChange::parse(record, self.action_type) {
+        match ContactChange::parse(record, self.action_type, &self.custom) {
             Err(error) => self.reject(RecordOutcome::new(
                 index,
                 raw_email(record),

@@ -2,12 +2,14 @@
 //! value of the right type is refused here, so nothing a client sends reaches a query or an
 //! update document unchecked.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::action::ActionType;
+use crate::fields::{CustomChange, FieldDefinitions, FieldType};
 use crate::outcome::OutcomeCode;
 use crate::text::{bounded, quoted, MESSAGE_MAX_BYTES};
 use unicode_normalization::char::is_combining_mark;
@@ -226,11 +228,14 @@ impl ContactFields {
 }
 
 /// A validated record: the key and the changes to make.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContactChange {
     pub email: Email,
     #[serde(flatten)]
     pub fields: ContactFields,
+    /// The account's own fields the record names, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub custom: BTreeMap<String, CustomChange>,
 }
 
 /// The fields a record may have.
@@ -242,36 +247,76 @@ pub const CLEAR_MARKER: &str = "#N/A";
 
 /// The JSON record a row of text cells stands for (a CSV row under its header): an empty
 /// cell leaves its field out, as an absent JSON field does, `#N/A` is `null` (clear it),
-/// and `age` is a number when the cell is one. Anything else stays text, so that
-/// `ContactChange::parse` gives a bad cell the same code as the same mistake in JSON.
-pub fn record_from_cells<'a>(cells: impl IntoIterator<Item = (&'a str, &'a str)>) -> Value {
+/// and a cell is a number, a boolean or a list where its field is one (`age`, or the
+/// account's `integer`, `number`, `boolean` and `string[]` fields; a list's items are
+/// separated by `;`). Anything else stays text, so that `ContactChange::parse` gives a bad
+/// cell the same code as the same mistake in JSON.
+pub fn record_from_cells<'a>(
+    cells: impl IntoIterator<Item = (&'a str, &'a str)>,
+    custom: &FieldDefinitions,
+) -> Value {
     let mut record = Map::new();
     for (field, cell) in cells {
         if cell.is_empty() {
             continue;
         }
-        if cell.trim() == CLEAR_MARKER {
+        let trimmed = cell.trim();
+        if trimmed == CLEAR_MARKER {
             record.insert(field.to_owned(), Value::Null);
             continue;
         }
-        let value = match (field, cell.trim().parse::<i64>()) {
-            ("age", Ok(number)) => Value::from(number),
-            _ => Value::from(cell),
+        let field_type = match field {
+            "age" => Some(FieldType::Integer),
+            _ => custom.get(field).map(|definition| definition.field_type),
         };
+        let value = match field_type {
+            Some(FieldType::Integer | FieldType::Number) => number_cell(trimmed),
+            Some(FieldType::Boolean) if trimmed.eq_ignore_ascii_case("true") => {
+                Some(Value::Bool(true))
+            }
+            Some(FieldType::Boolean) if trimmed.eq_ignore_ascii_case("false") => {
+                Some(Value::Bool(false))
+            }
+            Some(FieldType::TextList) => Some(Value::Array(
+                cell.split(';')
+                    .map(str::trim)
+                    .filter(|item| !item.is_empty())
+                    .map(Value::from)
+                    .collect(),
+            )),
+            _ => None,
+        }
+        .unwrap_or_else(|| Value::from(cell));
         record.insert(field.to_owned(), value);
     }
     Value::Object(record)
 }
 
+fn number_cell(cell: &str) -> Option<Value> {
+    if let Ok(integer) = cell.parse::<i64>() {
+        return Some(Value::from(integer));
+    }
+    cell.parse::<f64>()
+        .ok()
+        .filter(|float| float.is_finite())
+        .map(Value::from)
+}
+
 impl ContactChange {
-    pub fn parse(record: &Value, action_type: ActionType) -> Result<Self, RecordError> {
+    /// A record checked against the built-in fields and the account's own (`custom`, the
+    /// definition in force for the action).
+    pub fn parse(
+        record: &Value,
+        action_type: ActionType,
+        custom: &FieldDefinitions,
+    ) -> Result<Self, RecordError> {
         let Value::Object(object) = record else {
             return Err(RecordError::new(
                 OutcomeCode::NotAnObject,
                 "record must be a JSON object",
             ));
         };
-        check_field_names(object)?;
+        check_field_names(object, custom)?;
         let email = match object.get("email") {
             None | Some(Value::Null) => {
                 return Err(RecordError::new(
@@ -292,27 +337,45 @@ impl ContactChange {
             age: age(object)?,
             status: bounded_string(object, "status", STATUS_MAX_CHARS)?,
         };
+        let mut changes = BTreeMap::new();
+        for (name, value) in object {
+            if let Some(definition) = custom.get(name) {
+                changes.insert(name.clone(), definition.check(value)?);
+            }
+        }
         match action_type {
-            ActionType::Update if fields.is_empty() => Err(RecordError::new(
+            ActionType::Update if fields.is_empty() && changes.is_empty() => Err(RecordError::new(
                 OutcomeCode::NoFieldsToUpdate,
-                "update needs at least one of name, age, status (a value, or null to clear it)",
+                "update needs at least one field besides email (a value, or null to clear it)",
             )),
             // A delete is keyed by email alone; the fields were checked but carry no meaning.
             ActionType::Delete => Ok(Self {
                 email,
                 fields: ContactFields::default(),
+                custom: BTreeMap::new(),
             }),
-            // A new contact has nothing to clear.
+            // A new contact has nothing to clear, and a list it edits starts with the adds.
             ActionType::Create => Ok(Self {
                 email,
                 fields: fields.without_clears(),
+                custom: changes
+                    .into_iter()
+                    .filter_map(|(name, change)| Some((name, change.on_insert()?)))
+                    .collect(),
             }),
-            _ => Ok(Self { email, fields }),
+            _ => Ok(Self {
+                email,
+                fields,
+                custom: changes,
+            }),
         }
     }
 }
 
-fn check_field_names(object: &Map<String, Value>) -> Result<(), RecordError> {
+fn check_field_names(
+    object: &Map<String, Value>,
+    custom: &FieldDefinitions,
+) -> Result<(), RecordError> {
     if let Some(key) = object.keys().find(|key| has_forbidden_control(key, false)) {
         return Err(RecordError::new(
             OutcomeCode::InvalidCharacters,
@@ -333,12 +396,13 @@ fn check_field_names(object: &Map<String, Value>) -> Result<(), RecordError> {
     }
     if let Some(key) = object
         .keys()
-        .find(|key| !KNOWN_FIELDS.contains(&key.as_str()))
+        .find(|key| !KNOWN_FIELDS.contains(&key.as_str()) && custom.get(key).is_none())
     {
         return Err(RecordError::new(
             OutcomeCode::UnknownField,
             format!(
-                "unknown field {}; known fields are email, name, age, status",
+                "unknown field {}; known fields are email, name, age, status and the \
+                 account's own (GET /fields/contact)",
                 quoted(key)
             ),
         ));
@@ -405,23 +469,29 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::json;
 
+    fn none() -> FieldDefinitions {
+        FieldDefinitions::default()
+    }
+
     fn code_of(record: Value, action_type: ActionType) -> OutcomeCode {
-        ContactChange::parse(&record, action_type).unwrap_err().code
+        ContactChange::parse(&record, action_type, &none())
+            .unwrap_err()
+            .code
     }
 
     #[test]
     fn null_clears_a_field_and_counts_as_a_change() {
         use ActionType::{Create, Update, Upsert};
         let record = json!({"email": "a@b.co", "name": null, "age": null, "status": "lead"});
-        let change = ContactChange::parse(&record, Update).unwrap();
+        let change = ContactChange::parse(&record, Update, &none()).unwrap();
         assert_eq!(change.fields.name, Some(FieldChange::Clear));
         assert_eq!(change.fields.age, Some(FieldChange::Clear));
         assert_eq!(change.fields.status, Some(FieldChange::Set("lead".into())));
         let only_clears = json!({"email": "a@b.co", "status": null});
-        assert!(ContactChange::parse(&only_clears, Update).is_ok());
-        assert!(ContactChange::parse(&only_clears, Upsert).is_ok());
+        assert!(ContactChange::parse(&only_clears, Update, &none()).is_ok());
+        assert!(ContactChange::parse(&only_clears, Upsert, &none()).is_ok());
         // A new contact has nothing to clear: the clears are dropped, the values kept.
-        let created = ContactChange::parse(&record, Create).unwrap();
+        let created = ContactChange::parse(&record, Create, &none()).unwrap();
         assert_eq!(created.fields.name, None);
         assert_eq!(created.fields.age, None);
         assert_eq!(created.fields.status, Some(FieldChange::Set("lead".into())));
@@ -435,7 +505,7 @@ mod tests {
     #[test]
     fn a_clear_survives_the_batch_payload_and_old_payloads_read_as_before() {
         let record = json!({"email": "a@b.co", "name": null, "age": 7});
-        let change = ContactChange::parse(&record, ActionType::Upsert).unwrap();
+        let change = ContactChange::parse(&record, ActionType::Upsert, &none()).unwrap();
         let stored = serde_json::to_value(&change).unwrap();
         assert_eq!(stored, json!({"email": "a@b.co", "name": null, "age": 7}));
         assert_eq!(
@@ -449,14 +519,109 @@ mod tests {
         assert_eq!(old.fields.status, Some(FieldChange::Set("x".into())));
     }
 
+    fn account_fields() -> FieldDefinitions {
+        FieldDefinitions::parse(&json!({ "fields": [
+            { "name": "tier", "type": "string", "enum": ["gold", "silver"] },
+            { "name": "seats", "type": "integer", "min": 1 },
+            { "name": "score", "type": "number" },
+            { "name": "vip", "type": "boolean" },
+            { "name": "since", "type": "date" },
+            { "name": "tags", "type": "string[]" },
+        ]}))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_record_names_the_accounts_own_fields() {
+        use crate::fields::CustomValue;
+        use ActionType::{Create, Delete, Update};
+        let fields = account_fields();
+        let record = json!({
+            "email": "a@b.co", "tier": "gold", "seats": 3, "score": 0.5, "vip": null,
+            "since": "2026-01-02", "tags": {"add": ["vip"], "remove": ["trial"]},
+        });
+        let change = ContactChange::parse(&record, Update, &fields).unwrap();
+        assert_eq!(
+            change.custom.keys().collect::<Vec<_>>(),
+            ["score", "seats", "since", "tags", "tier", "vip"]
+        );
+        assert_eq!(change.custom["vip"], CustomChange::Clear);
+        assert_eq!(
+            change.custom["tier"],
+            CustomChange::Set(CustomValue::Text("gold".into()))
+        );
+        // A new contact: no clear, and the list starts with its adds.
+        let created = ContactChange::parse(&record, Create, &fields).unwrap();
+        assert!(!created.custom.contains_key("vip"));
+        assert_eq!(
+            created.custom["tags"],
+            CustomChange::Set(CustomValue::TextList(vec!["vip".into()]))
+        );
+        assert!(ContactChange::parse(&record, Delete, &fields)
+            .unwrap()
+            .custom
+            .is_empty());
+        // Only custom fields make an update; undefined ones are still unknown.
+        assert!(
+            ContactChange::parse(&json!({"email": "a@b.co", "seats": 2}), Update, &fields).is_ok()
+        );
+        assert_eq!(
+            ContactChange::parse(&json!({"email": "a@b.co", "seats": 2}), Update, &none())
+                .unwrap_err()
+                .code,
+            OutcomeCode::UnknownField
+        );
+        assert_eq!(
+            ContactChange::parse(&json!({"email": "a@b.co", "seats": 0}), Update, &fields)
+                .unwrap_err()
+                .code,
+            OutcomeCode::InvalidValue
+        );
+        // The stored payload reads back the same.
+        let stored = serde_json::to_value(&change).unwrap();
+        assert_eq!(
+            serde_json::from_value::<ContactChange>(stored).unwrap(),
+            change
+        );
+    }
+
+    #[test]
+    fn csv_cells_take_the_type_of_their_field() {
+        let record = record_from_cells(
+            [
+                ("email", "a@b.co"),
+                ("seats", " 12 "),
+                ("score", "0.25"),
+                ("vip", "TRUE"),
+                ("tags", "vip; new ;;"),
+                ("tier", "007"),
+                ("since", "2026-01-02"),
+            ],
+            &account_fields(),
+        );
+        assert_eq!(
+            record,
+            json!({
+                "email": "a@b.co", "seats": 12, "score": 0.25, "vip": true,
+                "tags": ["vip", "new"], "tier": "007", "since": "2026-01-02",
+            })
+        );
+        // A cell that is not of its field's type stays text and fails like JSON would.
+        let wrong = record_from_cells([("email", "a@b.co"), ("seats", "many")], &account_fields());
+        assert_eq!(wrong["seats"], "many");
+    }
+
     #[test]
     fn the_csv_marker_clears_and_an_empty_cell_leaves_alone() {
-        let record = record_from_cells([
-            ("email", "a@b.co"),
-            ("name", "#N/A"),
-            ("age", " #N/A "),
-            ("status", ""),
-        ]);
+        let record = record_from_cells(
+            [
+                ("email", "a@b.co"),
+                ("name", "#N/A"),
+                ("age", " #N/A "),
+                ("status", ""),
+            ],
+            &none(),
+        );
         assert_eq!(
             record,
             json!({"email": "a@b.co", "name": null, "age": null})
@@ -559,6 +724,7 @@ mod tests {
         let change = ContactChange::parse(
             &json!({"email": "a@b.co", "name": "Ann\tLee\r\nJr"}),
             Upsert,
+            &none(),
         )
         .unwrap();
         assert_eq!(
@@ -619,7 +785,8 @@ mod tests {
         let mut record = Map::new();
         record.insert("email".into(), json!("a@b.co"));
         record.insert("k".repeat(17_000_000), json!(1));
-        let error = ContactChange::parse(&Value::Object(record), ActionType::Upsert).unwrap_err();
+        let error =
+            ContactChange::parse(&Value::Object(record), ActionType::Upsert, &none()).unwrap_err();
         assert_eq!(error.code, OutcomeCode::UnknownField);
         assert!(error.message.len() < 200, "{}", error.message.len());
         assert!(error.message.contains("\"kkkk") && error.message.contains('…'));
@@ -654,7 +821,7 @@ mod tests {
             object.insert("email".into(), json!(format!("{email}@x.io")));
             object.insert("name".into(), json!(name));
             object.insert(key, json!("v"));
-            match ContactChange::parse(&Value::Object(object), ActionType::Upsert) {
+            match ContactChange::parse(&Value::Object(object), ActionType::Upsert, &none()) {
                 Ok(change) => {
                     let name = change.fields.name.as_ref().and_then(FieldChange::value);
                     prop_assert!(!has_forbidden_control(name.map_or("", String::as_str), true));
@@ -675,9 +842,12 @@ mod tests {
 
     #[test]
     fn delete_keeps_only_the_key() {
-        let change =
-            ContactChange::parse(&json!({"email": "A@b.co", "name": "x"}), ActionType::Delete)
-                .unwrap();
+        let change = ContactChange::parse(
+            &json!({"email": "A@b.co", "name": "x"}),
+            ActionType::Delete,
+            &none(),
+        )
+        .unwrap();
         assert_eq!(change.email.as_str(), "a@b.co");
         assert!(change.fields.is_empty());
     }

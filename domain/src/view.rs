@@ -229,6 +229,7 @@ fn created(event: &EventEnvelope) -> ActionView {
         pacing,
         max_records_per_minute,
         api_key_id,
+        ..
     } = &event.payload
     else {
         unreachable!("created() is only called with a Created payload");
@@ -396,6 +397,7 @@ mod tests {
                 pacing: None,
                 max_records_per_minute: None,
                 api_key_id: None,
+                custom_fields: None,
             },
             EventPayload::RecordSkipped {
                 records: vec![outcome(5, OutcomeCode::DuplicateEmail)],
@@ -563,6 +565,7 @@ mod tests {
             pacing: None,
             max_records_per_minute: None,
             api_key_id: None,
+            custom_fields: None,
         }
     }
 

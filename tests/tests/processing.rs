@@ -946,3 +946,131 @@ async fn null_and_the_csv_marker_clear_fields_and_nothing_else() -> Result<()> {
     assert_eq!(csv_contact.get_str("status")?, "lead");
     Ok(())
 }
+
+/// An account's own fields (`PUT /fields/contact`) on its contacts: a value of every type
+/// set, checked against its limits, cleared; a list replaced, added to and taken from; the
+/// same through CSV; fields nobody named left as they were; and `Created` keeps the
+/// definition the records were checked against.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_fields_of_every_type_are_checked_and_written() -> Result<()> {
+    let app = TestApp::spawn(AppOptions::default()).await?;
+    let key = format!("Bearer {}", app.key_for("own").await?);
+    let auth = [("authorization", key.as_str())];
+    let definition = json!({ "fields": [
+        { "name": "tier", "type": "string", "enum": ["gold", "silver"] },
+        { "name": "seats", "type": "integer", "min": 1, "max": 500 },
+        { "name": "score", "type": "number" },
+        { "name": "vip", "type": "boolean" },
+        { "name": "renewsOn", "type": "date" },
+        { "name": "tags", "type": "string[]", "maxLength": 16 },
+    ]});
+    let put = app
+        .send(
+            reqwest::Method::PUT,
+            "/fields/contact",
+            Some(&definition),
+            &auth,
+        )
+        .await?;
+    assert_eq!(put.status, 200, "{}", put.body);
+    app.contacts()
+        .insert_one(doc! {
+            "_id": ObjectId::new(), "accountId": "own", "email": "old@x.io", "name": "Old",
+            "tier": "silver", "vip": true, "tags": ["trial", "beta"], "crm": { "owner": "kim" },
+        })
+        .await?;
+
+    let upserted = app
+        .submit(&action(
+            "own",
+            "upsert",
+            json!([
+                { "email": "old@x.io", "tier": "gold", "vip": null, "seats": 12,
+                  "tags": { "add": ["vip"], "remove": ["trial"] } },
+                { "email": "new@x.io", "score": 0.75, "renewsOn": "2027-01-31",
+                  "tags": ["a", "b", "a"] },
+                { "email": "bad@x.io", "seats": 0 },
+                { "email": "bad2@x.io", "tier": "bronze" },
+                { "email": "bad3@x.io", "nickname": "n" },
+            ]),
+        ))
+        .await?;
+    let view = app.wait_projected_terminal(&upserted, WAIT).await?;
+    assert_eq!(
+        codes(&app.all_logs(&upserted).await?),
+        BTreeMap::from([
+            (0, "updated".into()),
+            (1, "created".into()),
+            (2, "invalid_value".into()),
+            (3, "invalid_value".into()),
+            (4, "unknown_field".into()),
+        ]),
+        "{view}"
+    );
+    let old = contact(&app, "own", "old@x.io").await?.context("old")?;
+    assert_eq!(old.get_str("tier")?, "gold");
+    assert!(!old.contains_key("vip"), "cleared: {old}");
+    assert_eq!(old.get_i64("seats")?, 12);
+    let tags: BTreeSet<&str> = old
+        .get_array("tags")?
+        .iter()
+        .filter_map(Bson::as_str)
+        .collect();
+    assert_eq!(tags, BTreeSet::from(["beta", "vip"]));
+    assert_eq!(old.get_str("name")?, "Old");
+    assert_eq!(old.get_document("crm")?, &doc! { "owner": "kim" });
+    let new = contact(&app, "own", "new@x.io").await?.context("new")?;
+    assert_eq!(new.get_f64("score")?, 0.75);
+    assert_eq!(
+        new.get_datetime("renewsOn")?.timestamp_millis(),
+        domain::Timestamp::parse_rfc3339("2027-01-31T00:00:00Z")
+            .context("a date")?
+            .millis()
+    );
+    assert_eq!(
+        new.get_array("tags")?,
+        &vec![Bson::from("a"), Bson::from("b")]
+    );
+
+    // The same account's CSV: its own columns, typed by their definition.
+    let csv = "email,Seats,VIP,tags,tier\nold@x.io,40,false,x;y,#N/A\n";
+    let (status, reply) = app
+        .post_raw(
+            "/bulk-actions?accountId=own&entityType=contact&actionType=update",
+            "text/csv",
+            csv.as_bytes().to_vec(),
+        )
+        .await?;
+    assert_eq!(status, 202, "{reply}");
+    let csv_action = reply["actionId"]
+        .as_str()
+        .context("an action id")?
+        .to_owned();
+    let view = app.wait_projected_terminal(&csv_action, WAIT).await?;
+    assert_eq!(view["succeeded"], 1, "{view}");
+    let old = contact(&app, "own", "old@x.io").await?.context("old")?;
+    assert_eq!(old.get_i64("seats")?, 40);
+    assert!(!old.get_bool("vip")?);
+    assert_eq!(
+        old.get_array("tags")?,
+        &vec![Bson::from("x"), Bson::from("y")]
+    );
+    assert!(!old.contains_key("tier"), "{old}");
+
+    // What the records were checked against stays with the action.
+    let store = infra::EventStore::new(
+        infra::redis_conn::shared(app.redis_url()).await?,
+        app.keys(),
+    );
+    let id = domain::ActionId::parse(&upserted).context("an action id")?;
+    let created = store.read(id, None, 1).await?;
+    let domain::EventPayload::Created { custom_fields, .. } = &created[0].envelope.payload else {
+        panic!("the first event is Created");
+    };
+    assert_eq!(
+        serde_json::to_value(custom_fields)?,
+        definition,
+        "the definition in force"
+    );
+    Ok(())
+}

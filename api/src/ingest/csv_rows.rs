@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use csv::{ByteRecord, ErrorKind};
+use domain::fields::FieldDefinitions;
 use domain::record::{record_from_cells, KNOWN_FIELDS};
 use domain::OutcomeCode;
 use serde_json::json;
@@ -25,13 +26,20 @@ const PARSER_BUFFER: usize = 64 * 1024;
 pub struct CsvRecords<R> {
     reader: csv::Reader<Budgeted<R>>,
     fields: Vec<String>,
+    custom: FieldDefinitions,
     row: ByteRecord,
     bytes_in_row: Arc<AtomicUsize>,
     max_record_bytes: usize,
 }
 
 /// Reads the header row; the rows follow as the iterator is driven.
-pub fn open<R: Read>(input: R, max_record_bytes: usize) -> Result<CsvRecords<R>, UploadError> {
+/// `custom` are the account's own fields: columns of theirs are allowed, and their cells
+/// take the field's type.
+pub fn open<R: Read>(
+    input: R,
+    max_record_bytes: usize,
+    custom: &FieldDefinitions,
+) -> Result<CsvRecords<R>, UploadError> {
     let bytes_in_row = Arc::new(AtomicUsize::new(0));
     let budgeted = Budgeted {
         inner: input,
@@ -47,7 +55,7 @@ pub fn open<R: Read>(input: R, max_record_bytes: usize) -> Result<CsvRecords<R>,
         .read_byte_record(&mut header)
         .map_err(|error| row_error(error, 1, max_record_bytes))?;
     let fields = if has_header {
-        header_fields(&header)?
+        header_fields(&header, custom)?
     } else {
         Vec::new()
     };
@@ -55,13 +63,19 @@ pub fn open<R: Read>(input: R, max_record_bytes: usize) -> Result<CsvRecords<R>,
     Ok(CsvRecords {
         reader,
         fields,
+        custom: custom.clone(),
         row: ByteRecord::new(),
         bytes_in_row,
         max_record_bytes,
     })
 }
 
-fn header_fields(header: &ByteRecord) -> Result<Vec<String>, UploadError> {
+/// The record field each column is: a built-in one or one of the account's, named in any
+/// case, once.
+fn header_fields(
+    header: &ByteRecord,
+    custom: &FieldDefinitions,
+) -> Result<Vec<String>, UploadError> {
     let refuse =
         |message: String, details: serde_json::Value| UploadError::CsvHeader { message, details };
     let mut fields: Vec<String> = Vec::with_capacity(header.len());
@@ -71,16 +85,27 @@ fn header_fields(header: &ByteRecord) -> Result<Vec<String>, UploadError> {
         } else {
             cell
         };
-        let name = String::from_utf8_lossy(cell).trim().to_lowercase();
-        if !KNOWN_FIELDS.contains(&name.as_str()) {
+        let written = String::from_utf8_lossy(cell).trim().to_owned();
+        let lowercase = written.to_lowercase();
+        let canonical = KNOWN_FIELDS
+            .iter()
+            .map(|known| known.to_string())
+            .chain(custom.fields.iter().map(|field| field.name.clone()))
+            .find(|name| name.to_lowercase() == lowercase);
+        let Some(name) = canonical else {
+            let allowed: Vec<&str> = KNOWN_FIELDS
+                .iter()
+                .copied()
+                .chain(custom.fields.iter().map(|field| field.name.as_str()))
+                .collect();
             return Err(refuse(
                 format!(
                     "CSV column {} is not a record field",
-                    domain::text::quoted(&name)
+                    domain::text::quoted(&written)
                 ),
-                json!({ "column": domain::text::bounded(&name, domain::text::ECHO_MAX_BYTES), "allowed": KNOWN_FIELDS }),
+                json!({ "column": domain::text::bounded(&written, domain::text::ECHO_MAX_BYTES), "allowed": allowed }),
             ));
-        }
+        };
         if fields.contains(&name) {
             return Err(refuse(
                 format!("CSV column {name:?} appears twice"),
@@ -140,7 +165,7 @@ impl<R> CsvRecords<R> {
             }
         }
         let pairs = self.fields.iter().map(String::as_str).zip(cells);
-        Record::Value(record_from_cells(pairs))
+        Record::Value(record_from_cells(pairs, &self.custom))
     }
 }
 
@@ -195,7 +220,7 @@ mod tests {
     type Read = Vec<Result<Value, (OutcomeCode, String)>>;
 
     fn read(input: &str, max: usize) -> Result<Read, UploadError> {
-        let records = open(input.as_bytes(), max)?;
+        let records = open(input.as_bytes(), max, &FieldDefinitions::default())?;
         records
             .map(|record| {
                 record.map(|record| match record {

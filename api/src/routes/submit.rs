@@ -101,13 +101,20 @@ pub async fn submit(
     }
 
     let batch_size = batch_size_of(config.batch_size, settings.pacing);
+    // The definition in force now is the one the records are checked against (and that
+    // `Created` records), whatever the account defines while they are read.
+    let custom_fields = state
+        .store
+        .field_definitions(&settings.account_id, settings.entity_type)
+        .await?;
     let mut staging = Staging::new(&state.store, &settings.account_id);
     let planned = ingest::plan_and_stage(
         {
             let max_record_bytes = config.max_record_bytes;
-            move |sink: &mut RecordSink<'_>| source.read(max_record_bytes, sink)
+            let custom_fields = custom_fields.clone();
+            move |sink: &mut RecordSink<'_>| source.read(max_record_bytes, &custom_fields, sink)
         },
-        Planner::new(settings.action_type, batch_size),
+        Planner::new(settings.action_type, batch_size).with_custom_fields(custom_fields.clone()),
         ingest::PlanLimits {
             max_records: config.max_records_per_action,
             max_batches: config.max_batches_per_action,
@@ -123,6 +130,7 @@ pub async fn submit(
                 summary,
                 batch_size,
                 early_schedule,
+                custom_fields,
             };
             commit::commit(
                 &state,

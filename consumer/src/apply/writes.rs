@@ -111,26 +111,37 @@ impl ContactWriter {
         Ok(refused)
     }
 
-    /// `$set`s (and `$unset`s) each record's fields on its contact, one statement per
-    /// distinct change.
-    /// Returns how many contacts matched.
+    /// Applies each record's update to its contact (`documents::contact_update`), one
+    /// statement per distinct update, many statements per command. Returns how many
+    /// contacts the first statements matched.
     pub(super) async fn set_fields(
         &self,
         account: &AccountId,
         records: &[&PlannedRecord],
         now: DateTime,
     ) -> Result<i64, ApplyError> {
-        let mut groups: BTreeMap<Vec<u8>, (Document, Vec<&str>)> = BTreeMap::new();
+        let mut first: BTreeMap<Vec<u8>, (Document, Vec<&str>)> = BTreeMap::new();
+        let mut then: BTreeMap<Vec<u8>, (Document, Vec<&str>)> = BTreeMap::new();
         for record in records {
             let update = contact_update(&record.change, now);
-            let group_key =
-                mongodb::bson::to_vec(&update).map_err(|e| ApplyError::Refused(e.to_string()))?;
-            groups
-                .entry(group_key)
-                .or_insert_with(|| (update, Vec::new()))
-                .1
-                .push(email_of(record));
+            group(&mut first, update.first, email_of(record))?;
+            if let Some(after) = update.then {
+                group(&mut then, after, email_of(record))?;
+            }
         }
+        let matched = self.run_updates(account, first).await?;
+        // A list's adds where the same record removed items: after every removal.
+        self.run_updates(account, then).await?;
+        Ok(matched)
+    }
+
+    /// One statement per group, `statements_per_command` a command; returns how many
+    /// contacts the statements matched.
+    async fn run_updates(
+        &self,
+        account: &AccountId,
+        groups: BTreeMap<Vec<u8>, (Document, Vec<&str>)>,
+    ) -> Result<i64, ApplyError> {
         let statements: Vec<Document> = groups
             .into_values()
             .map(|(update, emails)| match emails.as_slice() {
@@ -173,4 +184,19 @@ impl ContactWriter {
         }
         Ok(())
     }
+}
+
+/// Puts `email` in the group of records that make the very same update.
+fn group<'a>(
+    groups: &mut BTreeMap<Vec<u8>, (Document, Vec<&'a str>)>,
+    update: Document,
+    email: &'a str,
+) -> Result<(), ApplyError> {
+    let key = mongodb::bson::to_vec(&update).map_err(|e| ApplyError::Refused(e.to_string()))?;
+    groups
+        .entry(key)
+        .or_insert_with(|| (update, Vec::new()))
+        .1
+        .push(email);
+    Ok(())
 }

@@ -26,6 +26,10 @@ fn a_definition_is_checked_whole() {
             "a name is a letter",
         ),
         (json!({"name": "Email", "type": "string"}), "is reserved"),
+        (
+            json!({"name": "createdByBulkAction", "type": "string"}),
+            "is reserved",
+        ),
         (json!({"name": "a", "type": "text"}), "unknown variant"),
         (
             json!({"name": "a", "type": "boolean", "maxLength": 3}),

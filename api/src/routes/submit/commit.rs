@@ -1,6 +1,7 @@
 //! Making a planned submission an action: its start, its id (reserved under its
 //! `Idempotency-Key`, if any), its opening events, and the commit.
 
+use domain::fields::FieldDefinitions;
 use domain::{ActionId, ActionView, EventPayload, PlanSummary, ScheduleError, Timestamp};
 use infra::event_store::{Commit, NewAction};
 use infra::staging::Staging;
@@ -23,6 +24,8 @@ pub(super) struct Plan {
     pub(super) summary: PlanSummary,
     pub(super) batch_size: usize,
     pub(super) early_schedule: Result<Option<Timestamp>, ScheduleError>,
+    /// The account's own fields the records were checked against.
+    pub(super) custom_fields: FieldDefinitions,
 }
 
 pub(super) async fn commit(
@@ -73,7 +76,7 @@ pub(super) async fn commit(
         ),
         start_at,
         created_at,
-        events: opening_events(caller, settings, &summary),
+        events: opening_events(caller, settings, &summary, &plan.custom_fields),
         staging,
     };
     if state.store.commit_action(&new_action).await? == Commit::AlreadyExisted {
@@ -127,6 +130,7 @@ fn opening_events(
     caller: &Caller,
     settings: &ActionSettings,
     summary: &PlanSummary,
+    custom_fields: &FieldDefinitions,
 ) -> Vec<EventPayload> {
     let created = EventPayload::Created {
         account_id: settings.account_id.clone(),
@@ -138,6 +142,7 @@ fn opening_events(
         pacing: settings.pacing,
         max_records_per_minute: settings.max_records_per_minute,
         api_key_id: Some(caller.key_id.clone()),
+        custom_fields: (!custom_fields.fields.is_empty()).then(|| custom_fields.clone()),
     };
     let mut events = vec![created];
     if summary.batch_count == 0 {

@@ -5,6 +5,7 @@ use std::io::BufReader;
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode};
+use domain::fields::FieldDefinitions;
 use serde_json::json;
 
 use crate::auth::Caller;
@@ -59,6 +60,7 @@ impl Source {
     pub(super) fn read(
         self,
         max_record_bytes: usize,
+        custom_fields: &FieldDefinitions,
         sink: &mut RecordSink<'_>,
     ) -> Result<(), ingest::UploadError> {
         match self {
@@ -70,7 +72,9 @@ impl Source {
                 ),
                 sink,
             ),
-            Source::Csv(body) => ingest::feed(csv_rows::open(body, max_record_bytes)?, sink),
+            Source::Csv(body) => {
+                ingest::feed(csv_rows::open(body, max_record_bytes, custom_fields)?, sink)
+            }
         }
     }
 }

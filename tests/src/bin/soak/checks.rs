@@ -162,7 +162,11 @@ async fn check_action(api: &Api, action: &Submitted, view: &Value) -> Result<Vec
 
 /// A line names the normalised email of its record (when the record had a valid one).
 fn check_line_email(tally: &Tally, subject: &str, action: &Submitted, index: usize, line: &Value) {
-    let Ok(change) = ContactChange::parse(&action.records[index], action.action_type) else {
+    let Ok(change) = ContactChange::parse(
+        &action.records[index],
+        action.action_type,
+        &domain::fields::FieldDefinitions::default(),
+    ) else {
         return;
     };
     if line["email"].as_str() != Some(change.email.as_str()) {

@@ -84,7 +84,11 @@ impl Contacts {
     pub fn fold(&mut self, action: &Submitted, codes: &[String]) -> Vec<Contradiction> {
         let mut contradictions = Vec::new();
         for (index, (record, code)) in action.records.iter().zip(codes).enumerate() {
-            let Ok(change) = ContactChange::parse(record, action.action_type) else {
+            let Ok(change) = ContactChange::parse(
+                record,
+                action.action_type,
+                &domain::fields::FieldDefinitions::default(),
+            ) else {
                 if matches!(code.as_str(), "created" | "updated" | "deleted") {
                     contradictions.push(Contradiction {
                         index,
