@@ -19,6 +19,7 @@
 //! action inserted (before its insert, and again for what collided); those are `created`,
 //! so a crash does not turn `created` into `updated` or `already_exists`.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use domain::{AccountId, ActionId, ActionType, Batch, OutcomeCode, PlannedRecord, RecordOutcome};
@@ -33,6 +34,7 @@ const NOT_FOUND_MESSAGE: &str = "no contact with this email in the account";
 pub const CREATED_BY: &str = "createdByBulkAction";
 
 mod documents;
+mod lists;
 mod writes;
 
 pub(crate) use documents::{bson, contact_update, new_contact_fields};
@@ -119,12 +121,28 @@ impl ContactWriter {
         }
         let now = DateTime::now();
         let account = target.account;
-        match target.action_type {
-            ActionType::Update => self.update(account, batch, now).await,
-            ActionType::Upsert => self.upsert(target, batch, now).await,
-            ActionType::Create => self.create(target, batch, now).await,
-            ActionType::Delete => self.delete(account, batch, memory).await,
+        let (batch, mut refused) = match target.action_type {
+            ActionType::Update | ActionType::Upsert => {
+                self.without_list_conflicts(account, batch).await?
+            }
+            ActionType::Create | ActionType::Delete => (Cow::Borrowed(batch), Vec::new()),
+        };
+        let batch = batch.as_ref();
+        let mut outcomes = if batch.records.is_empty() {
+            Vec::new()
+        } else {
+            match target.action_type {
+                ActionType::Update => self.update(account, batch, now).await?,
+                ActionType::Upsert => self.upsert(target, batch, now).await?,
+                ActionType::Create => self.create(target, batch, now).await?,
+                ActionType::Delete => self.delete(account, batch, memory).await?,
+            }
+        };
+        if !refused.is_empty() {
+            outcomes.append(&mut refused);
+            outcomes.sort_by_key(|outcome| outcome.index);
         }
+        Ok(outcomes)
     }
 
     /// Optimistic: the `$set`s go out first, and only if they matched fewer contacts than

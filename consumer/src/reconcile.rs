@@ -82,10 +82,15 @@ impl ContactWriter {
         batch: &Batch,
     ) -> Result<HashMap<String, Document>, ApplyError> {
         let emails: Vec<&str> = batch.records.iter().map(email_of).collect();
+        let mut projection =
+            doc! { "_id": 0, "email": 1, "name": 1, "age": 1, "status": 1, CREATED_BY: 1 };
+        for record in &batch.records {
+            for name in record.change.custom.keys() {
+                projection.insert(name.as_str(), 1);
+            }
+        }
         let options = FindOptions::builder()
-            .projection(
-                doc! { "_id": 0, "email": 1, "name": 1, "age": 1, "status": 1, CREATED_BY: 1 },
-            )
+            .projection(projection)
             .batch_size(u32::try_from(emails.len().max(1)).unwrap_or(u32::MAX))
             .build();
         let found: Vec<Document> = self
@@ -131,14 +136,17 @@ fn fields_are(contact: &Document, record: &PlannedRecord) -> bool {
         .all(|(name, change)| match change {
             CustomChange::Set(value) => same(contact.get(name), &crate::apply::bson(value)),
             CustomChange::Clear => !contact.contains_key(name),
-            CustomChange::Edit { add, remove } => {
-                let items: Vec<&str> = match contact.get_array(name) {
-                    Ok(items) => items.iter().filter_map(Bson::as_str).collect(),
-                    Err(_) => Vec::new(),
-                };
-                add.iter().all(|item| items.contains(&item.as_str()))
-                    && remove.iter().all(|item| !items.contains(&item.as_str()))
-            }
+            // A list edited: the stored list holds every add and none of the removals; a list
+            // only taken from may also be absent. Anything else there was never edited.
+            CustomChange::Edit { add, remove } => match contact.get(name) {
+                Some(Bson::Array(items)) => {
+                    let items: Vec<&str> = items.iter().filter_map(Bson::as_str).collect();
+                    add.iter().all(|item| items.contains(&item.as_str()))
+                        && remove.iter().all(|item| !items.contains(&item.as_str()))
+                }
+                None => add.is_empty(),
+                Some(_) => false,
+            },
         });
     text("name", &fields.name) && text("status", &fields.status) && age && custom
 }

@@ -6,20 +6,20 @@
 //! A value is checked into a `CustomChange`: a value to set, `null` to clear, or, for a
 //! `string[]` field, `{"add": [...], "remove": [...]}` to change the list in place.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::outcome::OutcomeCode;
 use crate::record::RecordError;
-use crate::text::quoted;
+use crate::text::{bounded, quoted, MESSAGE_MAX_BYTES};
 use crate::time::Timestamp;
 
 /// Field names no account may define: the built-in fields and what the platform keeps on
 /// every document (a record naming `createdByBulkAction` could forge another action's
 /// provenance, which retries and dead-letter reconciliation rely on).
-pub const RESERVED_NAMES: [&str; 10] = [
+pub const RESERVED_NAMES: [&str; 11] = [
     "email",
     "name",
     "age",
@@ -30,8 +30,12 @@ pub const RESERVED_NAMES: [&str; 10] = [
     "createdAt",
     "updatedAt",
     "createdByBulkAction",
+    // Kept for `matchBy` (issue 15), which will name an account's external id field.
+    "externalId",
 ];
 pub const MAX_FIELDS: usize = 100;
+/// The keys a field's definition may have.
+const FIELD_KEYS: [&str; 6] = ["name", "type", "maxLength", "min", "max", "enum"];
 pub const NAME_MAX_CHARS: usize = 64;
 /// The longest text any field may hold, whatever its `maxLength`.
 pub const TEXT_MAX_CHARS: u32 = 10_000;
@@ -58,7 +62,7 @@ pub enum FieldType {
 
 /// One field as an account defined it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FieldDefinition {
     /// A letter, then up to 63 letters, digits or `_`; not a built-in field's name.
@@ -88,8 +92,9 @@ pub struct FieldDefinition {
 }
 
 /// An account's fields for one entity type, by name.
+/// Read leniently (a copy in Redis or in an event written by a later build may hold keys
+/// this one does not know); what an account sends is checked strictly by `parse`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FieldDefinitions {
     pub fields: Vec<FieldDefinition>,
@@ -128,6 +133,31 @@ pub enum CustomValue {
     TextList(Vec<String>),
 }
 
+/// A definition by name, built once per submission: every field a record names is looked
+/// up in it.
+#[derive(Debug, Clone, Default)]
+pub struct FieldIndex {
+    by_name: HashMap<String, FieldDefinition>,
+}
+
+impl FieldIndex {
+    pub fn get(&self, name: &str) -> Option<&FieldDefinition> {
+        self.by_name.get(name)
+    }
+}
+
+impl From<&FieldDefinitions> for FieldIndex {
+    fn from(definitions: &FieldDefinitions) -> Self {
+        Self {
+            by_name: definitions
+                .fields
+                .iter()
+                .map(|field| (field.name.clone(), field.clone()))
+                .collect(),
+        }
+    }
+}
+
 impl CustomChange {
     /// The change as a new document takes it: nothing to clear, and an edited list starts
     /// with its adds.
@@ -148,8 +178,23 @@ impl FieldDefinitions {
             field: "fields".into(),
             message,
         };
-        let definitions: FieldDefinitions =
-            serde_json::from_value(raw.clone()).map_err(|error| whole(error.to_string()))?;
+        let unknown_key = |value: &Value, known: &[&str]| match value {
+            Value::Object(object) => object
+                .keys()
+                .find(|key| !known.contains(&key.as_str()))
+                .map(|key| format!("unknown field {}", quoted(key))),
+            _ => None,
+        };
+        if let Some(unknown) = unknown_key(raw, &["fields"]) {
+            return Err(whole(unknown));
+        }
+        if let Some(Value::Array(fields)) = raw.get("fields") {
+            if let Some(unknown) = fields.iter().find_map(|f| unknown_key(f, &FIELD_KEYS)) {
+                return Err(whole(unknown));
+            }
+        }
+        let definitions: FieldDefinitions = serde_json::from_value(raw.clone())
+            .map_err(|error| whole(bounded(&error.to_string(), MESSAGE_MAX_BYTES)))?;
         if definitions.fields.len() > MAX_FIELDS {
             return Err(whole(format!("at most {MAX_FIELDS} fields")));
         }

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::action::ActionType;
 use crate::event::EventPayload;
-use crate::fields::FieldDefinitions;
+use crate::fields::{FieldDefinitions, FieldIndex};
 use crate::outcome::{OutcomeCode, RecordOutcome};
 use crate::record::{ContactChange, Email};
 use crate::text;
@@ -185,7 +185,7 @@ pub const MIN_OUTCOME_CHUNK: usize = 1_000;
 pub struct Planner {
     action_type: ActionType,
     /// The account's own fields, as defined when the action was submitted.
-    custom: FieldDefinitions,
+    custom: FieldIndex,
     batch_size: usize,
     outcome_chunk: usize,
     seen: HashSet<EmailDigest>,
@@ -217,7 +217,7 @@ impl Planner {
         let batch_size = batch_size.max(1);
         Self {
             action_type,
-            custom: FieldDefinitions::default(),
+            custom: FieldIndex::default(),
             batch_size,
             outcome_chunk: batch_size.max(MIN_OUTCOME_CHUNK),
             seen: HashSet::new(),
@@ -230,8 +230,8 @@ impl Planner {
     }
 
     /// Checks records against the account's own fields too.
-    pub fn with_custom_fields(mut self, custom: FieldDefinitions) -> Self {
-        self.custom = custom;
+    pub fn with_custom_fields(mut self, custom: &FieldDefinitions) -> Self {
+        self.custom = FieldIndex::from(custom);
         self
     }
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::action::ActionType;
-use crate::fields::{CustomChange, FieldDefinitions, FieldType};
+use crate::fields::{CustomChange, FieldIndex, FieldType};
 use crate::outcome::OutcomeCode;
 use crate::text::{bounded, quoted, MESSAGE_MAX_BYTES};
 use unicode_normalization::char::is_combining_mark;
@@ -253,7 +253,7 @@ pub const CLEAR_MARKER: &str = "#N/A";
 /// cell the same code as the same mistake in JSON.
 pub fn record_from_cells<'a>(
     cells: impl IntoIterator<Item = (&'a str, &'a str)>,
-    custom: &FieldDefinitions,
+    custom: &FieldIndex,
 ) -> Value {
     let mut record = Map::new();
     for (field, cell) in cells {
@@ -308,7 +308,7 @@ impl ContactChange {
     pub fn parse(
         record: &Value,
         action_type: ActionType,
-        custom: &FieldDefinitions,
+        custom: &FieldIndex,
     ) -> Result<Self, RecordError> {
         let Value::Object(object) = record else {
             return Err(RecordError::new(
@@ -372,10 +372,7 @@ impl ContactChange {
     }
 }
 
-fn check_field_names(
-    object: &Map<String, Value>,
-    custom: &FieldDefinitions,
-) -> Result<(), RecordError> {
+fn check_field_names(object: &Map<String, Value>, custom: &FieldIndex) -> Result<(), RecordError> {
     if let Some(key) = object.keys().find(|key| has_forbidden_control(key, false)) {
         return Err(RecordError::new(
             OutcomeCode::InvalidCharacters,
@@ -469,8 +466,8 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::json;
 
-    fn none() -> FieldDefinitions {
-        FieldDefinitions::default()
+    fn none() -> FieldIndex {
+        FieldIndex::default()
     }
 
     fn code_of(record: Value, action_type: ActionType) -> OutcomeCode {
@@ -519,8 +516,8 @@ mod tests {
         assert_eq!(old.fields.status, Some(FieldChange::Set("x".into())));
     }
 
-    fn account_fields() -> FieldDefinitions {
-        FieldDefinitions::parse(&json!({ "fields": [
+    fn account_fields() -> FieldIndex {
+        let definitions = crate::fields::FieldDefinitions::parse(&json!({ "fields": [
             { "name": "tier", "type": "string", "enum": ["gold", "silver"] },
             { "name": "seats", "type": "integer", "min": 1 },
             { "name": "score", "type": "number" },
@@ -528,7 +525,8 @@ mod tests {
             { "name": "since", "type": "date" },
             { "name": "tags", "type": "string[]" },
         ]}))
-        .unwrap()
+        .unwrap();
+        FieldIndex::from(&definitions)
     }
 
     #[test]

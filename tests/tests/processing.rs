@@ -1074,3 +1074,61 @@ async fn custom_fields_of_every_type_are_checked_and_written() -> Result<()> {
     );
     Ok(())
 }
+
+/// A list edit on a contact whose stored value is not a list fails that record alone
+/// (`invalid_type`), at once: the rest of its batch is applied, nothing is retried, and a
+/// list sent whole replaces the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_edit_on_a_value_that_is_not_a_list_fails_alone() -> Result<()> {
+    let app = TestApp::spawn(AppOptions::default()).await?;
+    let key = format!("Bearer {}", app.key_for("lists").await?);
+    let definition = json!({ "fields": [{ "name": "tags", "type": "string[]" }] });
+    let put = app
+        .send(
+            reqwest::Method::PUT,
+            "/fields/contact",
+            Some(&definition),
+            &[("authorization", key.as_str())],
+        )
+        .await?;
+    assert_eq!(put.status, 200, "{}", put.body);
+    app.contacts()
+        .insert_many([
+            doc! { "accountId": "lists", "email": "text@x.io", "tags": "legacy text" },
+            doc! { "accountId": "lists", "email": "list@x.io", "tags": ["a"] },
+        ])
+        .await?;
+    let edit = app
+        .submit(&action(
+            "lists",
+            "update",
+            json!([
+                { "email": "text@x.io", "tags": { "add": ["vip"] } },
+                { "email": "list@x.io", "tags": { "add": ["vip"], "remove": ["a"] } },
+            ]),
+        ))
+        .await?;
+    let view = app.wait_projected_terminal(&edit, WAIT).await?;
+    assert_eq!(
+        codes(&app.all_logs(&edit).await?),
+        BTreeMap::from([(0, "invalid_type".into()), (1, "updated".into())]),
+        "{view}"
+    );
+    assert!(view["byReason"].get("dead_lettered").is_none(), "{view}");
+    let list = contact(&app, "lists", "list@x.io").await?.context("list")?;
+    assert_eq!(list.get_array("tags")?, &vec![Bson::from("vip")]);
+    let text = contact(&app, "lists", "text@x.io").await?.context("text")?;
+    assert_eq!(text.get_str("tags")?, "legacy text");
+
+    let replace = app
+        .submit(&action(
+            "lists",
+            "update",
+            json!([{ "email": "text@x.io", "tags": ["vip"] }]),
+        ))
+        .await?;
+    app.wait_projected_terminal(&replace, WAIT).await?;
+    let text = contact(&app, "lists", "text@x.io").await?.context("text")?;
+    assert_eq!(text.get_array("tags")?, &vec![Bson::from("vip")]);
+    Ok(())
+}

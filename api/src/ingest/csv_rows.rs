@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use csv::{ByteRecord, ErrorKind};
-use domain::fields::FieldDefinitions;
+use domain::fields::{FieldDefinitions, FieldIndex};
 use domain::record::{record_from_cells, KNOWN_FIELDS};
 use domain::OutcomeCode;
 use serde_json::json;
@@ -26,7 +26,7 @@ const PARSER_BUFFER: usize = 64 * 1024;
 pub struct CsvRecords<R> {
     reader: csv::Reader<Budgeted<R>>,
     fields: Vec<String>,
-    custom: FieldDefinitions,
+    custom: FieldIndex,
     row: ByteRecord,
     bytes_in_row: Arc<AtomicUsize>,
     max_record_bytes: usize,
@@ -63,7 +63,7 @@ pub fn open<R: Read>(
     Ok(CsvRecords {
         reader,
         fields,
-        custom: custom.clone(),
+        custom: FieldIndex::from(custom),
         row: ByteRecord::new(),
         bytes_in_row,
         max_record_bytes,

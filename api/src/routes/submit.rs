@@ -114,7 +114,7 @@ pub async fn submit(
             let custom_fields = custom_fields.clone();
             move |sink: &mut RecordSink<'_>| source.read(max_record_bytes, &custom_fields, sink)
         },
-        Planner::new(settings.action_type, batch_size).with_custom_fields(custom_fields.clone()),
+        Planner::new(settings.action_type, batch_size).with_custom_fields(&custom_fields),
         ingest::PlanLimits {
             max_records: config.max_records_per_action,
             max_batches: config.max_batches_per_action,

@@ -146,6 +146,7 @@ mod tests {
             { "name": "vip", "type": "boolean" },
         ]}))
         .expect("a definition");
+        let fields = domain::fields::FieldIndex::from(&fields);
         ContactChange::parse(&record, ActionType::Upsert, &fields).expect("a valid record")
     }
 

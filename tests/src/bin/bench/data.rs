@@ -29,6 +29,30 @@ pub enum Kind {
 pub struct Dataset {
     pub seed: u64,
     pub records: u64,
+    /// Custom fields the account defines (`definition`); a new contact carries values for
+    /// up to `CUSTOM_VALUES_PER_RECORD` of them.
+    pub custom_fields: usize,
+}
+
+/// How many of the account's own fields a record names, at most.
+pub const CUSTOM_VALUES_PER_RECORD: usize = 10;
+
+/// The types the custom fields cycle through.
+const CUSTOM_TYPES: [&str; 6] = ["string", "integer", "number", "boolean", "date", "string[]"];
+
+/// The `PUT /fields/contact` body of `fields` custom fields `f0`, `f1`, ...
+pub fn definition(fields: usize) -> Value {
+    let fields: Vec<Value> = (0..fields)
+        .map(|i| match CUSTOM_TYPES[i % CUSTOM_TYPES.len()] {
+            "string" => json!({ "name": format!("f{i}"), "type": "string", "maxLength": 64 }),
+            "integer" => {
+                json!({ "name": format!("f{i}"), "type": "integer", "min": 0, "max": 1_000_000 })
+            }
+            "string[]" => json!({ "name": format!("f{i}"), "type": "string[]", "maxLength": 16 }),
+            other => json!({ "name": format!("f{i}"), "type": other }),
+        })
+        .collect();
+    json!({ "fields": fields })
 }
 
 impl Dataset {
@@ -68,7 +92,21 @@ impl Dataset {
         match self.kind(index) {
             Kind::Unique => {
                 let (email, name, age, status) = self.contact(index);
-                json!({"email": email, "name": name, "age": age, "status": status})
+                let mut record =
+                    json!({"email": email, "name": name, "age": age, "status": status});
+                // The last fields of the definition: a lookup walks past the others.
+                let named = self.custom_fields.min(CUSTOM_VALUES_PER_RECORD);
+                for i in self.custom_fields - named..self.custom_fields {
+                    record[format!("f{i}")] = match CUSTOM_TYPES[i % CUSTOM_TYPES.len()] {
+                        "string" => json!(format!("value {index}")),
+                        "integer" => json!(index % 1_000_000),
+                        "number" => json!(index as f64 / 7.0),
+                        "boolean" => json!(index.is_multiple_of(2)),
+                        "date" => json!("2026-12-02"),
+                        _ => json!(["vip", format!("t{}", index % 50)]),
+                    };
+                }
+                record
             }
             Kind::Duplicate { of } => {
                 json!({"email": format!("User{of}@Example.COM"), "name": format!("Again {of}")})

@@ -57,6 +57,10 @@ struct Args {
     load_seconds: u64,
     #[arg(long, default_value_t = 20_261_129)]
     seed: u64,
+    /// Custom fields the bench account defines (0: none); new contacts then carry values
+    /// for up to 10 of them, checked at submission.
+    #[arg(long, default_value_t = 0)]
+    custom_fields: usize,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -113,6 +117,7 @@ fn write_records(
     let data = Dataset {
         seed: args.seed,
         records,
+        custom_fields: args.custom_fields,
     };
     let file = dir.join(format!("{name}-{records}.ndjson"));
     let kept = data.write_ndjson(std::fs::File::create(&file)?)?;
@@ -179,6 +184,25 @@ async fn run(args: &Args, records: u64, run_load: bool) -> Result<Value> {
     eprintln!("[bench] {records} records ({bytes} bytes), {kept} to keep");
 
     let cpu_before = cpu::by_command();
+    if args.custom_fields > 0 {
+        let key = deployment.key_for("bench").await?;
+        let auth = format!("Bearer {key}");
+        let put = deployment
+            .send(
+                reqwest::Method::PUT,
+                "/fields/contact",
+                Some(&data::definition(args.custom_fields)),
+                &[("authorization", auth.as_str())],
+            )
+            .await?;
+        if put.status != 200 {
+            bail!(
+                "the custom fields were refused: {} {}",
+                put.status,
+                put.body
+            );
+        }
+    }
     let (action, accepted, completed, view) = end_to_end(&deployment, &file, "upsert").await?;
     let e2e_cpu = cpu::used(&cpu_before, &cpu::by_command());
     eprintln!("[bench] end-to-end CPU seconds by command: {e2e_cpu:?}");
@@ -202,6 +226,12 @@ async fn run(args: &Args, records: u64, run_load: bool) -> Result<Value> {
     eprintln!("[bench] created -> Completed event: {settled_ms} ms");
     let peaks = deployment.peak_rss_kib();
     eprintln!("[bench] end to end: accepted in {accepted:?}, completed in {completed:?} ({e2e_rate:.0}/s); peak RSS {peaks:?}");
+    eprintln!(
+        "[bench] submission: {:.0} records/s, {:.1} MB/s ({} custom fields defined)",
+        records as f64 / accepted.as_secs_f64(),
+        bytes as f64 / 1e6 / accepted.as_secs_f64(),
+        args.custom_fields
+    );
 
     let database = infra::mongo::connect(&deployment.services.mongodb_uri, "bench").await?;
     let mut raw_runs = Vec::new();

@@ -165,7 +165,7 @@ fn check_line_email(tally: &Tally, subject: &str, action: &Submitted, index: usi
     let Ok(change) = ContactChange::parse(
         &action.records[index],
         action.action_type,
-        &domain::fields::FieldDefinitions::default(),
+        &domain::fields::FieldIndex::default(),
     ) else {
         return;
     };

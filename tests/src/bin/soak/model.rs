@@ -87,7 +87,7 @@ impl Contacts {
             let Ok(change) = ContactChange::parse(
                 record,
                 action.action_type,
-                &domain::fields::FieldDefinitions::default(),
+                &domain::fields::FieldIndex::default(),
             ) else {
                 if matches!(code.as_str(), "created" | "updated" | "deleted") {
                     contradictions.push(Contradiction {
