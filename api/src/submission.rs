@@ -184,18 +184,7 @@ fn parse_settings(
     };
 
     let entity_raw = required_string(object, "entityType")?;
-    let entity_type = EntityType::parse(entity_raw).ok_or_else(|| {
-        ApiError::bad_request(
-            ErrorCode::UnsupportedEntityType,
-            format!(
-                "entityType {} is not supported",
-                domain::text::quoted(entity_raw)
-            ),
-        )
-        .with_details(
-            json!({ "field": "entityType", "supported": EntityType::ALL.map(|t| t.as_str()) }),
-        )
-    })?;
+    let entity_type = entity_type(entity_raw)?;
 
     let action_raw = required_string(object, "actionType")?;
     let action_type = ActionType::parse(action_raw).ok_or_else(|| {
@@ -281,6 +270,19 @@ fn missing_field(field: &'static str) -> ApiError {
 
 fn invalid_field(field: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::invalid_field(field, message)
+}
+
+/// An `entityType` the platform knows; the answer to any other lists the ones it does.
+pub fn entity_type(raw: &str) -> Result<EntityType, ApiError> {
+    EntityType::parse(raw).ok_or_else(|| {
+        ApiError::bad_request(
+            ErrorCode::UnsupportedEntityType,
+            format!("entityType {} is not supported", domain::text::quoted(raw)),
+        )
+        .with_details(
+            json!({ "field": "entityType", "supported": EntityType::ALL.map(|t| t.as_str()) }),
+        )
+    })
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::extract::JsonObject;
-use crate::AppState;
+use crate::{submission, AppState};
 
 /// An account's custom fields for one entity type.
 #[derive(Serialize, ToSchema)]
@@ -36,7 +36,7 @@ pub async fn get_fields(
     Extension(caller): Extension<Caller>,
     Path(entity): Path<String>,
 ) -> Result<Json<FieldsView>, ApiError> {
-    let entity = entity_type(&entity)?;
+    let entity = submission::entity_type(&entity)?;
     let definitions = state
         .store
         .field_definitions(&caller.account, entity)
@@ -63,7 +63,7 @@ pub async fn put_fields(
     Path(entity): Path<String>,
     JsonObject(body): JsonObject<Value>,
 ) -> Result<Json<FieldsView>, ApiError> {
-    let entity = entity_type(&entity)?;
+    let entity = submission::entity_type(&entity)?;
     let definitions = FieldDefinitions::parse(&body).map_err(|error| {
         ApiError::bad_request(
             ErrorCode::InvalidFieldDefinition,
@@ -83,17 +83,4 @@ fn view(entity: EntityType, definitions: FieldDefinitions) -> FieldsView {
         entity_type: entity.as_str(),
         fields: definitions.fields,
     }
-}
-
-fn entity_type(raw: &str) -> Result<EntityType, ApiError> {
-    EntityType::parse(raw).ok_or_else(|| {
-        ApiError::bad_request(
-            ErrorCode::UnsupportedEntityType,
-            format!("entityType {} is not supported", domain::text::quoted(raw)),
-        )
-        .with_details(json!({
-            "field": "entityType",
-            "supported": EntityType::ALL.map(|t| t.as_str()),
-        }))
-    })
 }
