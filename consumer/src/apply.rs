@@ -278,6 +278,32 @@ impl ContactWriter {
         .await
     }
 
+    /// The batch's contacts in the account, by email, with the fields `projection` names,
+    /// in one reply (at most one contact per email).
+    pub(crate) async fn contacts_by_email(
+        &self,
+        account: &AccountId,
+        batch: &Batch,
+        projection: Document,
+    ) -> Result<HashMap<String, Document>, ApplyError> {
+        let emails: Vec<&str> = batch.records.iter().map(email_of).collect();
+        let options = FindOptions::builder()
+            .projection(projection)
+            .batch_size(u32::try_from(emails.len().max(1)).unwrap_or(u32::MAX))
+            .build();
+        let found: Vec<Document> = self
+            .contacts()
+            .find(doc! { "accountId": account.as_str(), "email": { "$in": emails } })
+            .with_options(options)
+            .await?
+            .try_collect()
+            .await?;
+        Ok(found
+            .into_iter()
+            .filter_map(|contact| Some((contact.get_str("email").ok()?.to_owned(), contact)))
+            .collect())
+    }
+
     /// `at_most` bounds the answer (one contact per email and account), so it comes in one
     /// reply: no `getMore`, which FerretDB fails once the connection that opened the cursor
     /// is gone, e.g. after an outage.

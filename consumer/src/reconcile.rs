@@ -18,10 +18,7 @@ use std::collections::{HashMap, HashSet};
 
 use domain::fields::CustomChange;
 use domain::{ActionType, Batch, FieldChange, OutcomeCode, PlannedRecord, RecordOutcome};
-use futures::TryStreamExt;
-use infra::mongo::CONTACTS;
 use mongodb::bson::{doc, Bson, Document};
-use mongodb::options::FindOptions;
 
 use crate::apply::{email_of, ApplyError, BatchMemory, ContactWriter, Target, CREATED_BY};
 
@@ -81,7 +78,6 @@ impl ContactWriter {
         target: Target<'_>,
         batch: &Batch,
     ) -> Result<HashMap<String, Document>, ApplyError> {
-        let emails: Vec<&str> = batch.records.iter().map(email_of).collect();
         let mut projection =
             doc! { "_id": 0, "email": 1, "name": 1, "age": 1, "status": 1, CREATED_BY: 1 };
         for record in &batch.records {
@@ -89,25 +85,8 @@ impl ContactWriter {
                 projection.insert(name.as_str(), 1);
             }
         }
-        let options = FindOptions::builder()
-            .projection(projection)
-            .batch_size(u32::try_from(emails.len().max(1)).unwrap_or(u32::MAX))
-            .build();
-        let found: Vec<Document> = self
-            .database
-            .collection::<Document>(CONTACTS)
-            .find(doc! { "accountId": target.account.as_str(), "email": { "$in": emails } })
-            .with_options(options)
-            .await?
-            .try_collect()
-            .await?;
-        Ok(found
-            .into_iter()
-            .filter_map(|contact| {
-                let email = contact.get_str("email").ok()?.to_owned();
-                Some((email, contact))
-            })
-            .collect())
+        self.contacts_by_email(target.account, batch, projection)
+            .await
     }
 }
 

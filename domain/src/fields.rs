@@ -161,12 +161,14 @@ impl From<&FieldDefinitions> for FieldIndex {
 impl CustomChange {
     /// The change as a new document takes it: nothing to clear, and an edited list starts
     /// with its adds.
-    pub fn on_insert(self) -> Option<CustomChange> {
+    pub fn on_insert(&self) -> Option<CustomChange> {
         match self {
-            CustomChange::Set(value) => Some(CustomChange::Set(value)),
+            CustomChange::Set(value) => Some(CustomChange::Set(value.clone())),
             CustomChange::Clear => None,
             CustomChange::Edit { add, .. } if add.is_empty() => None,
-            CustomChange::Edit { add, .. } => Some(CustomChange::Set(CustomValue::TextList(add))),
+            CustomChange::Edit { add, .. } => {
+                Some(CustomChange::Set(CustomValue::TextList(add.clone())))
+            }
         }
     }
 }

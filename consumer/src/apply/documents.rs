@@ -105,7 +105,7 @@ pub(crate) fn new_contact_fields(change: &ContactChange, now: DateTime) -> Docum
         fields.insert("status", status.as_str());
     }
     for (name, change) in &change.custom {
-        if let Some(CustomChange::Set(value)) = change.clone().on_insert() {
+        if let Some(CustomChange::Set(value)) = change.on_insert() {
             fields.insert(name, bson(&value));
         }
     }

@@ -4,14 +4,11 @@
 //! alone, `invalid_type`; the rest of the batch is applied.
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use domain::fields::CustomChange;
 use domain::{Batch, OutcomeCode, RecordOutcome};
-use futures::TryStreamExt;
-use infra::mongo::CONTACTS;
-use mongodb::bson::{doc, Bson, Document};
-use mongodb::options::FindOptions;
+use mongodb::bson::{doc, Bson};
 
 use super::{email_of, ApplyError, ContactWriter};
 
@@ -38,22 +35,7 @@ impl ContactWriter {
         for name in &edited {
             projection.insert(*name, 1);
         }
-        let emails: Vec<&str> = batch.records.iter().map(email_of).collect();
-        let options = FindOptions::builder()
-            .projection(projection)
-            .batch_size(u32::try_from(emails.len().max(1)).unwrap_or(u32::MAX))
-            .build();
-        let stored: HashMap<String, Document> = self
-            .database
-            .collection::<Document>(CONTACTS)
-            .find(doc! { "accountId": account.as_str(), "email": { "$in": emails } })
-            .with_options(options)
-            .await?
-            .try_collect::<Vec<Document>>()
-            .await?
-            .into_iter()
-            .filter_map(|contact| Some((contact.get_str("email").ok()?.to_owned(), contact)))
-            .collect();
+        let stored = self.contacts_by_email(account, batch, projection).await?;
         let mut kept = Vec::with_capacity(batch.records.len());
         let mut refused = Vec::new();
         for record in &batch.records {
