@@ -67,6 +67,7 @@ pub enum ErrorCode {
     ScheduledForInPast,
     ScheduledForTooFar,
     InvalidPacing,
+    InvalidMatchBy,
     // An account's definitions.
     InvalidFieldDefinition,
     // An existing action.

@@ -2,7 +2,7 @@
 //! way it can be wrong. Nothing is written before this has accepted the whole request.
 
 use domain::pacing::{self, Pacing, PacingError};
-use domain::{AccountId, ActionType, EntityType, Timestamp};
+use domain::{AccountId, ActionType, EntityType, MatchBy, Timestamp};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use utoipa::ToSchema;
@@ -18,6 +18,9 @@ pub struct ActionSettings {
     pub scheduled_for: Option<Timestamp>,
     pub pacing: Option<Pacing>,
     pub max_records_per_minute: Option<u32>,
+    /// `matchBy` as written (absent: the natural key); read against the account's fields
+    /// by `match_by` once they are loaded.
+    pub match_by: Option<String>,
 }
 
 /// The request body, as documented in the OpenAPI schema. Parsing is done by hand in
@@ -44,6 +47,13 @@ pub struct SubmitRequest {
     /// This action's own ceiling on records applied per minute, below the account's.
     #[schema(minimum = 1, maximum = 10000000)]
     max_records_per_minute: Option<u32>,
+    /// The field records are matched to documents by, and deduplicated by: the entity's
+    /// natural key (default; `natural` or its name, e.g. `email`, `domain`, `externalId`),
+    /// `id` (the document `_id`; `update` and `delete`), or `externalId:<field>`, an
+    /// account-defined `string` field (`update`, `upsert`, `delete`; the platform keeps it
+    /// unique per account).
+    #[schema(example = "email")]
+    match_by: Option<String>,
 }
 
 /// One contact record. Unknown fields, `$`-prefixed or dotted keys, and wrong types fail
@@ -67,7 +77,7 @@ pub struct ContactRecord {
 
 /// The settings of a streamed upload (`application/x-ndjson`, `text/csv`), as query
 /// parameters: the body holds only records.
-pub const QUERY_SETTINGS: [&str; 7] = [
+pub const QUERY_SETTINGS: [&str; 8] = [
     "accountId",
     "entityType",
     "actionType",
@@ -75,9 +85,10 @@ pub const QUERY_SETTINGS: [&str; 7] = [
     "pacingBatchSize",
     "pacingIntervalSeconds",
     "maxRecordsPerMinute",
+    "matchBy",
 ];
 
-pub const FIELDS: [&str; 7] = [
+pub const FIELDS: [&str; 8] = [
     "accountId",
     "entityType",
     "actionType",
@@ -85,6 +96,7 @@ pub const FIELDS: [&str; 7] = [
     "scheduledFor",
     "pacing",
     "maxRecordsPerMinute",
+    "matchBy",
 ];
 
 /// The settings of a JSON body, from its outline, and the refusal of a body whose `data`
@@ -137,7 +149,13 @@ pub fn parse_query(
 ) -> Result<ActionSettings, ApiError> {
     let params = crate::query::QueryParams::parse(pairs, &QUERY_SETTINGS)?;
     let mut object = Map::new();
-    for field in ["accountId", "entityType", "actionType", "scheduledFor"] {
+    for field in [
+        "accountId",
+        "entityType",
+        "actionType",
+        "scheduledFor",
+        "matchBy",
+    ] {
         if let Some(raw) = params.text(field) {
             object.insert(field.to_owned(), Value::from(raw));
         }
@@ -203,6 +221,11 @@ fn parse_settings(
     let scheduled_for = scheduled_for(object.get("scheduledFor"))?;
     let (pacing, max_records_per_minute) =
         pace(object.get("pacing"), object.get("maxRecordsPerMinute"))?;
+    let match_by = match object.get("matchBy") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(raw)) => Some(raw.clone()),
+        Some(_) => return Err(invalid_match_by("matchBy must be a string")),
+    };
     Ok(ActionSettings {
         account_id,
         entity_type,
@@ -210,7 +233,35 @@ fn parse_settings(
         scheduled_for,
         pacing,
         max_records_per_minute,
+        match_by,
     })
+}
+
+/// The key the submission matches by, read against the account's fields (`custom`, the
+/// definition in force), and allowed for its action type.
+pub fn match_by(
+    settings: &ActionSettings,
+    custom: &domain::fields::FieldDefinitions,
+) -> Result<MatchBy, ApiError> {
+    let Some(raw) = &settings.match_by else {
+        return Ok(MatchBy::Natural);
+    };
+    let match_by = MatchBy::parse(raw, settings.entity_type, custom)
+        .map_err(|error| invalid_match_by(error.to_string()))?;
+    if !match_by.allows(settings.action_type) {
+        return Err(invalid_match_by(format!(
+            "an {} action cannot match by {}: a document id matches update and delete, an \
+             external id update, upsert and delete",
+            settings.action_type.as_str(),
+            match_by.as_text()
+        )));
+    }
+    Ok(match_by)
+}
+
+fn invalid_match_by(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request(ErrorCode::InvalidMatchBy, message)
+        .with_details(json!({ "field": "matchBy" }))
 }
 
 /// Reads `scheduledFor` (absent or null: none).

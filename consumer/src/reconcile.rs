@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use domain::fields::CustomChange;
+use domain::fields::FieldChange;
 use domain::{ActionType, Batch, FieldChange, OutcomeCode, PlannedRecord, RecordOutcome};
 use mongodb::bson::{doc, Bson, Document};
 
@@ -113,11 +113,11 @@ fn fields_are(contact: &Document, record: &PlannedRecord) -> bool {
         .custom
         .iter()
         .all(|(name, change)| match change {
-            CustomChange::Set(value) => same(contact.get(name), &crate::apply::bson(value)),
-            CustomChange::Clear => !contact.contains_key(name),
+            FieldChange::Set(value) => same(contact.get(name), &crate::apply::bson(value)),
+            FieldChange::Clear => !contact.contains_key(name),
             // A list edited: the stored list holds every add and none of the removals; a list
             // only taken from may also be absent. Anything else there was never edited.
-            CustomChange::Edit { add, remove } => match contact.get(name) {
+            FieldChange::Edit { add, remove } => match contact.get(name) {
                 Some(Bson::Array(items)) => {
                     let items: Vec<&str> = items.iter().filter_map(Bson::as_str).collect();
                     add.iter().all(|item| items.contains(&item.as_str()))

@@ -2,30 +2,6 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The kind of CRM entity an action changes. Only contacts exist today; the enum, the
-/// per-entity field rules in `record` and the collection name in the consumer are the three
-/// places a new entity type touches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub enum EntityType {
-    Contact,
-}
-
-impl EntityType {
-    pub const ALL: [EntityType; 1] = [EntityType::Contact];
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.as_str() == raw)
-    }
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            EntityType::Contact => "contact",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -144,7 +120,5 @@ mod tests {
             assert_eq!(ActionStatus::parse(s.as_str()), Some(s));
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }
-        assert_eq!(EntityType::parse("contact"), Some(EntityType::Contact));
-        assert_eq!(EntityType::parse("Contact"), None);
     }
 }

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use crate::fields::FieldDefinitions;
 use ulid::Ulid;
 
-use crate::action::{ActionType, EntityType};
+use crate::action::ActionType;
+use crate::entity::EntityType;
+use crate::key::MatchBy;
 use crate::ids::{AccountId, ActionId};
 use crate::outcome::RecordOutcome;
 use crate::pacing::Pacing;
@@ -61,6 +63,9 @@ pub enum EventPayload {
         /// built-in ones).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         custom_fields: Option<FieldDefinitions>,
+        /// The key its records were matched and deduplicated by (absent: the natural key).
+        #[serde(default, skip_serializing_if = "is_natural")]
+        match_by: MatchBy,
     },
     /// Records that failed validation at submission (one event per chunk).
     RecordRejected { records: Vec<RecordOutcome> },
@@ -242,10 +247,14 @@ mod tests {
                 }),
                 max_records_per_minute: None,
                 api_key_id: Some("01JDQ6V4J8Q0Y5Z6X7W8V9T0S1".into()),
-                custom_fields: FieldDefinitions::parse(&serde_json::json!({
-                    "fields": [{ "name": "seats", "type": "integer", "min": 1 }]
-                }))
+                custom_fields: FieldDefinitions::parse(
+                    &serde_json::json!({
+                        "fields": [{ "name": "seats", "type": "string" }]
+                    }),
+                    EntityType::Contact,
+                )
                 .ok(),
+                match_by: MatchBy::ExternalId("seats".into()),
             },
             EventPayload::CancelRequested { api_key_id: None },
             EventPayload::BatchCancelled {
@@ -339,4 +348,8 @@ mod tests {
             EventPayload::Completed {}
         );
     }
+}
+
+fn is_natural(match_by: &MatchBy) -> bool {
+    *match_by == MatchBy::Natural
 }

@@ -3,7 +3,7 @@
 //! alone, so that the api at submission and a replay of a recorded definition agree.
 //!
 //! A definition is `{"fields": [{"name", "type", "maxLength"?, "min"?, "max"?, "enum"?}]}`.
-//! A value is checked into a `CustomChange`: a value to set, `null` to clear, or, for a
+//! A value is checked into a `FieldChange`: a value to set, `null` to clear, or, for a
 //! `string[]` field, `{"add": [...], "remove": [...]}` to change the list in place.
 
 use std::collections::{BTreeSet, HashMap};
@@ -11,26 +11,24 @@ use std::collections::{BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::entity::{BuiltInField, EntityType};
 use crate::outcome::OutcomeCode;
 use crate::record::RecordError;
 use crate::text::{bounded, quoted, MESSAGE_MAX_BYTES};
 use crate::time::Timestamp;
 
-/// Field names no account may define: the built-in fields and what the platform keeps on
-/// every document (a record naming `createdByBulkAction` could forge another action's
-/// provenance, which retries and dead-letter reconciliation rely on).
-pub const RESERVED_NAMES: [&str; 11] = [
-    "email",
-    "name",
-    "age",
-    "status",
+/// Field names no account may define for any entity type, besides the entity's own natural
+/// key and built-in fields: what the platform keeps on every document (a record naming
+/// `createdByBulkAction` could forge another action's provenance, which retries and
+/// dead-letter reconciliation rely on), the key `matchBy: id` reads, and `externalId`, the
+/// natural key of opportunities and tasks.
+pub const PLATFORM_NAMES: [&str; 7] = [
     "_id",
     "id",
     "accountId",
     "createdAt",
     "updatedAt",
     "createdByBulkAction",
-    // Kept for `matchBy` (issue 15), which will name an account's external id field.
     "externalId",
 ];
 pub const MAX_FIELDS: usize = 100;
@@ -108,11 +106,11 @@ pub struct DefinitionError {
     pub message: String,
 }
 
-/// What a record does to one custom field.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum CustomChange {
-    Set(CustomValue),
+/// What a record does to one field. Stored in batches as the JSON a client writes
+/// (`change::stored`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldChange {
+    Set(FieldValue),
     Clear,
     /// A list changed in place: `remove` taken out, then `add` put in where missing.
     Edit {
@@ -121,9 +119,8 @@ pub enum CustomChange {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum CustomValue {
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue {
     Text(String),
     Number(f64),
     Integer(i64),
@@ -133,41 +130,72 @@ pub enum CustomValue {
     TextList(Vec<String>),
 }
 
-/// A definition by name, built once per submission: every field a record names is looked
-/// up in it.
-#[derive(Debug, Clone, Default)]
+/// The fields a record of an action may name, by name: the entity's built-in fields and
+/// the account's own. Built once per submission.
+#[derive(Debug, Clone)]
 pub struct FieldIndex {
     by_name: HashMap<String, FieldDefinition>,
+    /// The names: built-in ones in their declared order, then the account's.
+    names: Vec<String>,
 }
 
 impl FieldIndex {
+    /// The entity's built-in fields and `custom`, the account's definition in force.
+    pub fn new(entity: EntityType, custom: &FieldDefinitions) -> Self {
+        let fields: Vec<FieldDefinition> = entity
+            .spec()
+            .fields
+            .iter()
+            .map(FieldDefinition::from)
+            .chain(custom.fields.iter().cloned())
+            .collect();
+        Self {
+            names: fields.iter().map(|field| field.name.clone()).collect(),
+            by_name: fields
+                .into_iter()
+                .map(|field| (field.name.clone(), field))
+                .collect(),
+        }
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.names.iter().map(String::as_str)
+    }
+
+    /// The entity's built-in fields alone.
+    pub fn built_in(entity: EntityType) -> Self {
+        Self::new(entity, &FieldDefinitions::default())
+    }
+
     pub fn get(&self, name: &str) -> Option<&FieldDefinition> {
         self.by_name.get(name)
     }
 }
 
-impl From<&FieldDefinitions> for FieldIndex {
-    fn from(definitions: &FieldDefinitions) -> Self {
+impl From<&BuiltInField> for FieldDefinition {
+    fn from(field: &BuiltInField) -> Self {
         Self {
-            by_name: definitions
-                .fields
-                .iter()
-                .map(|field| (field.name.clone(), field.clone()))
-                .collect(),
+            name: field.name.to_owned(),
+            field_type: field.field_type,
+            max_length: field.max_length,
+            min: field.min,
+            max: field.max,
+            allowed: (!field.allowed.is_empty())
+                .then(|| field.allowed.iter().map(|value| Value::from(*value)).collect()),
         }
     }
 }
 
-impl CustomChange {
+impl FieldChange {
     /// The change as a new document takes it: nothing to clear, and an edited list starts
     /// with its adds.
-    pub fn on_insert(&self) -> Option<CustomChange> {
+    pub fn on_insert(&self) -> Option<FieldChange> {
         match self {
-            CustomChange::Set(value) => Some(CustomChange::Set(value.clone())),
-            CustomChange::Clear => None,
-            CustomChange::Edit { add, .. } if add.is_empty() => None,
-            CustomChange::Edit { add, .. } => {
-                Some(CustomChange::Set(CustomValue::TextList(add.clone())))
+            FieldChange::Set(value) => Some(FieldChange::Set(value.clone())),
+            FieldChange::Clear => None,
+            FieldChange::Edit { add, .. } if add.is_empty() => None,
+            FieldChange::Edit { add, .. } => {
+                Some(FieldChange::Set(FieldValue::TextList(add.clone())))
             }
         }
     }
@@ -175,7 +203,7 @@ impl CustomChange {
 
 impl FieldDefinitions {
     /// A definition as an account sends it, checked whole: any mistake refuses all of it.
-    pub fn parse(raw: &Value) -> Result<Self, DefinitionError> {
+    pub fn parse(raw: &Value, entity: EntityType) -> Result<Self, DefinitionError> {
         let whole = |message: String| DefinitionError {
             field: "fields".into(),
             message,
@@ -202,7 +230,7 @@ impl FieldDefinitions {
         }
         let mut names = BTreeSet::new();
         for field in &definitions.fields {
-            field.check_itself()?;
+            field.check_itself(entity)?;
             if !names.insert(field.name.to_lowercase()) {
                 return Err(field.error("is defined twice (names are compared ignoring case)"));
             }
@@ -223,19 +251,28 @@ impl FieldDefinition {
         }
     }
 
-    fn check_itself(&self) -> Result<(), DefinitionError> {
+    fn check_itself(&self, entity: EntityType) -> Result<(), DefinitionError> {
         if !is_field_name(&self.name) {
             return Err(DefinitionError {
                 field: self.name.chars().take(NAME_MAX_CHARS).collect(),
                 message: "a name is a letter then up to 63 letters, digits or '_'".into(),
             });
         }
-        if RESERVED_NAMES
-            .iter()
-            .any(|reserved| reserved.eq_ignore_ascii_case(&self.name))
+        if let Some(reserved) = PLATFORM_NAMES
+            .into_iter()
+            .chain(entity.spec().field_names())
+            .find(|reserved| reserved.eq_ignore_ascii_case(&self.name))
         {
-            return Err(self.error("is reserved"));
+            return Err(self.error(format!(
+                "is reserved: {reserved} is a built-in field of every {} or kept by the platform",
+                entity.as_str()
+            )));
         }
+        self.check_itself_as_built_in()
+    }
+
+    /// The checks a built-in field's declaration passes too: all but the reserved names.
+    pub(crate) fn check_itself_as_built_in(&self) -> Result<(), DefinitionError> {
         let textual = matches!(self.field_type, FieldType::Text | FieldType::TextList);
         let numeric = matches!(self.field_type, FieldType::Number | FieldType::Integer);
         if self.max_length.is_some() && !textual {
@@ -290,22 +327,22 @@ impl FieldDefinition {
     }
 
     /// A record's value for this field: what to do with it, or why the record fails.
-    pub fn check(&self, value: &Value) -> Result<CustomChange, RecordError> {
+    pub fn check(&self, value: &Value) -> Result<FieldChange, RecordError> {
         match (self.field_type, value) {
-            (_, Value::Null) => Ok(CustomChange::Clear),
+            (_, Value::Null) => Ok(FieldChange::Clear),
             (FieldType::TextList, Value::Array(items)) => {
-                Ok(CustomChange::Set(CustomValue::TextList(self.items(items)?)))
+                Ok(FieldChange::Set(FieldValue::TextList(self.items(items)?)))
             }
             (FieldType::TextList, Value::Object(edit)) => self.edit(edit),
             (FieldType::TextList, _) => {
                 Err(self
                     .wrong_type("a list of strings, {\"add\": [...], \"remove\": [...]}, or null"))
             }
-            _ => self.scalar(value).map(CustomChange::Set),
+            _ => self.scalar(value).map(FieldChange::Set),
         }
     }
 
-    fn scalar(&self, value: &Value) -> Result<CustomValue, RecordError> {
+    fn scalar(&self, value: &Value) -> Result<FieldValue, RecordError> {
         let checked = match (self.field_type, value) {
             (FieldType::Text | FieldType::TextList, Value::String(text)) => {
                 let max = self.max_length.unwrap_or(TEXT_MAX_CHARS);
@@ -321,25 +358,27 @@ impl FieldDefinition {
                         format!("{} contains a control character", self.name),
                     ));
                 }
-                CustomValue::Text(text.clone())
+                FieldValue::Text(text.clone())
             }
             (FieldType::Integer, Value::Number(number)) => match number.as_i64() {
                 Some(integer) => {
                     self.within(integer as f64)?;
-                    CustomValue::Integer(integer)
+                    FieldValue::Integer(integer)
                 }
+                // A whole number beyond i64 is an integer out of any range a field allows.
+                None if number.is_u64() => return Err(self.invalid("is too large")),
                 None => return Err(self.wrong_type("an integer")),
             },
             (FieldType::Number, Value::Number(number)) => match number.as_f64() {
                 Some(float) if float.is_finite() => {
                     self.within(float)?;
-                    CustomValue::Number(float)
+                    FieldValue::Number(float)
                 }
                 _ => return Err(self.wrong_type("a finite number")),
             },
-            (FieldType::Boolean, Value::Bool(flag)) => CustomValue::Boolean(*flag),
+            (FieldType::Boolean, Value::Bool(flag)) => FieldValue::Boolean(*flag),
             (FieldType::Date, Value::String(text)) => match date_millis(text) {
-                Some(millis) => CustomValue::Date(millis),
+                Some(millis) => FieldValue::Date(millis),
                 None => return Err(self.invalid("is not an RFC 3339 instant or a YYYY-MM-DD day")),
             },
             _ => return Err(self.wrong_type(self.expected())),
@@ -359,15 +398,15 @@ impl FieldDefinition {
         let mut texts = Vec::with_capacity(items.len());
         for item in items {
             match self.scalar(item)? {
-                CustomValue::Text(text) if !texts.contains(&text) => texts.push(text),
-                CustomValue::Text(_) => {}
+                FieldValue::Text(text) if !texts.contains(&text) => texts.push(text),
+                FieldValue::Text(_) => {}
                 _ => return Err(self.wrong_type("a list of strings")),
             }
         }
         Ok(texts)
     }
 
-    fn edit(&self, edit: &serde_json::Map<String, Value>) -> Result<CustomChange, RecordError> {
+    fn edit(&self, edit: &serde_json::Map<String, Value>) -> Result<FieldChange, RecordError> {
         if let Some(key) = edit
             .keys()
             .find(|key| !matches!(key.as_str(), "add" | "remove"))
@@ -386,7 +425,7 @@ impl FieldDefinition {
         if add.iter().any(|item| remove.contains(item)) {
             return Err(self.invalid("adds and removes the same value"));
         }
-        Ok(CustomChange::Edit { add, remove })
+        Ok(FieldChange::Edit { add, remove })
     }
 
     fn within(&self, number: f64) -> Result<(), RecordError> {

@@ -6,9 +6,12 @@
 //! cannot supply: that is what makes the fold replayable and these rules testable.
 
 pub mod action;
+pub mod change;
+pub mod entity;
 pub mod event;
 pub mod fields;
 pub mod ids;
+pub mod key;
 pub mod lifecycle;
 pub mod outcome;
 pub mod pacing;
@@ -21,14 +24,18 @@ pub mod text;
 pub mod time;
 pub mod view;
 
-pub use action::{ActionStatus, ActionType, EntityType};
+pub use action::{ActionStatus, ActionType};
+pub use change::{RecordChange, RecordRules};
+pub use entity::{EntitySpec, EntityType};
+pub use key::MatchBy;
 pub use event::{EventEnvelope, EventPayload, SCHEMA_VERSION};
 pub use ids::{AccountId, ActionId};
 pub use outcome::{OutcomeCode, OutcomeStatus, RecordOutcome};
 pub use pacing::Pacing;
-pub use plan::{plan_action, ActionPlan, Batch, PlanSummary, Planned, PlannedRecord, Planner};
+pub use plan::{plan_action, plan_with, ActionPlan, Batch, PlanSummary, Planned, PlannedRecord, Planner};
 pub use projection::ProjectionError;
-pub use record::{ContactChange, ContactFields, Email, FieldChange, RecordError};
+pub use fields::{FieldChange, FieldValue};
+pub use record::{Email, RecordError};
 pub use schedule::ScheduleError;
 pub use time::Timestamp;
 pub use view::{ActionStats, ActionView, FoldError};

@@ -46,13 +46,23 @@ pub enum OutcomeCode {
     Created,
     Updated,
     Deleted,
-    // skipped
+    // skipped: an earlier record of the action has the same key (named in the code)
     DuplicateEmail,
+    DuplicateDomain,
+    DuplicateId,
+    DuplicateExternalId,
     AlreadyExists,
     // failed: the record itself
     NotAnObject,
     MissingEmail,
     InvalidEmail,
+    /// The field the action matches by is absent or empty (`missing_email` for an email).
+    MissingKey,
+    /// The key is not of its kind: a domain that is not a host name, an id too long.
+    InvalidKey,
+    /// The record names the natural key of an action matched by another key, where it
+    /// cannot change it.
+    ImmutableField,
     InvalidType,
     InvalidValue,
     UnknownField,
@@ -83,8 +93,11 @@ impl OutcomeCode {
         use OutcomeCode::*;
         match self {
             Created | Updated | Deleted => OutcomeStatus::Succeeded,
-            DuplicateEmail | AlreadyExists => OutcomeStatus::Skipped,
-            NotAnObject | MissingEmail | InvalidEmail | InvalidType | InvalidValue
+            DuplicateEmail | DuplicateDomain | DuplicateId | DuplicateExternalId | AlreadyExists => {
+                OutcomeStatus::Skipped
+            }
+            NotAnObject | MissingEmail | InvalidEmail | MissingKey | InvalidKey | ImmutableField
+            | InvalidType | InvalidValue
             | UnknownField | ForbiddenFieldName | InvalidCharacters | NoFieldsToUpdate
             | MalformedRecord | RecordTooLarge | NotFound | StoreError | DeadLettered => {
                 OutcomeStatus::Failed
@@ -100,10 +113,16 @@ impl OutcomeCode {
             Updated => "updated",
             Deleted => "deleted",
             DuplicateEmail => "duplicate_email",
+            DuplicateDomain => "duplicate_domain",
+            DuplicateId => "duplicate_id",
+            DuplicateExternalId => "duplicate_external_id",
             AlreadyExists => "already_exists",
             NotAnObject => "not_an_object",
             MissingEmail => "missing_email",
             InvalidEmail => "invalid_email",
+            MissingKey => "missing_key",
+            InvalidKey => "invalid_key",
+            ImmutableField => "immutable_field",
             InvalidType => "invalid_type",
             InvalidValue => "invalid_value",
             UnknownField => "unknown_field",
@@ -132,7 +151,9 @@ impl fmt::Display for OutcomeCode {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RecordOutcome {
     pub index: u32,
-    /// The normalised email, or the raw value when it could not be read as one.
+    /// The record's key, normalised (the email, domain, id or external id its action
+    /// matches by), or the raw value when it could not be read as one. Named `email` in
+    /// stored events and views since contacts were the only entity.
     pub email: Option<String>,
     pub code: OutcomeCode,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -2,9 +2,10 @@
 //!
 //! Rules, in order:
 //! 1. every record is validated; an invalid one fails with its code;
-//! 2. among valid records the first occurrence of a (normalised) email is kept and every
-//!    later one is skipped with `duplicate_email`. Validation comes first so that a broken
-//!    record never shadows a good one with the same email;
+//! 2. among valid records the first occurrence of a (normalised) key is kept and every
+//!    later one is skipped with the key's `duplicate_*` code (`duplicate_email` for
+//!    contacts by email). Validation comes first so that a broken record never shadows a
+//!    good one with the same key;
 //! 3. kept records are cut, in input order, into batches of at most `batch_size`.
 //!
 //! `Planner` applies them to a stream of records; `plan_action` to a slice.
@@ -16,16 +17,22 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::action::ActionType;
+use crate::change::{RecordChange, RecordRules};
 use crate::event::EventPayload;
-use crate::fields::{FieldDefinitions, FieldIndex};
 use crate::outcome::{OutcomeCode, RecordOutcome};
-use crate::record::{ContactChange, Email};
 use crate::text;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlannedRecord {
     pub index: u32,
-    pub change: ContactChange,
+    pub change: RecordChange,
+}
+
+impl PlannedRecord {
+    /// The normalised key its action matches it by.
+    pub fn key(&self) -> &str {
+        &self.change.key
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,7 +50,7 @@ impl Batch {
             .map(|record| {
                 RecordOutcome::new(
                     record.index,
-                    Some(record.change.email.as_str().to_owned()),
+                    Some(record.key().to_owned()),
                     code,
                     Some(message),
                 )
@@ -119,10 +126,15 @@ pub struct ActionPlan {
     pub duplicates: Vec<RecordOutcome>,
 }
 
-/// A whole plan at once, for input that is already in memory. `batch_size` is clamped to
-/// at least 1.
+/// A whole plan at once of contacts by email, for input that is already in memory.
+/// `batch_size` is clamped to at least 1.
 pub fn plan_action(records: &[Value], action_type: ActionType, batch_size: usize) -> ActionPlan {
-    let mut planner = Planner::new(action_type, batch_size);
+    plan_with(records, RecordRules::contacts(action_type), batch_size)
+}
+
+/// `plan_action` under any rules.
+pub fn plan_with(records: &[Value], rules: RecordRules, batch_size: usize) -> ActionPlan {
+    let mut planner = Planner::new(rules, batch_size);
     let mut plan = ActionPlan {
         total_records: 0,
         batches: Vec::new(),
@@ -171,10 +183,10 @@ pub struct PlanSummary {
     pub opening_outcomes: BTreeMap<OutcomeCode, u32>,
 }
 
-/// 128 bits of SHA-256 of a normalised email. A million of them take 16 MB where the
-/// emails themselves would take several times that; an accidental collision is as likely
-/// as guessing a random 128-bit key, and a crafted one needs a SHA-256 break.
-type EmailDigest = [u8; 16];
+/// 128 bits of SHA-256 of a normalised key. A million of them take 16 MB where the keys
+/// themselves would take several times that; an accidental collision is as likely as
+/// guessing a random 128-bit key, and a crafted one needs a SHA-256 break.
+type KeyDigest = [u8; 16];
 
 /// Outcome events (`RecordRejected`, `RecordSkipped`) carry at least this many records
 /// each, whatever the batch size: a drip of one-record batches must not turn half a
@@ -183,12 +195,11 @@ pub const MIN_OUTCOME_CHUNK: usize = 1_000;
 
 /// Plans an action one record at a time, by the rules at the top of this module.
 pub struct Planner {
-    action_type: ActionType,
-    /// The account's own fields, as defined when the action was submitted.
-    custom: FieldIndex,
+    /// The entity, key and fields of the action, as defined when it was submitted.
+    rules: RecordRules,
     batch_size: usize,
     outcome_chunk: usize,
-    seen: HashSet<EmailDigest>,
+    seen: HashSet<KeyDigest>,
     filling: Vec<PlannedRecord>,
     rejected: Vec<RecordOutcome>,
     /// What `rejected` takes once stored, at most (`stored_size`).
@@ -213,11 +224,10 @@ pub fn stored_size(outcome: &RecordOutcome) -> usize {
 impl Planner {
     /// `batch_size` is clamped to at least 1; outcome events hold `batch_size` records,
     /// or `MIN_OUTCOME_CHUNK` if that is more.
-    pub fn new(action_type: ActionType, batch_size: usize) -> Self {
+    pub fn new(rules: RecordRules, batch_size: usize) -> Self {
         let batch_size = batch_size.max(1);
         Self {
-            action_type,
-            custom: FieldIndex::default(),
+            rules,
             batch_size,
             outcome_chunk: batch_size.max(MIN_OUTCOME_CHUNK),
             seen: HashSet::new(),
@@ -227,12 +237,6 @@ impl Planner {
             duplicates: Vec::new(),
             summary: PlanSummary::default(),
         }
-    }
-
-    /// Checks records against the account's own fields too.
-    pub fn with_custom_fields(mut self, custom: &FieldDefinitions) -> Self {
-        self.custom = FieldIndex::from(custom);
-        self
     }
 
     /// Records pushed so far.
@@ -248,21 +252,26 @@ impl Planner {
     /// The next record of the input.
     pub fn push(&mut self, record: &Value) -> Option<Planned> {
         let index = self.next_index();
-        match ContactChange::parse(record, self.action_type, &self.custom) {
+        match RecordChange::parse(record, &self.rules) {
             Err(error) => self.reject(RecordOutcome::new(
                 index,
-                raw_email(record),
+                self.rules.raw_key(record),
                 error.code,
                 Some(&error.message),
             )),
-            Ok(change) if !self.seen.insert(digest(&change.email)) => {
+            Ok(change) if !self.seen.insert(digest(&change.key)) => {
+                let spec = self.rules.spec();
+                let code = self.rules.match_by.duplicate_code(spec);
+                let field = self.rules.match_by.record_field(spec);
                 self.duplicates.push(RecordOutcome {
                     index,
-                    email: Some(change.email.as_str().to_owned()),
-                    code: OutcomeCode::DuplicateEmail,
-                    message: Some("an earlier record in this action has the same email".into()),
+                    email: Some(change.key),
+                    code,
+                    message: Some(format!(
+                        "an earlier record in this action has the same {field}"
+                    )),
                 });
-                self.tally(OutcomeCode::DuplicateEmail);
+                self.tally(code);
                 (self.duplicates.len() >= self.outcome_chunk).then(|| self.take_duplicates())
             }
             Ok(change) => {
@@ -340,20 +349,11 @@ impl Planner {
     }
 }
 
-fn digest(email: &Email) -> EmailDigest {
-    let full = Sha256::digest(email.as_str().as_bytes());
+fn digest(key: &str) -> KeyDigest {
+    let full = Sha256::digest(key.as_bytes());
     let mut short = [0u8; 16];
     short.copy_from_slice(&full[..16]);
     short
-}
-
-/// For the log line of a rejected record: what the client sent as email, if it was text,
-/// bounded like every echo.
-fn raw_email(record: &Value) -> Option<String> {
-    record
-        .get("email")
-        .and_then(Value::as_str)
-        .map(|raw| text::bounded(raw, text::RAW_EMAIL_MAX_BYTES))
 }
 
 #[cfg(test)]
@@ -399,7 +399,7 @@ mod tests {
             })
             .collect();
         let plan_events = {
-            let mut planner = Planner::new(ActionType::Upsert, 10_000);
+            let mut planner = Planner::new(RecordRules::contacts(ActionType::Upsert), 10_000);
             let mut events: Vec<Planned> = records
                 .iter()
                 .filter_map(|record| planner.push(record))
@@ -473,12 +473,12 @@ mod tests {
             for batch in &plan.batches {
                 prop_assert!(!batch.records.is_empty() && batch.records.len() <= batch_size);
                 for record in &batch.records {
-                    prop_assert!(emails.insert(record.change.email.clone()), "email kept twice");
+                    prop_assert!(emails.insert(record.change.key.clone()), "key kept twice");
                 }
             }
             // The streaming planner's totals agree with what it handed out, unreadable
             // records (a malformed line) take their place in the numbering.
-            let mut planner = Planner::new(ActionType::Upsert, batch_size);
+            let mut planner = Planner::new(RecordRules::contacts(ActionType::Upsert), batch_size);
             let mut kept = 0u32;
             let mut outcome_events = 0u32;
             let mut count = |planned: Planned| match planned {
@@ -504,7 +504,7 @@ mod tests {
             for duplicate in &plan.duplicates {
                 let email = duplicate.email.clone().unwrap_or_default();
                 let first = plan.batches.iter().flat_map(|b| &b.records)
-                    .find(|r| r.change.email.as_str() == email);
+                    .find(|r| r.change.key == email);
                 prop_assert!(first.is_some_and(|r| r.index < duplicate.index));
             }
         }

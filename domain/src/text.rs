@@ -45,7 +45,19 @@ pub fn bounded(text: &str, max_bytes: usize) -> String {
 
 /// A client value quoted in a message, e.g. `"phone"`, bounded by `ECHO_MAX_BYTES`.
 pub fn quoted(text: &str) -> String {
-    format!("{:?}", bounded(text, ECHO_MAX_BYTES))
+    // Not `{:?}`: it spells unassigned and private-use characters as `\u{...}`, up to 10
+    // bytes for 4, and the bound would not hold. Controls are already replaced.
+    let shown = bounded(text, ECHO_MAX_BYTES);
+    let mut out = String::with_capacity(shown.len() + 2);
+    out.push('"');
+    for c in shown.chars() {
+        if matches!(c, '"' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
 }
 
 fn shown_as(c: char) -> char {

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::action::{ActionStatus, ActionType, EntityType};
+use crate::action::{ActionStatus, ActionType};
+use crate::entity::EntityType;
+use crate::key::MatchBy;
 use crate::event::{EventEnvelope, EventPayload};
 use crate::ids::{AccountId, ActionId};
 use crate::outcome::{OutcomeCode, OutcomeStatus, RecordOutcome};
@@ -24,6 +26,11 @@ pub struct ActionView {
     pub account_id: AccountId,
     pub entity_type: EntityType,
     pub action_type: ActionType,
+    /// The key records were matched by: `natural` (the entity's natural key), `id` or
+    /// `externalId:<field>`.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "natural"))]
+    pub match_by: MatchBy,
     pub status: ActionStatus,
     pub total_records: u32,
     pub processed_records: u32,
@@ -229,6 +236,7 @@ fn created(event: &EventEnvelope) -> ActionView {
         pacing,
         max_records_per_minute,
         api_key_id,
+        match_by,
         ..
     } = &event.payload
     else {
@@ -240,6 +248,7 @@ fn created(event: &EventEnvelope) -> ActionView {
         account_id: account_id.clone(),
         entity_type: *entity_type,
         action_type: *action_type,
+        match_by: match_by.clone(),
         status: if future_start.is_some() {
             ActionStatus::Scheduled
         } else {
@@ -398,6 +407,7 @@ mod tests {
                 max_records_per_minute: None,
                 api_key_id: None,
                 custom_fields: None,
+                match_by: MatchBy::Natural,
             },
             EventPayload::RecordSkipped {
                 records: vec![outcome(5, OutcomeCode::DuplicateEmail)],
@@ -566,6 +576,7 @@ mod tests {
             max_records_per_minute: None,
             api_key_id: None,
             custom_fields: None,
+            match_by: MatchBy::Natural,
         }
     }
 

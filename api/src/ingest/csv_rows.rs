@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use csv::{ByteRecord, ErrorKind};
-use domain::fields::{FieldDefinitions, FieldIndex};
-use domain::record::{record_from_cells, KNOWN_FIELDS};
+use domain::record::record_from_cells;
+use domain::RecordRules;
 use domain::OutcomeCode;
 use serde_json::json;
 
@@ -26,19 +26,19 @@ const PARSER_BUFFER: usize = 64 * 1024;
 pub struct CsvRecords<R> {
     reader: csv::Reader<Budgeted<R>>,
     fields: Vec<String>,
-    custom: FieldIndex,
+    rules: RecordRules,
     row: ByteRecord,
     bytes_in_row: Arc<AtomicUsize>,
     max_record_bytes: usize,
 }
 
 /// Reads the header row; the rows follow as the iterator is driven.
-/// `custom` are the account's own fields: columns of theirs are allowed, and their cells
-/// take the field's type.
+/// `rules` say which columns a row may have (the key, the entity's fields and the
+/// account's own) and the type each cell takes.
 pub fn open<R: Read>(
     input: R,
     max_record_bytes: usize,
-    custom: &FieldDefinitions,
+    rules: &RecordRules,
 ) -> Result<CsvRecords<R>, UploadError> {
     let bytes_in_row = Arc::new(AtomicUsize::new(0));
     let budgeted = Budgeted {
@@ -55,7 +55,7 @@ pub fn open<R: Read>(
         .read_byte_record(&mut header)
         .map_err(|error| row_error(error, 1, max_record_bytes))?;
     let fields = if has_header {
-        header_fields(&header, custom)?
+        header_fields(&header, rules)?
     } else {
         Vec::new()
     };
@@ -63,19 +63,18 @@ pub fn open<R: Read>(
     Ok(CsvRecords {
         reader,
         fields,
-        custom: FieldIndex::from(custom),
+        rules: rules.clone(),
         row: ByteRecord::new(),
         bytes_in_row,
         max_record_bytes,
     })
 }
 
-/// The record field each column is: a built-in one or one of the account's, named in any
-/// case, once.
-fn header_fields(
-    header: &ByteRecord,
-    custom: &FieldDefinitions,
-) -> Result<Vec<String>, UploadError> {
+/// The record field each column is: the key, a built-in field or one of the account's,
+/// named in any case, once. The key the action matches by is required.
+fn header_fields(header: &ByteRecord, rules: &RecordRules) -> Result<Vec<String>, UploadError> {
+    let columns = rules.columns();
+    let key = rules.match_by.record_field(rules.spec());
     let refuse =
         |message: String, details: serde_json::Value| UploadError::CsvHeader { message, details };
     let mut fields: Vec<String> = Vec::with_capacity(header.len());
@@ -87,17 +86,12 @@ fn header_fields(
         };
         let written = String::from_utf8_lossy(cell).trim().to_owned();
         let lowercase = written.to_lowercase();
-        let canonical = KNOWN_FIELDS
+        let canonical = columns
             .iter()
-            .map(|known| known.to_string())
-            .chain(custom.fields.iter().map(|field| field.name.clone()))
-            .find(|name| name.to_lowercase() == lowercase);
+            .find(|name| name.to_lowercase() == lowercase)
+            .cloned();
         let Some(name) = canonical else {
-            let allowed: Vec<&str> = KNOWN_FIELDS
-                .iter()
-                .copied()
-                .chain(custom.fields.iter().map(|field| field.name.as_str()))
-                .collect();
+            let allowed = &columns;
             return Err(refuse(
                 format!(
                     "CSV column {} is not a record field",
@@ -114,10 +108,10 @@ fn header_fields(
         }
         fields.push(name);
     }
-    if !fields.iter().any(|field| field == "email") {
+    if !fields.iter().any(|field| field == key) {
         return Err(refuse(
-            "the CSV header row must name an email column".into(),
-            json!({ "columns": fields, "required": ["email"] }),
+            format!("the CSV header row must name a {key} column"),
+            json!({ "columns": fields, "required": [key] }),
         ));
     }
     Ok(fields)
@@ -165,7 +159,7 @@ impl<R> CsvRecords<R> {
             }
         }
         let pairs = self.fields.iter().map(String::as_str).zip(cells);
-        Record::Value(record_from_cells(pairs, &self.custom))
+        Record::Value(record_from_cells(pairs, &self.rules.fields))
     }
 }
 

@@ -15,13 +15,19 @@ use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::extract::JsonObject;
 use crate::{submission, AppState};
 
-/// An account's custom fields for one entity type.
+/// An account's custom fields for one entity type, beside what every account has.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FieldsView {
     #[schema(value_type = String, example = "contact")]
     entity_type: &'static str,
+    /// The account's own fields.
     fields: Vec<FieldDefinition>,
+    /// The field that identifies a record of this type (the default `matchBy`).
+    #[schema(value_type = String, example = "email")]
+    natural_key: &'static str,
+    /// The entity's own fields, the same for every account (read-only here).
+    built_in_fields: Vec<FieldDefinition>,
 }
 
 /// Read the account's custom fields of an entity type (none defined: an empty list).
@@ -64,7 +70,7 @@ pub async fn put_fields(
     JsonObject(body): JsonObject<Value>,
 ) -> Result<Json<FieldsView>, ApiError> {
     let entity = submission::entity_type(&entity)?;
-    let definitions = FieldDefinitions::parse(&body).map_err(|error| {
+    let definitions = FieldDefinitions::parse(&body, entity).map_err(|error| {
         ApiError::bad_request(
             ErrorCode::InvalidFieldDefinition,
             format!("field {}: {}", error.field, error.message),
@@ -79,8 +85,11 @@ pub async fn put_fields(
 }
 
 fn view(entity: EntityType, definitions: FieldDefinitions) -> FieldsView {
+    let spec = entity.spec();
     FieldsView {
         entity_type: entity.as_str(),
         fields: definitions.fields,
+        natural_key: spec.natural_key,
+        built_in_fields: spec.fields.iter().map(FieldDefinition::from).collect(),
     }
 }

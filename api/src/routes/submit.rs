@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Extension;
-use domain::{ActionView, Planner};
+use domain::{ActionView, Planner, RecordRules};
 use infra::staging::Staging;
 
 use crate::auth::Caller;
@@ -107,14 +107,21 @@ pub async fn submit(
         .store
         .field_definitions(&settings.account_id, settings.entity_type)
         .await?;
+    let match_by = crate::submission::match_by(&settings, &custom_fields)?;
+    let rules = RecordRules::new(
+        settings.entity_type,
+        settings.action_type,
+        match_by.clone(),
+        &custom_fields,
+    );
     let mut staging = Staging::new(&state.store, &settings.account_id);
     let planned = ingest::plan_and_stage(
         {
             let max_record_bytes = config.max_record_bytes;
-            let custom_fields = custom_fields.clone();
-            move |sink: &mut RecordSink<'_>| source.read(max_record_bytes, &custom_fields, sink)
+            let rules = rules.clone();
+            move |sink: &mut RecordSink<'_>| source.read(max_record_bytes, &rules, sink)
         },
-        Planner::new(settings.action_type, batch_size).with_custom_fields(&custom_fields),
+        Planner::new(rules, batch_size),
         ingest::PlanLimits {
             max_records: config.max_records_per_action,
             max_batches: config.max_batches_per_action,
@@ -131,6 +138,7 @@ pub async fn submit(
                 batch_size,
                 early_schedule,
                 custom_fields,
+                match_by,
             };
             commit::commit(
                 &state,

@@ -1,7 +1,7 @@
 //! The MongoDB documents a record's change becomes: the update of an existing contact and
 //! the fields of a new one. Only the fields the record names appear in them.
 
-use domain::fields::{CustomChange, CustomValue};
+use domain::fields::{FieldChange, FieldValue};
 use domain::{ContactChange, FieldChange};
 use mongodb::bson::{doc, Bson, DateTime, Document};
 
@@ -55,13 +55,13 @@ pub(crate) fn contact_update(change: &ContactChange, now: DateTime) -> ContactUp
     }
     for (name, change) in &change.custom {
         match change {
-            CustomChange::Set(value) => {
+            FieldChange::Set(value) => {
                 set.insert(name, bson(value));
             }
-            CustomChange::Clear => {
+            FieldChange::Clear => {
                 unset.insert(name, "");
             }
-            CustomChange::Edit { add: adds, remove } => {
+            FieldChange::Edit { add: adds, remove } => {
                 if !remove.is_empty() {
                     pull.insert(name, remove.clone());
                 }
@@ -105,7 +105,7 @@ pub(crate) fn new_contact_fields(change: &ContactChange, now: DateTime) -> Docum
         fields.insert("status", status.as_str());
     }
     for (name, change) in &change.custom {
-        if let Some(CustomChange::Set(value)) = change.on_insert() {
+        if let Some(FieldChange::Set(value)) = change.on_insert() {
             fields.insert(name, bson(&value));
         }
     }
@@ -118,14 +118,14 @@ fn text(change: &FieldChange<String>) -> Option<String> {
 }
 
 /// How a custom field's value is stored: dates as BSON dates, so they sort and compare.
-pub(crate) fn bson(value: &CustomValue) -> Bson {
+pub(crate) fn bson(value: &FieldValue) -> Bson {
     match value {
-        CustomValue::Text(text) => Bson::String(text.clone()),
-        CustomValue::Number(number) => Bson::Double(*number),
-        CustomValue::Integer(integer) => Bson::Int64(*integer),
-        CustomValue::Boolean(flag) => Bson::Boolean(*flag),
-        CustomValue::Date(millis) => Bson::DateTime(DateTime::from_millis(*millis)),
-        CustomValue::TextList(items) => {
+        FieldValue::Text(text) => Bson::String(text.clone()),
+        FieldValue::Number(number) => Bson::Double(*number),
+        FieldValue::Integer(integer) => Bson::Int64(*integer),
+        FieldValue::Boolean(flag) => Bson::Boolean(*flag),
+        FieldValue::Date(millis) => Bson::DateTime(DateTime::from_millis(*millis)),
+        FieldValue::TextList(items) => {
             Bson::Array(items.iter().cloned().map(Bson::String).collect())
         }
     }

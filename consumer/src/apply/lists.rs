@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeSet;
 
-use domain::fields::CustomChange;
+use domain::fields::FieldChange;
 use domain::{Batch, OutcomeCode, RecordOutcome};
 use mongodb::bson::{doc, Bson};
 
@@ -25,7 +25,7 @@ impl ContactWriter {
             .records
             .iter()
             .flat_map(|record| &record.change.custom)
-            .filter(|(_, change)| matches!(change, CustomChange::Edit { .. }))
+            .filter(|(_, change)| matches!(change, FieldChange::Edit { .. }))
             .map(|(name, _)| name.as_str())
             .collect();
         if edited.is_empty() {
@@ -41,7 +41,7 @@ impl ContactWriter {
         for record in &batch.records {
             let not_a_list = stored.get(email_of(record)).and_then(|contact| {
                 record.change.custom.iter().find_map(|(name, change)| {
-                    let edits = matches!(change, CustomChange::Edit { .. });
+                    let edits = matches!(change, FieldChange::Edit { .. });
                     let stored = contact.get(name);
                     (edits && !matches!(stored, None | Some(Bson::Array(_)) | Some(Bson::Null)))
                         .then_some(name)

@@ -4,7 +4,7 @@ use serde_json::json;
 use super::*;
 
 fn definition(raw: Value) -> Result<FieldDefinitions, DefinitionError> {
-    FieldDefinitions::parse(&json!({ "fields": [raw] }))
+    FieldDefinitions::parse(&json!({ "fields": [raw] }), EntityType::Contact)
 }
 
 fn field(raw: Value) -> FieldDefinition {
@@ -64,11 +64,11 @@ fn a_definition_is_checked_whole() {
         assert!(error.message.contains(why), "{bad}: {error}");
     }
     let twice = json!({"fields": [{"name": "tier", "type": "string"}, {"name": "Tier", "type": "integer"}]});
-    assert!(FieldDefinitions::parse(&twice).is_err());
+    assert!(FieldDefinitions::parse(&twice, EntityType::Contact).is_err());
     let many: Vec<Value> = (0..=MAX_FIELDS)
         .map(|i| json!({"name": format!("f{i}"), "type": "boolean"}))
         .collect();
-    assert!(FieldDefinitions::parse(&json!({ "fields": many })).is_err());
+    assert!(FieldDefinitions::parse(&json!({ "fields": many }), EntityType::Contact).is_err());
 }
 
 #[test]
@@ -76,11 +76,11 @@ fn values_of_every_type() {
     let date = field(json!({"name": "since", "type": "date"}));
     assert_eq!(
         date.check(&json!("1970-01-02")),
-        Ok(CustomChange::Set(CustomValue::Date(86_400_000)))
+        Ok(FieldChange::Set(FieldValue::Date(86_400_000)))
     );
     assert_eq!(
         date.check(&json!("1970-01-01T00:00:01Z")),
-        Ok(CustomChange::Set(CustomValue::Date(1_000)))
+        Ok(FieldChange::Set(FieldValue::Date(1_000)))
     );
     assert_eq!(
         date.check(&json!("yesterday")).unwrap_err().code,
@@ -89,17 +89,17 @@ fn values_of_every_type() {
     let flag = field(json!({"name": "vip", "type": "boolean"}));
     assert_eq!(
         flag.check(&json!(true)),
-        Ok(CustomChange::Set(CustomValue::Boolean(true)))
+        Ok(FieldChange::Set(FieldValue::Boolean(true)))
     );
     assert_eq!(
         flag.check(&json!("true")).unwrap_err().code,
         OutcomeCode::InvalidType
     );
-    assert_eq!(flag.check(&Value::Null), Ok(CustomChange::Clear));
+    assert_eq!(flag.check(&Value::Null), Ok(FieldChange::Clear));
     let score = field(json!({"name": "score", "type": "number", "min": 0, "max": 1}));
     assert_eq!(
         score.check(&json!(0.5)),
-        Ok(CustomChange::Set(CustomValue::Number(0.5)))
+        Ok(FieldChange::Set(FieldValue::Number(0.5)))
     );
     assert_eq!(
         score.check(&json!(2)).unwrap_err().code,
@@ -108,7 +108,7 @@ fn values_of_every_type() {
     let seats = field(json!({"name": "seats", "type": "integer", "enum": [1, 5]}));
     assert_eq!(
         seats.check(&json!(5)),
-        Ok(CustomChange::Set(CustomValue::Integer(5)))
+        Ok(FieldChange::Set(FieldValue::Integer(5)))
     );
     assert_eq!(
         seats.check(&json!(5.5)).unwrap_err().code,
@@ -125,14 +125,14 @@ fn a_list_is_replaced_or_edited() {
     let tags = field(json!({"name": "tags", "type": "string[]", "maxLength": 5}));
     assert_eq!(
         tags.check(&json!(["vip", "vip", "new"])),
-        Ok(CustomChange::Set(CustomValue::TextList(vec![
+        Ok(FieldChange::Set(FieldValue::TextList(vec![
             "vip".into(),
             "new".into()
         ])))
     );
     assert_eq!(
         tags.check(&json!({"add": ["vip"], "remove": ["trial"]})),
-        Ok(CustomChange::Edit {
+        Ok(FieldChange::Edit {
             add: vec!["vip".into()],
             remove: vec!["trial".into()]
         })
@@ -305,18 +305,18 @@ proptest! {
     /// accepts is of the field's type.
     #[test]
     fn check_accepts_exactly_what_satisfies_the_definition(field in a_field(), value in a_value()) {
-        let field_is_valid = FieldDefinitions::parse(&json!({ "fields": [field.clone()] })).is_ok();
+        let field_is_valid = FieldDefinitions::parse(&json!({ "fields": [field.clone()] }), EntityType::Contact).is_ok();
         prop_assume!(field_is_valid);
         let checked = field.check(&value);
         prop_assert_eq!(checked.is_ok(), satisfies(&field, &value), "{:?} on {}: {:?}", field, value, checked);
-        if let Ok(CustomChange::Set(set)) = checked {
+        if let Ok(FieldChange::Set(set)) = checked {
             let of_type = matches!(
                 (field.field_type, set),
-                (FieldType::Text, CustomValue::Text(_))
-                    | (FieldType::TextList, CustomValue::TextList(_))
-                    | (FieldType::Integer, CustomValue::Integer(_))
-                    | (FieldType::Number, CustomValue::Number(_))
-                    | (FieldType::Boolean, CustomValue::Boolean(_))
+                (FieldType::Text, FieldValue::Text(_))
+                    | (FieldType::TextList, FieldValue::TextList(_))
+                    | (FieldType::Integer, FieldValue::Integer(_))
+                    | (FieldType::Number, FieldValue::Number(_))
+                    | (FieldType::Boolean, FieldValue::Boolean(_))
             );
             prop_assert!(of_type);
         }

@@ -2,6 +2,7 @@
 //! `Idempotency-Key`, if any), its opening events, and the commit.
 
 use domain::fields::FieldDefinitions;
+use domain::MatchBy;
 use domain::{ActionId, ActionView, EventPayload, PlanSummary, ScheduleError, Timestamp};
 use infra::event_store::{Commit, NewAction};
 use infra::staging::Staging;
@@ -26,6 +27,7 @@ pub(super) struct Plan {
     pub(super) early_schedule: Result<Option<Timestamp>, ScheduleError>,
     /// The account's own fields the records were checked against.
     pub(super) custom_fields: FieldDefinitions,
+    pub(super) match_by: MatchBy,
 }
 
 pub(super) async fn commit(
@@ -76,7 +78,7 @@ pub(super) async fn commit(
         ),
         start_at,
         created_at,
-        events: opening_events(caller, settings, &summary, &plan.custom_fields),
+        events: opening_events(caller, settings, &summary, &plan.custom_fields, &plan.match_by),
         staging,
     };
     if state.store.commit_action(&new_action).await? == Commit::AlreadyExisted {
@@ -131,6 +133,7 @@ fn opening_events(
     settings: &ActionSettings,
     summary: &PlanSummary,
     custom_fields: &FieldDefinitions,
+    match_by: &MatchBy,
 ) -> Vec<EventPayload> {
     let created = EventPayload::Created {
         account_id: settings.account_id.clone(),
@@ -143,6 +146,7 @@ fn opening_events(
         max_records_per_minute: settings.max_records_per_minute,
         api_key_id: Some(caller.key_id.clone()),
         custom_fields: (!custom_fields.fields.is_empty()).then(|| custom_fields.clone()),
+        match_by: match_by.clone(),
     };
     let mut events = vec![created];
     if summary.batch_count == 0 {

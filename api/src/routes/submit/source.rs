@@ -5,7 +5,7 @@ use std::io::BufReader;
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode};
-use domain::fields::FieldDefinitions;
+use domain::RecordRules;
 use serde_json::json;
 
 use crate::auth::Caller;
@@ -60,7 +60,7 @@ impl Source {
     pub(super) fn read(
         self,
         max_record_bytes: usize,
-        custom_fields: &FieldDefinitions,
+        rules: &RecordRules,
         sink: &mut RecordSink<'_>,
     ) -> Result<(), ingest::UploadError> {
         match self {
@@ -73,7 +73,7 @@ impl Source {
                 sink,
             ),
             Source::Csv(body) => {
-                ingest::feed(csv_rows::open(body, max_record_bytes, custom_fields)?, sink)
+                ingest::feed(csv_rows::open(body, max_record_bytes, rules)?, sink)
             }
         }
     }
