@@ -1,43 +1,48 @@
-//! Applying one batch to the `contacts` collection in a handful of round trips, whatever
-//! its size.
+//! Applying one batch to its entity's collection in a handful of round trips, whatever its
+//! size.
 //!
 //! The shape of every action type (why: docs/decisions/0038-apply-a-batch-writes-first.md):
-//! - a `find` of the batch's emails (`$in`, backed by the `(accountId, email)` index) only
-//!   where the outcome depends on which contacts exist and the writes cannot tell;
+//! - a `find` of the batch's keys (`$in`, backed by the key's unique index) only where the
+//!   outcome depends on which documents exist and the writes cannot tell;
 //! - writes grouped by identical change: records that set the same fields to the same
 //!   values share one `multi` update statement with an `$in` filter; a change of its own gets
 //!   an equality filter. Bulk CRM changes are mostly uniform ("set status to customer for
 //!   these 40k contacts"), so a batch is typically one or two statements;
 //! - statements are sent many per `update` command, at most `statements_per_command`.
 //!
-//! Only the managed fields are ever `$set` or (when a record clears one) `$unset`; a
-//! contact's `_id` and every field we do not manage are left as they are, whatever their
-//! shape.
+//! A record finds its document by the key its action matches by (`Key`): the entity's
+//! natural key, the document `_id`, or an account's external id field. Only the fields a
+//! record names are ever `$set` or (when it clears one) `$unset`; a document's `_id` and
+//! every field the record does not name are left as they are, whatever their shape.
 //!
-//! Contacts the platform inserts carry `createdByBulkAction: <actionId>`. A retried attempt
-//! at a create or upsert batch looks up which of its emails an earlier attempt of this very
-//! action inserted (before its insert, and again for what collided); those are `created`,
-//! so a crash does not turn `created` into `updated` or `already_exists`.
+//! Documents the platform inserts carry `createdByBulkAction: <actionId>`. A retried
+//! attempt at a create or upsert batch looks up which of its keys an earlier attempt of this
+//! very action inserted (before its insert, and again for what collided); those are
+//! `created`, so a crash does not turn `created` into `updated` or `already_exists`.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
-use domain::{AccountId, ActionId, ActionType, Batch, OutcomeCode, PlannedRecord, RecordOutcome};
+use domain::{
+    AccountId, ActionId, ActionType, Batch, EntityType, MatchBy, OutcomeCode, PlannedRecord,
+    RecordOutcome,
+};
 use futures::TryStreamExt;
-use infra::mongo::CONTACTS;
 use mongodb::bson::{doc, DateTime, Document};
 use mongodb::options::FindOptions;
 use mongodb::Database;
 
 const DUPLICATE_KEY: i32 = 11000;
-const NOT_FOUND_MESSAGE: &str = "no contact with this email in the account";
 pub const CREATED_BY: &str = "createdByBulkAction";
 
 mod documents;
+mod key;
 mod lists;
 mod writes;
 
-pub(crate) use documents::{bson, contact_update, new_contact_fields};
+pub(crate) use documents::{bson, new_document_fields, record_update};
+pub(crate) use key::Key;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -52,10 +57,10 @@ pub enum ApplyError {
 }
 
 /// Where an attempt at a batch leaves what later attempts must agree with. Deletes need it:
-/// once an attempt has deleted a contact, a retry can no longer find it, yet must still
+/// once an attempt has deleted a document, a retry can no longer find it, yet must still
 /// report it `deleted`, not `not_found`.
 pub trait BatchMemory {
-    /// Records `found` as the emails this batch found in the account, unless an earlier
+    /// Records `found` as the keys this batch found in the account, unless an earlier
     /// attempt recorded its own; returns what is recorded (the first attempt's list).
     fn found_once(
         &self,
@@ -95,6 +100,7 @@ pub struct Target<'a> {
     pub account: &'a AccountId,
     pub action: ActionId,
     pub action_type: ActionType,
+    pub entity: EntityType,
     /// 1 for the first try at the batch; more means an earlier try may have written: an
     /// earlier attempt, or this one before an outage cut it off.
     pub attempt: u32,
@@ -102,14 +108,58 @@ pub struct Target<'a> {
 
 /// Where and how batches are written.
 #[derive(Debug, Clone)]
-pub struct ContactWriter {
+pub struct DocumentWriter {
     pub database: Database,
     /// Statements per `update` command. FerretDB 1.24 holds a backend connection per
     /// statement until the command ends and hangs past its pool size (about 50).
     pub statements_per_command: usize,
+    /// The most indexes a collection may have before an external id field gets none
+    /// (MongoDB allows 64).
+    pub max_indexes_per_collection: usize,
+    /// External id indexes known to exist, by collection and field: shared by the
+    /// process's workers, so each is asked for once.
+    pub external_id_indexes: Arc<Mutex<HashSet<(String, String)>>>,
 }
 
-impl ContactWriter {
+/// One batch's documents: its account, its collection, the key its records find them by.
+pub(crate) struct Scope<'a> {
+    pub(crate) account: &'a AccountId,
+    pub(crate) collection: &'static str,
+    pub(crate) noun: &'static str,
+    pub(crate) key: Key<'a>,
+}
+
+impl<'a> Scope<'a> {
+    pub(crate) fn of(target: &Target<'a>, match_by: &'a MatchBy) -> Self {
+        let spec = target.entity.spec();
+        Self {
+            account: target.account,
+            collection: spec.collection,
+            noun: target.entity.as_str(),
+            key: Key::of(spec, match_by),
+        }
+    }
+
+    /// `{accountId, <key>: {$in: keys}}`
+    pub(crate) fn filter_in<'k>(&self, keys: impl IntoIterator<Item = &'k str>) -> Document {
+        doc! {
+            "accountId": self.account.as_str(),
+            self.key.field: { "$in": keys.into_iter().map(|key| self.key.bson(key)).collect::<Vec<_>>() },
+        }
+    }
+}
+
+impl DocumentWriter {
+    /// A writer with the defaults of `ConsumerConfig`.
+    pub fn new(database: Database) -> Self {
+        Self {
+            database,
+            statements_per_command: 32,
+            max_indexes_per_collection: 48,
+            external_id_indexes: Arc::default(),
+        }
+    }
+
     pub async fn apply(
         &self,
         target: Target<'_>,
@@ -120,10 +170,14 @@ impl ContactWriter {
             return Ok(Vec::new());
         }
         let now = DateTime::now();
-        let account = target.account;
+        let scope = Scope::of(&target, &batch.match_by);
+        if let MatchBy::ExternalId(field) = &batch.match_by {
+            self.ensure_external_id_index(scope.collection, field)
+                .await?;
+        }
         let (batch, mut refused) = match target.action_type {
             ActionType::Update | ActionType::Upsert => {
-                self.without_list_conflicts(account, batch).await?
+                self.without_list_conflicts(&scope, batch).await?
             }
             ActionType::Create | ActionType::Delete => (Cow::Borrowed(batch), Vec::new()),
         };
@@ -132,10 +186,10 @@ impl ContactWriter {
             Vec::new()
         } else {
             match target.action_type {
-                ActionType::Update => self.update(account, batch, now).await?,
-                ActionType::Upsert => self.upsert(target, batch, now).await?,
-                ActionType::Create => self.create(target, batch, now).await?,
-                ActionType::Delete => self.delete(account, batch, memory).await?,
+                ActionType::Update => self.update(&scope, batch, now).await?,
+                ActionType::Upsert => self.upsert(target, &scope, batch, now).await?,
+                ActionType::Create => self.create(target, &scope, batch, now).await?,
+                ActionType::Delete => self.delete(&scope, batch, memory).await?,
             }
         };
         if !refused.is_empty() {
@@ -145,59 +199,91 @@ impl ContactWriter {
         Ok(outcomes)
     }
 
-    /// Optimistic: the `$set`s go out first, and only if they matched fewer contacts than
-    /// records does a `find` learn which ones are missing. A batch whose contacts all exist
-    /// (the usual case) costs no lookup.
+    /// Optimistic: the `$set`s go out first, and only if they matched fewer documents than
+    /// records does a `find` learn which ones are missing. A batch whose documents all
+    /// exist (the usual case) costs no lookup.
     async fn update(
         &self,
-        account: &AccountId,
+        scope: &Scope<'_>,
         batch: &Batch,
         now: DateTime,
     ) -> Result<Vec<RecordOutcome>, ApplyError> {
         let records: Vec<&PlannedRecord> = batch.records.iter().collect();
-        let matched = self.set_fields(account, &records, now).await?;
+        let matched = self.set_fields(scope, &records, now).await?;
         if matched >= records.len() as i64 {
-            return Ok(found_or_not(batch, |_| true, OutcomeCode::Updated));
+            return Ok(found_or_not(scope, batch, |_| true, OutcomeCode::Updated));
         }
         // Some are missing. Re-apply to exactly the ones that exist now, so that every record
         // reported `updated` has had its change applied, even one created meanwhile.
-        let existing = self.existing_emails(account, &batch.records).await?;
+        let existing = self.existing_keys(scope, &records).await?;
         let present: Vec<&PlannedRecord> = records
             .into_iter()
-            .filter(|r| existing.contains(email_of(r)))
+            .filter(|r| existing.contains(r.key()))
             .collect();
-        self.set_all_fields(account, &present, now).await?;
+        self.set_all_fields(scope, &present, now).await?;
         Ok(found_or_not(
+            scope,
             batch,
-            |email| existing.contains(email),
+            |key| existing.contains(key),
             OutcomeCode::Updated,
         ))
     }
 
-    /// Inserts every record; the ones that collide with an existing contact (code 11000) are
-    /// updated instead. New contacts thus cost one unordered insert and no lookup at all.
+    /// Inserts every record; the ones that collide with an existing document (code 11000)
+    /// are updated instead. New documents thus cost one unordered insert and no lookup.
+    ///
+    /// Matched by an external id, a collision may also be on the natural key (another
+    /// document has the record's email, under another external id or none): such a record
+    /// is `already_exists`, its document left alone.
     async fn upsert(
         &self,
         target: Target<'_>,
+        scope: &Scope<'_>,
         batch: &Batch,
         now: DateTime,
     ) -> Result<Vec<RecordOutcome>, ApplyError> {
-        let refused = self.insert_once(target, batch, now).await?;
-        let mut existing = Vec::with_capacity(refused.len());
+        let refused = self.insert_once(target, scope, batch, now).await?;
+        let mut collided = Vec::with_capacity(refused.len());
         for (record, code, message) in refused {
             if code != DUPLICATE_KEY {
                 return Err(ApplyError::Refused(message));
             }
-            existing.push(record);
+            collided.push(record);
         }
-        self.set_all_fields(target.account, &existing, now).await?;
-        let updated: HashSet<&str> = existing.iter().map(|r| email_of(r)).collect();
+        let matched = self.set_fields(scope, &collided, now).await?;
+        let mut taken: HashSet<&str> = HashSet::new();
+        if matched < collided.len() as i64 {
+            let existing = self.existing_keys(scope, &collided).await?;
+            let (present, absent): (Vec<&PlannedRecord>, Vec<&PlannedRecord>) = collided
+                .iter()
+                .partition(|record| existing.contains(record.key()));
+            if !absent.is_empty() && matches!(batch.match_by, MatchBy::Natural) {
+                // Deleted between the insert and the update: the retry inserts it.
+                return Err(ApplyError::Refused(format!(
+                    "{} of {} collided {}s are gone",
+                    absent.len(),
+                    collided.len(),
+                    scope.noun
+                )));
+            }
+            self.set_all_fields(scope, &present, now).await?;
+            taken = absent.iter().map(|record| record.key()).collect();
+            collided = present;
+        }
+        let updated: HashSet<&str> = collided.iter().map(|r| r.key()).collect();
+        let natural_key = target.entity.spec().natural_key;
+        let conflict = format!(
+            "another {} has this record's {natural_key} under another {}",
+            scope.noun, scope.key.name
+        );
         Ok(batch
             .records
             .iter()
             .map(|r| {
-                if updated.contains(email_of(r)) {
+                if updated.contains(r.key()) {
                     outcome(r, OutcomeCode::Updated, None)
+                } else if taken.contains(r.key()) {
+                    outcome(r, OutcomeCode::AlreadyExists, Some(&conflict))
                 } else {
                     outcome(r, OutcomeCode::Created, None)
                 }
@@ -208,156 +294,184 @@ impl ContactWriter {
     async fn create(
         &self,
         target: Target<'_>,
+        scope: &Scope<'_>,
         batch: &Batch,
         now: DateTime,
     ) -> Result<Vec<RecordOutcome>, ApplyError> {
         let refused: HashMap<&str, (i32, String)> = self
-            .insert_once(target, batch, now)
+            .insert_once(target, scope, batch, now)
             .await?
             .into_iter()
-            .map(|(record, code, message)| (email_of(record), (code, message)))
+            .map(|(record, code, message)| (record.key(), (code, message)))
             .collect();
+        let exists = format!(
+            "a {} with this {} already exists in the account",
+            scope.noun, scope.key.name
+        );
         Ok(batch
             .records
             .iter()
-            .map(|r| match refused.get(email_of(r)) {
+            .map(|r| match refused.get(r.key()) {
                 None => outcome(r, OutcomeCode::Created, None),
-                Some((DUPLICATE_KEY, _)) => outcome(
-                    r,
-                    OutcomeCode::AlreadyExists,
-                    Some("a contact with this email already exists in the account"),
-                ),
+                Some((DUPLICATE_KEY, _)) => outcome(r, OutcomeCode::AlreadyExists, Some(&exists)),
                 Some((_, message)) => outcome(r, OutcomeCode::StoreError, Some(message)),
             })
             .collect())
     }
 
-    /// One `find`, the found emails remembered (so every attempt deletes and reports the
+    /// One `find`, the found keys remembered (so every attempt deletes and reports the
     /// same set as the first), then one `delete` with `$in`.
     async fn delete(
         &self,
-        account: &AccountId,
+        scope: &Scope<'_>,
         batch: &Batch,
         memory: &impl BatchMemory,
     ) -> Result<Vec<RecordOutcome>, ApplyError> {
+        let records: Vec<&PlannedRecord> = batch.records.iter().collect();
         let mut found: Vec<String> = self
-            .existing_emails(account, &batch.records)
+            .existing_keys(scope, &records)
             .await?
             .into_iter()
             .collect();
         found.sort_unstable();
         let existing: HashSet<String> = memory.found_once(found).await?.into_iter().collect();
         if !existing.is_empty() {
-            let emails: Vec<&str> = existing.iter().map(String::as_str).collect();
-            self.contacts()
-                .delete_many(doc! { "accountId": account.as_str(), "email": { "$in": emails } })
+            self.collection(scope)
+                .delete_many(scope.filter_in(existing.iter().map(String::as_str)))
                 .await?;
         }
         Ok(found_or_not(
+            scope,
             batch,
-            |email| existing.contains(email),
+            |key| existing.contains(key),
             OutcomeCode::Deleted,
         ))
     }
 
-    fn contacts(&self) -> mongodb::Collection<Document> {
-        self.database.collection(CONTACTS)
+    fn collection(&self, scope: &Scope<'_>) -> mongodb::Collection<Document> {
+        self.database.collection(scope.collection)
     }
 
-    async fn existing_emails(
+    async fn existing_keys(
         &self,
-        account: &AccountId,
-        records: &[PlannedRecord],
+        scope: &Scope<'_>,
+        records: &[&PlannedRecord],
     ) -> Result<HashSet<String>, ApplyError> {
-        let emails: Vec<&str> = records.iter().map(email_of).collect();
-        let at_most = emails.len();
-        self.emails_matching(
-            doc! { "accountId": account.as_str(), "email": { "$in": emails } },
-            at_most,
+        let found = self
+            .documents_by_key(scope, records, doc! { scope.key.field: 1 })
+            .await?;
+        Ok(found.into_keys().collect())
+    }
+
+    /// The records' documents in the account, by key, with the fields `projection` names,
+    /// in one reply (at most one document per key). `at_most` bounds the answer, so it
+    /// comes in one reply: no `getMore`, which FerretDB fails once the connection that
+    /// opened the cursor is gone, e.g. after an outage.
+    pub(crate) async fn documents_by_key(
+        &self,
+        scope: &Scope<'_>,
+        records: &[&PlannedRecord],
+        mut projection: Document,
+    ) -> Result<HashMap<String, Document>, ApplyError> {
+        if records.is_empty() {
+            return Ok(HashMap::new());
+        }
+        projection.insert(scope.key.field, 1);
+        if scope.key.field != "_id" {
+            projection.insert("_id", 0);
+        }
+        self.find_by_key(
+            scope,
+            scope.filter_in(records.iter().map(|r| r.key())),
+            projection,
+            records.len(),
         )
         .await
     }
 
-    /// The batch's contacts in the account, by email, with the fields `projection` names,
-    /// in one reply (at most one contact per email).
-    pub(crate) async fn contacts_by_email(
+    pub(crate) async fn find_by_key(
         &self,
-        account: &AccountId,
-        batch: &Batch,
+        scope: &Scope<'_>,
+        filter: Document,
         projection: Document,
+        at_most: usize,
     ) -> Result<HashMap<String, Document>, ApplyError> {
-        let emails: Vec<&str> = batch.records.iter().map(email_of).collect();
         let options = FindOptions::builder()
             .projection(projection)
-            .batch_size(u32::try_from(emails.len().max(1)).unwrap_or(u32::MAX))
-            .build();
-        let found: Vec<Document> = self
-            .contacts()
-            .find(doc! { "accountId": account.as_str(), "email": { "$in": emails } })
-            .with_options(options)
-            .await?
-            .try_collect()
-            .await?;
-        Ok(found
-            .into_iter()
-            .filter_map(|contact| Some((contact.get_str("email").ok()?.to_owned(), contact)))
-            .collect())
-    }
-
-    /// `at_most` bounds the answer (one contact per email and account), so it comes in one
-    /// reply: no `getMore`, which FerretDB fails once the connection that opened the cursor
-    /// is gone, e.g. after an outage.
-    async fn emails_matching(
-        &self,
-        filter: Document,
-        at_most: usize,
-    ) -> Result<HashSet<String>, ApplyError> {
-        let options = FindOptions::builder()
-            .projection(doc! { "_id": 0, "email": 1 })
             .batch_size(u32::try_from(at_most.max(1)).unwrap_or(u32::MAX))
             .build();
         let found: Vec<Document> = self
-            .contacts()
+            .collection(scope)
             .find(filter)
             .with_options(options)
             .await?
             .try_collect()
             .await?;
         Ok(found
-            .iter()
-            .filter_map(|contact| contact.get_str("email").ok().map(str::to_owned))
+            .into_iter()
+            .filter_map(|document| Some((scope.key.text_of(&document)?, document)))
             .collect())
+    }
+
+    /// The unique index of an account's external id field, asked for once per process.
+    async fn ensure_external_id_index(
+        &self,
+        collection: &'static str,
+        field: &str,
+    ) -> Result<(), ApplyError> {
+        let known = (collection.to_owned(), field.to_owned());
+        if self
+            .external_id_indexes
+            .lock()
+            .is_ok_and(|known_ones| known_ones.contains(&known))
+        {
+            return Ok(());
+        }
+        let created = infra::mongo::ensure_external_id_index(
+            &self.database,
+            collection,
+            field,
+            self.max_indexes_per_collection,
+        )
+        .await?;
+        if !created {
+            return Err(ApplyError::Refused(format!(
+                "{collection} has {} indexes, the most allowed (MAX_INDEXES_PER_COLLECTION): \
+                 no unique index can be made for the external id field {field}",
+                self.max_indexes_per_collection
+            )));
+        }
+        if let Ok(mut known_ones) = self.external_id_indexes.lock() {
+            known_ones.insert(known);
+        }
+        Ok(())
     }
 }
 
-/// `done` for records whose contact existed, `not_found` for the others.
+/// `done` for records whose document existed, `not_found` for the others.
 fn found_or_not(
+    scope: &Scope<'_>,
     batch: &Batch,
     existed: impl Fn(&str) -> bool,
     done: OutcomeCode,
 ) -> Vec<RecordOutcome> {
+    let missing = format!(
+        "no {} with this {} in the account",
+        scope.noun, scope.key.name
+    );
     batch
         .records
         .iter()
         .map(|r| {
-            if existed(email_of(r)) {
+            if existed(r.key()) {
                 outcome(r, done, None)
             } else {
-                outcome(r, OutcomeCode::NotFound, Some(NOT_FOUND_MESSAGE))
+                outcome(r, OutcomeCode::NotFound, Some(&missing))
             }
         })
         .collect()
 }
 
-pub(crate) fn email_of(record: &PlannedRecord) -> &str {
-    record.change.email.as_str()
-}
-
 fn outcome(record: &PlannedRecord, code: OutcomeCode, message: Option<&str>) -> RecordOutcome {
-    RecordOutcome::new(
-        record.index,
-        Some(email_of(record).to_owned()),
-        code,
-        message,
-    )
+    RecordOutcome::new(record.index, Some(record.key().to_owned()), code, message)
 }

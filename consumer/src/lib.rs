@@ -19,7 +19,7 @@ use infra::{EventStore, Keys, StoreConfig};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use apply::{ApplyError, BatchInRedis, BatchMemory, ContactWriter, Target};
+pub use apply::{ApplyError, BatchInRedis, BatchMemory, DocumentWriter, Target};
 
 #[derive(Debug, Clone, Args)]
 pub struct ConsumerConfig {
@@ -43,9 +43,15 @@ pub struct ConsumerConfig {
     #[arg(long, env = "CLAIM_IDLE_MS", default_value_t = 30_000)]
     pub claim_idle_ms: u64,
 
-    /// Update statements per `update` command (see `ContactWriter`).
+    /// Update statements per `update` command (see `DocumentWriter`).
     #[arg(long, env = "MONGO_STATEMENTS_PER_COMMAND", default_value_t = 32)]
     pub statements_per_command: usize,
+
+    /// Indexes an entity collection may have before an account's external id field gets
+    /// no unique index (and actions matched by it fail). MongoDB allows 64; the rest is
+    /// left to operators' own indexes.
+    #[arg(long, env = "MAX_INDEXES_PER_COLLECTION", default_value_t = 48, value_parser = clap::value_parser!(u64).range(2..=64))]
+    pub max_indexes_per_collection: u64,
 
     /// How often the scheduler looks for actions whose start time has come (ms).
     #[arg(long, env = "SCHEDULER_TICK_MS", default_value_t = 250)]
@@ -176,7 +182,7 @@ async fn connect(
     let store = EventStore::new(conn, keys);
     let database = infra::mongo::connect(&config.store.mongodb_uri, "bulk-consumer").await?;
     let ready = infra::retry::until_ok("mongodb", shutdown, || {
-        infra::mongo::ensure_contact_indexes(&database)
+        infra::mongo::ensure_entity_indexes(&database)
     })
     .await;
     Ok(ready.map(|()| (store, database)))
@@ -199,6 +205,7 @@ fn spawn_workers(
         max_delay: Duration::from_millis(config.retry_max_delay_ms),
     };
     let mut in_flight = Vec::new();
+    let external_id_indexes = Arc::default();
     for number in 0..config.concurrency.max(1) {
         let name = format!("{}-{number}", config.consumer_name());
         let slot = worker::InFlight::default();
@@ -206,9 +213,11 @@ fn spawn_workers(
         let worker = worker::Worker {
             name,
             store: infra::Settlement::new(store.clone()),
-            writer: ContactWriter {
+            writer: DocumentWriter {
                 database: database.clone(),
                 statements_per_command: config.statements_per_command,
+                max_indexes_per_collection: config.max_indexes_per_collection as usize,
+                external_id_indexes: Arc::clone(&external_id_indexes),
             },
             streams: streams.clone(),
             redis_url: config.store.redis_url.clone(),

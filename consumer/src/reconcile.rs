@@ -4,25 +4,25 @@
 //! (crashes count as attempts). Dead-lettering reports every record `dead_lettered`, which
 //! says the store holds nothing of its change; so first each record is looked up, and one
 //! whose change is in effect is reported as applied instead:
-//! - create: the contact carries this action's `createdByBulkAction` → `created`;
-//! - upsert: that, or the contact's managed fields are the record's → `updated`;
-//! - update: the contact's managed fields are the record's → `updated`;
-//! - delete: the first attempt found the contact (its remembered found set) and it is gone
+//! - create: the document carries this action's `createdByBulkAction` → `created`;
+//! - upsert: that, or the document's fields the record names are the record's → `updated`;
+//! - update: the document's fields the record names are the record's → `updated`;
+//! - delete: the first attempt found the document (its remembered found set) and it is gone
 //!   → `deleted`.
 //!
 //! A `$set` (with its `$unset`) writes a document's fields at once, so "the fields are the
-//! record's" cannot be half true; a contact that already had those values is `updated`
+//! record's" cannot be half true; a document that already had those values is `updated`
 //! too, which is what an applied update reports for it.
 
 use std::collections::{HashMap, HashSet};
 
 use domain::fields::FieldChange;
-use domain::{ActionType, Batch, FieldChange, OutcomeCode, PlannedRecord, RecordOutcome};
+use domain::{ActionType, Batch, OutcomeCode, PlannedRecord, RecordOutcome};
 use mongodb::bson::{doc, Bson, Document};
 
-use crate::apply::{email_of, ApplyError, BatchMemory, ContactWriter, Target, CREATED_BY};
+use crate::apply::{ApplyError, BatchMemory, DocumentWriter, Scope, Target, CREATED_BY};
 
-impl ContactWriter {
+impl DocumentWriter {
     /// `dead_lettered` with each record already in effect replaced by its applied outcome.
     pub async fn reconcile(
         &self,
@@ -31,7 +31,8 @@ impl ContactWriter {
         dead_lettered: Vec<RecordOutcome>,
         memory: &impl BatchMemory,
     ) -> Result<Vec<RecordOutcome>, ApplyError> {
-        let stored = self.stored_contacts(target, batch).await?;
+        let scope = Scope::of(&target, &batch.match_by);
+        let stored = self.stored_documents(&scope, batch).await?;
         let deleted: HashSet<String> = match target.action_type {
             ActionType::Delete => {
                 let mut present: Vec<String> = stored.keys().cloned().collect();
@@ -39,22 +40,22 @@ impl ContactWriter {
                 let found_first = memory.found_once(present).await?;
                 found_first
                     .into_iter()
-                    .filter(|email| !stored.contains_key(email))
+                    .filter(|key| !stored.contains_key(key))
                     .collect()
             }
             _ => HashSet::new(),
         };
         let applied = |record: &PlannedRecord| -> Option<OutcomeCode> {
-            let email = email_of(record);
-            let contact = stored.get(email);
-            let ours = contact.is_some_and(|c| {
-                c.get_str(CREATED_BY).ok() == Some(target.action.to_string().as_str())
+            let key = record.key();
+            let document = stored.get(key);
+            let ours = document.is_some_and(|d| {
+                d.get_str(CREATED_BY).ok() == Some(target.action.to_string().as_str())
             });
-            let same = contact.is_some_and(|c| fields_are(c, record));
+            let same = document.is_some_and(|d| fields_are(d, record));
             match target.action_type {
                 ActionType::Create | ActionType::Upsert if ours => Some(OutcomeCode::Created),
                 ActionType::Upsert | ActionType::Update if same => Some(OutcomeCode::Updated),
-                ActionType::Delete if deleted.contains(email) => Some(OutcomeCode::Deleted),
+                ActionType::Delete if deleted.contains(key) => Some(OutcomeCode::Deleted),
                 _ => None,
             }
         };
@@ -72,52 +73,36 @@ impl ContactWriter {
             .collect())
     }
 
-    /// The batch's contacts in the account, by email, in one reply.
-    async fn stored_contacts(
+    /// The batch's documents in the account, by key, in one reply.
+    async fn stored_documents(
         &self,
-        target: Target<'_>,
+        scope: &Scope<'_>,
         batch: &Batch,
     ) -> Result<HashMap<String, Document>, ApplyError> {
-        let mut projection =
-            doc! { "_id": 0, "email": 1, "name": 1, "age": 1, "status": 1, CREATED_BY: 1 };
+        let mut projection = doc! { CREATED_BY: 1 };
         for record in &batch.records {
-            for name in record.change.custom.keys() {
+            for name in record.change.fields.keys() {
                 projection.insert(name.as_str(), 1);
             }
         }
-        self.contacts_by_email(target.account, batch, projection)
-            .await
+        let records: Vec<&PlannedRecord> = batch.records.iter().collect();
+        self.documents_by_key(scope, &records, projection).await
     }
 }
 
-/// Whether every field the record names is as the record leaves it in `contact`: its value
-/// where it sets one, absent where it clears it.
-fn fields_are(contact: &Document, record: &PlannedRecord) -> bool {
-    let fields = &record.change.fields;
-    let text = |name: &str, wanted: &Option<FieldChange<String>>| match wanted {
-        None => true,
-        Some(FieldChange::Set(wanted)) => contact.get_str(name).ok() == Some(wanted.as_str()),
-        Some(FieldChange::Clear) => !contact.contains_key(name),
-    };
-    let age = match &fields.age {
-        None => true,
-        Some(FieldChange::Set(wanted)) => match contact.get("age") {
-            Some(Bson::Int32(stored)) => i64::from(*stored) == *wanted,
-            Some(Bson::Int64(stored)) => stored == wanted,
-            _ => false,
-        },
-        Some(FieldChange::Clear) => !contact.contains_key("age"),
-    };
-    let custom = record
+/// Whether every field the record names is as the record leaves it in `document`: its
+/// value where it sets one, absent where it clears it.
+fn fields_are(document: &Document, record: &PlannedRecord) -> bool {
+    record
         .change
-        .custom
+        .fields
         .iter()
         .all(|(name, change)| match change {
-            FieldChange::Set(value) => same(contact.get(name), &crate::apply::bson(value)),
-            FieldChange::Clear => !contact.contains_key(name),
+            FieldChange::Set(value) => same(document.get(name), &crate::apply::bson(value)),
+            FieldChange::Clear => !document.contains_key(name),
             // A list edited: the stored list holds every add and none of the removals; a list
             // only taken from may also be absent. Anything else there was never edited.
-            FieldChange::Edit { add, remove } => match contact.get(name) {
+            FieldChange::Edit { add, remove } => match document.get(name) {
                 Some(Bson::Array(items)) => {
                     let items: Vec<&str> = items.iter().filter_map(Bson::as_str).collect();
                     add.iter().all(|item| items.contains(&item.as_str()))
@@ -126,8 +111,7 @@ fn fields_are(contact: &Document, record: &PlannedRecord) -> bool {
                 None => add.is_empty(),
                 Some(_) => false,
             },
-        });
-    text("name", &fields.name) && text("status", &fields.status) && age && custom
+        })
 }
 
 /// A stored value is the one wanted; whole numbers match whatever width they were stored in.
@@ -148,14 +132,15 @@ fn same(stored: Option<&Bson>, wanted: &Bson) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use domain::ContactChange;
+    use domain::{RecordChange, RecordRules};
 
     fn record(fields: serde_json::Value) -> PlannedRecord {
         let mut value = fields;
         value["email"] = serde_json::json!("a@b.co");
+        let rules = RecordRules::contacts(ActionType::Update);
         PlannedRecord {
             index: 0,
-            change: serde_json::from_value::<ContactChange>(value).unwrap(),
+            change: RecordChange::parse(&value, &rules).unwrap(),
         }
     }
 

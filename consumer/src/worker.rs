@@ -20,7 +20,7 @@ use infra::{EventStore, Settlement};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::apply::ContactWriter;
+use crate::apply::DocumentWriter;
 
 mod batch;
 
@@ -40,7 +40,7 @@ pub type InFlight = Arc<Mutex<Option<WorkItem>>>;
 pub struct Worker {
     pub name: String,
     pub store: Settlement,
-    pub writer: ContactWriter,
+    pub writer: DocumentWriter,
     pub streams: Vec<String>,
     pub redis_url: String,
     pub block: Duration,

@@ -121,6 +121,9 @@ impl RecordChange {
                 continue;
             }
             if let Some(definition) = rules.fields.get(name) {
+                if definition.unique && rules.action_type != ActionType::Delete {
+                    return Err(unique_elsewhere(name, rules));
+                }
                 fields.insert(name.clone(), definition.check(value)?);
             }
         }
@@ -182,6 +185,20 @@ fn natural_key(
         )),
         _ => Ok(None),
     }
+}
+
+/// An external id is written only by an action that matches by it (an upsert creates it):
+/// set by another key it could collide with another document's, and one refused statement
+/// refuses the batch's whole command on some servers (FerretDB).
+fn unique_elsewhere(name: &str, rules: &RecordRules) -> RecordError {
+    RecordError::new(
+        OutcomeCode::ImmutableField,
+        format!(
+            "{name} is a unique external id: only an action with matchBy \
+             externalId:{name} writes it (an upsert, when it creates the {})",
+            rules.entity.as_str()
+        ),
+    )
 }
 
 fn check_field_names(

@@ -12,8 +12,8 @@ use ulid::Ulid;
 
 use crate::action::ActionType;
 use crate::entity::EntityType;
-use crate::key::MatchBy;
 use crate::ids::{AccountId, ActionId};
+use crate::key::MatchBy;
 use crate::outcome::RecordOutcome;
 use crate::pacing::Pacing;
 use crate::time::Timestamp;
@@ -64,7 +64,7 @@ pub enum EventPayload {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         custom_fields: Option<FieldDefinitions>,
         /// The key its records were matched and deduplicated by (absent: the natural key).
-        #[serde(default, skip_serializing_if = "is_natural")]
+        #[serde(default, skip_serializing_if = "MatchBy::is_natural")]
         match_by: MatchBy,
     },
     /// Records that failed validation at submission (one event per chunk).
@@ -348,8 +348,4 @@ mod tests {
             EventPayload::Completed {}
         );
     }
-}
-
-fn is_natural(match_by: &MatchBy) -> bool {
-    *match_by == MatchBy::Natural
 }

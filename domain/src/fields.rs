@@ -33,7 +33,11 @@ pub const PLATFORM_NAMES: [&str; 7] = [
 ];
 pub const MAX_FIELDS: usize = 100;
 /// The keys a field's definition may have.
-const FIELD_KEYS: [&str; 6] = ["name", "type", "maxLength", "min", "max", "enum"];
+const FIELD_KEYS: [&str; 7] = ["name", "type", "maxLength", "min", "max", "enum", "unique"];
+/// Fields an account may mark `unique` per entity type: each is a unique index on the
+/// entity's collection, shared by every account that uses the name, and a collection holds
+/// 64 indexes at most (MongoDB).
+pub const MAX_UNIQUE_FIELDS: usize = 3;
 pub const NAME_MAX_CHARS: usize = 64;
 /// The longest text any field may hold, whatever its `maxLength`.
 pub const TEXT_MAX_CHARS: u32 = 10_000;
@@ -87,6 +91,10 @@ pub struct FieldDefinition {
     #[serde(default, rename = "enum", skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<Object>>))]
     pub allowed: Option<Vec<Value>>,
+    /// An external id: no two of the account's records share a value, and actions may
+    /// match by it (`matchBy: externalId:<name>`). `string` fields only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unique: bool,
 }
 
 /// An account's fields for one entity type, by name.
@@ -180,8 +188,14 @@ impl From<&BuiltInField> for FieldDefinition {
             max_length: field.max_length,
             min: field.min,
             max: field.max,
-            allowed: (!field.allowed.is_empty())
-                .then(|| field.allowed.iter().map(|value| Value::from(*value)).collect()),
+            allowed: (!field.allowed.is_empty()).then(|| {
+                field
+                    .allowed
+                    .iter()
+                    .map(|value| Value::from(*value))
+                    .collect()
+            }),
+            unique: false,
         }
     }
 }
@@ -228,6 +242,15 @@ impl FieldDefinitions {
         if definitions.fields.len() > MAX_FIELDS {
             return Err(whole(format!("at most {MAX_FIELDS} fields")));
         }
+        if definitions
+            .fields
+            .iter()
+            .filter(|field| field.unique)
+            .count()
+            > MAX_UNIQUE_FIELDS
+        {
+            return Err(whole(format!("at most {MAX_UNIQUE_FIELDS} unique fields")));
+        }
         let mut names = BTreeSet::new();
         for field in &definitions.fields {
             field.check_itself(entity)?;
@@ -273,6 +296,9 @@ impl FieldDefinition {
 
     /// The checks a built-in field's declaration passes too: all but the reserved names.
     pub(crate) fn check_itself_as_built_in(&self) -> Result<(), DefinitionError> {
+        if self.unique && self.field_type != FieldType::Text {
+            return Err(self.error("unique applies to string fields"));
+        }
         let textual = matches!(self.field_type, FieldType::Text | FieldType::TextList);
         let numeric = matches!(self.field_type, FieldType::Number | FieldType::Integer);
         if self.max_length.is_some() && !textual {

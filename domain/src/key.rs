@@ -10,7 +10,7 @@ use unicode_normalization::UnicodeNormalization;
 
 use crate::action::ActionType;
 use crate::entity::{EntitySpec, EntityType, KeyKind, EXTERNAL_ID_MAX_CHARS};
-use crate::fields::{FieldDefinitions, FieldType};
+use crate::fields::FieldDefinitions;
 use crate::outcome::OutcomeCode;
 use crate::record::{Email, RecordError};
 use crate::text::quoted;
@@ -62,11 +62,10 @@ impl MatchBy {
             )));
         };
         match custom.get(field) {
-            Some(definition) if definition.field_type == FieldType::Text => {
-                Ok(MatchBy::ExternalId(field.to_owned()))
-            }
+            Some(definition) if definition.unique => Ok(MatchBy::ExternalId(field.to_owned())),
             Some(_) => Err(MatchByError(format!(
-                "matchBy {}: an external id field must be of type string",
+                "matchBy {}: an external id field is a string field defined with \
+                 \"unique\": true",
                 quoted(raw)
             ))),
             None => Err(MatchByError(format!(
@@ -77,6 +76,10 @@ impl MatchBy {
                 entity.as_str()
             ))),
         }
+    }
+
+    pub fn is_natural(&self) -> bool {
+        *self == MatchBy::Natural
     }
 
     /// As stored in events and shown in views: `natural`, `id`, `externalId:<field>`.
@@ -267,7 +270,8 @@ mod tests {
     fn definitions() -> FieldDefinitions {
         FieldDefinitions::parse(
             &json!({"fields": [
-                {"name": "sfId", "type": "string"},
+                {"name": "sfId", "type": "string", "unique": true},
+                {"name": "plain", "type": "string"},
                 {"name": "tags", "type": "string[]"},
             ]}),
             EntityType::Contact,
@@ -289,9 +293,14 @@ mod tests {
             Ok(MatchBy::ExternalId("sfId".into()))
         );
         assert!(parse("externalId:tags", EntityType::Contact).is_err());
+        assert!(parse("externalId:plain", EntityType::Contact).is_err());
         assert!(parse("externalId:nope", EntityType::Contact).is_err());
         assert!(parse("externalId:", EntityType::Contact).is_err());
-        for by in [MatchBy::Natural, MatchBy::Id, MatchBy::ExternalId("sfId".into())] {
+        for by in [
+            MatchBy::Natural,
+            MatchBy::Id,
+            MatchBy::ExternalId("sfId".into()),
+        ] {
             let stored = serde_json::to_value(&by).unwrap();
             assert_eq!(serde_json::from_value::<MatchBy>(stored).unwrap(), by);
         }
@@ -336,10 +345,7 @@ mod tests {
             OutcomeCode::InvalidType
         );
         let task = EntityType::Task.spec();
-        assert_eq!(
-            key(&MatchBy::Natural, task, json!("T-1")),
-            Ok("T-1".into())
-        );
+        assert_eq!(key(&MatchBy::Natural, task, json!("T-1")), Ok("T-1".into()));
         assert_eq!(
             key(&MatchBy::Natural, task, json!("x".repeat(256)))
                 .unwrap_err()

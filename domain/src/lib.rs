@@ -27,14 +27,16 @@ pub mod view;
 pub use action::{ActionStatus, ActionType};
 pub use change::{RecordChange, RecordRules};
 pub use entity::{EntitySpec, EntityType};
-pub use key::MatchBy;
 pub use event::{EventEnvelope, EventPayload, SCHEMA_VERSION};
+pub use fields::{FieldChange, FieldValue};
 pub use ids::{AccountId, ActionId};
+pub use key::MatchBy;
 pub use outcome::{OutcomeCode, OutcomeStatus, RecordOutcome};
 pub use pacing::Pacing;
-pub use plan::{plan_action, plan_with, ActionPlan, Batch, PlanSummary, Planned, PlannedRecord, Planner};
+pub use plan::{
+    plan_action, plan_with, ActionPlan, Batch, PlanSummary, Planned, PlannedRecord, Planner,
+};
 pub use projection::ProjectionError;
-pub use fields::{FieldChange, FieldValue};
 pub use record::{Email, RecordError};
 pub use schedule::ScheduleError;
 pub use time::Timestamp;

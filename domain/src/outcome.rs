@@ -93,15 +93,12 @@ impl OutcomeCode {
         use OutcomeCode::*;
         match self {
             Created | Updated | Deleted => OutcomeStatus::Succeeded,
-            DuplicateEmail | DuplicateDomain | DuplicateId | DuplicateExternalId | AlreadyExists => {
-                OutcomeStatus::Skipped
-            }
-            NotAnObject | MissingEmail | InvalidEmail | MissingKey | InvalidKey | ImmutableField
-            | InvalidType | InvalidValue
-            | UnknownField | ForbiddenFieldName | InvalidCharacters | NoFieldsToUpdate
-            | MalformedRecord | RecordTooLarge | NotFound | StoreError | DeadLettered => {
-                OutcomeStatus::Failed
-            }
+            DuplicateEmail | DuplicateDomain | DuplicateId | DuplicateExternalId
+            | AlreadyExists => OutcomeStatus::Skipped,
+            NotAnObject | MissingEmail | InvalidEmail | MissingKey | InvalidKey
+            | ImmutableField | InvalidType | InvalidValue | UnknownField | ForbiddenFieldName
+            | InvalidCharacters | NoFieldsToUpdate | MalformedRecord | RecordTooLarge
+            | NotFound | StoreError | DeadLettered => OutcomeStatus::Failed,
             Unprocessed => OutcomeStatus::Unprocessed,
         }
     }

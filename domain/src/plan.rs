@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use crate::action::ActionType;
 use crate::change::{RecordChange, RecordRules};
 use crate::event::EventPayload;
+use crate::key::MatchBy;
 use crate::outcome::{OutcomeCode, RecordOutcome};
 use crate::text;
 
@@ -39,6 +40,10 @@ impl PlannedRecord {
 pub struct Batch {
     pub number: u32,
     pub records: Vec<PlannedRecord>,
+    /// The key its records find their documents by (absent in batches staged before
+    /// `matchBy`: the natural key).
+    #[serde(default, skip_serializing_if = "MatchBy::is_natural")]
+    pub match_by: MatchBy,
 }
 
 impl Batch {
@@ -330,7 +335,11 @@ impl Planner {
         let number = self.summary.batch_count;
         self.summary.batch_count += 1;
         self.summary.records_in_batches += records.len() as u32;
-        Planned::Batch(Batch { number, records })
+        Planned::Batch(Batch {
+            number,
+            records,
+            match_by: self.rules.match_by.clone(),
+        })
     }
 
     fn take_rejected(&mut self) -> Planned {

@@ -311,14 +311,17 @@ mod tests {
     }
 
     fn account_fields() -> FieldIndex {
-        let definitions = crate::fields::FieldDefinitions::parse(&json!({ "fields": [
-            { "name": "tier", "type": "string", "enum": ["gold", "silver"] },
-            { "name": "seats", "type": "integer", "min": 1 },
-            { "name": "score", "type": "number" },
-            { "name": "vip", "type": "boolean" },
-            { "name": "since", "type": "date" },
-            { "name": "tags", "type": "string[]" },
-        ]}), crate::entity::EntityType::Contact)
+        let definitions = crate::fields::FieldDefinitions::parse(
+            &json!({ "fields": [
+                { "name": "tier", "type": "string", "enum": ["gold", "silver"] },
+                { "name": "seats", "type": "integer", "min": 1 },
+                { "name": "score", "type": "number" },
+                { "name": "vip", "type": "boolean" },
+                { "name": "since", "type": "date" },
+                { "name": "tags", "type": "string[]" },
+            ]}),
+            crate::entity::EntityType::Contact,
+        )
         .unwrap();
         FieldIndex::new(crate::entity::EntityType::Contact, &definitions)
     }

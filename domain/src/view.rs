@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::action::{ActionStatus, ActionType};
 use crate::entity::EntityType;
-use crate::key::MatchBy;
 use crate::event::{EventEnvelope, EventPayload};
 use crate::ids::{AccountId, ActionId};
+use crate::key::MatchBy;
 use crate::outcome::{OutcomeCode, OutcomeStatus, RecordOutcome};
 use crate::pacing::Pacing;
 use crate::projection::ProjectionError;

@@ -77,23 +77,108 @@ pub async fn ping(database: &Database) -> mongodb::error::Result<()> {
     database.run_command(doc! { "ping": 1 }).await.map(|_| ())
 }
 
-/// The unique key that makes an email one contact per account. Created by the consumer,
-/// the only writer of contacts.
-pub async fn ensure_contact_indexes(database: &Database) -> mongodb::error::Result<()> {
-    let unique = IndexOptions::builder()
-        .unique(true)
-        .name("accountId_email_unique".to_owned())
-        .build();
-    database
-        .collection::<mongodb::bson::Document>(CONTACTS)
-        .create_index(
-            IndexModel::builder()
-                .keys(doc! { "accountId": 1, "email": 1 })
-                .options(unique)
-                .build(),
-        )
+/// The unique index that makes each entity's natural key (a contact's email, a company's
+/// domain, ...) one document per account. Created by the consumer, the only writer of
+/// entity documents, for every entity type at start.
+pub async fn ensure_entity_indexes(database: &Database) -> mongodb::error::Result<()> {
+    for entity in domain::EntityType::ALL {
+        let spec = entity.spec();
+        if entity == domain::EntityType::Contact {
+            // As the first build made it, whole (no partial filter): an index of the same
+            // name with other options would be refused.
+            ensure_unique(database, spec.collection, spec.natural_key, Partial::No).await?;
+        } else {
+            ensure_unique(
+                database,
+                spec.collection,
+                spec.natural_key,
+                Partial::WhereText,
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The unique index behind an account's external id field (`matchBy: externalId:<field>`),
+/// shared by every account that defines a field of that name. Returns `Ok(false)` without
+/// creating it when the collection has `max_indexes` already.
+pub async fn ensure_external_id_index(
+    database: &Database,
+    collection: &str,
+    field: &str,
+    max_indexes: usize,
+) -> mongodb::error::Result<bool> {
+    let name = unique_index_name(field);
+    let existing = database
+        .collection::<mongodb::bson::Document>(collection)
+        .list_index_names()
         .await
-        .map(|_| ())
+        .or_else(|error| match *error.kind {
+            // No collection yet: no index either.
+            mongodb::error::ErrorKind::Command(ref command) if command.code == 26 => Ok(Vec::new()),
+            _ => Err(error),
+        })?;
+    if existing.contains(&name) {
+        return Ok(true);
+    }
+    if existing.len() >= max_indexes {
+        return Ok(false);
+    }
+    ensure_unique(database, collection, field, Partial::WhereText).await?;
+    Ok(true)
+}
+
+pub fn unique_index_name(field: &str) -> String {
+    format!("accountId_{field}_unique")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Partial {
+    No,
+    /// Only documents where the field is text: documents the platform did not make may
+    /// lack it, and MongoDB would index each as `null` and refuse the second.
+    WhereText,
+}
+
+/// Code of a server that does not know an option (FerretDB 1.24: `partialFilterExpression`).
+const NOT_IMPLEMENTED: i32 = 238;
+
+async fn ensure_unique(
+    database: &Database,
+    collection: &str,
+    field: &str,
+    partial: Partial,
+) -> mongodb::error::Result<()> {
+    let collection = database.collection::<mongodb::bson::Document>(collection);
+    let model = |partial: Partial| {
+        let mut options = IndexOptions::builder()
+            .unique(true)
+            .name(unique_index_name(field))
+            .build();
+        if partial == Partial::WhereText {
+            options.partial_filter_expression = Some(doc! { field: { "$type": "string" } });
+        }
+        IndexModel::builder()
+            .keys(doc! { "accountId": 1, field: 1 })
+            .options(options)
+            .build()
+    };
+    match collection.create_index(model(partial)).await {
+        Ok(_) => Ok(()),
+        // FerretDB has no partial indexes, and needs none: its unique indexes skip
+        // documents without the field (measured, decision 0051).
+        Err(error)
+            if partial == Partial::WhereText
+                && matches!(*error.kind, mongodb::error::ErrorKind::Command(ref c) if c.code == NOT_IMPLEMENTED) =>
+        {
+            collection
+                .create_index(model(Partial::No))
+                .await
+                .map(|_| ())
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// Indexes behind the list and logs queries. Created by the projector, the only writer of

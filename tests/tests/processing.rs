@@ -533,19 +533,16 @@ async fn events_stored_by_schema_version_1_are_upcast_on_read() -> Result<()> {
 /// runs to the end and is simply not recorded, which is that crash at its worst.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_attempt_reports_what_the_first_one_did() -> Result<()> {
-    use consumer::{ContactWriter, Target};
-    use domain::{AccountId, ActionType};
+    use consumer::{DocumentWriter, Target};
+    use domain::{AccountId, ActionType, EntityType};
 
     let app = TestApp::spawn(AppOptions {
         consumers: 0,
         ..AppOptions::default()
     })
     .await?;
-    infra::mongo::ensure_contact_indexes(&app.database).await?;
-    let writer = ContactWriter {
-        database: app.database.clone(),
-        statements_per_command: 32,
-    };
+    infra::mongo::ensure_entity_indexes(&app.database).await?;
+    let writer = DocumentWriter::new(app.database.clone());
     let store = infra::EventStore::new(
         infra::redis_conn::shared(app.redis_url()).await?,
         infra::Keys::new("test", 4),
@@ -593,6 +590,7 @@ async fn a_second_attempt_reports_what_the_first_one_did() -> Result<()> {
                 account: &account,
                 action,
                 action_type,
+                entity: EntityType::Contact,
                 attempt,
             };
             let outcomes = writer.apply(target, batch, &memory).await?;

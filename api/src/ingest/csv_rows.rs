@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use csv::{ByteRecord, ErrorKind};
 use domain::record::record_from_cells;
-use domain::RecordRules;
 use domain::OutcomeCode;
+use domain::RecordRules;
 use serde_json::json;
 
 use super::{Record, UploadError};
@@ -214,7 +214,11 @@ mod tests {
     type Read = Vec<Result<Value, (OutcomeCode, String)>>;
 
     fn read(input: &str, max: usize) -> Result<Read, UploadError> {
-        let records = open(input.as_bytes(), max, &FieldDefinitions::default())?;
+        let records = open(
+            input.as_bytes(),
+            max,
+            &domain::RecordRules::contacts(domain::ActionType::Upsert),
+        )?;
         records
             .map(|record| {
                 record.map(|record| match record {

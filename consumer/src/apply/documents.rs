@@ -1,14 +1,14 @@
-//! The MongoDB documents a record's change becomes: the update of an existing contact and
+//! The MongoDB documents a record's change becomes: the update of an existing document and
 //! the fields of a new one. Only the fields the record names appear in them.
 
 use domain::fields::{FieldChange, FieldValue};
-use domain::{ContactChange, FieldChange};
+use domain::RecordChange;
 use mongodb::bson::{doc, Bson, DateTime, Document};
 
-/// The update of an existing contact: `then`, when there is one, goes after `first` as a
+/// The update of an existing document: `then`, when there is one, goes after `first` as a
 /// statement of its own.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ContactUpdate {
+pub(crate) struct RecordUpdate {
     /// `$set` of the values and `updatedAt`, `$unset` of the fields cleared, and a list's
     /// adds (`$addToSet`) or removals (`$pullAll`).
     pub(crate) first: Document,
@@ -18,42 +18,13 @@ pub(crate) struct ContactUpdate {
     pub(crate) then: Option<Document>,
 }
 
-pub(crate) fn contact_update(change: &ContactChange, now: DateTime) -> ContactUpdate {
+pub(crate) fn record_update(change: &RecordChange, now: DateTime) -> RecordUpdate {
     let mut set = Document::new();
     let mut unset = Document::new();
     let mut add = Document::new();
     let mut pull = Document::new();
     let mut add_after = Document::new();
-    let fields = &change.fields;
-    let built_in = [
-        (
-            "name",
-            fields.name.as_ref().map(|c| text(c).map(Bson::String)),
-        ),
-        (
-            "age",
-            fields
-                .age
-                .as_ref()
-                .map(|c| c.value().map(|a| Bson::Int64(*a))),
-        ),
-        (
-            "status",
-            fields.status.as_ref().map(|c| text(c).map(Bson::String)),
-        ),
-    ];
-    for (name, change) in built_in {
-        match change {
-            Some(Some(value)) => {
-                set.insert(name, value);
-            }
-            Some(None) => {
-                unset.insert(name, "");
-            }
-            None => {}
-        }
-    }
-    for (name, change) in &change.custom {
+    for (name, change) in &change.fields {
         match change {
             FieldChange::Set(value) => {
                 set.insert(name, bson(value));
@@ -85,26 +56,25 @@ pub(crate) fn contact_update(change: &ContactChange, now: DateTime) -> ContactUp
             first.insert(operator, fields);
         }
     }
-    ContactUpdate {
+    RecordUpdate {
         first,
         then: (!add_after.is_empty()).then(|| doc! { "$addToSet": add_after }),
     }
 }
 
-/// The fields a new contact starts with: the values set, and a list edited starts with its
+/// The fields a new document starts with besides its account and key: the natural key of
+/// a record matched by an external id, the values set, and a list edited starts with its
 /// adds (there is nothing to clear or remove).
-pub(crate) fn new_contact_fields(change: &ContactChange, now: DateTime) -> Document {
+pub(crate) fn new_document_fields(
+    change: &RecordChange,
+    natural_key: &str,
+    now: DateTime,
+) -> Document {
     let mut fields = Document::new();
-    if let Some(FieldChange::Set(name)) = &change.fields.name {
-        fields.insert("name", name.as_str());
+    if let Some(natural) = &change.natural_key {
+        fields.insert(natural_key, natural.as_str());
     }
-    if let Some(FieldChange::Set(age)) = change.fields.age {
-        fields.insert("age", age);
-    }
-    if let Some(FieldChange::Set(status)) = &change.fields.status {
-        fields.insert("status", status.as_str());
-    }
-    for (name, change) in &change.custom {
+    for (name, change) in &change.fields {
         if let Some(FieldChange::Set(value)) = change.on_insert() {
             fields.insert(name, bson(&value));
         }
@@ -113,11 +83,7 @@ pub(crate) fn new_contact_fields(change: &ContactChange, now: DateTime) -> Docum
     fields
 }
 
-fn text(change: &FieldChange<String>) -> Option<String> {
-    change.value().cloned()
-}
-
-/// How a custom field's value is stored: dates as BSON dates, so they sort and compare.
+/// How a field's value is stored: dates as BSON dates, so they sort and compare.
 pub(crate) fn bson(value: &FieldValue) -> Bson {
     match value {
         FieldValue::Text(text) => Bson::String(text.clone()),
@@ -134,20 +100,28 @@ pub(crate) fn bson(value: &FieldValue) -> Bson {
 #[cfg(test)]
 mod tests {
     use domain::fields::FieldDefinitions;
-    use domain::ActionType;
+    use domain::{ActionType, EntityType, MatchBy, RecordRules};
 
     use super::*;
 
-    fn change(record: serde_json::Value) -> ContactChange {
-        let fields = FieldDefinitions::parse(&serde_json::json!({ "fields": [
-            { "name": "tags", "type": "string[]" },
-            { "name": "labels", "type": "string[]" },
-            { "name": "since", "type": "date" },
-            { "name": "vip", "type": "boolean" },
-        ]}))
+    fn change(record: serde_json::Value) -> RecordChange {
+        let fields = FieldDefinitions::parse(
+            &serde_json::json!({ "fields": [
+                { "name": "tags", "type": "string[]" },
+                { "name": "labels", "type": "string[]" },
+                { "name": "since", "type": "date" },
+                { "name": "vip", "type": "boolean" },
+            ]}),
+            EntityType::Contact,
+        )
         .expect("a definition");
-        let fields = domain::fields::FieldIndex::from(&fields);
-        ContactChange::parse(&record, ActionType::Upsert, &fields).expect("a valid record")
+        let rules = RecordRules::new(
+            EntityType::Contact,
+            ActionType::Upsert,
+            MatchBy::Natural,
+            &fields,
+        );
+        RecordChange::parse(&record, &rules).expect("a valid record")
     }
 
     #[test]
@@ -155,17 +129,17 @@ mod tests {
         let now = DateTime::from_millis(0);
         let both = change(serde_json::json!({"email": "a@b.co", "name": "Ann", "age": null}));
         assert_eq!(
-            contact_update(&both, now).first,
+            record_update(&both, now).first,
             doc! { "$set": { "name": "Ann", "updatedAt": now }, "$unset": { "age": "" } }
         );
         assert_eq!(
-            new_contact_fields(&both, now),
+            new_document_fields(&both, "email", now),
             doc! { "name": "Ann", "updatedAt": now }
         );
         let values = change(serde_json::json!({"email": "a@b.co", "age": 7, "status": "x"}));
         assert_eq!(
-            contact_update(&values, now),
-            ContactUpdate {
+            record_update(&values, now),
+            RecordUpdate {
                 first: doc! { "$set": { "age": 7_i64, "status": "x", "updatedAt": now } },
                 then: None,
             }
@@ -179,7 +153,7 @@ mod tests {
             "email": "a@b.co", "since": "1970-01-01T00:00:01Z", "vip": null,
             "tags": {"add": ["a"], "remove": ["b"]}, "labels": {"add": ["x"]},
         });
-        let update = contact_update(&change(record.clone()), now);
+        let update = record_update(&change(record.clone()), now);
         assert_eq!(
             update.first,
             doc! {
@@ -194,7 +168,7 @@ mod tests {
             Some(doc! { "$addToSet": { "tags": { "$each": ["a"] } } })
         );
         assert_eq!(
-            new_contact_fields(&change(record), now),
+            new_document_fields(&change(record), "email", now),
             doc! {
                 "labels": ["x"], "since": DateTime::from_millis(1_000), "tags": ["a"],
                 "updatedAt": now,

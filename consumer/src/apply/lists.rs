@@ -1,4 +1,4 @@
-//! A record that edits a list (`{"add": …, "remove": …}`) of a contact whose stored value
+//! A record that edits a list (`{"add": …, "remove": …}`) of a document whose stored value
 //! there is not a list: MongoDB refuses `$addToSet` and `$pullAll` on it, and the refusal
 //! would fail the whole batch on every attempt. Such records are found first and fail
 //! alone, `invalid_type`; the rest of the batch is applied.
@@ -10,39 +10,40 @@ use domain::fields::FieldChange;
 use domain::{Batch, OutcomeCode, RecordOutcome};
 use mongodb::bson::{doc, Bson};
 
-use super::{email_of, ApplyError, ContactWriter};
+use super::{ApplyError, DocumentWriter, Scope};
 
-impl ContactWriter {
+impl DocumentWriter {
     /// The batch without the records that edit a non-list, and those records' outcomes.
     /// One lookup, and only for a batch that edits lists. A value changed to a non-list
     /// between the lookup and the write fails the attempt, and the retry finds it.
     pub(super) async fn without_list_conflicts<'b>(
         &self,
-        account: &domain::AccountId,
+        scope: &Scope<'_>,
         batch: &'b Batch,
     ) -> Result<(Cow<'b, Batch>, Vec<RecordOutcome>), ApplyError> {
         let edited: BTreeSet<&str> = batch
             .records
             .iter()
-            .flat_map(|record| &record.change.custom)
+            .flat_map(|record| &record.change.fields)
             .filter(|(_, change)| matches!(change, FieldChange::Edit { .. }))
             .map(|(name, _)| name.as_str())
             .collect();
         if edited.is_empty() {
             return Ok((Cow::Borrowed(batch), Vec::new()));
         }
-        let mut projection = doc! { "_id": 0, "email": 1 };
+        let mut projection = doc! {};
         for name in &edited {
             projection.insert(*name, 1);
         }
-        let stored = self.contacts_by_email(account, batch, projection).await?;
+        let records: Vec<&domain::PlannedRecord> = batch.records.iter().collect();
+        let stored = self.documents_by_key(scope, &records, projection).await?;
         let mut kept = Vec::with_capacity(batch.records.len());
         let mut refused = Vec::new();
         for record in &batch.records {
-            let not_a_list = stored.get(email_of(record)).and_then(|contact| {
-                record.change.custom.iter().find_map(|(name, change)| {
+            let not_a_list = stored.get(record.key()).and_then(|document| {
+                record.change.fields.iter().find_map(|(name, change)| {
                     let edits = matches!(change, FieldChange::Edit { .. });
-                    let stored = contact.get(name);
+                    let stored = document.get(name);
                     (edits && !matches!(stored, None | Some(Bson::Array(_)) | Some(Bson::Null)))
                         .then_some(name)
                 })
@@ -50,11 +51,12 @@ impl ContactWriter {
             match not_a_list {
                 Some(name) => refused.push(RecordOutcome::new(
                     record.index,
-                    Some(email_of(record).to_owned()),
+                    Some(record.key().to_owned()),
                     OutcomeCode::InvalidType,
                     Some(&format!(
-                        "{name} holds a value that is not a list on this contact; \
-                         send a list to replace it first"
+                        "{name} holds a value that is not a list on this {}; \
+                         send a list to replace it first",
+                        scope.noun
                     )),
                 )),
                 None => kept.push(record.clone()),
@@ -66,6 +68,7 @@ impl ContactWriter {
         let rest = Batch {
             number: batch.number,
             records: kept,
+            match_by: batch.match_by.clone(),
         };
         Ok((Cow::Owned(rest), refused))
     }

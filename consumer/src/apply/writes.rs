@@ -3,35 +3,38 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use domain::{AccountId, Batch, PlannedRecord};
-use infra::mongo::CONTACTS;
+use domain::{Batch, PlannedRecord};
 use mongodb::bson::{doc, DateTime, Document};
 use mongodb::error::ErrorKind;
 
 use super::{
-    contact_update, email_of, new_contact_fields, ApplyError, ContactWriter, Target, CREATED_BY,
+    new_document_fields, record_update, ApplyError, DocumentWriter, Scope, Target, CREATED_BY,
     DUPLICATE_KEY,
 };
 
-impl ContactWriter {
-    /// Of `records`, the emails whose contact this action inserted in an earlier attempt
+impl DocumentWriter {
+    /// Of `records`, the keys whose document this action inserted in an earlier attempt
     /// at this batch. A first attempt has had no earlier one and costs no lookup.
     pub(super) async fn inserted_earlier(
         &self,
         target: Target<'_>,
+        scope: &Scope<'_>,
         records: &[&PlannedRecord],
     ) -> Result<HashSet<String>, ApplyError> {
         if target.attempt <= 1 || records.is_empty() {
             return Ok(HashSet::new());
         }
-        let emails: Vec<&str> = records.iter().map(|r| email_of(r)).collect();
-        let at_most = emails.len();
-        let filter = doc! {
-            "accountId": target.account.as_str(),
-            "email": { "$in": emails },
-            CREATED_BY: target.action.to_string(),
-        };
-        self.emails_matching(filter, at_most).await
+        let mut filter = scope.filter_in(records.iter().map(|r| r.key()));
+        filter.insert(CREATED_BY, target.action.to_string());
+        let found = self
+            .find_by_key(
+                scope,
+                filter,
+                doc! { "_id": 0, scope.key.field: 1 },
+                records.len(),
+            )
+            .await?;
+        Ok(found.into_keys().collect())
     }
 
     /// Inserts what an earlier attempt did not, and returns the records whose insert hit an
@@ -45,17 +48,18 @@ impl ContactWriter {
     pub(super) async fn insert_once<'b>(
         &self,
         target: Target<'_>,
+        scope: &Scope<'_>,
         batch: &'b Batch,
         now: DateTime,
     ) -> Result<Vec<(&'b PlannedRecord, i32, String)>, ApplyError> {
         let all: Vec<&PlannedRecord> = batch.records.iter().collect();
-        let before = self.inserted_earlier(target, &all).await?;
+        let before = self.inserted_earlier(target, scope, &all).await?;
         let fresh: Vec<&PlannedRecord> = all
             .into_iter()
-            .filter(|r| !before.contains(email_of(r)))
+            .filter(|r| !before.contains(r.key()))
             .collect();
         let refused: Vec<(&PlannedRecord, i32, String)> = self
-            .insert(target, &fresh, now)
+            .insert(target, scope, &fresh, now)
             .await?
             .into_iter()
             .map(|(position, (code, message))| (fresh[position], code, message))
@@ -65,22 +69,24 @@ impl ContactWriter {
             .filter(|(_, code, _)| *code == DUPLICATE_KEY)
             .map(|(record, _, _)| *record)
             .collect();
-        let after = self.inserted_earlier(target, &collided).await?;
+        let after = self.inserted_earlier(target, scope, &collided).await?;
         Ok(refused
             .into_iter()
-            .filter(|(record, _, _)| !after.contains(email_of(record)))
+            .filter(|(record, _, _)| !after.contains(record.key()))
             .collect())
     }
 
-    /// Unordered insert of new contacts. Returns the refused positions with code and message.
+    /// Unordered insert of new documents. Returns the refused positions with code and
+    /// message.
     pub(super) async fn insert(
         &self,
         target: Target<'_>,
+        scope: &Scope<'_>,
         records: &[&PlannedRecord],
         now: DateTime,
     ) -> Result<HashMap<usize, (i32, String)>, ApplyError> {
-        let account = target.account;
         let created_by = target.action.to_string();
+        let natural_key = target.entity.spec().natural_key;
         let mut refused = HashMap::new();
         if records.is_empty() {
             return Ok(refused);
@@ -88,14 +94,18 @@ impl ContactWriter {
         let documents: Vec<Document> = records
             .iter()
             .map(|r| {
-                let mut contact = doc! { "accountId": account.as_str(), "email": email_of(r) };
-                contact.extend(new_contact_fields(&r.change, now));
-                contact.insert("createdAt", now);
-                contact.insert(CREATED_BY, created_by.as_str());
-                contact
+                let mut document = doc! {
+                    "accountId": scope.account.as_str(),
+                    scope.key.field: scope.key.bson(r.key()),
+                };
+                document.extend(new_document_fields(&r.change, natural_key, now));
+                document.insert("createdAt", now);
+                document.insert(CREATED_BY, created_by.as_str());
+                document
             })
             .collect();
-        if let Err(error) = self.contacts().insert_many(documents).ordered(false).await {
+        let collection = self.collection(scope);
+        if let Err(error) = collection.insert_many(documents).ordered(false).await {
             match *error.kind {
                 ErrorKind::InsertMany(ref failure) if failure.write_concern_error.is_none() => {
                     for write_error in failure.write_errors.iter().flatten() {
@@ -111,46 +121,46 @@ impl ContactWriter {
         Ok(refused)
     }
 
-    /// Applies each record's update to its contact (`documents::contact_update`), one
+    /// Applies each record's update to its document (`documents::record_update`), one
     /// statement per distinct update, many statements per command. Returns how many
-    /// contacts the first statements matched.
+    /// documents the first statements matched.
     pub(super) async fn set_fields(
         &self,
-        account: &AccountId,
+        scope: &Scope<'_>,
         records: &[&PlannedRecord],
         now: DateTime,
     ) -> Result<i64, ApplyError> {
         let mut first: BTreeMap<Vec<u8>, (Document, Vec<&str>)> = BTreeMap::new();
         let mut then: BTreeMap<Vec<u8>, (Document, Vec<&str>)> = BTreeMap::new();
         for record in records {
-            let update = contact_update(&record.change, now);
-            group(&mut first, update.first, email_of(record))?;
+            let update = record_update(&record.change, now);
+            group(&mut first, update.first, record.key())?;
             if let Some(after) = update.then {
-                group(&mut then, after, email_of(record))?;
+                group(&mut then, after, record.key())?;
             }
         }
-        let matched = self.run_updates(account, first).await?;
+        let matched = self.run_updates(scope, first).await?;
         // A list's adds where the same record removed items: after every removal.
-        self.run_updates(account, then).await?;
+        self.run_updates(scope, then).await?;
         Ok(matched)
     }
 
     /// One statement per group, `statements_per_command` a command; returns how many
-    /// contacts the statements matched.
+    /// documents the statements matched.
     async fn run_updates(
         &self,
-        account: &AccountId,
+        scope: &Scope<'_>,
         groups: BTreeMap<Vec<u8>, (Document, Vec<&str>)>,
     ) -> Result<i64, ApplyError> {
         let statements: Vec<Document> = groups
             .into_values()
-            .map(|(update, emails)| match emails.as_slice() {
-                [email] => doc! {
-                    "q": { "accountId": account.as_str(), "email": *email },
+            .map(|(update, keys)| match keys.as_slice() {
+                [key] => doc! {
+                    "q": { "accountId": scope.account.as_str(), scope.key.field: scope.key.bson(key) },
                     "u": update,
                 },
                 _ => doc! {
-                    "q": { "accountId": account.as_str(), "email": { "$in": emails } },
+                    "q": scope.filter_in(keys),
                     "u": update,
                     "multi": true,
                 },
@@ -160,43 +170,50 @@ impl ContactWriter {
         for chunk in statements.chunks(self.statements_per_command.max(1)) {
             let reply = self
                 .database
-                .run_command(doc! { "update": CONTACTS, "updates": chunk, "ordered": false })
+                .run_command(
+                    doc! { "update": scope.collection, "updates": chunk, "ordered": false },
+                )
                 .await?;
             matched += crate::write_reply::update_reply(&reply)?;
         }
         Ok(matched)
     }
 
-    /// `set_fields` where every record's contact must exist: a contact deleted meanwhile
-    /// fails the attempt, and the retry sees it as missing.
+    /// `set_fields` where every record's document must exist: a document deleted
+    /// meanwhile fails the attempt, and the retry sees it as missing.
     pub(super) async fn set_all_fields(
         &self,
-        account: &AccountId,
+        scope: &Scope<'_>,
         records: &[&PlannedRecord],
         now: DateTime,
     ) -> Result<(), ApplyError> {
-        let matched = self.set_fields(account, records, now).await?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        let matched = self.set_fields(scope, records, now).await?;
         if matched < records.len() as i64 {
             return Err(ApplyError::Refused(format!(
-                "update matched {matched} of {} contacts",
-                records.len()
+                "update matched {matched} of {} {}s",
+                records.len(),
+                scope.noun
             )));
         }
         Ok(())
     }
 }
 
-/// Puts `email` in the group of records that make the very same update.
+/// Puts `key` in the group of records that make the very same update.
 fn group<'a>(
     groups: &mut BTreeMap<Vec<u8>, (Document, Vec<&'a str>)>,
     update: Document,
-    email: &'a str,
+    key: &'a str,
 ) -> Result<(), ApplyError> {
-    let key = mongodb::bson::to_vec(&update).map_err(|e| ApplyError::Refused(e.to_string()))?;
+    let same_update =
+        mongodb::bson::to_vec(&update).map_err(|e| ApplyError::Refused(e.to_string()))?;
     groups
-        .entry(key)
+        .entry(same_update)
         .or_insert_with(|| (update, Vec::new()))
         .1
-        .push(email);
+        .push(key);
     Ok(())
 }

@@ -379,6 +379,7 @@ impl Worker {
             account: &meta.account_id,
             action: item.action_id,
             action_type: meta.action_type,
+            entity: meta.entity_type,
             attempt,
         };
         let memory = BatchInRedis {

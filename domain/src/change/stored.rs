@@ -130,9 +130,8 @@ impl<'de> Deserialize<'de> for RecordChange {
         };
         if let Some(key) = text(object.remove("key"))? {
             let fields = match object.remove("fields") {
-                Some(fields) => {
-                    BTreeMap::<String, FieldChange>::deserialize(fields).map_err(D::Error::custom)?
-                }
+                Some(fields) => BTreeMap::<String, FieldChange>::deserialize(fields)
+                    .map_err(D::Error::custom)?,
                 None => BTreeMap::new(),
             };
             return Ok(RecordChange {
@@ -159,7 +158,11 @@ fn legacy(mut object: Map<String, Value>) -> Result<RecordChange, String> {
     if let Some(custom) = object.remove("custom") {
         let custom: BTreeMap<String, LegacyChange> =
             serde_json::from_value(custom).map_err(|error| error.to_string())?;
-        fields.extend(custom.into_iter().map(|(name, change)| (name, change.into())));
+        fields.extend(
+            custom
+                .into_iter()
+                .map(|(name, change)| (name, change.into())),
+        );
     }
     Ok(RecordChange {
         key: email,
@@ -174,7 +177,10 @@ fn legacy(mut object: Map<String, Value>) -> Result<RecordChange, String> {
 enum LegacyChange {
     Set(LegacyValue),
     Clear,
-    Edit { add: Vec<String>, remove: Vec<String> },
+    Edit {
+        add: Vec<String>,
+        remove: Vec<String>,
+    },
 }
 
 #[derive(Deserialize)]

@@ -27,7 +27,7 @@ fn account_rules(entity: EntityType, action_type: ActionType, match_by: MatchBy)
             { "name": "vip", "type": "boolean" },
             { "name": "since", "type": "date" },
             { "name": "tags", "type": "string[]" },
-            { "name": "sfId", "type": "string", "maxLength": 18 },
+            { "name": "sfId", "type": "string", "maxLength": 18, "unique": true },
         ]}),
         entity,
     )
@@ -85,14 +85,23 @@ fn a_change_survives_the_batch_payload_and_old_payloads_read_as_before() {
     }))
     .unwrap();
     assert_eq!(old.key, "a@b.co");
-    assert_eq!(old.fields["status"], FieldChange::Set(FieldValue::Text("x".into())));
+    assert_eq!(
+        old.fields["status"],
+        FieldChange::Set(FieldValue::Text("x".into()))
+    );
     assert_eq!(old.fields["age"], FieldChange::Clear);
-    assert_eq!(old.fields["tier"], FieldChange::Set(FieldValue::Text("gold".into())));
+    assert_eq!(
+        old.fields["tier"],
+        FieldChange::Set(FieldValue::Text("gold".into()))
+    );
     assert_eq!(old.fields["vip"], FieldChange::Clear);
     assert!(!old.fields.contains_key("name"));
     assert_eq!(
         old.fields["tags"],
-        FieldChange::Edit { add: vec!["a".into()], remove: vec![] }
+        FieldChange::Edit {
+            add: vec!["a".into()],
+            remove: vec![]
+        }
     );
 }
 
@@ -138,15 +147,41 @@ fn a_record_names_the_accounts_own_fields() {
 fn every_entity_reads_its_own_key_and_fields() {
     use ActionType::Upsert;
     let cases = [
-        (EntityType::Contact, json!({"email": "A@b.co", "age": 3}), "a@b.co"),
-        (EntityType::Lead, json!({"email": "A@b.co", "source": "web"}), "a@b.co"),
-        (EntityType::Company, json!({"domain": "ACME.com", "employees": 12}), "acme.com"),
-        (EntityType::Opportunity, json!({"externalId": " O-1 ", "amount": 12.5, "closeDate": "2027-01-01"}), "O-1"),
-        (EntityType::Task, json!({"externalId": "T-1", "priority": "high"}), "T-1"),
+        (
+            EntityType::Contact,
+            json!({"email": "A@b.co", "age": 3}),
+            "a@b.co",
+        ),
+        (
+            EntityType::Lead,
+            json!({"email": "A@b.co", "source": "web"}),
+            "a@b.co",
+        ),
+        (
+            EntityType::Company,
+            json!({"domain": "ACME.com", "employees": 12}),
+            "acme.com",
+        ),
+        (
+            EntityType::Opportunity,
+            json!({"externalId": " O-1 ", "amount": 12.5, "closeDate": "2027-01-01"}),
+            "O-1",
+        ),
+        (
+            EntityType::Task,
+            json!({"externalId": "T-1", "priority": "high"}),
+            "T-1",
+        ),
     ];
     for (entity, record, key) in cases {
-        let rules = RecordRules::new(entity, Upsert, MatchBy::Natural, &FieldDefinitions::default());
-        let change = RecordChange::parse(&record, &rules).unwrap_or_else(|e| panic!("{entity:?}: {e}"));
+        let rules = RecordRules::new(
+            entity,
+            Upsert,
+            MatchBy::Natural,
+            &FieldDefinitions::default(),
+        );
+        let change =
+            RecordChange::parse(&record, &rules).unwrap_or_else(|e| panic!("{entity:?}: {e}"));
         assert_eq!(change.key, key, "{entity:?}");
         assert_eq!(change.fields.len(), record.as_object().unwrap().len() - 1);
         // Another entity's fields are unknown to it.
@@ -160,13 +195,22 @@ fn every_entity_reads_its_own_key_and_fields() {
             );
         }
     }
-    let tasks = RecordRules::new(EntityType::Task, Upsert, MatchBy::Natural, &FieldDefinitions::default());
+    let tasks = RecordRules::new(
+        EntityType::Task,
+        Upsert,
+        MatchBy::Natural,
+        &FieldDefinitions::default(),
+    );
     assert_eq!(
-        RecordChange::parse(&json!({"externalId": "T", "priority": "urgent"}), &tasks).unwrap_err().code,
+        RecordChange::parse(&json!({"externalId": "T", "priority": "urgent"}), &tasks)
+            .unwrap_err()
+            .code,
         OutcomeCode::InvalidValue
     );
     assert_eq!(
-        RecordChange::parse(&json!({"subject": "x"}), &tasks).unwrap_err().code,
+        RecordChange::parse(&json!({"subject": "x"}), &tasks)
+            .unwrap_err()
+            .code,
         OutcomeCode::MissingKey
     );
 }
@@ -175,16 +219,24 @@ fn every_entity_reads_its_own_key_and_fields() {
 fn matching_by_id_or_an_external_id() {
     use ActionType::{Delete, Update, Upsert};
     let by_id = account_rules(EntityType::Contact, Update, MatchBy::Id);
-    let change = RecordChange::parse(&json!({"id": "65A1B2C3D4E5F60718293A4B", "name": "Ann"}), &by_id).unwrap();
+    let change = RecordChange::parse(
+        &json!({"id": "65A1B2C3D4E5F60718293A4B", "name": "Ann"}),
+        &by_id,
+    )
+    .unwrap();
     assert_eq!(change.key, "65a1b2c3d4e5f60718293a4b");
     assert_eq!(change.fields.keys().collect::<Vec<_>>(), ["name"]);
     // The natural key cannot be changed through another key.
     assert_eq!(
-        RecordChange::parse(&json!({"id": "x1", "email": "a@b.co", "name": "A"}), &by_id).unwrap_err().code,
+        RecordChange::parse(&json!({"id": "x1", "email": "a@b.co", "name": "A"}), &by_id)
+            .unwrap_err()
+            .code,
         OutcomeCode::ImmutableField
     );
     assert_eq!(
-        RecordChange::parse(&json!({"email": "a@b.co", "name": "A"}), &by_id).unwrap_err().code,
+        RecordChange::parse(&json!({"email": "a@b.co", "name": "A"}), &by_id)
+            .unwrap_err()
+            .code,
         OutcomeCode::MissingKey
     );
     // A delete reads only its key.
@@ -193,22 +245,32 @@ fn matching_by_id_or_an_external_id() {
     // An upsert by an external id needs the natural key to create, and writes it only then.
     let sf = MatchBy::ExternalId("sfId".into());
     let upsert = account_rules(EntityType::Contact, Upsert, sf.clone());
-    let change = RecordChange::parse(&json!({"sfId": "001A", "email": "A@b.co", "tier": "gold"}), &upsert).unwrap();
+    let change = RecordChange::parse(
+        &json!({"sfId": "001A", "email": "A@b.co", "tier": "gold"}),
+        &upsert,
+    )
+    .unwrap();
     assert_eq!(change.key, "001A");
     assert_eq!(change.natural_key.as_deref(), Some("a@b.co"));
     assert_eq!(change.fields.keys().collect::<Vec<_>>(), ["tier"]);
     assert_eq!(
-        RecordChange::parse(&json!({"sfId": "001A", "tier": "gold"}), &upsert).unwrap_err().code,
+        RecordChange::parse(&json!({"sfId": "001A", "tier": "gold"}), &upsert)
+            .unwrap_err()
+            .code,
         OutcomeCode::MissingEmail
     );
     // The field's own limits hold for the key.
     assert_eq!(
-        RecordChange::parse(&json!({"sfId": "x".repeat(19), "email": "a@b.co"}), &upsert).unwrap_err().code,
+        RecordChange::parse(&json!({"sfId": "x".repeat(19), "email": "a@b.co"}), &upsert)
+            .unwrap_err()
+            .code,
         OutcomeCode::InvalidValue
     );
     let update = account_rules(EntityType::Contact, Update, sf);
     assert_eq!(
-        RecordChange::parse(&json!({"sfId": "001A", "tier": "gold"}), &update).unwrap().natural_key,
+        RecordChange::parse(&json!({"sfId": "001A", "tier": "gold"}), &update)
+            .unwrap()
+            .natural_key,
         None
     );
 }
@@ -217,8 +279,14 @@ fn matching_by_id_or_an_external_id() {
 fn record_rules() {
     use ActionType::*;
     assert_eq!(code_of(json!([1]), Update), OutcomeCode::NotAnObject);
-    assert_eq!(code_of(json!({"name": "x"}), Upsert), OutcomeCode::MissingEmail);
-    assert_eq!(code_of(json!({"email": 5}), Upsert), OutcomeCode::InvalidType);
+    assert_eq!(
+        code_of(json!({"name": "x"}), Upsert),
+        OutcomeCode::MissingEmail
+    );
+    assert_eq!(
+        code_of(json!({"email": 5}), Upsert),
+        OutcomeCode::InvalidType
+    );
     assert_eq!(
         code_of(json!({"email": "a@b.co", "$set": {}}), Upsert),
         OutcomeCode::ForbiddenFieldName
@@ -235,9 +303,18 @@ fn record_rules() {
         code_of(json!({"email": "a@b.co", "id": "1"}), Upsert),
         OutcomeCode::UnknownField
     );
-    assert_eq!(code_of(json!({"email": "a@b.co", "age": "12"}), Upsert), OutcomeCode::InvalidType);
-    assert_eq!(code_of(json!({"email": "a@b.co", "age": 12.5}), Upsert), OutcomeCode::InvalidType);
-    assert_eq!(code_of(json!({"email": "a@b.co", "age": 151}), Upsert), OutcomeCode::InvalidValue);
+    assert_eq!(
+        code_of(json!({"email": "a@b.co", "age": "12"}), Upsert),
+        OutcomeCode::InvalidType
+    );
+    assert_eq!(
+        code_of(json!({"email": "a@b.co", "age": 12.5}), Upsert),
+        OutcomeCode::InvalidType
+    );
+    assert_eq!(
+        code_of(json!({"email": "a@b.co", "age": 151}), Upsert),
+        OutcomeCode::InvalidValue
+    );
     assert_eq!(
         code_of(json!({"email": "a@b.co", "age": u64::MAX}), Upsert),
         OutcomeCode::InvalidValue
@@ -250,7 +327,10 @@ fn record_rules() {
         code_of(json!({"email": "a@b.co", "name": "x".repeat(257)}), Upsert),
         OutcomeCode::InvalidValue
     );
-    assert_eq!(code_of(json!({"email": "a@b.co"}), Update), OutcomeCode::NoFieldsToUpdate);
+    assert_eq!(
+        code_of(json!({"email": "a@b.co"}), Update),
+        OutcomeCode::NoFieldsToUpdate
+    );
 }
 
 #[test]
@@ -280,7 +360,8 @@ fn a_huge_field_name_is_quoted_as_a_short_prefix() {
     let mut record = Map::new();
     record.insert("email".into(), json!("a@b.co"));
     record.insert("k".repeat(17_000_000), json!(1));
-    let error = RecordChange::parse(&Value::Object(record), &contacts(ActionType::Upsert)).unwrap_err();
+    let error =
+        RecordChange::parse(&Value::Object(record), &contacts(ActionType::Upsert)).unwrap_err();
     assert_eq!(error.code, OutcomeCode::UnknownField);
     assert!(error.message.len() < 300, "{}", error.message.len());
     assert!(error.message.contains("\"kkkk") && error.message.contains('…'));

@@ -26,6 +26,11 @@ fn a_definition_is_checked_whole() {
             "a name is a letter",
         ),
         (json!({"name": "Email", "type": "string"}), "is reserved"),
+        (json!({"name": "id", "type": "string"}), "is reserved"),
+        (
+            json!({"name": "tags", "type": "string[]", "unique": true}),
+            "unique applies",
+        ),
         (
             json!({"name": "createdByBulkAction", "type": "string"}),
             "is reserved",
@@ -266,6 +271,7 @@ fn a_field() -> impl Strategy<Value = FieldDefinition> {
             min: min.map(|m: i64| m as f64),
             max: max.map(|m: i64| m as f64),
             allowed,
+            unique: false,
         },
     )
 }

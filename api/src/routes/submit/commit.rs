@@ -78,7 +78,13 @@ pub(super) async fn commit(
         ),
         start_at,
         created_at,
-        events: opening_events(caller, settings, &summary, &plan.custom_fields, &plan.match_by),
+        events: opening_events(
+            caller,
+            settings,
+            &summary,
+            &plan.custom_fields,
+            &plan.match_by,
+        ),
         staging,
     };
     if state.store.commit_action(&new_action).await? == Commit::AlreadyExisted {

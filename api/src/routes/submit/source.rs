@@ -72,9 +72,7 @@ impl Source {
                 ),
                 sink,
             ),
-            Source::Csv(body) => {
-                ingest::feed(csv_rows::open(body, max_record_bytes, rules)?, sink)
-            }
+            Source::Csv(body) => ingest::feed(csv_rows::open(body, max_record_bytes, rules)?, sink),
         }
     }
 }

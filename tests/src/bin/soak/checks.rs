@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
-use domain::{ContactChange, OutcomeCode, OutcomeStatus};
+use domain::{OutcomeCode, OutcomeStatus, RecordChange, RecordRules};
 use futures::StreamExt;
 use reqwest::Method;
 use serde_json::Value;
@@ -162,18 +162,15 @@ async fn check_action(api: &Api, action: &Submitted, view: &Value) -> Result<Vec
 
 /// A line names the normalised email of its record (when the record had a valid one).
 fn check_line_email(tally: &Tally, subject: &str, action: &Submitted, index: usize, line: &Value) {
-    let Ok(change) = ContactChange::parse(
-        &action.records[index],
-        action.action_type,
-        &domain::fields::FieldIndex::default(),
-    ) else {
+    let rules = RecordRules::contacts(action.action_type);
+    let Ok(change) = RecordChange::parse(&action.records[index], &rules) else {
         return;
     };
-    if line["email"].as_str() != Some(change.email.as_str()) {
+    if line["email"].as_str() != Some(change.key.as_str()) {
         tally.violation(
             "log_line_wrong_email",
             subject,
-            format!("index {index}: expected {}, got {line}", change.email),
+            format!("index {index}: expected {}, got {line}", change.key),
         );
     }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use domain::{ActionType, ContactChange, FieldChange};
+use domain::{ActionType, FieldChange, FieldValue, RecordChange, RecordRules};
 use serde_json::Value;
 
 /// One accepted action.
@@ -84,11 +84,9 @@ impl Contacts {
     pub fn fold(&mut self, action: &Submitted, codes: &[String]) -> Vec<Contradiction> {
         let mut contradictions = Vec::new();
         for (index, (record, code)) in action.records.iter().zip(codes).enumerate() {
-            let Ok(change) = ContactChange::parse(
-                record,
-                action.action_type,
-                &domain::fields::FieldIndex::default(),
-            ) else {
+            let Ok(change) =
+                RecordChange::parse(record, &RecordRules::contacts(action.action_type))
+            else {
                 if matches!(code.as_str(), "created" | "updated" | "deleted") {
                     contradictions.push(Contradiction {
                         index,
@@ -99,7 +97,7 @@ impl Contacts {
                 }
                 continue;
             };
-            let email = change.email.as_str().to_owned();
+            let email = change.key.clone();
             let before = self.get(&action.account, &email);
             let exists = match &before {
                 Expected::Absent => Some(false),
@@ -154,26 +152,33 @@ fn expected_code(
     (code != expected).then_some(expected)
 }
 
-fn created(change: &ContactChange, action: &str) -> Expected {
-    let fields = &change.fields;
+fn created(change: &RecordChange, action: &str) -> Expected {
     Expected::Present {
-        name: after(&fields.name, None),
-        age: after(&fields.age, None),
-        status: after(&fields.status, None),
+        name: text_after(change, "name", None),
+        age: integer_after(change, "age", None),
+        status: text_after(change, "status", None),
         created_by: action.to_owned(),
     }
 }
 
 /// A field after a record's change: its value, nothing once cleared, as it was if unnamed.
-fn after<T: Clone>(change: &Option<FieldChange<T>>, before: Option<T>) -> Option<T> {
-    match change {
+fn text_after(change: &RecordChange, field: &str, before: Option<String>) -> Option<String> {
+    match change.fields.get(field) {
         None => before,
-        Some(change) => change.value().cloned(),
+        Some(FieldChange::Set(FieldValue::Text(text))) => Some(text.clone()),
+        Some(_) => None,
     }
 }
 
-fn updated(before: Expected, change: &ContactChange) -> Expected {
-    let fields = &change.fields;
+fn integer_after(change: &RecordChange, field: &str, before: Option<i64>) -> Option<i64> {
+    match change.fields.get(field) {
+        None => before,
+        Some(FieldChange::Set(FieldValue::Integer(integer))) => Some(*integer),
+        Some(_) => None,
+    }
+}
+
+fn updated(before: Expected, change: &RecordChange) -> Expected {
     match before {
         Expected::Present {
             name,
@@ -181,18 +186,18 @@ fn updated(before: Expected, change: &ContactChange) -> Expected {
             status,
             created_by,
         } => Expected::Present {
-            name: after(&fields.name, name),
-            age: after(&fields.age, age),
-            status: after(&fields.status, status),
+            name: text_after(change, "name", name),
+            age: integer_after(change, "age", age),
+            status: text_after(change, "status", status),
             created_by,
         },
         // Reported applied to a contact the soak did not expect (`expected_code` reported
         // that): an upsert that wrote it, e.g. an insert re-sent after an outage. Carry on
         // from what the record says, so one wrong code is not also a wrong contact.
         Expected::Absent => Expected::Present {
-            name: after(&fields.name, None),
-            age: after(&fields.age, None),
-            status: after(&fields.status, None),
+            name: text_after(change, "name", None),
+            age: integer_after(change, "age", None),
+            status: text_after(change, "status", None),
             created_by: String::new(),
         },
         other => other,
