@@ -36,7 +36,12 @@ pub struct SubmitRequest {
     entity_type: EntityType,
     #[schema(example = "update")]
     action_type: ActionType,
-    /// The records; each is keyed by `email`. At most `MAX_RECORDS_PER_ACTION`.
+    /// The records, at most `MAX_RECORDS_PER_ACTION`. Each names the key the action
+    /// matches by (a contact's `email`, a company's `domain`, an opportunity's or task's
+    /// `externalId`; `id` or the external id field with `matchBy`) and the fields to
+    /// change: the entity's built-in ones (`GET /fields/{entityType}`) and the account's
+    /// own. A contact's record is shown; a record's mistakes fail that record, not the
+    /// request.
     data: Vec<ContactRecord>,
     /// RFC 3339; in the future, the action waits until then.
     #[schema(value_type = Option<String>, format = DateTime, example = "2030-03-20T10:00:00Z")]

@@ -528,4 +528,4 @@ fn date_millis(text: &str) -> Option<i64> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

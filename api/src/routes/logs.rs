@@ -26,6 +26,9 @@ pub const LOGS_LIMIT_MAX: u64 = 1000;
 pub struct LogEntry {
     /// Position of the record in the submitted `data`.
     index: u32,
+    /// The record's key, normalised (its email, domain, id or external id, as the action
+    /// matches by), or as sent when it could not be read as one. Named `email` since
+    /// contacts were the only entity type.
     email: Option<String>,
     status: OutcomeStatus,
     code: OutcomeCode,

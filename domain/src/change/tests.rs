@@ -418,3 +418,62 @@ proptest! {
         }
     }
 }
+
+/// Definitions of up to four fields `f0`..`f3` of any type and limits.
+fn a_definition() -> impl Strategy<Value = FieldDefinitions> {
+    proptest::collection::vec(crate::fields::tests::a_field(), 0..4).prop_map(|fields| {
+        FieldDefinitions {
+            fields: fields
+                .into_iter()
+                .enumerate()
+                .map(|(i, mut field)| {
+                    field.name = format!("f{i}");
+                    field
+                })
+                .collect(),
+        }
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    /// For random definitions and records: a record is accepted exactly when every field
+    /// it names is defined and its value satisfies the definition (`satisfies`, written
+    /// apart from the checks), and what it plans to write names exactly those fields (a
+    /// delete none, a create the ones that have something to insert).
+    #[test]
+    fn a_record_is_accepted_exactly_when_it_satisfies_the_definition(
+        definitions in a_definition(),
+        values in proptest::collection::vec((0usize..6, crate::fields::tests::a_value()), 0..5),
+        action_type in proptest::sample::select(ActionType::ALL.to_vec()),
+    ) {
+        let valid = FieldDefinitions::parse(&serde_json::to_value(&definitions).unwrap(), EntityType::Contact);
+        prop_assume!(valid.is_ok());
+        let mut record = Map::new();
+        record.insert("email".into(), json!("a@b.co"));
+        for (i, value) in values {
+            // f4 and f5 are never defined.
+            record.insert(format!("f{i}"), value);
+        }
+        let rules = RecordRules::new(EntityType::Contact, action_type, MatchBy::Natural, &definitions);
+        let parsed = RecordChange::parse(&Value::Object(record.clone()), &rules);
+        let named: Vec<&String> = record.keys().filter(|name| *name != "email").collect();
+        let satisfied = named.iter().all(|name| {
+            definitions
+                .get(name)
+                .is_some_and(|field| crate::fields::tests::satisfies(field, &record[name.as_str()]))
+        });
+        let expected = satisfied && !(action_type == ActionType::Update && named.is_empty());
+        prop_assert_eq!(parsed.is_ok(), expected, "{:?} {:?}: {:?}", definitions, record, parsed);
+        if let Ok(change) = parsed {
+            prop_assert_eq!(&change.key, "a@b.co");
+            let written: Vec<&String> = change.fields.keys().collect();
+            match action_type {
+                ActionType::Delete => prop_assert!(written.is_empty()),
+                ActionType::Create => prop_assert!(written.iter().all(|name| named.contains(name))),
+                _ => prop_assert_eq!(written, named),
+            }
+        }
+    }
+}

@@ -171,7 +171,7 @@ fn a_list_is_replaced_or_edited() {
 }
 
 /// What a value must be to satisfy a definition, written out plainly, apart from `check`.
-fn satisfies(field: &FieldDefinition, value: &Value) -> bool {
+pub(crate) fn satisfies(field: &FieldDefinition, value: &Value) -> bool {
     let enum_ok = |v: &Value| {
         field.allowed.as_ref().is_none_or(|allowed| {
             allowed.iter().any(|a| match (a, v) {
@@ -221,7 +221,7 @@ fn satisfies(field: &FieldDefinition, value: &Value) -> bool {
     }
 }
 
-fn a_field() -> impl Strategy<Value = FieldDefinition> {
+pub(crate) fn a_field() -> impl Strategy<Value = FieldDefinition> {
     // Small alphabets and bounds, so that limits are met exactly and lists overlap often.
     let text_limits = (
         prop::option::of(1u32..4),
@@ -281,7 +281,7 @@ fn an_item() -> impl Strategy<Value = Value> {
     prop_oneof![8 => "[ab]{0,2}".prop_map(Value::from), 1 => (-1i64..1).prop_map(Value::from), 1 => Just(Value::Null)]
 }
 
-fn a_value() -> impl Strategy<Value = Value> {
+pub(crate) fn a_value() -> impl Strategy<Value = Value> {
     let scalar = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::from),
