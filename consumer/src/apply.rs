@@ -140,12 +140,20 @@ impl<'a> Scope<'a> {
         }
     }
 
-    /// `{accountId, <key>: {$in: keys}}`
+    /// `{<key>: {$in: keys}, accountId}`
     pub(crate) fn filter_in<'k>(&self, keys: impl IntoIterator<Item = &'k str>) -> Document {
         doc! {
-            "accountId": self.account.as_str(),
             self.key.field: { "$in": keys.into_iter().map(|key| self.key.bson(key)).collect::<Vec<_>>() },
+            "accountId": self.account.as_str(),
         }
+    }
+
+    /// `{<key>: key, accountId}`, the key first: FerretDB tests a filter's fields in their
+    /// order for every document it scans, and the key rules out all but one document where
+    /// the account rules out none in a one-account collection (update by key first: 340
+    /// statements/s against 210 at 20,000 documents, measured; docs/benchmarks.md).
+    pub(crate) fn filter_one(&self, key: &str) -> Document {
+        doc! { self.key.field: self.key.bson(key), "accountId": self.account.as_str() }
     }
 }
 
@@ -336,9 +344,7 @@ impl DocumentWriter {
         found.sort_unstable();
         let existing: HashSet<String> = memory.found_once(found).await?.into_iter().collect();
         if !existing.is_empty() {
-            self.collection(scope)
-                .delete_many(scope.filter_in(existing.iter().map(String::as_str)))
-                .await?;
+            self.delete_each(scope, &existing).await?;
         }
         Ok(found_or_not(
             scope,

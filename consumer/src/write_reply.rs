@@ -4,7 +4,8 @@ use mongodb::bson::{Bson, Document};
 
 use crate::apply::ApplyError;
 
-/// The contacts an `update` command matched, once its whole reply says it was applied.
+/// The documents an `update` (or `delete`) command matched, once its whole reply says it
+/// was applied.
 /// `run_command` hands back the reply as the server sent it: per-statement `writeErrors`
 /// and a `writeConcernError` (the write happened on the primary but was not acknowledged
 /// as the deployment's write concern asks, e.g. a majority lost in a failover) arrive with

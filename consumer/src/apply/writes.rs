@@ -156,7 +156,7 @@ impl DocumentWriter {
             .into_values()
             .map(|(update, keys)| match keys.as_slice() {
                 [key] => doc! {
-                    "q": { "accountId": scope.account.as_str(), scope.key.field: scope.key.bson(key) },
+                    "q": scope.filter_one(key),
                     "u": update,
                 },
                 _ => doc! {
@@ -177,6 +177,32 @@ impl DocumentWriter {
             matched += crate::write_reply::update_reply(&reply)?;
         }
         Ok(matched)
+    }
+
+    /// Deletes the documents of `keys`, a statement each, `statements_per_command` a
+    /// command: FerretDB filters an `$in` in its own process after reading the account's
+    /// documents, where an equality is a single scan in PostgreSQL (a delete by key is
+    /// three times the rate of one `delete` with `$in`, measured). On MongoDB either
+    /// uses the key's index.
+    pub(super) async fn delete_each(
+        &self,
+        scope: &Scope<'_>,
+        keys: &HashSet<String>,
+    ) -> Result<(), ApplyError> {
+        let statements: Vec<Document> = keys
+            .iter()
+            .map(|key| doc! { "q": scope.filter_one(key), "limit": 1 })
+            .collect();
+        for chunk in statements.chunks(self.statements_per_command.max(1)) {
+            let reply = self
+                .database
+                .run_command(
+                    doc! { "delete": scope.collection, "deletes": chunk, "ordered": false },
+                )
+                .await?;
+            crate::write_reply::update_reply(&reply)?;
+        }
+        Ok(())
     }
 
     /// `set_fields` where every record's document must exist: a document deleted
