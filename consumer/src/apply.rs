@@ -36,6 +36,7 @@ use mongodb::Database;
 const DUPLICATE_KEY: i32 = 11000;
 pub const CREATED_BY: &str = "createdByBulkAction";
 
+mod deletes;
 mod documents;
 mod key;
 mod lists;
@@ -197,7 +198,7 @@ impl DocumentWriter {
                 ActionType::Update => self.update(&scope, batch, now).await?,
                 ActionType::Upsert => self.upsert(target, &scope, batch, now).await?,
                 ActionType::Create => self.create(target, &scope, batch, now).await?,
-                ActionType::Delete => self.delete(&scope, batch, memory).await?,
+                ActionType::Delete => self.delete(target, &scope, batch, memory).await?,
             }
         };
         if !refused.is_empty() {
@@ -327,34 +328,7 @@ impl DocumentWriter {
             .collect())
     }
 
-    /// One `find`, the found keys remembered (so every attempt deletes and reports the
-    /// same set as the first), then one `delete` with `$in`.
-    async fn delete(
-        &self,
-        scope: &Scope<'_>,
-        batch: &Batch,
-        memory: &impl BatchMemory,
-    ) -> Result<Vec<RecordOutcome>, ApplyError> {
-        let records: Vec<&PlannedRecord> = batch.records.iter().collect();
-        let mut found: Vec<String> = self
-            .existing_keys(scope, &records)
-            .await?
-            .into_iter()
-            .collect();
-        found.sort_unstable();
-        let existing: HashSet<String> = memory.found_once(found).await?.into_iter().collect();
-        if !existing.is_empty() {
-            self.delete_each(scope, &existing).await?;
-        }
-        Ok(found_or_not(
-            scope,
-            batch,
-            |key| existing.contains(key),
-            OutcomeCode::Deleted,
-        ))
-    }
-
-    fn collection(&self, scope: &Scope<'_>) -> mongodb::Collection<Document> {
+    pub(crate) fn collection(&self, scope: &Scope<'_>) -> mongodb::Collection<Document> {
         self.database.collection(scope.collection)
     }
 

@@ -38,6 +38,8 @@ impl DocumentWriter {
                 let mut present: Vec<String> = stored.keys().cloned().collect();
                 present.sort_unstable();
                 let found_first = memory.found_once(present).await?;
+                // What it marked and did not delete stays as it was before the batch.
+                self.unmark(&target, &scope, batch).await?;
                 found_first
                     .into_iter()
                     .filter(|key| !stored.contains_key(key))

@@ -20,15 +20,17 @@ use crate::time::Timestamp;
 /// Field names no account may define for any entity type, besides the entity's own natural
 /// key and built-in fields: what the platform keeps on every document (a record naming
 /// `createdByBulkAction` could forge another action's provenance, which retries and
-/// dead-letter reconciliation rely on), the key `matchBy: id` reads, and `externalId`, the
+/// dead-letter reconciliation rely on; `deletingByBulkAction` marks what a delete batch is
+/// about to remove), the key `matchBy: id` reads, and `externalId`, the
 /// natural key of opportunities and tasks.
-pub const PLATFORM_NAMES: [&str; 7] = [
+pub const PLATFORM_NAMES: [&str; 8] = [
     "_id",
     "id",
     "accountId",
     "createdAt",
     "updatedAt",
     "createdByBulkAction",
+    "deletingByBulkAction",
     "externalId",
 ];
 pub const MAX_FIELDS: usize = 100;

@@ -259,6 +259,14 @@ async fn every_entity_type_takes_every_action_by_its_natural_key() -> Result<()>
             2,
             "{entity:?}: the seeded document and the created one"
         );
+        assert_eq!(
+            subject
+                .collection()
+                .count_documents(doc! { "deletingByBulkAction": { "$exists": true } })
+                .await?,
+            0,
+            "{entity:?}: a delete's marks go with what it deletes"
+        );
     }
     // Each entity kept to its own collection.
     let contacts = app.database.collection::<Document>("contacts");

@@ -116,7 +116,8 @@ impl Shape {
 pub enum Key {
     /// `_id` alone: the cheapest filter a client can send.
     Id,
-    /// The account and the email, as a multi-tenant client must.
+    /// The email and the account, as a multi-tenant client must (the key first: FerretDB
+    /// tests a filter's fields in order, and the key rules out more documents).
     Email,
 }
 
@@ -142,7 +143,7 @@ impl Job<'_> {
             .map(|&i| {
                 let filter = match key {
                     Key::Id => doc! { "_id": self.seeded.id(i) },
-                    Key::Email => doc! { "accountId": self.account, "email": self.seeded.email(i) },
+                    Key::Email => doc! { "email": self.seeded.email(i), "accountId": self.account },
                 };
                 doc! { "q": filter, "u": { "$set": { "name": format!("Raw {i} r{}", self.round), "updatedAt": DateTime::now() } } }
             })
@@ -157,7 +158,7 @@ impl Job<'_> {
             .iter()
             .map(|&i| {
                 doc! {
-                    "q": { "accountId": self.account, "sfId": self.seeded.sf_id(i) },
+                    "q": { "sfId": self.seeded.sf_id(i), "accountId": self.account },
                     "u": {
                         "$set": { "name": format!("Raw {i} r{}", self.round), "updatedAt": DateTime::now() },
                         "$setOnInsert": { "email": self.seeded.email(i) },
