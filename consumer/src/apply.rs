@@ -22,7 +22,6 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
 
 use domain::{
     AccountId, ActionId, ActionType, Batch, EntityType, MatchBy, OutcomeCode, PlannedRecord,
@@ -114,12 +113,6 @@ pub struct DocumentWriter {
     /// Statements per `update` command. FerretDB 1.24 holds a backend connection per
     /// statement until the command ends and hangs past its pool size (about 50).
     pub statements_per_command: usize,
-    /// The most indexes a collection may have before an external id field gets none
-    /// (MongoDB allows 64).
-    pub max_indexes_per_collection: usize,
-    /// External id indexes known to exist, by collection and field: shared by the
-    /// process's workers, so each is asked for once.
-    pub external_id_indexes: Arc<Mutex<HashSet<(String, String)>>>,
 }
 
 /// One batch's documents: its account, its collection, the key its records find them by.
@@ -144,7 +137,7 @@ impl<'a> Scope<'a> {
     /// `{<key>: {$in: keys}, accountId}`
     pub(crate) fn filter_in<'k>(&self, keys: impl IntoIterator<Item = &'k str>) -> Document {
         doc! {
-            self.key.field: { "$in": keys.into_iter().map(|key| self.key.bson(key)).collect::<Vec<_>>() },
+            self.key.field(): { "$in": keys.into_iter().map(|key| self.key.bson(key)).collect::<Vec<_>>() },
             "accountId": self.account.as_str(),
         }
     }
@@ -154,7 +147,7 @@ impl<'a> Scope<'a> {
     /// the account rules out none in a one-account collection (update by key first: 340
     /// statements/s against 210 at 20,000 documents, measured; docs/benchmarks.md).
     pub(crate) fn filter_one(&self, key: &str) -> Document {
-        doc! { self.key.field: self.key.bson(key), "accountId": self.account.as_str() }
+        doc! { self.key.field(): self.key.bson(key), "accountId": self.account.as_str() }
     }
 }
 
@@ -164,8 +157,6 @@ impl DocumentWriter {
         Self {
             database,
             statements_per_command: 32,
-            max_indexes_per_collection: 48,
-            external_id_indexes: Arc::default(),
         }
     }
 
@@ -180,10 +171,6 @@ impl DocumentWriter {
         }
         let now = DateTime::now();
         let scope = Scope::of(&target, &batch.match_by);
-        if let MatchBy::ExternalId(field) = &batch.match_by {
-            self.ensure_external_id_index(scope.collection, field)
-                .await?;
-        }
         let (batch, mut refused) = match target.action_type {
             ActionType::Update | ActionType::Upsert => {
                 self.without_list_conflicts(&scope, batch).await?
@@ -338,7 +325,7 @@ impl DocumentWriter {
         records: &[&PlannedRecord],
     ) -> Result<HashSet<String>, ApplyError> {
         let found = self
-            .documents_by_key(scope, records, doc! { scope.key.field: 1 })
+            .documents_by_key(scope, records, doc! { scope.key.field(): 1 })
             .await?;
         Ok(found.into_keys().collect())
     }
@@ -356,8 +343,8 @@ impl DocumentWriter {
         if records.is_empty() {
             return Ok(HashMap::new());
         }
-        projection.insert(scope.key.field, 1);
-        if scope.key.field != "_id" {
+        projection.insert(scope.key.field(), 1);
+        if scope.key.field() != "_id" {
             projection.insert("_id", 0);
         }
         self.find_by_key(
@@ -391,40 +378,6 @@ impl DocumentWriter {
             .into_iter()
             .filter_map(|document| Some((scope.key.text_of(&document)?, document)))
             .collect())
-    }
-
-    /// The unique index of an account's external id field, asked for once per process.
-    async fn ensure_external_id_index(
-        &self,
-        collection: &'static str,
-        field: &str,
-    ) -> Result<(), ApplyError> {
-        let known = (collection.to_owned(), field.to_owned());
-        if self
-            .external_id_indexes
-            .lock()
-            .is_ok_and(|known_ones| known_ones.contains(&known))
-        {
-            return Ok(());
-        }
-        let created = infra::mongo::ensure_external_id_index(
-            &self.database,
-            collection,
-            field,
-            self.max_indexes_per_collection,
-        )
-        .await?;
-        if !created {
-            return Err(ApplyError::Refused(format!(
-                "{collection} has {} indexes, the most allowed (MAX_INDEXES_PER_COLLECTION): \
-                 no unique index can be made for the external id field {field}",
-                self.max_indexes_per_collection
-            )));
-        }
-        if let Ok(mut known_ones) = self.external_id_indexes.lock() {
-            known_ones.insert(known);
-        }
-        Ok(())
     }
 }
 

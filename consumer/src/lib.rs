@@ -47,12 +47,6 @@ pub struct ConsumerConfig {
     #[arg(long, env = "MONGO_STATEMENTS_PER_COMMAND", default_value_t = 32)]
     pub statements_per_command: usize,
 
-    /// Indexes an entity collection may have before an account's external id field gets
-    /// no unique index (and actions matched by it fail). MongoDB allows 64; the rest is
-    /// left to operators' own indexes.
-    #[arg(long, env = "MAX_INDEXES_PER_COLLECTION", default_value_t = 48, value_parser = clap::value_parser!(u64).range(2..=64))]
-    pub max_indexes_per_collection: u64,
-
     /// How often the scheduler looks for actions whose start time has come (ms).
     #[arg(long, env = "SCHEDULER_TICK_MS", default_value_t = 250)]
     pub scheduler_tick_ms: u64,
@@ -205,7 +199,6 @@ fn spawn_workers(
         max_delay: Duration::from_millis(config.retry_max_delay_ms),
     };
     let mut in_flight = Vec::new();
-    let external_id_indexes = Arc::default();
     for number in 0..config.concurrency.max(1) {
         let name = format!("{}-{number}", config.consumer_name());
         let slot = worker::InFlight::default();
@@ -216,8 +209,6 @@ fn spawn_workers(
             writer: DocumentWriter {
                 database: database.clone(),
                 statements_per_command: config.statements_per_command,
-                max_indexes_per_collection: config.max_indexes_per_collection as usize,
-                external_id_indexes: Arc::clone(&external_id_indexes),
             },
             streams: streams.clone(),
             redis_url: config.store.redis_url.clone(),

@@ -69,21 +69,41 @@ impl RecordRules {
         self.entity.spec()
     }
 
-    /// The fields a record may name, the key first: what a CSV header may hold.
+    /// The fields a record of this action may name, the required ones first: what a CSV
+    /// header may hold. Not the natural key where it cannot be written (matched by
+    /// another key, except an upsert by an external id, which needs it), nor a unique
+    /// field the action does not match by; a delete reads only its key, so any known
+    /// column may come along.
     pub fn columns(&self) -> Vec<String> {
         let spec = self.spec();
         let key = self.match_by.record_field(spec);
-        let mut columns = vec![key.to_owned()];
-        if key != spec.natural_key {
+        let deleting = self.action_type == ActionType::Delete;
+        let mut columns = self.required_columns();
+        if !columns.iter().any(|column| column == spec.natural_key) && deleting {
             columns.push(spec.natural_key.to_owned());
         }
         columns.extend(
             self.fields
                 .names()
                 .filter(|name| *name != key)
+                .filter(|name| deleting || !self.fields.get(name).is_some_and(|f| f.unique))
                 .map(str::to_owned),
         );
         columns
+    }
+
+    /// The columns every row needs: the key, and the natural key of an upsert by an
+    /// external id (it creates with it).
+    pub fn required_columns(&self) -> Vec<String> {
+        let spec = self.spec();
+        let key = self.match_by.record_field(spec);
+        let mut required = vec![key.to_owned()];
+        if matches!(self.match_by, MatchBy::ExternalId { .. })
+            && self.action_type == ActionType::Upsert
+        {
+            required.push(spec.natural_key.to_owned());
+        }
+        required
     }
 
     /// For the log line of a rejected record: what it held as key, if it was text, bounded
@@ -108,7 +128,7 @@ impl RecordChange {
         let key_field = rules.match_by.record_field(spec);
         check_field_names(object, rules, key_field)?;
         let key = rules.match_by.key_of(spec, object.get(key_field))?;
-        if let MatchBy::ExternalId(field) = &rules.match_by {
+        if let MatchBy::ExternalId { field, .. } = &rules.match_by {
             // The key is also the field's value: its definition's limits hold.
             if let (Some(definition), Some(value)) = (rules.fields.get(field), object.get(field)) {
                 definition.check(value)?;
@@ -170,7 +190,7 @@ fn natural_key(
     let value = object.get(spec.natural_key);
     match (&rules.match_by, rules.action_type) {
         (MatchBy::Natural, _) | (_, ActionType::Delete) => Ok(None),
-        (MatchBy::ExternalId(_), ActionType::Upsert) => {
+        (MatchBy::ExternalId { .. }, ActionType::Upsert) => {
             MatchBy::Natural.key_of(spec, value).map(Some)
         }
         _ if value.is_some() => Err(RecordError::new(

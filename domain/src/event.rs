@@ -254,7 +254,10 @@ mod tests {
                     EntityType::Contact,
                 )
                 .ok(),
-                match_by: MatchBy::ExternalId("seats".into()),
+                match_by: MatchBy::ExternalId {
+                    field: "seats".into(),
+                    slot: 1,
+                },
             },
             EventPayload::CancelRequested { api_key_id: None },
             EventPayload::BatchCancelled {

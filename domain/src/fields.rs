@@ -35,11 +35,27 @@ pub const PLATFORM_NAMES: [&str; 8] = [
 ];
 pub const MAX_FIELDS: usize = 100;
 /// The keys a field's definition may have.
-const FIELD_KEYS: [&str; 7] = ["name", "type", "maxLength", "min", "max", "enum", "unique"];
-/// Fields an account may mark `unique` per entity type: each is a unique index on the
-/// entity's collection, shared by every account that uses the name, and a collection holds
-/// 64 indexes at most (MongoDB).
+const FIELD_KEYS: [&str; 8] = [
+    "name",
+    "type",
+    "maxLength",
+    "min",
+    "max",
+    "enum",
+    "unique",
+    "slot",
+];
+/// Unique fields (external ids) an account may have per entity type, ever: each is bound
+/// for good to one of the entity's platform-owned slots (`slot_field`), each with its own
+/// unique index made at the consumer's start. Another account's fields of the same name
+/// are not indexed (decision 0051).
 pub const MAX_UNIQUE_FIELDS: usize = 3;
+
+/// The document field that holds the values of an account's unique field bound to `slot`
+/// (1 to `MAX_UNIQUE_FIELDS`): `_externalId1`, ... No account field starts with `_`.
+pub fn slot_field(slot: u8) -> String {
+    format!("_externalId{slot}")
+}
 pub const NAME_MAX_CHARS: usize = 64;
 /// The longest text any field may hold, whatever its `maxLength`.
 pub const TEXT_MAX_CHARS: u32 = 10_000;
@@ -97,6 +113,10 @@ pub struct FieldDefinition {
     /// match by it (`matchBy: externalId:<name>`). `string` fields only.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unique: bool,
+    /// The platform's slot this unique field's values are kept and indexed in (assigned at
+    /// `PUT`, for good; a value sent is ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u8>,
 }
 
 /// An account's fields for one entity type, by name.
@@ -198,6 +218,7 @@ impl From<&BuiltInField> for FieldDefinition {
                     .collect()
             }),
             unique: false,
+            slot: None,
         }
     }
 }
@@ -239,8 +260,12 @@ impl FieldDefinitions {
                 return Err(whole(unknown));
             }
         }
-        let definitions: FieldDefinitions = serde_json::from_value(raw.clone())
+        let mut definitions: FieldDefinitions = serde_json::from_value(raw.clone())
             .map_err(|error| whole(bounded(&error.to_string(), MESSAGE_MAX_BYTES)))?;
+        // Slots are the platform's to assign.
+        for field in &mut definitions.fields {
+            field.slot = None;
+        }
         if definitions.fields.len() > MAX_FIELDS {
             return Err(whole(format!("at most {MAX_FIELDS} fields")));
         }
@@ -251,7 +276,9 @@ impl FieldDefinitions {
             .count()
             > MAX_UNIQUE_FIELDS
         {
-            return Err(whole(format!("at most {MAX_UNIQUE_FIELDS} unique fields")));
+            return Err(whole(format!(
+                "at most {MAX_UNIQUE_FIELDS} unique fields per entity type"
+            )));
         }
         let mut names = BTreeSet::new();
         for field in &definitions.fields {

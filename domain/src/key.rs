@@ -10,7 +10,7 @@ use unicode_normalization::UnicodeNormalization;
 
 use crate::action::ActionType;
 use crate::entity::{EntitySpec, EntityType, KeyKind, EXTERNAL_ID_MAX_CHARS};
-use crate::fields::FieldDefinitions;
+use crate::fields::{slot_field, FieldDefinitions};
 use crate::outcome::OutcomeCode;
 use crate::record::{Email, RecordError};
 use crate::text::quoted;
@@ -23,9 +23,9 @@ pub enum MatchBy {
     Natural,
     /// The document's `_id`: 24 hexadecimal digits are an ObjectId, anything else a string.
     Id,
-    /// An account-defined `string` field, unique per account (the consumer creates the
-    /// index).
-    ExternalId(String),
+    /// An account-defined unique `string` field, and the platform slot its values are
+    /// kept and indexed in (`fields::slot_field`).
+    ExternalId { field: String, slot: u8 },
 }
 
 /// The prefix of an external id field in `matchBy` (`externalId:sfId`).
@@ -62,7 +62,17 @@ impl MatchBy {
             )));
         };
         match custom.get(field) {
-            Some(definition) if definition.unique => Ok(MatchBy::ExternalId(field.to_owned())),
+            Some(definition) if definition.unique => match definition.slot {
+                Some(slot) => Ok(MatchBy::ExternalId {
+                    field: field.to_owned(),
+                    slot,
+                }),
+                None => Err(MatchByError(format!(
+                    "matchBy {}: the field has no slot yet; PUT /fields/{} again",
+                    quoted(raw),
+                    entity.as_str()
+                ))),
+            },
             Some(_) => Err(MatchByError(format!(
                 "matchBy {}: an external id field is a string field defined with \
                  \"unique\": true",
@@ -82,12 +92,12 @@ impl MatchBy {
         *self == MatchBy::Natural
     }
 
-    /// As stored in events and shown in views: `natural`, `id`, `externalId:<field>`.
+    /// As a client writes it and views show it: `natural`, `id`, `externalId:<field>`.
     pub fn as_text(&self) -> Cow<'static, str> {
         match self {
             MatchBy::Natural => Cow::Borrowed("natural"),
             MatchBy::Id => Cow::Borrowed(ID_FIELD),
-            MatchBy::ExternalId(field) => Cow::Owned(format!("{EXTERNAL_ID_PREFIX}{field}")),
+            MatchBy::ExternalId { field, .. } => Cow::Owned(format!("{EXTERNAL_ID_PREFIX}{field}")),
         }
     }
 
@@ -97,7 +107,7 @@ impl MatchBy {
         match self {
             MatchBy::Natural => true,
             MatchBy::Id => matches!(action_type, ActionType::Update | ActionType::Delete),
-            MatchBy::ExternalId(_) => action_type != ActionType::Create,
+            MatchBy::ExternalId { .. } => action_type != ActionType::Create,
         }
     }
 
@@ -106,16 +116,16 @@ impl MatchBy {
         match self {
             MatchBy::Natural => spec.natural_key,
             MatchBy::Id => ID_FIELD,
-            MatchBy::ExternalId(field) => field,
+            MatchBy::ExternalId { field, .. } => field,
         }
     }
 
-    /// The field of a document that holds the key.
-    pub fn document_field<'a>(&'a self, spec: &'static EntitySpec) -> &'a str {
+    /// The field of a document that holds the key: an external id is matched in its slot.
+    pub fn document_field(&self, spec: &'static EntitySpec) -> Cow<'static, str> {
         match self {
-            MatchBy::Natural => spec.natural_key,
-            MatchBy::Id => DOCUMENT_ID,
-            MatchBy::ExternalId(field) => field,
+            MatchBy::Natural => Cow::Borrowed(spec.natural_key),
+            MatchBy::Id => Cow::Borrowed(DOCUMENT_ID),
+            MatchBy::ExternalId { slot, .. } => Cow::Owned(slot_field(*slot)),
         }
     }
 
@@ -124,7 +134,7 @@ impl MatchBy {
         match (self, spec.key_kind) {
             (MatchBy::Natural, KeyKind::Email) => OutcomeCode::DuplicateEmail,
             (MatchBy::Natural, KeyKind::Domain) => OutcomeCode::DuplicateDomain,
-            (MatchBy::Natural, KeyKind::ExternalId) | (MatchBy::ExternalId(_), _) => {
+            (MatchBy::Natural, KeyKind::ExternalId) | (MatchBy::ExternalId { .. }, _) => {
                 OutcomeCode::DuplicateExternalId
             }
             (MatchBy::Id, _) => OutcomeCode::DuplicateId,
@@ -141,7 +151,7 @@ impl MatchBy {
         let kind = match self {
             MatchBy::Natural => Some(spec.key_kind),
             MatchBy::Id => None,
-            MatchBy::ExternalId(_) => Some(KeyKind::ExternalId),
+            MatchBy::ExternalId { .. } => Some(KeyKind::ExternalId),
         };
         let raw = match value {
             None | Some(Value::Null) if kind == Some(KeyKind::Email) => {
@@ -173,10 +183,15 @@ impl MatchBy {
     }
 }
 
-/// Stored as text: `natural`, `id`, `externalId:<field>`.
+/// Stored as text: `natural`, `id`, `externalId:<field>@<slot>`.
 impl Serialize for MatchBy {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.as_text())
+        match self {
+            MatchBy::ExternalId { field, slot } => {
+                serializer.serialize_str(&format!("{EXTERNAL_ID_PREFIX}{field}@{slot}"))
+            }
+            other => serializer.serialize_str(&other.as_text()),
+        }
     }
 }
 
@@ -186,8 +201,15 @@ impl<'de> Deserialize<'de> for MatchBy {
         Ok(match text.as_str() {
             "natural" => MatchBy::Natural,
             ID_FIELD => MatchBy::Id,
-            other => match other.strip_prefix(EXTERNAL_ID_PREFIX) {
-                Some(field) => MatchBy::ExternalId(field.to_owned()),
+            other => match other
+                .strip_prefix(EXTERNAL_ID_PREFIX)
+                .and_then(|rest| rest.rsplit_once('@'))
+                .and_then(|(field, slot)| Some((field, slot.parse::<u8>().ok()?)))
+            {
+                Some((field, slot)) => MatchBy::ExternalId {
+                    field: field.to_owned(),
+                    slot,
+                },
                 None => {
                     return Err(serde::de::Error::custom(format!(
                         "unknown matchBy {}",
@@ -268,7 +290,7 @@ mod tests {
     use serde_json::json;
 
     fn definitions() -> FieldDefinitions {
-        FieldDefinitions::parse(
+        let mut definitions = FieldDefinitions::parse(
             &json!({"fields": [
                 {"name": "sfId", "type": "string", "unique": true},
                 {"name": "plain", "type": "string"},
@@ -276,12 +298,18 @@ mod tests {
             ]}),
             EntityType::Contact,
         )
-        .unwrap()
+        .unwrap();
+        definitions.fields[0].slot = Some(2);
+        definitions
     }
 
     #[test]
     fn match_by_is_read_against_the_entity_and_the_definition() {
         let custom = definitions();
+        let sf = MatchBy::ExternalId {
+            field: "sfId".into(),
+            slot: 2,
+        };
         let parse = |raw, entity| MatchBy::parse(raw, entity, &custom);
         assert_eq!(parse("email", EntityType::Contact), Ok(MatchBy::Natural));
         assert_eq!(parse("natural", EntityType::Company), Ok(MatchBy::Natural));
@@ -290,23 +318,25 @@ mod tests {
         assert_eq!(parse("id", EntityType::Task), Ok(MatchBy::Id));
         assert_eq!(
             parse("externalId:sfId", EntityType::Contact),
-            Ok(MatchBy::ExternalId("sfId".into()))
+            Ok(sf.clone())
         );
+        assert_eq!(sf.as_text(), "externalId:sfId");
+        assert_eq!(
+            sf.document_field(EntityType::Contact.spec()),
+            "_externalId2"
+        );
+        assert_eq!(serde_json::to_value(&sf).unwrap(), "externalId:sfId@2");
         assert!(parse("externalId:tags", EntityType::Contact).is_err());
         assert!(parse("externalId:plain", EntityType::Contact).is_err());
         assert!(parse("externalId:nope", EntityType::Contact).is_err());
         assert!(parse("externalId:", EntityType::Contact).is_err());
-        for by in [
-            MatchBy::Natural,
-            MatchBy::Id,
-            MatchBy::ExternalId("sfId".into()),
-        ] {
+        for by in [MatchBy::Natural, MatchBy::Id, sf.clone()] {
             let stored = serde_json::to_value(&by).unwrap();
             assert_eq!(serde_json::from_value::<MatchBy>(stored).unwrap(), by);
         }
         assert!(!MatchBy::Id.allows(ActionType::Upsert));
-        assert!(MatchBy::ExternalId("sfId".into()).allows(ActionType::Upsert));
-        assert!(!MatchBy::ExternalId("sfId".into()).allows(ActionType::Create));
+        assert!(sf.allows(ActionType::Upsert));
+        assert!(!sf.allows(ActionType::Create));
     }
 
     #[test]

@@ -12,7 +12,12 @@ use crate::action::{ActionStatus, ActionType};
 use crate::entity::EntityType;
 use crate::event::{EventEnvelope, EventPayload};
 use crate::ids::{AccountId, ActionId};
+#[cfg(test)]
 use crate::key::MatchBy;
+
+fn natural() -> String {
+    "natural".to_owned()
+}
 use crate::outcome::{OutcomeCode, OutcomeStatus, RecordOutcome};
 use crate::pacing::Pacing;
 use crate::projection::ProjectionError;
@@ -28,9 +33,9 @@ pub struct ActionView {
     pub action_type: ActionType,
     /// The key records were matched by: `natural` (the entity's natural key), `id` or
     /// `externalId:<field>`.
-    #[serde(default)]
-    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "natural"))]
-    pub match_by: MatchBy,
+    #[serde(default = "natural")]
+    #[cfg_attr(feature = "openapi", schema(example = "natural"))]
+    pub match_by: String,
     pub status: ActionStatus,
     pub total_records: u32,
     pub processed_records: u32,
@@ -248,7 +253,7 @@ fn created(event: &EventEnvelope) -> ActionView {
         account_id: account_id.clone(),
         entity_type: *entity_type,
         action_type: *action_type,
-        match_by: match_by.clone(),
+        match_by: match_by.as_text().into_owned(),
         status: if future_start.is_some() {
             ActionStatus::Scheduled
         } else {

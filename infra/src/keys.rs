@@ -22,6 +22,7 @@
 //! | `P:{n}:budget:requests:<account>` | string | the account's api request GCRA TAT (ms) |
 //! | `P:{n}:limits:<account>` | hash | per-account overrides: `recordsPerMinute`, `requestsPerMinute` |
 //! | `P:{n}:fields:<account>:<entityType>` | string | the account's custom field definitions (JSON) |
+//! | `P:{n}:slots:<account>:<entityType>` | hash | `slot:<k>` → the unique field bound to slot k, for good |
 //! | `P:consumers` | hash | live consumer process -> "<workers> <expires ms>", sizes the dispatch |
 //! | `P:apikey:<keyId>`, `P:apikeys:<account>` | hash, zset | API keys (see `api_keys`) |
 //! | `P:{n}:idem:<sha256>` | string | `Idempotency-Key` of an account -> "<action> <body sha256>", 24 h; in the account's partition |
@@ -111,6 +112,16 @@ impl Keys {
         let partition = self.account_partition(account);
         format!(
             "{}fields:{account}:{}",
+            self.partition_prefix(partition),
+            entity.as_str()
+        )
+    }
+
+    /// Which of the account's unique fields of `entity` holds each external id slot.
+    pub fn external_id_slots(&self, account: &AccountId, entity: EntityType) -> String {
+        let partition = self.account_partition(account);
+        format!(
+            "{}slots:{account}:{}",
             self.partition_prefix(partition),
             entity.as_str()
         )

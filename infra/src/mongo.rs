@@ -77,9 +77,10 @@ pub async fn ping(database: &Database) -> mongodb::error::Result<()> {
     database.run_command(doc! { "ping": 1 }).await.map(|_| ())
 }
 
-/// The unique index that makes each entity's natural key (a contact's email, a company's
-/// domain, ...) one document per account. Created by the consumer, the only writer of
-/// entity documents, for every entity type at start.
+/// The unique indexes of every entity collection: the natural key (a contact's email, a
+/// company's domain, ...) and each external id slot (`domain::fields::slot_field`), one
+/// document per value and account. Made by the consumer, the only writer of entity
+/// documents, at start: a fixed set, whatever accounts define.
 pub async fn ensure_entity_indexes(database: &Database) -> mongodb::error::Result<()> {
     for entity in domain::EntityType::ALL {
         let spec = entity.spec();
@@ -96,37 +97,12 @@ pub async fn ensure_entity_indexes(database: &Database) -> mongodb::error::Resul
             )
             .await?;
         }
+        for slot in 1..=domain::fields::MAX_UNIQUE_FIELDS as u8 {
+            let field = domain::fields::slot_field(slot);
+            ensure_unique(database, spec.collection, &field, Partial::WhereText).await?;
+        }
     }
     Ok(())
-}
-
-/// The unique index behind an account's external id field (`matchBy: externalId:<field>`),
-/// shared by every account that defines a field of that name. Returns `Ok(false)` without
-/// creating it when the collection has `max_indexes` already.
-pub async fn ensure_external_id_index(
-    database: &Database,
-    collection: &str,
-    field: &str,
-    max_indexes: usize,
-) -> mongodb::error::Result<bool> {
-    let name = unique_index_name(field);
-    let existing = database
-        .collection::<mongodb::bson::Document>(collection)
-        .list_index_names()
-        .await
-        .or_else(|error| match *error.kind {
-            // No collection yet: no index either.
-            mongodb::error::ErrorKind::Command(ref command) if command.code == 26 => Ok(Vec::new()),
-            _ => Err(error),
-        })?;
-    if existing.contains(&name) {
-        return Ok(true);
-    }
-    if existing.len() >= max_indexes {
-        return Ok(false);
-    }
-    ensure_unique(database, collection, field, Partial::WhereText).await?;
-    Ok(true)
 }
 
 pub fn unique_index_name(field: &str) -> String {

@@ -3,11 +3,12 @@
 //! The partition count is part of every key name (`P:{n}:…`), so a new count needs the
 //! keys of finished actions moved to where the new count looks for them: each action's
 //! events and meta, its entry in its partition's `actions` set, and each account's limit
-//! overrides and idempotency reservations. Keys move with `DUMP` + `RESTORE` + `DEL`, which works across Redis Cluster
-//! slots, one key at a time; an action is added to its new `actions` set before it leaves
+//! overrides, idempotency reservations, field definitions and external id slots. Keys
+//! move with `DUMP` + `RESTORE` + `DEL`, which works across Redis Cluster slots, one key
+//! at a time; an action is added to its new `actions` set before it leaves
 //! the old one, so an interrupted run can simply be run again.
 
-use domain::{AccountId, ActionId};
+use domain::{AccountId, ActionId, EntityType};
 use infra::redis_conn::Shared;
 use infra::Keys;
 use redis::AsyncCommands;
@@ -90,6 +91,30 @@ pub async fn repartition(
         let new = to.limits(to.account_partition(&account), &account);
         if move_key(conn, &old, &new).await? {
             report.keys_moved += 1;
+        }
+    }
+    // An account's field definitions and external id slots, by account and entity type.
+    for (kind, new_key) in [
+        (
+            "fields",
+            Keys::field_definitions as fn(&Keys, &AccountId, EntityType) -> String,
+        ),
+        ("slots", Keys::external_id_slots),
+    ] {
+        let marker = format!(":{kind}:");
+        for old in scan(conn, &format!("{}:{{*}}{marker}*", from.prefix())).await? {
+            let Some((account, entity)) = old
+                .rsplit_once(&marker)
+                .and_then(|(_, rest)| rest.rsplit_once(':'))
+                .and_then(|(account, entity)| {
+                    Some((AccountId::parse(account).ok()?, EntityType::parse(entity)?))
+                })
+            else {
+                continue;
+            };
+            if move_key(conn, &old, &new_key(to, &account, entity)).await? {
+                report.keys_moved += 1;
+            }
         }
     }
     // An idempotency reservation follows its account, known from the action it holds.

@@ -185,7 +185,6 @@ impl TestApp {
             block_ms: 200,
             claim_idle_ms: self.options.claim_idle_ms,
             statements_per_command: 32,
-            max_indexes_per_collection: 48,
             scheduler_tick_ms: 50,
             max_batch_attempts: self.options.max_batch_attempts,
             retry_first_delay_ms: 50,

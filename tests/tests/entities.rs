@@ -397,14 +397,90 @@ async fn matching_by_id_and_by_an_external_id() -> Result<()> {
     assert_eq!(view["matchBy"], "externalId:sfId", "{view}");
     let n1 = subject.document("n1@x.io").await?.context("n1")?;
     assert_eq!(n1.get_str("sfId")?, "001");
+    assert_eq!(
+        n1.get_str("_externalId1")?,
+        "001",
+        "kept in the field's slot"
+    );
     let taken = subject.document("taken@x.io").await?.context("taken")?;
     assert_eq!(taken.get_str("name")?, "T");
     assert!(!taken.contains_key("sfId"));
     let indexes = subject.collection().list_index_names().await?;
+    for slot in 1..=3 {
+        let name = format!("accountId__externalId{slot}_unique");
+        assert!(indexes.contains(&name), "{indexes:?}");
+    }
     assert!(
-        indexes.contains(&"accountId_sfId_unique".to_owned()),
-        "{indexes:?}"
+        !indexes.iter().any(|name| name.contains("sfId")),
+        "an account's own field name is never indexed: {indexes:?}"
     );
+
+    // Another account's field of the same name is its own business: not unique there.
+    let other = Subject {
+        app: &app,
+        entity: EntityType::Contact,
+        auth: format!("Bearer {}", app.key_for("plain").await?),
+        account: "plain".into(),
+    };
+    other
+        .define(&json!({ "fields": [{ "name": "sfId", "type": "string" }] }))
+        .await?;
+    let (_, plain) = other
+        .run(json!({ "actionType": "create", "data": [
+            { "email": "p1@x.io", "sfId": "001" }, { "email": "p2@x.io", "sfId": "001" },
+        ]}))
+        .await?;
+    assert_eq!(plain, expected(&["created", "created"]));
+
+    // Slots are for good: a fourth unique name is refused, a former one keeps its slot.
+    for (fields, status) in [
+        (
+            json!([{ "name": "a1", "type": "string", "unique": true },
+                { "name": "a2", "type": "string", "unique": true }]),
+            200,
+        ),
+        (
+            json!([{ "name": "a3", "type": "string", "unique": true }]),
+            400,
+        ),
+        (
+            json!([{ "name": "sfId", "type": "string", "unique": true },
+                { "name": "a2", "type": "string", "unique": true }]),
+            200,
+        ),
+    ] {
+        let put = app
+            .send(
+                reqwest::Method::PUT,
+                "/fields/contact",
+                Some(&json!({ "fields": fields })),
+                &[("authorization", subject.auth.as_str())],
+            )
+            .await?;
+        assert_eq!(put.status, status, "{}", put.body);
+        if status == 200 {
+            let slots: Vec<(String, u64)> = put.body["fields"]
+                .as_array()
+                .context("fields")?
+                .iter()
+                .map(|f| {
+                    (
+                        f["name"].as_str().unwrap_or("").to_owned(),
+                        f["slot"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect();
+            for (name, slot) in slots {
+                let expected_slot = match name.as_str() {
+                    "sfId" => 1,
+                    "a1" => 2,
+                    _ => 3,
+                };
+                assert_eq!(slot, expected_slot, "{name}: {}", put.body);
+            }
+        }
+    }
+    subject.define(&definition()).await?;
 
     // Again by the same id: an update, and the natural key is not changed by it.
     let (_, again) = subject

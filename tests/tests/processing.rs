@@ -789,6 +789,16 @@ async fn a_drained_deployment_moves_to_another_partition_count() -> Result<()> {
         .await
         .map(|reply| (reply.status, reply.body))?;
     assert_eq!(status, 200);
+    let north_key = format!("Bearer {}", app.key_for("north").await?);
+    let put = app
+        .send(
+            reqwest::Method::PUT,
+            "/fields/company",
+            Some(&json!({ "fields": [{ "name": "crmId", "type": "string", "unique": true }] })),
+            &[("authorization", north_key.as_str())],
+        )
+        .await?;
+    assert_eq!(put.status, 200, "{}", put.body);
     let before = (
         app.all_docs(infra::mongo::ACTION_VIEWS).await?,
         app.all_docs(infra::mongo::LOG_VIEWS).await?,
@@ -832,6 +842,18 @@ async fn a_drained_deployment_moves_to_another_partition_count() -> Result<()> {
     )
     .await?;
     assert_eq!(limit.as_deref(), Some("777"));
+    // The account's fields and its external id slots followed it.
+    let fields = store
+        .field_definitions(&north, domain::EntityType::Company)
+        .await?;
+    assert_eq!(fields.fields.len(), 1, "{fields:?}");
+    assert_eq!(fields.fields[0].slot, Some(1));
+    assert_eq!(
+        store
+            .external_id_slots(&north, domain::EntityType::Company)
+            .await?,
+        vec![(1, "crmId".to_owned())]
+    );
     // Running it again moves nothing more.
     assert_eq!(projector::repartition(&config, 7).await?.keys_moved, 0);
 

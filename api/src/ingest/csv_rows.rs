@@ -74,7 +74,7 @@ pub fn open<R: Read>(
 /// named in any case, once. The key the action matches by is required.
 fn header_fields(header: &ByteRecord, rules: &RecordRules) -> Result<Vec<String>, UploadError> {
     let columns = rules.columns();
-    let key = rules.match_by.record_field(rules.spec());
+    let required = rules.required_columns();
     let refuse =
         |message: String, details: serde_json::Value| UploadError::CsvHeader { message, details };
     let mut fields: Vec<String> = Vec::with_capacity(header.len());
@@ -108,10 +108,10 @@ fn header_fields(header: &ByteRecord, rules: &RecordRules) -> Result<Vec<String>
         }
         fields.push(name);
     }
-    if !fields.iter().any(|field| field == key) {
+    if let Some(missing) = required.iter().find(|column| !fields.contains(column)) {
         return Err(refuse(
-            format!("the CSV header row must name a {key} column"),
-            json!({ "columns": fields, "required": [key] }),
+            format!("the CSV header row must name a {missing} column"),
+            json!({ "columns": fields, "required": required }),
         ));
     }
     Ok(fields)

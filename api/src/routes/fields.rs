@@ -52,10 +52,12 @@ pub async fn get_fields(
 
 /// Define the account's custom fields of an entity type, replacing the earlier definition.
 ///
-/// `{"fields": [{"name", "type", "maxLength"?, "min"?, "max"?, "enum"?}]}`; `type` is one of
-/// `string`, `number`, `integer`, `boolean`, `date`, `string[]`. At most 100 fields; the
-/// whole definition is refused for one mistake. Actions already submitted keep the
-/// definition they were checked against.
+/// `{"fields": [{"name", "type", "maxLength"?, "min"?, "max"?, "enum"?, "unique"?}]}`; `type`
+/// is one of `string`, `number`, `integer`, `boolean`, `date`, `string[]`. At most 100
+/// fields; the whole definition is refused for one mistake. Actions already submitted keep
+/// the definition they were checked against. A `unique` string field is an external id
+/// (`matchBy: externalId:<name>`): it is bound for good to one of the entity's 3 slots
+/// (shown as `slot`), so an account has at most 3 such names per entity type, ever.
 #[utoipa::path(put, path = "/fields/{entityType}", tag = "fields",
     params(("entityType" = String, Path, description = "e.g. `contact`")),
     request_body = FieldDefinitions,
@@ -70,13 +72,38 @@ pub async fn put_fields(
     JsonObject(body): JsonObject<Value>,
 ) -> Result<Json<FieldsView>, ApiError> {
     let entity = submission::entity_type(&entity)?;
-    let definitions = FieldDefinitions::parse(&body, entity).map_err(|error| {
+    let mut definitions = FieldDefinitions::parse(&body, entity).map_err(|error| {
         ApiError::bad_request(
             ErrorCode::InvalidFieldDefinition,
             format!("field {}: {}", error.field, error.message),
         )
         .with_details(json!({ "field": error.field }))
     })?;
+    for field in definitions.fields.iter_mut().filter(|field| field.unique) {
+        let slot = state
+            .store
+            .external_id_slot(&caller.account, entity, &field.name)
+            .await?;
+        let Some(slot) = slot else {
+            let held = state
+                .store
+                .external_id_slots(&caller.account, entity)
+                .await?;
+            let names: Vec<&str> = held.iter().map(|(_, name)| name.as_str()).collect();
+            return Err(ApiError::bad_request(
+                ErrorCode::InvalidFieldDefinition,
+                format!(
+                    "field {}: a {} has {} unique fields at most, for good, and they are {}",
+                    field.name,
+                    entity.as_str(),
+                    domain::fields::MAX_UNIQUE_FIELDS,
+                    names.join(", ")
+                ),
+            )
+            .with_details(json!({ "field": field.name, "uniqueFields": names })));
+        };
+        field.slot = Some(slot);
+    }
     state
         .store
         .put_field_definitions(&caller.account, entity, &definitions)

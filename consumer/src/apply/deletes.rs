@@ -100,9 +100,9 @@ fn marked<'k>(scope: &Scope<'_>, keys: impl IntoIterator<Item = &'k str>, mark: 
 }
 
 fn projection(scope: &Scope<'_>) -> Document {
-    if scope.key.field == "_id" {
+    if scope.key.field() == "_id" {
         doc! { "_id": 1 }
     } else {
-        doc! { "_id": 0, scope.key.field: 1 }
+        doc! { "_id": 0, scope.key.field(): 1 }
     }
 }

@@ -44,8 +44,9 @@ impl DocumentWriter {
                 record.change.fields.iter().find_map(|(name, change)| {
                     let edits = matches!(change, FieldChange::Edit { .. });
                     let stored = document.get(name);
-                    (edits && !matches!(stored, None | Some(Bson::Array(_)) | Some(Bson::Null)))
-                        .then_some(name)
+                    // MongoDB refuses `$addToSet` and `$pullAll` on a `null` as on any
+                    // other non-list; only an absent field or a list can be edited.
+                    (edits && !matches!(stored, None | Some(Bson::Array(_)))).then_some(name)
                 })
             });
             match not_a_list {

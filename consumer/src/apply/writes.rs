@@ -30,7 +30,7 @@ impl DocumentWriter {
             .find_by_key(
                 scope,
                 filter,
-                doc! { "_id": 0, scope.key.field: 1 },
+                doc! { "_id": 0, scope.key.field(): 1 },
                 records.len(),
             )
             .await?;
@@ -96,8 +96,11 @@ impl DocumentWriter {
             .map(|r| {
                 let mut document = doc! {
                     "accountId": scope.account.as_str(),
-                    scope.key.field: scope.key.bson(r.key()),
+                    scope.key.field(): scope.key.bson(r.key()),
                 };
+                if let Some(visible) = scope.key.visible_field() {
+                    document.insert(visible, r.key());
+                }
                 document.extend(new_document_fields(&r.change, natural_key, now));
                 document.insert("createdAt", now);
                 document.insert(CREATED_BY, created_by.as_str());

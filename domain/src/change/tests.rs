@@ -243,7 +243,10 @@ fn matching_by_id_or_an_external_id() {
     let delete = account_rules(EntityType::Contact, Delete, MatchBy::Id);
     assert!(RecordChange::parse(&json!({"id": "x1", "email": "a@b.co"}), &delete).is_ok());
     // An upsert by an external id needs the natural key to create, and writes it only then.
-    let sf = MatchBy::ExternalId("sfId".into());
+    let sf = MatchBy::ExternalId {
+        field: "sfId".into(),
+        slot: 1,
+    };
     let upsert = account_rules(EntityType::Contact, Upsert, sf.clone());
     let change = RecordChange::parse(
         &json!({"sfId": "001A", "email": "A@b.co", "tier": "gold"}),

@@ -272,6 +272,7 @@ pub(crate) fn a_field() -> impl Strategy<Value = FieldDefinition> {
             max: max.map(|m: i64| m as f64),
             allowed,
             unique: false,
+            slot: None,
         },
     )
 }
