@@ -267,6 +267,43 @@ async fn every_entity_type_takes_every_action_by_its_natural_key() -> Result<()>
             0,
             "{entity:?}: a delete's marks go with what it deletes"
         );
+
+        // By document id: the seeded document, in place.
+        let (_, by_id) = subject
+            .run(json!({ "actionType": "update", "matchBy": "id", "data": [
+                { "id": seed_id.to_hex(), text: "By id", "seats": 9 },
+                { "id": ObjectId::new().to_hex(), text: "nobody" },
+            ]}))
+            .await?;
+        assert_eq!(by_id, expected(&["updated", "not_found"]), "{entity:?}");
+        let seeded = subject.document(&k(0)).await?.context("seeded")?;
+        assert_eq!(seeded.get_str(text)?, "By id");
+        assert_eq!(seeded.get_document("crm")?, &doc! { "owner": "kim" });
+
+        // By an external id: created with the natural key, then updated by it, then deleted.
+        let (_, by_sf) = subject
+            .run(json!({ "actionType": "upsert", "matchBy": "externalId:sfId", "data": [
+                { "sfId": "S-1", natural: k(10), text: "Ten" },
+                { "sfId": "S-1", natural: k(11) },
+            ]}))
+            .await?;
+        assert_eq!(by_sf, expected(&["created", "duplicate_external_id"]), "{entity:?}");
+        let (_, again) = subject
+            .run(json!({ "actionType": "upsert", "matchBy": "externalId:sfId", "data": [
+                { "sfId": "S-1", natural: k(10), text: "Ten again" },
+            ]}))
+            .await?;
+        assert_eq!(again, expected(&["updated"]), "{entity:?}");
+        let ten = subject.document(&k(10)).await?.context("ten")?;
+        assert_eq!(ten.get_str(text)?, "Ten again");
+        assert_eq!(ten.get_str("sfId")?, "S-1");
+        let (_, gone) = subject
+            .run(json!({ "actionType": "delete", "matchBy": "externalId:sfId", "data": [
+                { "sfId": "S-1" }, { "sfId": "S-404" },
+            ]}))
+            .await?;
+        assert_eq!(gone, expected(&["deleted", "not_found"]), "{entity:?}");
+        assert!(subject.document(&k(10)).await?.is_none());
     }
     // Each entity kept to its own collection.
     let contacts = app.database.collection::<Document>("contacts");

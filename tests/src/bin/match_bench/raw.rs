@@ -46,6 +46,9 @@ impl Seeded {
         doc! {
             "_id": self.id(i), "accountId": account, "email": self.email(i),
             "name": format!("Seeded {i}"), "sfId": self.sf_id(i), "status": "seeded",
+            // As the platform keeps an external id it wrote: in the field's slot too (the
+            // bench's one unique field takes the first).
+            "_externalId1": self.sf_id(i),
             "createdAt": now, "updatedAt": now,
         }
     }
