@@ -22,6 +22,7 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use domain::{
     AccountId, ActionId, ActionType, Batch, EntityType, MatchBy, OutcomeCode, PlannedRecord,
@@ -113,6 +114,9 @@ pub struct DocumentWriter {
     /// Statements per `update` command. FerretDB 1.24 holds a backend connection per
     /// statement until the command ends and hangs past its pool size (about 50).
     pub statements_per_command: usize,
+    /// The external id slot indexes this process has made sure of, by collection: asked
+    /// for once each, whichever worker meets the slot first.
+    pub slot_indexes: Arc<Mutex<HashSet<(&'static str, u8)>>>,
 }
 
 /// One batch's documents: its account, its collection, the key its records find them by.
@@ -157,6 +161,7 @@ impl DocumentWriter {
         Self {
             database,
             statements_per_command: 32,
+            slot_indexes: Arc::default(),
         }
     }
 
@@ -171,6 +176,9 @@ impl DocumentWriter {
         }
         let now = DateTime::now();
         let scope = Scope::of(&target, &batch.match_by);
+        if let MatchBy::ExternalId { slot, .. } = batch.match_by {
+            self.ensure_slot_index(scope.collection, slot).await?;
+        }
         let (batch, mut refused) = match target.action_type {
             ActionType::Update | ActionType::Upsert => {
                 self.without_list_conflicts(&scope, batch).await?
@@ -378,6 +386,28 @@ impl DocumentWriter {
             .into_iter()
             .filter_map(|document| Some((scope.key.text_of(&document)?, document)))
             .collect())
+    }
+}
+
+impl DocumentWriter {
+    async fn ensure_slot_index(
+        &self,
+        collection: &'static str,
+        slot: u8,
+    ) -> Result<(), ApplyError> {
+        let known = |indexes: &Mutex<HashSet<(&'static str, u8)>>| {
+            indexes
+                .lock()
+                .is_ok_and(|made| made.contains(&(collection, slot)))
+        };
+        if known(&self.slot_indexes) {
+            return Ok(());
+        }
+        infra::mongo::ensure_slot_index(&self.database, collection, slot).await?;
+        if let Ok(mut made) = self.slot_indexes.lock() {
+            made.insert((collection, slot));
+        }
+        Ok(())
     }
 }
 

@@ -199,6 +199,7 @@ fn spawn_workers(
         max_delay: Duration::from_millis(config.retry_max_delay_ms),
     };
     let mut in_flight = Vec::new();
+    let slot_indexes = Arc::default();
     for number in 0..config.concurrency.max(1) {
         let name = format!("{}-{number}", config.consumer_name());
         let slot = worker::InFlight::default();
@@ -209,6 +210,7 @@ fn spawn_workers(
             writer: DocumentWriter {
                 database: database.clone(),
                 statements_per_command: config.statements_per_command,
+                slot_indexes: Arc::clone(&slot_indexes),
             },
             streams: streams.clone(),
             redis_url: config.store.redis_url.clone(),

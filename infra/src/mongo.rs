@@ -77,32 +77,36 @@ pub async fn ping(database: &Database) -> mongodb::error::Result<()> {
     database.run_command(doc! { "ping": 1 }).await.map(|_| ())
 }
 
-/// The unique indexes of every entity collection: the natural key (a contact's email, a
-/// company's domain, ...) and each external id slot (`domain::fields::slot_field`), one
-/// document per value and account. Made by the consumer, the only writer of entity
-/// documents, at start: a fixed set, whatever accounts define.
+/// The unique index that makes each entity's natural key (a contact's email, a company's
+/// domain, ...) one document per account. Made by the consumer, the only writer of entity
+/// documents, at start.
 pub async fn ensure_entity_indexes(database: &Database) -> mongodb::error::Result<()> {
     for entity in domain::EntityType::ALL {
         let spec = entity.spec();
-        if entity == domain::EntityType::Contact {
+        let partial = if entity == domain::EntityType::Contact {
             // As the first build made it, whole (no partial filter): an index of the same
             // name with other options would be refused.
-            ensure_unique(database, spec.collection, spec.natural_key, Partial::No).await?;
+            Partial::No
         } else {
-            ensure_unique(
-                database,
-                spec.collection,
-                spec.natural_key,
-                Partial::WhereText,
-            )
-            .await?;
-        }
-        for slot in 1..=domain::fields::MAX_UNIQUE_FIELDS as u8 {
-            let field = domain::fields::slot_field(slot);
-            ensure_unique(database, spec.collection, &field, Partial::WhereText).await?;
-        }
+            Partial::WhereText
+        };
+        ensure_unique(database, spec.collection, spec.natural_key, partial).await?;
     }
     Ok(())
+}
+
+/// The unique index of an external id slot (`domain::fields::slot_field`) of an entity
+/// collection, made by the consumer before the first batch that writes or matches it: at
+/// most `MAX_UNIQUE_FIELDS` per collection, over fields only the platform writes. Not made
+/// up front: on FerretDB every index is rewritten by every update of a document, so an
+/// index nobody uses slows every write (measured, docs/benchmarks.md).
+pub async fn ensure_slot_index(
+    database: &Database,
+    collection: &str,
+    slot: u8,
+) -> mongodb::error::Result<()> {
+    let field = domain::fields::slot_field(slot);
+    ensure_unique(database, collection, &field, Partial::WhereText).await
 }
 
 pub fn unique_index_name(field: &str) -> String {

@@ -282,25 +282,35 @@ async fn every_entity_type_takes_every_action_by_its_natural_key() -> Result<()>
 
         // By an external id: created with the natural key, then updated by it, then deleted.
         let (_, by_sf) = subject
-            .run(json!({ "actionType": "upsert", "matchBy": "externalId:sfId", "data": [
-                { "sfId": "S-1", natural: k(10), text: "Ten" },
-                { "sfId": "S-1", natural: k(11) },
-            ]}))
+            .run(
+                json!({ "actionType": "upsert", "matchBy": "externalId:sfId", "data": [
+                    { "sfId": "S-1", natural: k(10), text: "Ten" },
+                    { "sfId": "S-1", natural: k(11) },
+                ]}),
+            )
             .await?;
-        assert_eq!(by_sf, expected(&["created", "duplicate_external_id"]), "{entity:?}");
+        assert_eq!(
+            by_sf,
+            expected(&["created", "duplicate_external_id"]),
+            "{entity:?}"
+        );
         let (_, again) = subject
-            .run(json!({ "actionType": "upsert", "matchBy": "externalId:sfId", "data": [
-                { "sfId": "S-1", natural: k(10), text: "Ten again" },
-            ]}))
+            .run(
+                json!({ "actionType": "upsert", "matchBy": "externalId:sfId", "data": [
+                    { "sfId": "S-1", natural: k(10), text: "Ten again" },
+                ]}),
+            )
             .await?;
         assert_eq!(again, expected(&["updated"]), "{entity:?}");
         let ten = subject.document(&k(10)).await?.context("ten")?;
         assert_eq!(ten.get_str(text)?, "Ten again");
         assert_eq!(ten.get_str("sfId")?, "S-1");
         let (_, gone) = subject
-            .run(json!({ "actionType": "delete", "matchBy": "externalId:sfId", "data": [
-                { "sfId": "S-1" }, { "sfId": "S-404" },
-            ]}))
+            .run(
+                json!({ "actionType": "delete", "matchBy": "externalId:sfId", "data": [
+                    { "sfId": "S-1" }, { "sfId": "S-404" },
+                ]}),
+            )
             .await?;
         assert_eq!(gone, expected(&["deleted", "not_found"]), "{entity:?}");
         assert!(subject.document(&k(10)).await?.is_none());
@@ -443,10 +453,10 @@ async fn matching_by_id_and_by_an_external_id() -> Result<()> {
     assert_eq!(taken.get_str("name")?, "T");
     assert!(!taken.contains_key("sfId"));
     let indexes = subject.collection().list_index_names().await?;
-    for slot in 1..=3 {
-        let name = format!("accountId__externalId{slot}_unique");
-        assert!(indexes.contains(&name), "{indexes:?}");
-    }
+    assert!(
+        indexes.contains(&"accountId__externalId1_unique".to_owned()),
+        "the slot's index, made before its first write: {indexes:?}"
+    );
     assert!(
         !indexes.iter().any(|name| name.contains("sfId")),
         "an account's own field name is never indexed: {indexes:?}"

@@ -175,6 +175,7 @@ async fn run_size(args: &Args, documents: u64, changes: u64) -> Result<Vec<Value
             ),
             other => bail!("unknown workload {other}"),
         };
+        settle(&deployment)?;
         let (took, view) = end_to_end(&deployment, action, match_by, &records).await?;
         ensure!(
             view["succeeded"].as_u64() == Some(changes),
@@ -191,6 +192,7 @@ async fn run_size(args: &Args, documents: u64, changes: u64) -> Result<Vec<Value
         let mut raw_runs = Vec::new();
         for shape in raw::Shape::ALL {
             for &in_flight in &args.in_flight {
+                settle(&deployment)?;
                 let job = raw::Job {
                     database: &database,
                     collection: RAW,
@@ -244,6 +246,14 @@ async fn run_size(args: &Args, documents: u64, changes: u64) -> Result<Vec<Value
     }
     check_untouched(&database, &seeded).await?;
     Ok(rows)
+}
+
+/// Every timed run meets the store alike: an update leaves a dead row version behind in
+/// PostgreSQL that every later scan reads until a vacuum, so runs would otherwise get slower
+/// in the order they run.
+fn settle(deployment: &Deployment) -> Result<()> {
+    deployment.services.psql("VACUUM ANALYZE")?;
+    Ok(())
 }
 
 /// Submits `records` as one NDJSON upload; returns the time from the first byte to the
