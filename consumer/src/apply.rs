@@ -40,6 +40,7 @@ mod deletes;
 mod documents;
 mod key;
 mod lists;
+mod sync;
 mod writes;
 
 pub(crate) use documents::{bson, new_document_fields, record_update};
@@ -191,6 +192,9 @@ impl DocumentWriter {
         } else {
             match target.action_type {
                 ActionType::Update => self.update(&scope, batch, now).await?,
+                ActionType::Upsert if matches!(batch.match_by, MatchBy::ExternalId { .. }) => {
+                    self.sync(target, &scope, batch, now).await?
+                }
                 ActionType::Upsert => self.upsert(target, &scope, batch, now).await?,
                 ActionType::Create => self.create(target, &scope, batch, now).await?,
                 ActionType::Delete => self.delete(target, &scope, batch, memory).await?,
@@ -235,10 +239,7 @@ impl DocumentWriter {
 
     /// Inserts every record; the ones that collide with an existing document (code 11000)
     /// are updated instead. New documents thus cost one unordered insert and no lookup.
-    ///
-    /// Matched by an external id, a collision may also be on the natural key (another
-    /// document has the record's email, under another external id or none): such a record
-    /// is `already_exists`, its document left alone.
+    /// (An upsert by an external id updates first: `sync`.)
     async fn upsert(
         &self,
         target: Target<'_>,
@@ -254,40 +255,16 @@ impl DocumentWriter {
             }
             collided.push(record);
         }
-        let matched = self.set_fields(scope, &collided, now).await?;
-        let mut taken: HashSet<&str> = HashSet::new();
-        if matched < collided.len() as i64 {
-            let existing = self.existing_keys(scope, &collided).await?;
-            let (present, absent): (Vec<&PlannedRecord>, Vec<&PlannedRecord>) = collided
-                .iter()
-                .partition(|record| existing.contains(record.key()));
-            if !absent.is_empty() && matches!(batch.match_by, MatchBy::Natural) {
-                // Deleted between the insert and the update: the retry inserts it.
-                return Err(ApplyError::Refused(format!(
-                    "{} of {} collided {}s are gone",
-                    absent.len(),
-                    collided.len(),
-                    scope.noun
-                )));
-            }
-            self.set_all_fields(scope, &present, now).await?;
-            taken = absent.iter().map(|record| record.key()).collect();
-            collided = present;
-        }
+        // One deleted between the insert and the update fails the attempt: the retry
+        // inserts it.
+        self.set_all_fields(scope, &collided, now).await?;
         let updated: HashSet<&str> = collided.iter().map(|r| r.key()).collect();
-        let natural_key = target.entity.spec().natural_key;
-        let conflict = format!(
-            "another {} has this record's {natural_key} under another {}",
-            scope.noun, scope.key.name
-        );
         Ok(batch
             .records
             .iter()
             .map(|r| {
                 if updated.contains(r.key()) {
                     outcome(r, OutcomeCode::Updated, None)
-                } else if taken.contains(r.key()) {
-                    outcome(r, OutcomeCode::AlreadyExists, Some(&conflict))
                 } else {
                     outcome(r, OutcomeCode::Created, None)
                 }
@@ -327,7 +304,7 @@ impl DocumentWriter {
         self.database.collection(scope.collection)
     }
 
-    async fn existing_keys(
+    pub(crate) async fn existing_keys(
         &self,
         scope: &Scope<'_>,
         records: &[&PlannedRecord],
@@ -435,6 +412,10 @@ fn found_or_not(
         .collect()
 }
 
-fn outcome(record: &PlannedRecord, code: OutcomeCode, message: Option<&str>) -> RecordOutcome {
+pub(crate) fn outcome(
+    record: &PlannedRecord,
+    code: OutcomeCode,
+    message: Option<&str>,
+) -> RecordOutcome {
     RecordOutcome::new(record.index, Some(record.key().to_owned()), code, message)
 }

@@ -610,6 +610,66 @@ async fn a_second_attempt_reports_what_the_first_one_did() -> Result<()> {
             .await?,
         0
     );
+
+    // An upsert by an external id (updates first, then inserts what it did not find).
+    let mut definitions = domain::fields::FieldDefinitions::parse(
+        &json!({ "fields": [{ "name": "sfId", "type": "string", "unique": true }] }),
+        EntityType::Contact,
+    )?;
+    definitions.fields[0].slot = Some(1);
+    let sf = domain::MatchBy::ExternalId {
+        field: "sfId".into(),
+        slot: 1,
+    };
+    app.contacts()
+        .insert_many([
+            doc! { "accountId": "retry", "email": "s-old@retry.io", "_externalId1": "S-OLD" },
+            doc! { "accountId": "retry", "email": "s-taken@retry.io" },
+        ])
+        .await?;
+    let records = vec![
+        json!({ "sfId": "S-OLD", "email": "s-old@retry.io", "name": "Old" }),
+        json!({ "sfId": "S-NEW", "email": "s-new@retry.io", "name": "New" }),
+        json!({ "sfId": "S-TAKEN", "email": "s-taken@retry.io", "name": "Taken" }),
+    ];
+    let rules = domain::RecordRules::new(EntityType::Contact, ActionType::Upsert, sf, &definitions);
+    let plan = domain::plan_with(&records, rules, 100);
+    let action = domain::ActionId::from_ulid(ulid::Ulid::new());
+    let item = infra::work::WorkItem {
+        stream: "unused".into(),
+        entry_id: "0-1".into(),
+        action_id: action,
+        batch: 0,
+    };
+    let settlement = infra::Settlement::new(store.clone());
+    let memory = consumer::BatchInRedis {
+        store: &settlement,
+        item: &item,
+    };
+    for attempt in [1, 2] {
+        let target = Target {
+            account: &account,
+            action,
+            action_type: ActionType::Upsert,
+            entity: EntityType::Contact,
+            attempt,
+        };
+        let codes: Vec<&str> = writer
+            .apply(target, &plan.batches[0], &memory)
+            .await?
+            .iter()
+            .map(|o| o.code.as_str())
+            .collect();
+        assert_eq!(
+            codes,
+            ["updated", "created", "already_exists"],
+            "upsert by sfId, attempt {attempt}"
+        );
+    }
+    let taken = contact(&app, "retry", "s-taken@retry.io")
+        .await?
+        .context("taken")?;
+    assert!(!taken.contains_key("name"), "left alone: {taken}");
     Ok(())
 }
 
