@@ -52,6 +52,7 @@ mod source;
         ("pacingBatchSize" = Option<u32>, Query, description = "NDJSON and CSV only: `pacing.batchSize`"),
         ("pacingIntervalSeconds" = Option<u32>, Query, description = "NDJSON and CSV only: `pacing.intervalSeconds`"),
         ("maxRecordsPerMinute" = Option<u32>, Query, description = "NDJSON and CSV only"),
+        ("matchBy" = Option<String>, Query, description = "NDJSON and CSV only: as `matchBy` in a JSON body (`natural`, `id`, `externalId:<field>`)"),
     ),
     responses(
         (status = 202, description = "Accepted; `Location` names the action. A resubmission with a known `Idempotency-Key` gets the original action and `Idempotent-Replayed: true`", body = ActionView,
