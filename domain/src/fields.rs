@@ -164,32 +164,43 @@ pub enum FieldValue {
 /// the account's own. Built once per submission.
 #[derive(Debug, Clone)]
 pub struct FieldIndex {
-    by_name: HashMap<String, FieldDefinition>,
-    /// The names: built-in ones in their declared order, then the account's.
-    names: Vec<String>,
+    /// The entity's built-in fields in their declared order, then the account's.
+    fields: Vec<FieldDefinition>,
+    /// How many of `fields` are built in: found by comparing names, which for a handful
+    /// is quicker than hashing one (every field of every record is looked up).
+    built_in: usize,
+    /// The account's fields, by name, to their place in `fields`.
+    custom: HashMap<String, usize>,
 }
 
 impl FieldIndex {
     /// The entity's built-in fields and `custom`, the account's definition in force.
     pub fn new(entity: EntityType, custom: &FieldDefinitions) -> Self {
-        let fields: Vec<FieldDefinition> = entity
+        let built_in: Vec<FieldDefinition> = entity
             .spec()
             .fields
             .iter()
             .map(FieldDefinition::from)
+            .collect();
+        let count = built_in.len();
+        let fields: Vec<FieldDefinition> = built_in
+            .into_iter()
             .chain(custom.fields.iter().cloned())
             .collect();
         Self {
-            names: fields.iter().map(|field| field.name.clone()).collect(),
-            by_name: fields
-                .into_iter()
-                .map(|field| (field.name.clone(), field))
+            custom: fields
+                .iter()
+                .enumerate()
+                .skip(count)
+                .map(|(place, field)| (field.name.clone(), place))
                 .collect(),
+            built_in: count,
+            fields,
         }
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.names.iter().map(String::as_str)
+        self.fields.iter().map(|field| field.name.as_str())
     }
 
     /// The entity's built-in fields alone.
@@ -198,7 +209,16 @@ impl FieldIndex {
     }
 
     pub fn get(&self, name: &str) -> Option<&FieldDefinition> {
-        self.by_name.get(name)
+        if let Some(field) = self.fields[..self.built_in]
+            .iter()
+            .find(|field| field.name == name)
+        {
+            return Some(field);
+        }
+        if self.custom.is_empty() {
+            return None;
+        }
+        self.custom.get(name).map(|&place| &self.fields[place])
     }
 }
 
