@@ -3,19 +3,20 @@
 //! Anything that is not a known field with a value of the right type is refused here, so
 //! nothing a client sends reaches a query or an update document unchecked.
 
-use std::collections::BTreeMap;
-
 use serde_json::{Map, Value};
 
 use crate::action::ActionType;
 use crate::entity::{EntitySpec, EntityType};
-use crate::fields::{FieldChange, FieldDefinitions, FieldIndex};
+use crate::fields::{FieldDefinitions, FieldIndex};
 use crate::key::MatchBy;
 use crate::outcome::OutcomeCode;
 use crate::record::{has_forbidden_control, RecordError};
 use crate::text::{bounded, quoted, RAW_EMAIL_MAX_BYTES};
 
+mod changes;
 mod stored;
+
+pub use changes::FieldChanges;
 
 /// What every record of an action is checked against, fixed when it is submitted.
 #[derive(Debug, Clone)]
@@ -36,7 +37,7 @@ pub struct RecordChange {
     /// document (`upsert`): written only on insert, never changed on an existing document.
     pub natural_key: Option<String>,
     /// What the record does to each field it names besides the key, by name.
-    pub fields: BTreeMap<String, FieldChange>,
+    pub fields: FieldChanges,
 }
 
 impl RecordRules {
@@ -135,7 +136,7 @@ impl RecordChange {
             }
         }
         let natural_key = natural_key(object, rules)?;
-        let mut fields = BTreeMap::new();
+        let mut fields = FieldChanges::default();
         for (name, value) in object {
             if name == key_field || name == spec.natural_key {
                 continue;
@@ -159,7 +160,7 @@ impl RecordChange {
             ActionType::Delete => Ok(Self {
                 key,
                 natural_key: None,
-                fields: BTreeMap::new(),
+                fields: FieldChanges::default(),
             }),
             // A new document has nothing to clear, and a list it edits starts with the adds.
             ActionType::Create => Ok(Self {

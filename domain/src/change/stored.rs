@@ -13,7 +13,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
-use super::RecordChange;
+use super::{FieldChanges, RecordChange};
 use crate::fields::{FieldChange, FieldValue};
 
 const DATE_TAG: &str = "$date";
@@ -108,8 +108,8 @@ impl Serialize for RecordChange {
             key: &'a str,
             #[serde(skip_serializing_if = "Option::is_none")]
             natural_key: Option<&'a str>,
-            #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-            fields: &'a BTreeMap<String, FieldChange>,
+            #[serde(skip_serializing_if = "FieldChanges::is_empty")]
+            fields: &'a FieldChanges,
         }
         Stored {
             key: &self.key,
@@ -130,9 +130,8 @@ impl<'de> Deserialize<'de> for RecordChange {
         };
         if let Some(key) = text(object.remove("key"))? {
             let fields = match object.remove("fields") {
-                Some(fields) => BTreeMap::<String, FieldChange>::deserialize(fields)
-                    .map_err(D::Error::custom)?,
-                None => BTreeMap::new(),
+                Some(fields) => FieldChanges::deserialize(fields).map_err(D::Error::custom)?,
+                None => FieldChanges::default(),
             };
             return Ok(RecordChange {
                 key,
@@ -149,7 +148,7 @@ fn legacy(mut object: Map<String, Value>) -> Result<RecordChange, String> {
     let Some(Value::String(email)) = object.remove("email") else {
         return Err("a staged change has neither key nor email".into());
     };
-    let mut fields = BTreeMap::new();
+    let mut fields = FieldChanges::default();
     for name in ["name", "age", "status"] {
         if let Some(value) = object.remove(name) {
             fields.insert(name.to_owned(), change_from_json(value)?);

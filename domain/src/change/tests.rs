@@ -1,5 +1,5 @@
 use super::*;
-use crate::fields::FieldValue;
+use crate::fields::{FieldChange, FieldValue};
 use crate::text::MESSAGE_MAX_BYTES;
 use proptest::prelude::*;
 use serde_json::json;
