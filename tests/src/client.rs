@@ -31,6 +31,18 @@ impl Reply {
 /// The admin token every test deployment runs with, unless a test sets its own.
 pub const TEST_ADMIN_TOKEN: &str = "test-admin-token";
 
+/// Each log line's code by record index.
+pub fn codes(logs: &[Value]) -> std::collections::BTreeMap<u64, String> {
+    logs.iter()
+        .map(|line| {
+            (
+                line["index"].as_u64().unwrap_or(u64::MAX),
+                line["code"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
 /// The stable `code` of an error body (empty if it is not one).
 pub fn error_code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")

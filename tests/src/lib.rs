@@ -13,7 +13,7 @@ mod deployment;
 mod services;
 
 pub use app::{AppOptions, TestApp};
-pub use client::{error_code, ApiClient, Reply, ONE_REPLY, TEST_ADMIN_TOKEN};
+pub use client::{codes, error_code, ApiClient, Reply, ONE_REPLY, TEST_ADMIN_TOKEN};
 pub use cluster::RedisCluster;
 pub use deployment::{Deployment, DeploymentOptions};
 pub use services::{binary, which, Services};

@@ -8,23 +8,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use bulk_tests::{error_code, AppOptions, TestApp};
+use bulk_tests::{codes, error_code, AppOptions, TestApp};
 use domain::EntityType;
 use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn codes(logs: &[Value]) -> BTreeMap<u64, String> {
-    logs.iter()
-        .map(|line| {
-            (
-                line["index"].as_u64().unwrap_or(u64::MAX),
-                line["code"].as_str().unwrap_or("").to_owned(),
-            )
-        })
-        .collect()
-}
 
 fn expected(codes: &[&str]) -> BTreeMap<u64, String> {
     codes
@@ -32,6 +21,17 @@ fn expected(codes: &[&str]) -> BTreeMap<u64, String> {
         .enumerate()
         .map(|(index, code)| (index as u64, (*code).to_owned()))
         .collect()
+}
+
+/// Uploads `csv` as an action of the account `ids` on contacts with the settings in
+/// `query`, and returns each record's code once the views have it.
+async fn csv_codes(app: &TestApp, query: &str, csv: String) -> Result<BTreeMap<u64, String>> {
+    let path = format!("/bulk-actions?accountId=ids&entityType=contact&{query}");
+    let (status, reply) = app.post_raw(&path, "text/csv", csv.into_bytes()).await?;
+    ensure!(status == 202, "{reply}");
+    let id = reply["actionId"].as_str().context("an id")?.to_owned();
+    app.wait_projected_terminal(&id, WAIT).await?;
+    Ok(codes(&app.all_logs(&id).await?))
 }
 
 /// The `i`th key of an entity, of its natural key's kind.
@@ -548,34 +548,17 @@ async fn matching_by_id_and_by_an_external_id() -> Result<()> {
 
     // CSV: the key is a column.
     let csv = "sfId,Name\n001,From CSV\n404,Nobody\n".to_owned();
-    let (status, reply) = app
-        .post_raw(
-            "/bulk-actions?accountId=ids&entityType=contact&actionType=update&matchBy=externalId:sfId",
-            "text/csv",
-            csv.into_bytes(),
-        )
-        .await?;
-    assert_eq!(status, 202, "{reply}");
-    let id = reply["actionId"].as_str().context("an id")?.to_owned();
-    app.wait_projected_terminal(&id, WAIT).await?;
     assert_eq!(
-        codes(&app.all_logs(&id).await?),
+        csv_codes(&app, "actionType=update&matchBy=externalId:sfId", csv).await?,
         expected(&["updated", "not_found"])
     );
     let n1 = subject.document("n1@x.io").await?.context("n1 csv")?;
     assert_eq!(n1.get_str("name")?, "From CSV");
     let csv = format!("id,name\n{},By id\n", b.to_hex());
-    let (status, reply) = app
-        .post_raw(
-            "/bulk-actions?accountId=ids&entityType=contact&actionType=delete&matchBy=id",
-            "text/csv",
-            csv.into_bytes(),
-        )
-        .await?;
-    assert_eq!(status, 202, "{reply}");
-    let id = reply["actionId"].as_str().context("an id")?.to_owned();
-    app.wait_projected_terminal(&id, WAIT).await?;
-    assert_eq!(codes(&app.all_logs(&id).await?), expected(&["deleted"]));
+    assert_eq!(
+        csv_codes(&app, "actionType=delete&matchBy=id", csv).await?,
+        expected(&["deleted"])
+    );
     assert!(subject.document("b@x.io").await?.is_none());
     let (status, reply) = app
         .post_raw(

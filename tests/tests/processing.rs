@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use bulk_tests::{AppOptions, TestApp};
+use bulk_tests::{codes, AppOptions, TestApp};
 use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
 use serde_json::{json, Value};
 
@@ -21,17 +21,6 @@ async fn contact(app: &TestApp, account: &str, email: &str) -> Result<Option<Doc
         .contacts()
         .find_one(doc! { "accountId": account, "email": email })
         .await?)
-}
-
-fn codes(logs: &[Value]) -> BTreeMap<u64, String> {
-    logs.iter()
-        .map(|line| {
-            (
-                line["index"].as_u64().unwrap_or(u64::MAX),
-                line["code"].as_str().unwrap_or("").to_owned(),
-            )
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
