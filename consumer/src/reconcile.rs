@@ -84,7 +84,7 @@ impl DocumentWriter {
         let mut projection = doc! { CREATED_BY: 1 };
         for record in &batch.records {
             for name in record.change.fields.keys() {
-                projection.insert(name.as_str(), 1);
+                projection.insert(name, 1);
             }
         }
         let records: Vec<&PlannedRecord> = batch.records.iter().collect();

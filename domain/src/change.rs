@@ -16,7 +16,7 @@ use crate::text::{bounded, quoted, RAW_EMAIL_MAX_BYTES};
 mod changes;
 mod stored;
 
-pub use changes::FieldChanges;
+pub use changes::{FieldChanges, FieldName};
 
 /// What every record of an action is checked against, fixed when it is submitted.
 #[derive(Debug, Clone)]
@@ -141,11 +141,11 @@ impl RecordChange {
             if name == key_field || name == spec.natural_key {
                 continue;
             }
-            if let Some(definition) = rules.fields.get(name) {
+            if let Some((shared_name, definition)) = rules.fields.get_named(name) {
                 if definition.unique && rules.action_type != ActionType::Delete {
                     return Err(unique_elsewhere(name, rules));
                 }
-                fields.insert(name.clone(), definition.check(value)?);
+                fields.insert(shared_name.clone(), definition.check(value)?);
             }
         }
         match rules.action_type {

@@ -11,6 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::change::FieldName;
 use crate::entity::{BuiltInField, EntityType};
 use crate::outcome::OutcomeCode;
 use crate::record::RecordError;
@@ -166,6 +167,8 @@ pub enum FieldValue {
 pub struct FieldIndex {
     /// The entity's built-in fields in their declared order, then the account's.
     fields: Vec<FieldDefinition>,
+    /// Each of `fields`' name, shared with every record's changes that name it.
+    names: Vec<FieldName>,
     /// How many of `fields` are built in: found by comparing names, which for a handful
     /// is quicker than hashing one (every field of every record is looked up).
     built_in: usize,
@@ -195,6 +198,10 @@ impl FieldIndex {
                 .map(|(place, field)| (field.name.clone(), place))
                 .collect(),
             built_in: count,
+            names: fields
+                .iter()
+                .map(|field| FieldName::from(&*field.name))
+                .collect(),
             fields,
         }
     }
@@ -209,16 +216,20 @@ impl FieldIndex {
     }
 
     pub fn get(&self, name: &str) -> Option<&FieldDefinition> {
-        if let Some(field) = self.fields[..self.built_in]
+        self.get_named(name).map(|(_, field)| field)
+    }
+
+    /// The field and its shared name.
+    pub fn get_named(&self, name: &str) -> Option<(&FieldName, &FieldDefinition)> {
+        let place = match self.fields[..self.built_in]
             .iter()
-            .find(|field| field.name == name)
+            .position(|field| field.name == name)
         {
-            return Some(field);
-        }
-        if self.custom.is_empty() {
-            return None;
-        }
-        self.custom.get(name).map(|&place| &self.fields[place])
+            Some(place) => place,
+            None if self.custom.is_empty() => return None,
+            None => *self.custom.get(name)?,
+        };
+        Some((&self.names[place], &self.fields[place]))
     }
 }
 

@@ -26,7 +26,7 @@ impl DocumentWriter {
             .iter()
             .flat_map(|record| &record.change.fields)
             .filter(|(_, change)| matches!(change, FieldChange::Edit { .. }))
-            .map(|(name, _)| name.as_str())
+            .map(|(name, _)| name)
             .collect();
         if edited.is_empty() {
             return Ok((Cow::Borrowed(batch), Vec::new()));

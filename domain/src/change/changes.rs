@@ -1,8 +1,11 @@
 //! A record's changes by field name: a `Vec` of pairs kept sorted by name, not a map. A
 //! record names a handful of fields, and a batch holds thousands of records: a `BTreeMap`
-//! would allocate a node of several hundred bytes for each of them.
+//! would allocate a node of several hundred bytes for each of them. Names are shared with
+//! the field index (`FieldName`): a million records naming three fields would otherwise
+//! allocate three million copies of the same few names.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
@@ -10,9 +13,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::fields::FieldChange;
 
+/// A field's name, shared by every record that names it.
+pub type FieldName = Arc<str>;
+
 /// What a record does to each field it names, sorted by name, each name once.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct FieldChanges(Vec<(String, FieldChange)>);
+pub struct FieldChanges(Vec<(FieldName, FieldChange)>);
 
 impl FieldChanges {
     pub fn get(&self, name: &str) -> Option<&FieldChange> {
@@ -24,19 +30,20 @@ impl FieldChanges {
     }
 
     /// Sets `name`'s change, replacing an earlier one.
-    pub fn insert(&mut self, name: String, change: FieldChange) {
+    pub fn insert(&mut self, name: impl Into<FieldName>, change: FieldChange) {
+        let name = name.into();
         match self.position(&name) {
             Ok(at) => self.0[at].1 = change,
             Err(at) => self.0.insert(at, (name, change)),
         }
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &FieldChange)> {
-        self.0.iter().map(|(name, change)| (name, change))
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &FieldChange)> {
+        self.0.iter().map(|(name, change)| (&**name, change))
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = &String> {
-        self.0.iter().map(|(name, _)| name)
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(name, _)| &**name)
     }
 
     pub fn len(&self) -> usize {
@@ -48,7 +55,7 @@ impl FieldChanges {
     }
 
     fn position(&self, name: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(held, _)| held.as_str().cmp(name))
+        self.0.binary_search_by(|(held, _)| (**held).cmp(name))
     }
 }
 
@@ -62,28 +69,28 @@ impl std::ops::Index<&str> for FieldChanges {
 }
 
 impl<'a> IntoIterator for &'a FieldChanges {
-    type Item = (&'a String, &'a FieldChange);
+    type Item = (&'a str, &'a FieldChange);
     type IntoIter = std::iter::Map<
-        std::slice::Iter<'a, (String, FieldChange)>,
-        fn(&'a (String, FieldChange)) -> (&'a String, &'a FieldChange),
+        std::slice::Iter<'a, (FieldName, FieldChange)>,
+        fn(&'a (FieldName, FieldChange)) -> (&'a str, &'a FieldChange),
     >;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.0.iter().map(|(name, change)| (name, change))
+        self.0.iter().map(|(name, change)| (&**name, change))
     }
 }
 
 impl IntoIterator for FieldChanges {
-    type Item = (String, FieldChange);
-    type IntoIter = std::vec::IntoIter<(String, FieldChange)>;
+    type Item = (FieldName, FieldChange);
+    type IntoIter = std::vec::IntoIter<(FieldName, FieldChange)>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.0.into_iter()
     }
 }
 
-impl FromIterator<(String, FieldChange)> for FieldChanges {
-    fn from_iter<I: IntoIterator<Item = (String, FieldChange)>>(changes: I) -> Self {
+impl<N: Into<FieldName>> FromIterator<(N, FieldChange)> for FieldChanges {
+    fn from_iter<I: IntoIterator<Item = (N, FieldChange)>>(changes: I) -> Self {
         let mut all = Self::default();
         for (name, change) in changes {
             all.insert(name, change);
@@ -92,8 +99,8 @@ impl FromIterator<(String, FieldChange)> for FieldChanges {
     }
 }
 
-impl Extend<(String, FieldChange)> for FieldChanges {
-    fn extend<I: IntoIterator<Item = (String, FieldChange)>>(&mut self, changes: I) {
+impl<N: Into<FieldName>> Extend<(N, FieldChange)> for FieldChanges {
+    fn extend<I: IntoIterator<Item = (N, FieldChange)>>(&mut self, changes: I) {
         for (name, change) in changes {
             self.insert(name, change);
         }
@@ -105,7 +112,7 @@ impl Serialize for FieldChanges {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.0.len()))?;
         for (name, change) in &self.0 {
-            map.serialize_entry(name, change)?;
+            map.serialize_entry(&**name, change)?;
         }
         map.end()
     }

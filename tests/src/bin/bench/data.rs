@@ -29,13 +29,11 @@ pub enum Kind {
 pub struct Dataset {
     pub seed: u64,
     pub records: u64,
-    /// Custom fields the account defines (`definition`); a new contact carries values for
-    /// up to `CUSTOM_VALUES_PER_RECORD` of them.
+    /// Custom fields the account defines (`definition`).
     pub custom_fields: usize,
+    /// How many of them a new contact carries values for (the last ones), at most.
+    pub custom_values: usize,
 }
-
-/// How many of the account's own fields a record names, at most.
-pub const CUSTOM_VALUES_PER_RECORD: usize = 10;
 
 /// The types the custom fields cycle through.
 const CUSTOM_TYPES: [&str; 6] = ["string", "integer", "number", "boolean", "date", "string[]"];
@@ -95,7 +93,7 @@ impl Dataset {
                 let mut record =
                     json!({"email": email, "name": name, "age": age, "status": status});
                 // The last fields of the definition: a lookup walks past the others.
-                let named = self.custom_fields.min(CUSTOM_VALUES_PER_RECORD);
+                let named = self.custom_fields.min(self.custom_values);
                 for i in self.custom_fields - named..self.custom_fields {
                     record[format!("f{i}")] = match CUSTOM_TYPES[i % CUSTOM_TYPES.len()] {
                         "string" => json!(format!("value {index}")),

@@ -117,8 +117,11 @@ impl Shape {
 
 #[derive(Debug, Clone, Copy)]
 pub enum Key {
-    /// `_id` alone: the cheapest filter a client can send.
+    /// `_id` alone: the cheapest filter a client can send, and one a multi-tenant service
+    /// cannot (an ObjectId is guessable; the account must be in the filter).
     Id,
+    /// `_id` and the account, as the platform's filter is.
+    IdInAccount,
     /// The email and the account, as a multi-tenant client must (the key first: FerretDB
     /// tests a filter's fields in order, and the key rules out more documents).
     Email,
@@ -146,6 +149,7 @@ impl Job<'_> {
             .map(|&i| {
                 let filter = match key {
                     Key::Id => doc! { "_id": self.seeded.id(i) },
+                    Key::IdInAccount => doc! { "_id": self.seeded.id(i), "accountId": self.account },
                     Key::Email => doc! { "email": self.seeded.email(i), "accountId": self.account },
                 };
                 doc! { "q": filter, "u": { "$set": { "name": format!("Raw {i} r{}", self.round), "updatedAt": DateTime::now() } } }
@@ -174,11 +178,24 @@ impl Job<'_> {
             .await
     }
 
-    pub async fn delete_by_id(&self, shape: Shape, in_flight: usize) -> Result<(u64, Duration)> {
+    pub async fn delete_by_id(
+        &self,
+        key: Key,
+        shape: Shape,
+        in_flight: usize,
+    ) -> Result<(u64, Duration)> {
         let statements: Vec<Document> = self
             .chosen
             .iter()
-            .map(|&i| doc! { "q": { "_id": self.seeded.id(i) }, "limit": 1 })
+            .map(|&i| {
+                let filter = match key {
+                    Key::IdInAccount => {
+                        doc! { "_id": self.seeded.id(i), "accountId": self.account }
+                    }
+                    _ => doc! { "_id": self.seeded.id(i) },
+                };
+                doc! { "q": filter, "limit": 1 }
+            })
             .collect();
         self.run("delete", "deletes", statements, shape, in_flight)
             .await
