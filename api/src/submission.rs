@@ -55,8 +55,8 @@ pub struct SubmitRequest {
     /// The field records are matched to documents by, and deduplicated by: the entity's
     /// natural key (default; `natural` or its name, e.g. `email`, `domain`, `externalId`),
     /// `id` (the document `_id`; `update` and `delete`), or `externalId:<field>`, an
-    /// account-defined `string` field (`update`, `upsert`, `delete`; the platform keeps it
-    /// unique per account).
+    /// account's `string` field defined `"unique": true` (`update`, `upsert`, `delete`; the
+    /// platform keeps it unique per account).
     #[schema(example = "email")]
     match_by: Option<String>,
 }
