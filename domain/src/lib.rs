@@ -20,6 +20,7 @@ pub mod projection;
 pub mod rate;
 pub mod record;
 pub mod schedule;
+pub mod spreadsheet;
 pub mod text;
 pub mod time;
 pub mod view;
