@@ -149,7 +149,9 @@ impl<R> CsvRecords<R> {
         let mut cells = Vec::with_capacity(self.row.len());
         for cell in self.row.iter() {
             match std::str::from_utf8(cell) {
-                Ok(text) => cells.push(text),
+                // A cell of a result file the platform wrote, fixed and sent back, carries
+                // what the tenant typed (`domain::spreadsheet`).
+                Ok(text) => cells.push(domain::spreadsheet::unguard(text)),
                 Err(_) => {
                     return Record::Unreadable {
                         code: OutcomeCode::MalformedRecord,
@@ -227,6 +229,20 @@ mod tests {
                 })
             })
             .collect()
+    }
+
+    #[test]
+    fn quotes_a_result_file_put_before_formulas_are_taken_off() {
+        let input = "email,name\na@x.io,'=1+1\nb@x.io,''=x\nc@x.io,'plain\nd@x.io,'-5\n";
+        let names: Vec<Value> = read(input, 1000)
+            .unwrap()
+            .into_iter()
+            .map(|record| record.unwrap()["name"].clone())
+            .collect();
+        assert_eq!(
+            names,
+            vec![json!("=1+1"), json!("'=x"), json!("'plain"), json!("'-5")]
+        );
     }
 
     #[test]
