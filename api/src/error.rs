@@ -52,6 +52,8 @@ pub enum ErrorCode {
     Unauthorized,
     AccountMismatch,
     RateLimited,
+    /// The account has as many live event streams open on this api process as it may.
+    TooManyStreams,
     AdminDisabled,
     InvalidAccountId,
     ApiKeyNotFound,

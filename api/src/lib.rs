@@ -9,6 +9,7 @@ mod error;
 mod extract;
 mod idempotency;
 mod ingest;
+mod live;
 mod openapi;
 mod query;
 mod rate_limit;
@@ -107,6 +108,16 @@ pub struct ApiConfig {
     #[arg(long, env = "RATE_LIMIT_RECORDS_PER_MINUTE", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub records_per_minute: u32,
 
+    /// Live event streams (`/bulk-actions/.../events`) one account may hold open on one
+    /// api process at once.
+    #[arg(long, env = "SSE_MAX_STREAMS_PER_ACCOUNT", default_value_t = 100)]
+    pub max_streams_per_account: usize,
+
+    /// Longest a live event stream stays open (seconds); the client then resumes with
+    /// `Last-Event-ID`, nothing lost.
+    #[arg(long, env = "SSE_MAX_STREAM_SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_stream_seconds: u64,
+
     /// Bearer token of the `/admin` endpoints; unset, they are disabled.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -138,6 +149,8 @@ pub struct AppState {
     /// Monotonic within this process, so that actions accepted in the same millisecond
     /// still list in the order they were accepted.
     pub ids: Arc<std::sync::Mutex<ulid::Generator>>,
+    /// Live progress: the actions this process' event streams watch.
+    pub live: live::LiveHub,
 }
 
 impl AppState {
@@ -174,7 +187,15 @@ impl AppState {
         let keys = Keys::new(&config.store.redis_key_prefix, config.store.partitions);
         let conn = infra::redis_conn::shared(&config.store.redis_url).await?;
         let database = infra::mongo::connect(&config.store.mongodb_uri, "bulk-api").await?;
+        let live = live::LiveHub::new(
+            Submissions::new(EventStore::new(conn.clone(), keys.clone())),
+            database.clone(),
+            config.max_streams_per_account.max(1),
+            Duration::from_secs(config.max_stream_seconds.max(1)),
+            CancellationToken::new(),
+        );
         Ok(Self {
+            live,
             store: Submissions::new(EventStore::new(conn.clone(), keys.clone())),
             admin: AccountAdmin::new(EventStore::new(conn, keys)),
             database,
@@ -209,7 +230,7 @@ pub enum ApiStartError {
 
 pub fn router(state: AppState) -> Router {
     use axum::routing::post;
-    use routes::{actions, admin, control, fields, health, logs, submit};
+    use routes::{actions, admin, control, events, fields, health, logs, submit};
     let max_body = state.config.max_body_bytes;
     // Every /bulk-actions and /fields route is behind an API key, checked before the
     // handler reads anything of the request.
@@ -225,6 +246,11 @@ pub fn router(state: AppState) -> Router {
         .route("/bulk-actions/{action_id}/cancel", post(control::cancel))
         .route("/bulk-actions/{action_id}/pause", post(control::pause))
         .route("/bulk-actions/{action_id}/resume", post(control::resume))
+        .route("/bulk-actions/events", get(events::account_events))
+        .route(
+            "/bulk-actions/{action_id}/events",
+            get(events::action_events),
+        )
         .route("/bulk-actions/{action_id}/stats", get(actions::get_stats))
         .route("/bulk-actions/{action_id}/logs", get(logs::get_logs))
         .route(
@@ -292,6 +318,14 @@ pub async fn serve(
     tracing::info!(%address, "api listening");
     let signal = shutdown.clone();
     let database = state.database.clone();
+    // Event streams never end on their own: they end at shutdown, so the drain below
+    // waits only for ordinary requests.
+    let streams = state.live.shutdown();
+    let stop_streams = shutdown.clone();
+    tokio::spawn(async move {
+        stop_streams.cancelled().await;
+        streams.cancel();
+    });
     let server = axum::serve(listener, router(state))
         .with_graceful_shutdown(async move { signal.cancelled().await })
         .into_future();

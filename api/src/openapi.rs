@@ -8,7 +8,7 @@ use utoipa::openapi::{Ref, RefOr};
 use utoipa::OpenApi;
 
 use crate::error::{ErrorBody, ErrorDetail};
-use crate::routes::{actions, admin, control, fields, health, logs, submit};
+use crate::routes::{actions, admin, control, events, fields, health, logs, submit};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,6 +18,8 @@ use crate::routes::{actions, admin, control, fields, health, logs, submit};
         actions::get_action,
         actions::get_stats,
         actions::list_actions,
+        events::action_events,
+        events::account_events,
         control::cancel,
         control::pause,
         control::resume,

@@ -16,6 +16,9 @@ use infra::views::StoredActionView;
 use mongodb::bson::doc;
 use ulid::Ulid;
 
+use infra::Submissions;
+use mongodb::Database;
+
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -27,60 +30,93 @@ pub async fn action_view(
     state: &AppState,
     action: ActionId,
 ) -> Result<Option<ActionView>, ApiError> {
-    let stored = state
-        .database
+    Ok(folded_view(&state.store, &state.database, action)
+        .await?
+        .map(|folded| folded.view))
+}
+
+/// A view with the stream position of the last event folded into it, from which the
+/// events after it can be read.
+#[derive(Debug, Clone)]
+pub struct FoldedView {
+    pub view: ActionView,
+    /// `None`: no event of the stream is folded (or the stream is archived and gone).
+    pub position: Option<String>,
+    /// The stream is archived: the view is final and no event will follow.
+    pub archived: bool,
+}
+
+pub async fn folded_view(
+    store: &Submissions,
+    database: &Database,
+    action: ActionId,
+) -> Result<Option<FoldedView>, ApiError> {
+    let stored = database
         .collection::<StoredActionView>(ACTION_VIEWS)
         .find_one(doc! { "_id": action.to_string() })
         .await?;
-    let Some(meta) = state.store.meta(action).await? else {
-        return Ok(stored.map(|stored| stored.view));
+    let Some(meta) = store.meta(action).await? else {
+        return Ok(stored.map(|stored| FoldedView {
+            view: stored.view,
+            position: None,
+            archived: true,
+        }));
     };
     let projected_seq = stored.as_ref().map_or(0, |stored| stored.view.last_seq);
     if projected_seq >= meta.head_seq {
-        return Ok(stored.map(|stored| stored.view));
+        return Ok(stored.map(|stored| FoldedView {
+            view: stored.view,
+            position: Some(stored.checkpoint),
+            archived: meta.archived,
+        }));
     }
     let (base, checkpoint) = match stored {
         Some(stored) => (Some(stored.view), Some(stored.checkpoint)),
         None => (None, None),
     };
-    let mut view = fold_tail(state, action, base, checkpoint, meta.head_seq).await?;
-    if let Some(view) = view.as_mut() {
-        // Only a lagging view can be quarantined: the projector stopped before an event.
-        view.projection_error = state.store.quarantined(action).await?;
-    }
-    Ok(view)
+    let (view, position) = fold_tail(store, action, base, checkpoint, meta.head_seq).await?;
+    let Some(mut view) = view else {
+        return Ok(None);
+    };
+    // Only a lagging view can be quarantined: the projector stopped before an event.
+    view.projection_error = store.quarantined(action).await?;
+    Ok(Some(FoldedView {
+        view,
+        position,
+        archived: meta.archived,
+    }))
 }
 
 /// Folds the events after `checkpoint` onto `view`, page by page, up to `head_seq` (or
 /// further, if more arrived meanwhile). Events that do not fold leave the view at the last
-/// one that did: readers still see a consistent prefix.
-async fn fold_tail(
-    state: &AppState,
+/// one that did: readers still see a consistent prefix. Returns the position of the last
+/// event folded.
+pub async fn fold_tail(
+    store: &Submissions,
     action: ActionId,
     mut view: Option<ActionView>,
     mut checkpoint: Option<String>,
     head_seq: u64,
-) -> Result<Option<ActionView>, ApiError> {
+) -> Result<(Option<ActionView>, Option<String>), ApiError> {
     loop {
-        let page = state
-            .store
+        let page = store
             .read(action, checkpoint.as_deref(), TAIL_PAGE_EVENTS)
             .await?;
         for event in &page {
             match apply_event(view.clone(), &event.envelope) {
-                Ok(next) => view = next,
+                Ok(next) => {
+                    view = next;
+                    checkpoint = Some(event.position.clone());
+                }
                 Err(error) => {
                     tracing::error!(%action, %error, "events do not fold onto the stored view; serving the last view they fold to");
-                    return Ok(view);
+                    return Ok((view, checkpoint));
                 }
             }
         }
         let folded_seq = view.as_ref().map_or(0, |view| view.last_seq);
-        match page.last() {
-            Some(last) if page.len() == TAIL_PAGE_EVENTS && folded_seq < head_seq => {
-                checkpoint = Some(last.position.clone());
-            }
-            _ => return Ok(view),
+        if page.len() < TAIL_PAGE_EVENTS || folded_seq >= head_seq {
+            return Ok((view, checkpoint));
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod fields;
 pub mod ids;
 pub mod key;
 pub mod lifecycle;
+pub mod live;
 pub mod outcome;
 pub mod pacing;
 pub mod plan;

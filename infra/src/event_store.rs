@@ -157,6 +157,60 @@ impl EventStore {
         raw_events(action, reply.ids)
     }
 
+    /// Up to `count` events before stream position `before` (from the end when `None`),
+    /// newest first: what a resuming live stream reads to find the events after a seq.
+    pub async fn read_back_raw(
+        &self,
+        action: ActionId,
+        before: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<RawEvent>, StoreError> {
+        let end = before.map_or_else(|| "+".to_owned(), |position| format!("({position}"));
+        let reply: StreamRangeReply = self
+            .conn
+            .clone()
+            .xrevrange_count(self.keys.events(action), end, "-", count)
+            .await?;
+        raw_events(action, reply.ids)
+    }
+
+    /// The actions of a partition created at or after `since_ms` (by the clock of the api
+    /// that accepted them), newest first, at most `limit`, each with its account.
+    pub async fn recent_actions(
+        &self,
+        partition: u32,
+        since_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(ActionId, domain::AccountId)>, StoreError> {
+        let ids: Vec<String> = redis::cmd("ZREVRANGEBYSCORE")
+            .arg(self.keys.actions(partition))
+            .arg("+inf")
+            .arg(since_ms)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let actions: Vec<ActionId> = ids.iter().filter_map(|id| ActionId::parse(id)).collect();
+        if actions.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One round trip: every meta of a partition shares its hash slot.
+        let mut pipe = redis::pipe();
+        for action in &actions {
+            pipe.hget(self.keys.meta(*action), "account");
+        }
+        let accounts: Vec<Option<String>> = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(actions
+            .into_iter()
+            .zip(accounts)
+            .filter_map(|(action, account)| {
+                let account = domain::AccountId::parse(&account?).ok()?;
+                Some((action, account))
+            })
+            .collect())
+    }
+
     pub async fn meta(&self, action: ActionId) -> Result<Option<ActionMeta>, StoreError> {
         // The named fields only: the hash also holds a guard and an attempt counter per
         // batch, thousands of fields for a large action, read by every batch otherwise.

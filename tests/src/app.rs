@@ -33,6 +33,10 @@ pub struct AppOptions {
     /// The request limit of every account (default: high enough never to bind).
     pub requests_per_minute: u32,
     pub admin_token: Option<String>,
+    /// Live event streams an account may hold open on the api.
+    pub max_streams_per_account: usize,
+    /// How long an event stream stays open before the api ends it.
+    pub max_stream_seconds: u64,
 }
 
 impl Default for AppOptions {
@@ -53,6 +57,8 @@ impl Default for AppOptions {
             records_per_minute: 100_000_000,
             requests_per_minute: 1_000_000,
             admin_token: Some(crate::client::TEST_ADMIN_TOKEN.to_owned()),
+            max_streams_per_account: 100,
+            max_stream_seconds: 3600,
         }
     }
 }
@@ -113,6 +119,8 @@ impl TestApp {
             request_burst_seconds: 6,
             records_per_minute: options.records_per_minute,
             admin_token: options.admin_token.clone(),
+            max_streams_per_account: options.max_streams_per_account,
+            max_stream_seconds: options.max_stream_seconds,
         };
         let state = AppState::connect(&api_config).await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

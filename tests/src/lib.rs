@@ -11,12 +11,14 @@ mod client;
 mod cluster;
 mod deployment;
 mod services;
+mod sse;
 
 pub use app::{AppOptions, TestApp};
 pub use client::{codes, error_code, ApiClient, Reply, ONE_REPLY, TEST_ADMIN_TOKEN};
 pub use cluster::RedisCluster;
 pub use deployment::{Deployment, DeploymentOptions};
 pub use services::{binary, which, Services};
+pub use sse::{SseMessage, SseStream};
 
 /// `BULK_TEST_REDIS=cluster`: every `TestApp` and `Deployment` runs on a Redis Cluster of
 /// its own instead of the services' single Redis.

@@ -1,0 +1,231 @@
+//! Live progress: one reader per watched action per api process, fanned out in memory.
+//!
+//! A stream subscriber never reads Redis. The first subscriber of an action starts a
+//! `watcher` task that folds the action's new events as they land (the same pure fold as
+//! the projector) and publishes what changed: status changes and at most one `progress`
+//! per poll on a `broadcast`, the latest view on a `watch`. Every other subscriber of the
+//! action in this process shares it. The watcher outlives its last subscriber by
+//! `LINGER`, so a client that reconnects finds it warm, then stops. New actions of an
+//! account are found by one `lobby` task per partition.
+//!
+//! Message ids are event seqs (docs/decisions/0053): a client resuming after `seq` gets
+//! the status changes after it read back from the stream (`replay`), then live messages.
+
+mod lobby;
+mod replay;
+mod watcher;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use domain::{AccountId, ActionId, ActionView};
+use infra::Submissions;
+use mongodb::Database;
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+pub use replay::{status_changes_after, Replay};
+pub use watcher::{final_of, progress_of};
+
+/// How long a watcher outlives its last subscriber.
+const LINGER: Duration = Duration::from_secs(30);
+/// Messages a subscriber may fall behind by before it is sent a fresh snapshot instead.
+const BROADCAST_CAPACITY: usize = 256;
+
+/// One message of a live stream, rendered once for every subscriber.
+#[derive(Debug)]
+pub struct Message {
+    /// The seq of the last event it reflects: its SSE id.
+    pub seq: u64,
+    /// The SSE event name: `progress`, a status change, or a final message.
+    pub name: &'static str,
+    /// JSON.
+    pub data: String,
+    /// The action's status once the message's event is folded (the account stream's
+    /// filter).
+    pub status: domain::ActionStatus,
+    /// The action's last message: the stream ends after it.
+    pub last: bool,
+}
+
+/// The live state of one watched action.
+pub struct ActionFeed {
+    messages: broadcast::Sender<Arc<Message>>,
+    /// `None` until the watcher has loaded the view.
+    latest: watch::Sender<Option<Arc<ActionView>>>,
+}
+
+/// A subscription to one action: messages from now on, and the view as it stands.
+pub struct Subscription {
+    pub action: ActionId,
+    pub messages: broadcast::Receiver<Arc<Message>>,
+    pub latest: watch::Receiver<Option<Arc<ActionView>>>,
+}
+
+#[derive(Clone)]
+pub struct LiveHub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Submissions,
+    database: Database,
+    feeds: Mutex<HashMap<ActionId, Arc<ActionFeed>>>,
+    lobbies: Mutex<HashMap<u32, broadcast::Sender<(ActionId, AccountId)>>>,
+    streams_per_account: Mutex<HashMap<AccountId, usize>>,
+    max_streams_per_account: usize,
+    stream_lifetime: Duration,
+    /// Cancelled at shutdown: watchers stop and streams end, so that graceful shutdown is
+    /// not held up by clients that never hang up.
+    shutdown: CancellationToken,
+}
+
+impl LiveHub {
+    pub fn new(
+        store: Submissions,
+        database: Database,
+        max_streams_per_account: usize,
+        stream_lifetime: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                database,
+                feeds: Mutex::new(HashMap::new()),
+                lobbies: Mutex::new(HashMap::new()),
+                streams_per_account: Mutex::new(HashMap::new()),
+                max_streams_per_account,
+                stream_lifetime,
+                shutdown,
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Submissions {
+        &self.inner.store
+    }
+
+    pub fn shutdown(&self) -> CancellationToken {
+        self.inner.shutdown.clone()
+    }
+
+    /// Subscribes to `action`, starting its watcher if this process has none.
+    pub fn subscribe(&self, action: ActionId) -> Subscription {
+        let mut feeds = lock(&self.inner.feeds);
+        let feed = feeds
+            .entry(action)
+            .or_insert_with(|| {
+                let (messages, _) = broadcast::channel(BROADCAST_CAPACITY);
+                let (latest, _) = watch::channel(None);
+                let feed = Arc::new(ActionFeed { messages, latest });
+                tokio::spawn(watcher::run(self.clone(), action, feed.clone()));
+                feed
+            })
+            .clone();
+        // Under the lock: a watcher only leaves the map while it has no receiver.
+        Subscription {
+            action,
+            messages: feed.messages.subscribe(),
+            latest: feed.latest.subscribe(),
+        }
+    }
+
+    /// Takes `action`'s watcher out of the map if nobody subscribes to it; the caller
+    /// (the watcher) then stops.
+    fn release_if_unwatched(&self, action: ActionId, feed: &Arc<ActionFeed>) -> bool {
+        let mut feeds = lock(&self.inner.feeds);
+        if feed.messages.receiver_count() > 0 {
+            return false;
+        }
+        if feeds
+            .get(&action)
+            .is_some_and(|held| Arc::ptr_eq(held, feed))
+        {
+            feeds.remove(&action);
+        }
+        true
+    }
+
+    /// Notices of actions created in `partition` from now on.
+    pub fn new_actions(&self, partition: u32) -> broadcast::Receiver<(ActionId, AccountId)> {
+        let mut lobbies = lock(&self.inner.lobbies);
+        lobbies
+            .entry(partition)
+            .or_insert_with(|| {
+                let (notices, _) = broadcast::channel(BROADCAST_CAPACITY);
+                tokio::spawn(lobby::run(self.clone(), partition, notices.clone()));
+                notices
+            })
+            .subscribe()
+    }
+
+    fn release_lobby_if_unwatched(
+        &self,
+        partition: u32,
+        notices: &broadcast::Sender<(ActionId, AccountId)>,
+    ) -> bool {
+        let mut lobbies = lock(&self.inner.lobbies);
+        if notices.receiver_count() > 0 {
+            return false;
+        }
+        if lobbies
+            .get(&partition)
+            .is_some_and(|held| held.same_channel(notices))
+        {
+            lobbies.remove(&partition);
+        }
+        true
+    }
+
+    /// Counts an open stream of `account` until the returned guard drops; `None` when the
+    /// account has as many open as it may (in this process).
+    pub fn open_stream(&self, account: &AccountId) -> Option<StreamSlot> {
+        let mut open = lock(&self.inner.streams_per_account);
+        let count = open.entry(account.clone()).or_default();
+        if *count >= self.inner.max_streams_per_account {
+            return None;
+        }
+        *count += 1;
+        Some(StreamSlot {
+            hub: self.clone(),
+            account: account.clone(),
+        })
+    }
+
+    pub fn max_streams_per_account(&self) -> usize {
+        self.inner.max_streams_per_account
+    }
+
+    /// How long one stream stays open before the server ends it.
+    pub fn stream_lifetime(&self) -> Duration {
+        self.inner.stream_lifetime
+    }
+}
+
+/// One open stream of an account, counted while it lives.
+pub struct StreamSlot {
+    hub: LiveHub,
+    account: AccountId,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = lock(&self.hub.inner.streams_per_account);
+        if let Some(count) = open.get_mut(&self.account) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.account);
+            }
+        }
+    }
+}
+
+/// The maps hold no invariant a panicking holder could break halfway, so a poisoned lock
+/// is taken as it is.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
