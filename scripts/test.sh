@@ -24,12 +24,12 @@ echo "== cargo build (the binaries the fault tests run as processes)"
 cargo build "${locked[@]}" --bins -p api -p consumer -p projector
 echo "== cargo test"
 cargo test "${locked[@]}" --workspace --no-fail-fast
-# The processing and flow tests again, each on a Redis Cluster of its own (three masters,
-# three replicas), the ones that start the binaries as processes included. Not there: the
+# The processing, flow and live progress tests again, each on a Redis Cluster of its own
+# (three masters, three replicas), the ones that start the binaries as processes included. Not there: the
 # benchmarks, the restart of a single redis-server, the twin tests (they run Lua on one
 # node, whatever the deployment) and repartition (refused on a cluster).
 echo "== cargo test on a Redis Cluster"
-BULK_TEST_REDIS=cluster cargo test "${locked[@]}" -p bulk-tests --test processing --test flow \
+BULK_TEST_REDIS=cluster cargo test "${locked[@]}" -p bulk-tests --test processing --test flow --test live \
   --no-fail-fast -- --skip a_schedule_survives --skip five_minute \
   --skip consumers_scale_out --skip redis_bytes --skip the_scripts_rules --skip the_key_guard \
   --skip a_drained_deployment_moves_to_another_partition_count
