@@ -68,10 +68,14 @@ pub struct Progress {
     /// Records settled by batches per second since the start; null before it.
     pub records_per_second: Option<f64>,
     pub last_seq: u64,
+    /// When the last event folded into these counts happened (a batch settling, by the
+    /// clock of the process that settled it): how fresh the counts are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_event_at: Option<Timestamp>,
 }
 
 impl Progress {
-    pub fn of(view: &ActionView, now: Timestamp) -> Self {
+    pub fn of(view: &ActionView, last_event_at: Option<Timestamp>, now: Timestamp) -> Self {
         Self {
             action_id: view.action_id,
             status: view.status,
@@ -84,6 +88,7 @@ impl Progress {
             progress: view.progress,
             records_per_second: view.stats(now).records_per_second,
             last_seq: view.last_seq,
+            last_event_at,
         }
     }
 }

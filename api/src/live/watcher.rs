@@ -114,6 +114,7 @@ async fn poll(hub: &LiveHub, folded: &mut FoldedView) -> Result<Vec<Message>, Po
     let action = folded.view.action_id;
     let mut messages = Vec::new();
     let before = folded.view.last_seq;
+    let mut last_event_at = None;
     for _ in 0..PAGES_PER_POLL {
         let page = hub
             .store()
@@ -126,6 +127,7 @@ async fn poll(hub: &LiveHub, folded: &mut FoldedView) -> Result<Vec<Message>, Po
             folded.view = next;
             folded.position = Some(event.position.clone());
             let envelope = &event.envelope;
+            last_event_at = Some(envelope.occurred_at);
             match status_change(&envelope.payload, folded.view.status) {
                 Some(name) if final_message(folded.view.status) == Some(name) => {
                     messages.push(final_of(&folded.view)?);
@@ -139,7 +141,11 @@ async fn poll(hub: &LiveHub, folded: &mut FoldedView) -> Result<Vec<Message>, Po
                         change: name.to_owned(),
                         seq: envelope.seq,
                         occurred_at: envelope.occurred_at,
-                        counts: Some(Progress::of(&folded.view, infra::clock::now())),
+                        counts: Some(Progress::of(
+                            &folded.view,
+                            Some(envelope.occurred_at),
+                            infra::clock::now(),
+                        )),
                     })?,
                     status: folded.view.status,
                     last: false,
@@ -156,16 +162,19 @@ async fn poll(hub: &LiveHub, folded: &mut FoldedView) -> Result<Vec<Message>, Po
         .last()
         .is_some_and(|last: &Message| last.seq == folded.view.last_seq);
     if folded.view.last_seq > before && !counted {
-        messages.push(progress_of(&folded.view)?);
+        messages.push(progress_of(&folded.view, last_event_at)?);
     }
     Ok(messages)
 }
 
-pub fn progress_of(view: &ActionView) -> Result<Message, serde_json::Error> {
+pub fn progress_of(
+    view: &ActionView,
+    last_event_at: Option<domain::Timestamp>,
+) -> Result<Message, serde_json::Error> {
     Ok(Message {
         seq: view.last_seq,
         name: "progress",
-        data: serde_json::to_string(&Progress::of(view, infra::clock::now()))?,
+        data: serde_json::to_string(&Progress::of(view, last_event_at, infra::clock::now()))?,
         status: view.status,
         last: false,
     })

@@ -492,7 +492,7 @@ async fn resume(
     // The client has the counts at `after` (every live message carries them): a progress
     // goes out only when they moved since.
     if current.last_seq >= through && current.last_seq > after {
-        if let Ok(progress) = progress_of(&current) {
+        if let Ok(progress) = progress_of(&current, None) {
             out.message(&progress).await?;
         }
         return Ok(Some(Sent {

@@ -19,6 +19,7 @@ mod cpu;
 mod data;
 mod load;
 mod raw;
+mod subscribers;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -65,6 +66,10 @@ struct Args {
     /// definition alone costs.
     #[arg(long, default_value_t = 10)]
     custom_values: usize,
+    /// Live progress streams opened on the action right after it is accepted, each read to
+    /// its final message (0: none).
+    #[arg(long, default_value_t = 0)]
+    subscribers: usize,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -105,6 +110,10 @@ async fn start(args: &Args, records: u64) -> Result<Deployment> {
             ("RUST_LOG", "warn".to_owned()),
             // Past the default million, for runs that show memory does not grow with size.
             ("MAX_RECORDS_PER_ACTION", records.max(1_000_000).to_string()),
+            (
+                "SSE_MAX_STREAMS_PER_ACCOUNT",
+                (args.subscribers + 10).to_string(),
+            ),
         ],
         ..DeploymentOptions::default()
     };
@@ -137,7 +146,7 @@ async fn run_update(args: &Args, records: u64) -> Result<Value> {
     let database = infra::mongo::connect(&deployment.services.mongodb_uri, "bench").await?;
     raw::seed(&database, infra::mongo::CONTACTS, &data, "bench").await?;
     eprintln!("[bench] update: {records} records, {kept} seeded contacts to change");
-    let (_, accepted, completed, view) = end_to_end(&deployment, &file, "update").await?;
+    let (_, accepted, completed, view, _) = end_to_end(&deployment, &file, "update", 0).await?;
     if view["succeeded"].as_u64() != Some(kept) {
         bail!("expected {kept} contacts updated, the view says {view}");
     }
@@ -208,7 +217,11 @@ async fn run(args: &Args, records: u64, run_load: bool) -> Result<Value> {
             );
         }
     }
-    let (action, accepted, completed, view) = end_to_end(&deployment, &file, "upsert").await?;
+    let (action, accepted, completed, view, live) =
+        end_to_end(&deployment, &file, "upsert", args.subscribers).await?;
+    if let Some(live) = &live {
+        eprintln!("[bench] live progress subscribers: {live}");
+    }
     let e2e_cpu = cpu::used(&cpu_before, &cpu::by_command());
     eprintln!("[bench] end-to-end CPU seconds by command: {e2e_cpu:?}");
     if view["succeeded"].as_u64() != Some(kept) {
@@ -282,6 +295,7 @@ async fn run(args: &Args, records: u64, run_load: bool) -> Result<Value> {
         "ratio": e2e_rate / raw_best,
         "peakRssMiB": peaks.iter().map(|(role, kib)| json!({"process": role, "mib": *kib as f64 / 1024.0})).collect::<Vec<_>>(),
         "latency": latency,
+        "liveSubscribers": live,
     }))
 }
 
@@ -291,7 +305,8 @@ async fn end_to_end(
     deployment: &Deployment,
     file: &Path,
     action_type: &str,
-) -> Result<(String, Duration, Duration, Value)> {
+    subscribers: usize,
+) -> Result<(String, Duration, Duration, Value, Option<Value>)> {
     let body = tokio::fs::File::open(file).await?;
     let stream = tokio_util::io::ReaderStream::with_capacity(body, 256 * 1024);
     let started = Instant::now();
@@ -311,12 +326,22 @@ async fn end_to_end(
         .as_str()
         .context("no actionId")?
         .to_owned();
+    let streams = if subscribers > 0 {
+        Some(subscribers::subscribe(deployment, &action, subscribers).await?)
+    } else {
+        None
+    };
     loop {
         let (status, view) = deployment
             .get_json(&format!("/bulk-actions/{action}"))
             .await?;
         if status == 200 && view["status"] == "completed" {
-            return Ok((action, accepted, started.elapsed(), view));
+            let completed = started.elapsed();
+            let live = match streams {
+                Some(streams) => Some(subscribers::summary(streams, subscribers).await?),
+                None => None,
+            };
+            return Ok((action, accepted, completed, view, live));
         }
         if started.elapsed() > Duration::from_secs(3600) {
             bail!("not completed within an hour: {view}");
