@@ -182,6 +182,17 @@ impl EventStore {
         since_ms: i64,
         limit: usize,
     ) -> Result<Vec<(ActionId, domain::AccountId)>, StoreError> {
+        let actions = self.recent_action_ids(partition, since_ms, limit).await?;
+        self.accounts_of(&actions).await
+    }
+
+    /// `recent_actions` without their accounts.
+    pub async fn recent_action_ids(
+        &self,
+        partition: u32,
+        since_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<ActionId>, StoreError> {
         let ids: Vec<String> = redis::cmd("ZREVRANGEBYSCORE")
             .arg(self.keys.actions(partition))
             .arg("+inf")
@@ -191,22 +202,30 @@ impl EventStore {
             .arg(limit)
             .query_async(&mut self.conn.clone())
             .await?;
-        let actions: Vec<ActionId> = ids.iter().filter_map(|id| ActionId::parse(id)).collect();
+        Ok(ids.iter().filter_map(|id| ActionId::parse(id)).collect())
+    }
+
+    /// The accounts of `actions` (all of one partition), in one round trip; an unknown
+    /// action is left out.
+    pub async fn accounts_of(
+        &self,
+        actions: &[ActionId],
+    ) -> Result<Vec<(ActionId, domain::AccountId)>, StoreError> {
         if actions.is_empty() {
             return Ok(Vec::new());
         }
         // One round trip: every meta of a partition shares its hash slot.
         let mut pipe = redis::pipe();
-        for action in &actions {
+        for action in actions {
             pipe.hget(self.keys.meta(*action), "account");
         }
         let accounts: Vec<Option<String>> = pipe.query_async(&mut self.conn.clone()).await?;
         Ok(actions
-            .into_iter()
+            .iter()
             .zip(accounts)
             .filter_map(|(action, account)| {
                 let account = domain::AccountId::parse(&account?).ok()?;
-                Some((action, account))
+                Some((*action, account))
             })
             .collect())
     }

@@ -175,6 +175,16 @@ pub async fn ensure_view_indexes(database: &Database) -> mongodb::error::Result<
     actions
         .create_index(IndexModel::builder().keys(doc! { "createdAt": -1 }).build())
         .await?;
+    // An account stream's starting set (its unfinished actions, newest first), and the
+    // list filtered by status: without it, an account with many finished actions is
+    // scanned whole.
+    actions
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! { "accountId": 1, "status": 1, "createdAt": -1 })
+                .build(),
+        )
+        .await?;
     let logs = database.collection::<mongodb::bson::Document>(LOG_VIEWS);
     logs.create_index(
         IndexModel::builder()

@@ -50,9 +50,11 @@ impl SseStream {
                 .await
                 .context("no event-stream message in time")?;
             match chunk {
-                Some(chunk) => self.buffer.push_str(&String::from_utf8_lossy(
-                    &chunk.context("reading the stream")?,
-                )),
+                Some(chunk) => {
+                    let text = String::from_utf8_lossy(&chunk.context("reading the stream")?)
+                        .replace("\r\n", "\n");
+                    self.buffer.push_str(&text);
+                }
                 None => return Ok(self.take_message()),
             }
         }
@@ -79,10 +81,6 @@ impl SseStream {
 
     fn take_message(&mut self) -> Option<SseMessage> {
         loop {
-            let normalised = self.buffer.replace("\r\n", "\n");
-            if normalised.len() != self.buffer.len() {
-                self.buffer = normalised;
-            }
             let end = self.buffer.find("\n\n")?;
             let block: String = self.buffer.drain(..end + 2).collect();
             let mut message = SseMessage {

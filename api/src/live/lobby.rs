@@ -12,11 +12,18 @@ use super::{LiveHub, LINGER};
 /// stream within this and a watcher's first read.
 const POLL: Duration = Duration::from_millis(400);
 /// Actions are scored by the accepting api's clock, which may be behind this one's; each
-/// read looks this far back and skips the ones already announced.
+/// read looks this far back and skips the ones already announced. An api whose clock is
+/// further behind than this has its new actions reach account streams late (at the next
+/// reconnect); docs/operations.md asks for synchronised clocks.
 const LOOK_BACK_MS: i64 = 30_000;
-/// Most actions read per poll: a partition cannot be sent more than this many new actions
-/// per look-back by any tenant.
-const READ_LIMIT: usize = 512;
+/// Most actions read per poll: past it, the newest are announced and the rest are found
+/// by the streams that lag (they read their account's recent actions again).
+pub const READ_LIMIT: usize = 512;
+
+/// The start of the look-back window now.
+pub fn since_ms() -> i64 {
+    infra::clock::now().millis() - LOOK_BACK_MS
+}
 
 pub(super) async fn run(
     hub: LiveHub,
@@ -24,10 +31,10 @@ pub(super) async fn run(
     notices: broadcast::Sender<(ActionId, AccountId)>,
 ) {
     let shutdown = hub.shutdown();
-    let started_ms = infra::clock::now().millis();
-    // Announced ids, with the score they were read at, dropped once out of the look-back.
+    // Announced ids, with the time they were read, dropped once out of the look-back. An
+    // action announced twice (after this map forgot it) is followed once: streams skip
+    // the actions they follow.
     let mut announced: HashMap<ActionId, i64> = HashMap::new();
-    let mut first = true;
     let mut unwatched_since: Option<Instant> = None;
     loop {
         tokio::select! {
@@ -42,31 +49,34 @@ pub(super) async fn run(
             continue;
         }
         unwatched_since = None;
-        let now_ms = infra::clock::now().millis();
-        let since_ms = now_ms - LOOK_BACK_MS;
-        let recent = match hub
+        let since = since_ms();
+        let unseen: Vec<ActionId> = match hub
             .store()
-            .recent_actions(partition, since_ms, READ_LIMIT)
+            .recent_action_ids(partition, since, READ_LIMIT)
             .await
         {
-            Ok(recent) => recent,
+            Ok(ids) => ids
+                .into_iter()
+                .filter(|id| !announced.contains_key(id))
+                .collect(),
             Err(error) => {
                 tracing::warn!(partition, %error, "cannot read a partition's new actions");
                 continue;
             }
         };
-        for (action, account) in recent {
-            if announced.insert(action, now_ms).is_some() {
+        let owned = match hub.store().accounts_of(&unseen).await {
+            Ok(owned) => owned,
+            Err(error) => {
+                tracing::warn!(partition, %error, "cannot read the accounts of new actions");
                 continue;
             }
-            // What existed before the lobby started is every stream's own starting set.
-            let created_ms = i64::try_from(action.ulid().timestamp_ms()).unwrap_or(i64::MAX);
-            if first && created_ms < started_ms {
-                continue;
-            }
+        };
+        let now = infra::clock::now().millis();
+        // Oldest first, so that a stream at its limit of actions follows the older ones.
+        for (action, account) in owned.into_iter().rev() {
+            announced.insert(action, now);
             let _ = notices.send((action, account));
         }
-        first = false;
-        announced.retain(|_, read_at| *read_at >= since_ms);
+        announced.retain(|_, read_at| *read_at >= since);
     }
 }

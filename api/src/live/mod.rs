@@ -9,13 +9,15 @@
 //! account are found by one `lobby` task per partition.
 //!
 //! Message ids are event seqs (docs/decisions/0053): a client resuming after `seq` gets
-//! the status changes after it read back from the stream (`replay`), then live messages.
+//! the status changes after it from the watcher's recent ones, or read back from the
+//! stream (`replay`) when this process did not see them, then live messages (`follow`).
 
+mod follow;
 mod lobby;
 mod replay;
 mod watcher;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,13 +27,22 @@ use mongodb::Database;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-pub use replay::{status_changes_after, Replay};
-pub use watcher::{final_of, progress_of};
+pub use follow::{follow, follow_account, plan_resume, Out, Start};
+
+/// Actions one account stream follows at once.
+pub const ACCOUNT_STREAM_ACTIONS: usize = 100;
+/// Watchers one account may have running in a process, per stream it may hold open: an
+/// account stream follows many actions, and a watcher outlives its last subscriber.
+const WATCHERS_PER_STREAM: usize = 2;
+/// How long a stream waits for its watcher's first view.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a watcher outlives its last subscriber.
-const LINGER: Duration = Duration::from_secs(30);
+const LINGER: Duration = Duration::from_secs(15);
 /// Messages a subscriber may fall behind by before it is sent a fresh snapshot instead.
 const BROADCAST_CAPACITY: usize = 256;
+/// New-action notices a listener may fall behind by; at least a lobby's read of them.
+const NOTICE_CAPACITY: usize = 1024;
 
 /// One message of a live stream, rendered once for every subscriber.
 #[derive(Debug)]
@@ -47,20 +58,54 @@ pub struct Message {
     pub status: domain::ActionStatus,
     /// The action's last message: the stream ends after it.
     pub last: bool,
+    /// The message as an action stream sends it (`id: <seq>`), rendered once for all.
+    pub frame: axum::body::Bytes,
+}
+
+impl Message {
+    pub fn new(
+        seq: u64,
+        name: &'static str,
+        data: String,
+        status: domain::ActionStatus,
+        last: bool,
+    ) -> Self {
+        let frame = crate::routes::events::frame(Some(&seq.to_string()), name, &data);
+        Self {
+            seq,
+            name,
+            data,
+            status,
+            last,
+            frame,
+        }
+    }
 }
 
 /// The live state of one watched action.
 pub struct ActionFeed {
+    account: AccountId,
     messages: broadcast::Sender<Arc<Message>>,
     /// `None` until the watcher has loaded the view.
-    latest: watch::Sender<Option<Arc<ActionView>>>,
+    latest: watch::Sender<Option<Arc<Live>>>,
+}
+
+/// What a watcher knows of its action, published as one value: the view, and the status
+/// changes it saw before it, so that a client resuming after one of them needs no read.
+#[derive(Debug, Clone)]
+pub struct Live {
+    pub view: ActionView,
+    /// The status changes after `changes_after`, up to `view`, oldest first.
+    pub changes: VecDeque<Arc<Message>>,
+    /// Every change after this seq is in `changes` (the watcher saw it).
+    pub changes_after: u64,
 }
 
 /// A subscription to one action: messages from now on, and the view as it stands.
 pub struct Subscription {
     pub action: ActionId,
     pub messages: broadcast::Receiver<Arc<Message>>,
-    pub latest: watch::Receiver<Option<Arc<ActionView>>>,
+    pub latest: watch::Receiver<Option<Arc<Live>>>,
 }
 
 #[derive(Clone)]
@@ -74,6 +119,7 @@ struct Inner {
     feeds: Mutex<HashMap<ActionId, Arc<ActionFeed>>>,
     lobbies: Mutex<HashMap<u32, broadcast::Sender<(ActionId, AccountId)>>>,
     streams_per_account: Mutex<HashMap<AccountId, usize>>,
+    watchers_per_account: Mutex<HashMap<AccountId, usize>>,
     max_streams_per_account: usize,
     stream_lifetime: Duration,
     /// Cancelled at shutdown: watchers stop and streams end, so that graceful shutdown is
@@ -96,6 +142,7 @@ impl LiveHub {
                 feeds: Mutex::new(HashMap::new()),
                 lobbies: Mutex::new(HashMap::new()),
                 streams_per_account: Mutex::new(HashMap::new()),
+                watchers_per_account: Mutex::new(HashMap::new()),
                 max_streams_per_account,
                 stream_lifetime,
                 shutdown,
@@ -111,25 +158,37 @@ impl LiveHub {
         self.inner.shutdown.clone()
     }
 
-    /// Subscribes to `action`, starting its watcher if this process has none.
-    pub fn subscribe(&self, action: ActionId) -> Subscription {
+    /// Subscribes to `action` of `account`, starting its watcher if this process has none;
+    /// `None` when the account has as many watchers running as it may.
+    pub fn subscribe(&self, action: ActionId, account: &AccountId) -> Option<Subscription> {
         let mut feeds = lock(&self.inner.feeds);
-        let feed = feeds
-            .entry(action)
-            .or_insert_with(|| {
+        let feed = match feeds.get(&action) {
+            Some(feed) => feed.clone(),
+            None => {
+                let mut watchers = lock(&self.inner.watchers_per_account);
+                let running = watchers.entry(account.clone()).or_default();
+                if *running >= self.inner.max_streams_per_account * WATCHERS_PER_STREAM {
+                    return None;
+                }
+                *running += 1;
                 let (messages, _) = broadcast::channel(BROADCAST_CAPACITY);
                 let (latest, _) = watch::channel(None);
-                let feed = Arc::new(ActionFeed { messages, latest });
+                let feed = Arc::new(ActionFeed {
+                    account: account.clone(),
+                    messages,
+                    latest,
+                });
+                feeds.insert(action, feed.clone());
                 tokio::spawn(watcher::run(self.clone(), action, feed.clone()));
                 feed
-            })
-            .clone();
+            }
+        };
         // Under the lock: a watcher only leaves the map while it has no receiver.
-        Subscription {
+        Some(Subscription {
             action,
             messages: feed.messages.subscribe(),
             latest: feed.latest.subscribe(),
-        }
+        })
     }
 
     /// Takes `action`'s watcher out of the map if nobody subscribes to it; the caller
@@ -148,13 +207,33 @@ impl LiveHub {
         true
     }
 
+    /// A watcher stopped (unwatched, or the api is stopping): it no longer counts.
+    fn watcher_ended(&self, action: ActionId, feed: &Arc<ActionFeed>) {
+        {
+            let mut feeds = lock(&self.inner.feeds);
+            if feeds
+                .get(&action)
+                .is_some_and(|held| Arc::ptr_eq(held, feed))
+            {
+                feeds.remove(&action);
+            }
+        }
+        let mut watchers = lock(&self.inner.watchers_per_account);
+        if let Some(running) = watchers.get_mut(&feed.account) {
+            *running = running.saturating_sub(1);
+            if *running == 0 {
+                watchers.remove(&feed.account);
+            }
+        }
+    }
+
     /// Notices of actions created in `partition` from now on.
     pub fn new_actions(&self, partition: u32) -> broadcast::Receiver<(ActionId, AccountId)> {
         let mut lobbies = lock(&self.inner.lobbies);
         lobbies
             .entry(partition)
             .or_insert_with(|| {
-                let (notices, _) = broadcast::channel(BROADCAST_CAPACITY);
+                let (notices, _) = broadcast::channel(NOTICE_CAPACITY);
                 tokio::spawn(lobby::run(self.clone(), partition, notices.clone()));
                 notices
             })
@@ -199,8 +278,12 @@ impl LiveHub {
     }
 
     /// How long one stream stays open before the server ends it.
+    /// With ±10% jitter, so that streams opened together (after a deploy) do not all end
+    /// and resume together.
     pub fn stream_lifetime(&self) -> Duration {
-        self.inner.stream_lifetime
+        self.inner
+            .stream_lifetime
+            .mul_f64(rand::random_range(0.9..1.1))
     }
 }
 
@@ -229,3 +312,22 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// The watcher's first view of the subscribed action; `Err` when it could not be loaded in
+/// `LOAD_TIMEOUT` (Redis or MongoDB unavailable).
+pub async fn loaded(subscription: &Subscription) -> Result<Arc<Live>, Unavailable> {
+    let mut latest = subscription.latest.clone();
+    let loaded = tokio::time::timeout(LOAD_TIMEOUT, async {
+        latest
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|live| live.clone())
+    })
+    .await;
+    loaded.ok().flatten().ok_or(Unavailable)
+}
+
+/// An action's view could not be loaded in time.
+#[derive(Debug)]
+pub struct Unavailable;

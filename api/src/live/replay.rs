@@ -18,12 +18,19 @@ pub enum Replay {
         changes: Vec<ReplayedChange>,
         through: u64,
     },
-    /// More than the limit of events lie after it, or the stream no longer holds them
-    /// (archived, or `after` is not a seq of this stream): start again from a snapshot.
+    /// More than the limit of events (or of bytes) lie after it, or the stream no longer
+    /// holds them (archived, or `after` is not a seq of this stream): start again from a
+    /// snapshot.
     TooFarBack,
+    /// The event at `after` is `Completed`: the client has the final message.
+    Finished,
 }
 
-#[derive(Debug)]
+/// Bytes of events read back for one resume, whatever the count: a batch's event carries
+/// an outcome per record.
+const MAX_BYTES: usize = 8 << 20;
+
+#[derive(Debug, Clone)]
 pub struct ReplayedChange {
     pub seq: u64,
     pub name: &'static str,
@@ -42,12 +49,16 @@ pub async fn status_changes_after(
     let mut before: Option<String> = None;
     let mut through: Option<u64> = None;
     let mut read = 0;
+    let mut bytes = 0;
     loop {
         let page = store
             .read_back_raw(action, before.as_deref(), PAGE_EVENTS)
             .await?;
         for raw in &page {
             through.get_or_insert(raw.seq);
+            if raw.seq == after && raw.type_name == "Completed" {
+                return Ok(Replay::Finished);
+            }
             if raw.seq <= after {
                 changes.reverse();
                 return Ok(Replay::Changes {
@@ -56,7 +67,8 @@ pub async fn status_changes_after(
                 });
             }
             read += 1;
-            if read > limit {
+            bytes += raw.data.len();
+            if read > limit || bytes > MAX_BYTES {
                 return Ok(Replay::TooFarBack);
             }
             if raw.type_name == "Completed" || !changes_status(&raw.type_name) {

@@ -6,43 +6,32 @@
 //! messages, and when it falls further behind than the hub keeps it gets a fresh snapshot
 //! instead of unbounded memory.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use domain::live::{final_message, StatusChange};
-use domain::{ActionId, ActionStatus, ActionView};
+use domain::{ActionId, ActionStatus};
 use futures::{StreamExt, TryStreamExt};
 use infra::mongo::ACTION_VIEWS;
 use infra::views::StoredActionView;
 use mongodb::bson::doc;
 use mongodb::options::FindOptions;
-use tokio::sync::{broadcast, mpsc};
-use tokio::task::JoinSet;
+use tokio::sync::mpsc;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::extract::OwnedAction;
-use crate::live::{
-    final_of, progress_of, status_changes_after, LiveHub, Message, Replay, StreamSlot, Subscription,
-};
+use crate::live::{self, LiveHub, Out, Start, StreamSlot};
 use crate::query::{invalid, QueryPairs, QueryParams};
 use crate::AppState;
 
-/// Events a resuming client may have missed and still be sent them one by one; further
-/// back, it gets a snapshot (docs/decisions/0053).
-pub const RESUME_EVENTS: usize = 256;
-/// Actions one account stream follows at once (the newest unfinished ones).
-pub const ACCOUNT_STREAM_ACTIONS: usize = 100;
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
-/// How long a stream waits for its watcher's first view before answering 503.
-const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages buffered per client between its task and its connection.
 const CLIENT_BUFFER: usize = 32;
 
@@ -85,24 +74,35 @@ pub async fn action_events(
         Some(after) => Some(after),
         None => last_event_id(&headers).and_then(|id| id.parse::<u64>().ok()),
     };
-    let slot = open_slot(&state.live, &caller)?;
-    let subscription = state.live.subscribe(action);
-    let view = loaded_view(&subscription).await?;
-    if view.status.is_terminal() && after == Some(view.last_seq) {
+    let hub = &state.live;
+    let slot = open_slot(hub, &caller)?;
+    let subscription = hub
+        .subscribe(action, &caller.account)
+        .ok_or_else(|| too_many_streams(hub))?;
+    let live = live::loaded(&subscription)
+        .await
+        .map_err(|_| not_loaded())?;
+    let start = match after {
+        None => Start::Snapshot,
+        Some(after) => live::plan_resume(hub, action, &live, after).await?,
+    };
+    if matches!(start, Start::Finished) {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let (sender, receiver) = mpsc::channel(CLIENT_BUFFER);
+    let lifetime = hub.stream_lifetime();
     let out = Out {
         sender,
         prefix: None,
         statuses: None,
+        deadline: tokio::time::Instant::now() + lifetime,
+        shutdown: hub.shutdown(),
     };
-    let hub = state.live.clone();
     tokio::spawn(async move {
-        follow(&hub, subscription, after, &out).await;
+        live::follow(subscription, live, start, &out).await;
         drop(slot);
     });
-    Ok(event_stream(receiver, state.live.stream_lifetime()))
+    Ok(event_stream(receiver, lifetime))
 }
 
 /// Follow every bulk action of the key's account as Server-Sent Events.
@@ -154,31 +154,65 @@ pub async fn account_events(
     }
     let (sender, receiver) = mpsc::channel(CLIENT_BUFFER);
     let hub = state.live.clone();
+    let lifetime = hub.stream_lifetime();
+    let out = Out {
+        sender,
+        prefix: None,
+        statuses,
+        deadline: tokio::time::Instant::now() + lifetime,
+        shutdown: hub.shutdown(),
+    };
     let account = caller.account.clone();
     tokio::spawn(async move {
-        follow_account(&hub, &account, starting, resume, notices, sender, statuses).await;
+        live::follow_account(&hub, &account, partition, starting, resume, notices, out).await;
         drop(slot);
     });
-    Ok(event_stream(receiver, state.live.stream_lifetime()))
+    Ok(event_stream(receiver, lifetime))
 }
 
-/// The response body: the task's messages, ended after `lifetime` (the client resumes
-/// where it was), which spreads long-lived clients over api processes as they come and
-/// go and lets a drained process' clients move on.
-fn event_stream(receiver: mpsc::Receiver<Event>, lifetime: Duration) -> Response {
-    let stream = futures::stream::unfold(receiver, |mut receiver| async move {
-        let event = receiver.recv().await?;
-        Some((Ok::<_, Infallible>(event), receiver))
-    })
+/// The response body: the task's frames and a keep-alive comment every 15 s, ended after
+/// `lifetime` (the client resumes where it was), which spreads long-lived clients over api
+/// processes as they come and go and lets a drained process' clients move on. Frames are
+/// bytes rendered once per message for every subscriber of the action, not per client.
+fn event_stream(receiver: mpsc::Receiver<Bytes>, lifetime: Duration) -> Response {
+    let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
+    keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let frames = futures::stream::unfold(
+        (receiver, keep_alive),
+        |(mut receiver, mut keep_alive)| async move {
+            let frame = tokio::select! {
+                frame = receiver.recv() => frame?,
+                _ = keep_alive.tick() => Bytes::from_static(b": keep-alive\n\n"),
+            };
+            Some((Ok::<_, Infallible>(frame), (receiver, keep_alive)))
+        },
+    )
     .take_until(tokio::time::sleep(lifetime));
-    let mut response = Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
-        .into_response();
-    // Proxies that buffer responses (nginx) would hold the messages back.
-    response
-        .headers_mut()
-        .insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            // Proxies that buffer responses (nginx) would hold the messages back.
+            (
+                HeaderName::from_static("x-accel-buffering"),
+                HeaderValue::from_static("no"),
+            ),
+        ],
+        Body::from_stream(frames),
+    )
+        .into_response()
+}
+
+/// One SSE message. Ids, names and JSON data hold no line breaks (serde_json escapes
+/// them), so each field is one line.
+pub fn frame(id: Option<&str>, name: &str, data: &str) -> Bytes {
+    Bytes::from(match id {
+        Some(id) => format!("id: {id}\nevent: {name}\ndata: {data}\n\n"),
+        None => format!("event: {name}\ndata: {data}\n\n"),
+    })
 }
 
 fn last_event_id(headers: &HeaderMap) -> Option<String> {
@@ -200,29 +234,22 @@ fn parse_statuses(raw: &str) -> Option<HashSet<ActionStatus>> {
 }
 
 fn open_slot(hub: &LiveHub, caller: &Caller) -> Result<StreamSlot, ApiError> {
-    hub.open_stream(&caller.account).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::TooManyStreams,
-            "the account has as many event streams open as it may; close one first",
-        )
-        .with_details(serde_json::json!({ "limit": hub.max_streams_per_account() }))
-        .with_retry_after(1)
-    })
+    hub.open_stream(&caller.account)
+        .ok_or_else(|| too_many_streams(hub))
 }
 
-async fn loaded_view(subscription: &Subscription) -> Result<Arc<ActionView>, ApiError> {
-    let mut latest = subscription.latest.clone();
-    let loaded = tokio::time::timeout(LOAD_TIMEOUT, latest.wait_for(Option::is_some)).await;
-    match loaded {
-        Ok(Ok(view)) => view
-            .clone()
-            .ok_or_else(|| ApiError::internal("a loaded view is missing")),
-        _ => Err(crate::error::unavailable(
-            "redis",
-            &"the action's events could not be read in time",
-        )),
-    }
+fn too_many_streams(hub: &LiveHub) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::TooManyStreams,
+        "the account has as many event streams open as it may; close one first",
+    )
+    .with_details(serde_json::json!({ "limit": hub.max_streams_per_account() }))
+    .with_retry_after(1)
+}
+
+fn not_loaded() -> ApiError {
+    crate::error::unavailable("redis", &"the action's events could not be read in time")
 }
 
 /// The unfinished actions of the account, newest first, from the projected views and the
@@ -234,9 +261,9 @@ async fn unfinished_actions(state: &AppState, caller: &Caller) -> Result<Vec<Act
         .map(|status| status.as_str())
         .collect();
     let options = FindOptions::builder()
-        .sort(doc! { "createdAt": -1, "_id": -1 })
-        .limit(ACCOUNT_STREAM_ACTIONS as i64)
-        .batch_size(ACCOUNT_STREAM_ACTIONS as u32)
+        .sort(doc! { "createdAt": -1 })
+        .limit(live::ACCOUNT_STREAM_ACTIONS as i64)
+        .batch_size(live::ACCOUNT_STREAM_ACTIONS as u32)
         .build();
     let views: Vec<StoredActionView> = state
         .database
@@ -261,7 +288,7 @@ async fn unfinished_actions(state: &AppState, caller: &Caller) -> Result<Vec<Act
     }
     // Newest first: ULIDs order by creation.
     actions.sort_by(|a, b| b.cmp(a));
-    actions.truncate(ACCOUNT_STREAM_ACTIONS);
+    actions.truncate(live::ACCOUNT_STREAM_ACTIONS);
     Ok(actions)
 }
 
@@ -282,282 +309,4 @@ pub struct ServerSentEvent {
     /// its statistics (the final message).
     #[schema(content_media_type = "application/json")]
     data: String,
-}
-
-/// Where a follower writes: one client's channel, the id form of its stream, its filter.
-#[derive(Clone)]
-struct Out {
-    sender: mpsc::Sender<Event>,
-    /// `Some(action)`: ids are `<action>:<seq>` (the account stream).
-    prefix: Option<ActionId>,
-    statuses: Option<Arc<HashSet<ActionStatus>>>,
-}
-
-/// The client has gone.
-struct Gone;
-
-impl Out {
-    async fn send(
-        &self,
-        seq: u64,
-        name: &str,
-        data: &str,
-        status: ActionStatus,
-    ) -> Result<(), Gone> {
-        if self
-            .statuses
-            .as_ref()
-            .is_some_and(|statuses| !statuses.contains(&status))
-        {
-            return Ok(());
-        }
-        let id = match self.prefix {
-            Some(action) => format!("{action}:{seq}"),
-            None => seq.to_string(),
-        };
-        let event = Event::default().id(id).event(name).data(data);
-        self.sender.send(event).await.map_err(|_| Gone)
-    }
-
-    async fn message(&self, message: &Message) -> Result<(), Gone> {
-        self.send(message.seq, message.name, &message.data, message.status)
-            .await
-    }
-
-    async fn snapshot(&self, view: &ActionView) -> Result<(), Gone> {
-        let data = serde_json::to_string(view).unwrap_or_default();
-        self.send(view.last_seq, "snapshot", &data, view.status)
-            .await?;
-        self.finish_if_final(view).await
-    }
-
-    async fn finish_if_final(&self, view: &ActionView) -> Result<(), Gone> {
-        if final_message(view.status).is_some() {
-            if let Ok(last) = final_of(view) {
-                self.message(&last).await?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Where a client stands: the seq of the last message sent and its rank at that seq (a
-/// status change, then the counts, then the final message), which orders the messages the
-/// watcher made of one poll.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Sent {
-    seq: u64,
-    rank: u8,
-}
-
-const CHANGE: u8 = 0;
-const COUNTS: u8 = 1;
-const FINAL: u8 = 2;
-
-impl Sent {
-    fn of(message: &Message) -> Self {
-        // Every live message carries the counts at its seq; only a change replayed from
-        // the stream does not, and it never goes through here.
-        let rank = if message.last { FINAL } else { COUNTS };
-        Sent {
-            seq: message.seq,
-            rank,
-        }
-    }
-}
-
-/// Sends one action's messages to `out` until it finishes, the client leaves or the api
-/// stops.
-async fn follow(hub: &LiveHub, mut subscription: Subscription, after: Option<u64>, out: &Out) {
-    let _ = follow_inner(hub, &mut subscription, after, out).await;
-}
-
-async fn follow_inner(
-    hub: &LiveHub,
-    subscription: &mut Subscription,
-    after: Option<u64>,
-    out: &Out,
-) -> Result<(), Gone> {
-    let Ok(view) = loaded_view(subscription).await else {
-        return Ok(());
-    };
-    let mut sent = match after {
-        Some(after) => match resume(hub, subscription, &view, after, out).await? {
-            Some(sent) => sent,
-            None => {
-                out.snapshot(&view).await?;
-                Sent {
-                    seq: view.last_seq,
-                    rank: COUNTS,
-                }
-            }
-        },
-        None => {
-            out.snapshot(&view).await?;
-            Sent {
-                seq: view.last_seq,
-                rank: COUNTS,
-            }
-        }
-    };
-    if view.status.is_terminal() {
-        return Ok(());
-    }
-    let shutdown = hub.shutdown();
-    loop {
-        let received = tokio::select! {
-            received = subscription.messages.recv() => received,
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = out.sender.closed() => return Ok(()),
-        };
-        match received {
-            Ok(message) => {
-                let replayed = message.seq == sent.seq
-                    && sent.rank == CHANGE
-                    && message.name != "progress"
-                    && !message.last;
-                if Sent::of(&message) <= sent || replayed {
-                    continue;
-                }
-                out.message(&message).await?;
-                sent = Sent::of(&message);
-                if message.last {
-                    return Ok(());
-                }
-            }
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
-                tracing::debug!(action = %subscription.action, missed, "a slow stream client gets a fresh snapshot");
-                let current = subscription.latest.borrow().clone();
-                if let Some(current) = current {
-                    out.snapshot(&current).await?;
-                    sent = Sent {
-                        seq: current.last_seq,
-                        rank: COUNTS,
-                    };
-                    if current.status.is_terminal() {
-                        return Ok(());
-                    }
-                }
-            }
-            Err(broadcast::error::RecvError::Closed) => return Ok(()),
-        }
-    }
-}
-
-/// Sends what happened after `after`: the status changes read back from the stream, then
-/// the current counts (or the final message). `None`: it cannot be resumed from there.
-async fn resume(
-    hub: &LiveHub,
-    subscription: &Subscription,
-    view: &ActionView,
-    after: u64,
-    out: &Out,
-) -> Result<Option<Sent>, Gone> {
-    let replay = status_changes_after(hub.store(), subscription.action, after, RESUME_EVENTS).await;
-    let (changes, through) = match replay {
-        Ok(Replay::Changes { changes, through }) if after <= through => (changes, through),
-        Ok(_) => return Ok(None),
-        Err(error) => {
-            tracing::warn!(action = %subscription.action, %error, "cannot read back a resumed stream; sending a snapshot");
-            return Ok(None);
-        }
-    };
-    for change in &changes {
-        let data = serde_json::to_string(&StatusChange {
-            action_id: subscription.action,
-            change: change.name.to_owned(),
-            seq: change.seq,
-            occurred_at: change.occurred_at,
-            counts: None,
-        })
-        .unwrap_or_default();
-        out.send(change.seq, change.name, &data, view.status)
-            .await?;
-    }
-    // The view may have been loaded before the replay's read: take the newest.
-    let current = subscription
-        .latest
-        .borrow()
-        .clone()
-        .unwrap_or_else(|| Arc::new(view.clone()));
-    if current.status.is_terminal() {
-        if current.last_seq > after {
-            out.finish_if_final(&current).await?;
-        }
-        return Ok(Some(Sent {
-            seq: current.last_seq,
-            rank: COUNTS,
-        }));
-    }
-    // The client has the counts at `after` (every live message carries them): a progress
-    // goes out only when they moved since.
-    if current.last_seq >= through && current.last_seq > after {
-        if let Ok(progress) = progress_of(&current, None) {
-            out.message(&progress).await?;
-        }
-        return Ok(Some(Sent {
-            seq: current.last_seq,
-            rank: COUNTS,
-        }));
-    }
-    let rank = if through > after { CHANGE } else { COUNTS };
-    Ok(Some(Sent { seq: through, rank }))
-}
-
-/// The account stream: one follower per action, started for the starting set and for
-/// every new action of the account, each writing to the same client.
-async fn follow_account(
-    hub: &LiveHub,
-    account: &domain::AccountId,
-    starting: Vec<ActionId>,
-    resume: Option<(ActionId, u64)>,
-    mut notices: broadcast::Receiver<(ActionId, domain::AccountId)>,
-    sender: mpsc::Sender<Event>,
-    statuses: Option<Arc<HashSet<ActionStatus>>>,
-) {
-    let mut followers: JoinSet<ActionId> = JoinSet::new();
-    let mut followed: HashMap<ActionId, ()> = HashMap::new();
-    let start = |followers: &mut JoinSet<ActionId>, action: ActionId, after: Option<u64>| {
-        let out = Out {
-            sender: sender.clone(),
-            prefix: Some(action),
-            statuses: statuses.clone(),
-        };
-        let hub = hub.clone();
-        let subscription = hub.subscribe(action);
-        followers.spawn(async move {
-            follow(&hub, subscription, after, &out).await;
-            action
-        });
-    };
-    for action in starting {
-        let after = resume.and_then(|(resumed, seq)| (resumed == action).then_some(seq));
-        followed.insert(action, ());
-        start(&mut followers, action, after);
-    }
-    let shutdown = hub.shutdown();
-    loop {
-        tokio::select! {
-            notice = notices.recv() => match notice {
-                Ok((action, owner)) => {
-                    if owner == *account
-                        && !followed.contains_key(&action)
-                        && followed.len() < ACCOUNT_STREAM_ACTIONS
-                    {
-                        followed.insert(action, ());
-                        start(&mut followers, action, None);
-                    }
-                }
-                // Missed notices are of a partition flooded with new actions; the
-                // ones that follow are still served.
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
-            Some(Ok(finished)) = followers.join_next(), if !followers.is_empty() => {
-                followed.remove(&finished);
-            }
-            _ = shutdown.cancelled() => return,
-            _ = sender.closed() => return,
-        }
-    }
 }
