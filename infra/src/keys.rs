@@ -26,7 +26,7 @@
 //! | `P:consumers` | hash | live consumer process -> "<workers> <expires ms>", sizes the dispatch |
 //! | `P:apikey:<keyId>`, `P:apikeys:<account>` | hash, zset | API keys (see `api_keys`) |
 //! | `P:{n}:idem:<sha256>` | string | `Idempotency-Key` of an account -> "<action> <body sha256>", 24 h; in the account's partition |
-//! | `P:{n}:hooks` | stream | lifecycle events `{action, seq, type}` for webhooks; group `webhooks`; `MAXLEN ~` 100,000 |
+//! | `P:{n}:hooks` | stream | lifecycle events `{action, seq, type, at}` for webhooks; group `webhooks`; `MAXLEN ~` 100,000 |
 //! | `P:{n}:webhooks:<account>` | hash | endpoint id -> endpoint JSON (url, events, secrets); in the account's partition |
 //! | `P:{n}:webhook-deliveries:<endpoint>` | hash | delivery (`webhook-id`) -> delivery JSON (body, attempts, state) |
 //! | `P:{n}:webhook-log:<endpoint>` | zset | delivery -> created ms: which deliveries are kept, newest listed first |

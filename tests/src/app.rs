@@ -195,6 +195,13 @@ impl TestApp {
             dispatch_lookahead: 1,
             dispatch_tick_ms: 50,
             simulated_batch_latency_ms: 0,
+            // One sender is plenty for the in-process tests; webhooks' own tests run the
+            // binaries (tests/tests/webhooks.rs).
+            webhook_concurrency: 1,
+            webhook_allow_private_networks: true,
+            webhook_retry_schedule: None,
+            webhook_timeout_ms: 15_000,
+            webhook_poll_ms: 250,
         }
     }
 

@@ -80,7 +80,7 @@ local function xadd_event(stream, hooks, action, seq, version, id, type, at, dat
     'v', version, 'type', type, 'at', at, 'data', data)
   if HOOK_TYPES[type] then
     call('XADD', hooks, 'MAXLEN', '~', HOOKS_MAXLEN, '*', 'action', action, 'seq', seq,
-      'type', type)
+      'type', type, 'at', at)
   end
 end
 
