@@ -23,16 +23,13 @@ use domain::webhook::{RetrySchedule, WebhookEvent};
 use domain::{ActionId, ActionView, Timestamp};
 use infra::keys::WEBHOOKS_GROUP;
 use infra::views::StoredActionView;
-use infra::webhooks::{
-    Attempt, Claim, Delivery, DeliveryState, Settled, Settlement, Webhooks,
-};
+use infra::webhooks::{Attempt, Claim, Delivery, DeliveryState, Settled, Settlement, Webhooks};
 use infra::work::{self, ReadFrom};
 use infra::{EventStore, StoreError};
 use mongodb::bson::doc;
 use redis::streams::StreamId;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-
 
 /// Entries read from a hooks stream, and taken over, per round trip.
 const ENTRIES_PER_READ: usize = 16;
@@ -95,7 +92,10 @@ impl Deliverer {
         };
         tasks.spawn(self.clone().intake(shutdown.clone()));
         for number in 0..self.settings.concurrency {
-            tasks.spawn(self.clone().send_loop(number, client.clone(), shutdown.clone()));
+            tasks.spawn(
+                self.clone()
+                    .send_loop(number, client.clone(), shutdown.clone()),
+            );
         }
     }
 
@@ -198,7 +198,10 @@ impl Deliverer {
         };
         let endpoints = self.webhooks.list(&meta.account_id).await?;
         // Most accounts have no endpoint: no fold for them.
-        if endpoints.iter().all(|endpoint| endpoint.disabled_at.is_some()) {
+        if endpoints
+            .iter()
+            .all(|endpoint| endpoint.disabled_at.is_some())
+        {
             return Ok(());
         }
         let Some((view, folded_at)) = self.view_at(action, seq).await? else {
@@ -314,7 +317,10 @@ impl Deliverer {
 
     /// Makes the attempt `claim` holds and records it.
     async fn attempt(&self, client: &reqwest::Client, claim: &Claim) -> Result<(), DeliverError> {
-        let endpoint = self.webhooks.get(&claim.account, &claim.endpoint_id).await?;
+        let endpoint = self
+            .webhooks
+            .get(&claim.account, &claim.endpoint_id)
+            .await?;
         let delivery = self
             .webhooks
             .delivery(&claim.account, &claim.endpoint_id, &claim.delivery_id)

@@ -60,9 +60,8 @@ impl Resolve for GuardedResolver {
         let allow_private = self.allow_private_networks;
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let resolved: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let mut reason = "no address";
             let allowed: Vec<SocketAddr> = resolved
                 .into_iter()
