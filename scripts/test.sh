@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what is missing (redis-server,
-# PostgreSQL, FerretDB), checks formatting and lints, then runs every test. The tests start
+# PostgreSQL, FerretDB, schemathesis, standardwebhooks), checks formatting and lints, then
+# runs every test. The tests start
 # their own services on free ports; nothing needs to be running beforehand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
 ensure_all
 ensure_schemathesis
+ensure_standardwebhooks
 ensure_faketime
 
 locked=()

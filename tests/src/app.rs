@@ -113,6 +113,8 @@ impl TestApp {
             request_burst_seconds: 6,
             records_per_minute: options.records_per_minute,
             admin_token: options.admin_token.clone(),
+            // As in production: webhooks to private addresses are refused.
+            webhook_allow_private_networks: false,
         };
         let state = AppState::connect(&api_config).await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
