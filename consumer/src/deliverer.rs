@@ -182,7 +182,13 @@ impl Deliverer {
             tracing::warn!(stream, entry = %entry.id, "an unreadable hooks entry; dropped");
         }
         let mut conn = self.store.connection();
-        work::discard(&mut conn, stream, WEBHOOKS_GROUP, &[entry.id.clone()]).await?;
+        work::discard(
+            &mut conn,
+            stream,
+            WEBHOOKS_GROUP,
+            std::slice::from_ref(&entry.id),
+        )
+        .await?;
         Ok(())
     }
 

@@ -302,10 +302,9 @@ fn check_v6(ip: Ipv6Addr) -> Result<(), ForbiddenAddress> {
         ForbiddenAddress::LinkLocal
     } else if s[0] & 0xff00 == 0xff00 {
         ForbiddenAddress::Multicast
-    } else if (s[0] == 0x2001 && s[1] == 0xdb8)
-        // Teredo tunnels to an address of its own choosing; discard-only; the
-        // 64:ff9b:1::/48 local NAT64 range.
-        || (s[0] == 0x2001 && s[1] == 0)
+    } else if (s[0] == 0x2001 && (s[1] == 0xdb8 || s[1] == 0))
+        // Documentation; Teredo (it tunnels to an address of its own choosing); discard-only;
+        // the 64:ff9b:1::/48 local NAT64 range.
         || s[..4] == [0x100, 0, 0, 0]
         || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
     {

@@ -246,7 +246,10 @@ impl<'a> Hooks<'a> {
         ensure!(status == 201, "registering {url}: {status} {body}");
         let secret = body["secret"].as_str().context("secret")?.to_owned();
         ensure!(secret.starts_with("whsec_"), "{body}");
-        ensure!(body["url"] == url && body["createdAt"].is_string(), "{body}");
+        ensure!(
+            body["url"] == url && body["createdAt"].is_string(),
+            "{body}"
+        );
         Ok((body["id"].as_str().context("id")?.to_owned(), secret))
     }
 
@@ -268,7 +271,9 @@ fn upsert(account: &str, records: usize) -> Value {
 
 fn options(env: &[(&'static str, &str)]) -> DeploymentOptions {
     let mut options = DeploymentOptions::default();
-    options.env.push(("WEBHOOK_ALLOW_PRIVATE_NETWORKS", "true".to_owned()));
+    options
+        .env
+        .push(("WEBHOOK_ALLOW_PRIVATE_NETWORKS", "true".to_owned()));
     options.env.push(("WEBHOOK_POLL_MS", "50".to_owned()));
     options
         .env
@@ -391,7 +396,10 @@ async fn deliveries_are_signed_retried_under_one_id_and_verify_with_the_standard
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let gone_deliveries = acme.deliveries(&gone).await?;
-    ensure!(gone_deliveries[0]["state"] == "failed", "{gone_deliveries:?}");
+    ensure!(
+        gone_deliveries[0]["state"] == "failed",
+        "{gone_deliveries:?}"
+    );
 
     let mut cases: Vec<(&str, &Received, bool)> = Vec::new();
     cases.extend(got.iter().map(|r| (ok_secret.as_str(), r, true)));
@@ -539,16 +547,21 @@ async fn a_deliverer_killed_mid_attempt_loses_nothing() -> Result<()> {
     deployment.kill_consumer("c1");
     let killed_at = Instant::now();
     deployment.start_consumer("c2")?;
-    deployment.client.wait_projected_terminal(&action, WAIT).await?;
+    deployment
+        .client
+        .wait_projected_terminal(&action, WAIT)
+        .await?;
     let got = receiver
         .wait("/hang", |got| {
-            got.iter().any(|r| r.event_type() == "action.completed")
-                && got.len() >= 3
+            got.iter().any(|r| r.event_type() == "action.completed") && got.len() >= 3
         })
         .await?;
     let mut by_type: HashMap<String, Vec<&Received>> = HashMap::new();
     for delivery in &got {
-        by_type.entry(delivery.event_type()).or_default().push(delivery);
+        by_type
+            .entry(delivery.event_type())
+            .or_default()
+            .push(delivery);
     }
     let started = by_type.get("action.started").context("started")?;
     ensure!(
@@ -579,7 +592,10 @@ async fn private_and_metadata_addresses_are_refused_without_the_setting() -> Res
     for (url, code) in [
         ("http://127.0.0.1/hook", "webhook_url_not_allowed"),
         ("https://127.0.0.1/hook", "webhook_url_not_allowed"),
-        ("https://169.254.169.254/latest/meta-data/", "webhook_url_not_allowed"),
+        (
+            "https://169.254.169.254/latest/meta-data/",
+            "webhook_url_not_allowed",
+        ),
         ("https://[fd00:ec2::254]/", "webhook_url_not_allowed"),
         ("https://10.1.2.3/", "webhook_url_not_allowed"),
         ("https://100.64.0.1/", "webhook_url_not_allowed"),
@@ -608,9 +624,15 @@ async fn private_and_metadata_addresses_are_refused_without_the_setting() -> Res
             Some(&json!({ "url": "https://169.254.169.254/", "events": ["action.completed"] })),
         )
         .await?;
-    ensure!(status == 400 && body["error"]["details"]["address"] == "cloud metadata", "{body}");
+    ensure!(
+        status == 400 && body["error"]["details"]["address"] == "cloud metadata",
+        "{body}"
+    );
     for (body, code) in [
-        (json!({ "url": "https://hooks.example.com/" }), "missing_field"),
+        (
+            json!({ "url": "https://hooks.example.com/" }),
+            "missing_field",
+        ),
         (
             json!({ "url": "https://hooks.example.com/", "events": ["action.exploded"] }),
             "invalid_field",
@@ -634,10 +656,7 @@ async fn private_and_metadata_addresses_are_refused_without_the_setting() -> Res
     hooks
         .register("https://hooks.example.com/crm", &["action.completed"])
         .await?;
-    let reply = app
-        .client
-        .send(Method::GET, "/webhooks", None, &[])
-        .await?;
+    let reply = app.client.send(Method::GET, "/webhooks", None, &[]).await?;
     ensure!(reply.status == 401, "{reply:?}");
     Ok(())
 }

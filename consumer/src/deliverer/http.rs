@@ -161,3 +161,32 @@ fn describe(error: &reqwest::Error) -> String {
     }
     domain::text::bounded(&text, ERROR_BYTES)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A host name is checked on the addresses it resolves to, at delivery: `localhost`
+    /// passes the registration's name check only as a dotted name, but resolves to loopback
+    /// and is refused here all the same (a DNS answer that turns private, e.g. rebinding).
+    #[tokio::test]
+    async fn a_name_resolving_to_a_private_address_is_refused() {
+        let name = || -> Name { "localhost".parse().expect("a host name") };
+        let guarded = GuardedResolver {
+            allow_private_networks: false,
+        };
+        let refused = match guarded.resolve(name()).await {
+            Ok(_) => panic!("localhost resolved to an allowed address"),
+            Err(error) => error.to_string(),
+        };
+        assert!(refused.contains("loopback"), "{refused}");
+        let allowed = GuardedResolver {
+            allow_private_networks: true,
+        };
+        let addresses: Vec<SocketAddr> = match allowed.resolve(name()).await {
+            Ok(addresses) => addresses.collect(),
+            Err(error) => panic!("{error}"),
+        };
+        assert!(addresses.iter().all(|a| a.ip().is_loopback()));
+    }
+}
