@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what the platform needs to run and test locally, and only what is missing:
 #   redis-server and PostgreSQL (Debian packages), FerretDB v1.24.2 (built with Go), a Rust
-#   toolchain check, and for the tests schemathesis (PyPI, in its own virtualenv) and
-#   faketime (Debian package).
+#   toolchain check, and for the tests schemathesis and standardwebhooks (PyPI, in their
+#   own virtualenv) and faketime (Debian package).
 # Source it (it exports REDIS_SERVER_BIN and FERRETDB_BIN) or run it.
 set -euo pipefail
 
 FERRETDB_VERSION="v1.24.2"
 SCHEMATHESIS_VERSION="4.32.5"
+STANDARDWEBHOOKS_VERSION="1.1.0"
 
 log() { printf '\033[1m[deps]\033[0m %s\n' "$*" >&2; }
 
@@ -105,6 +106,20 @@ ensure_schemathesis() {
   export SCHEMATHESIS_BIN
 }
 
+# The official Standard Webhooks library (PyPI `standardwebhooks`, no dependencies of its
+# own) verifies every delivery in tests/tests/webhooks.rs; beside schemathesis in its
+# virtualenv. The tests run its Python as STANDARDWEBHOOKS_PYTHON.
+ensure_standardwebhooks() {
+  local venv="${XDG_CACHE_HOME:-$HOME/.cache}/crm-bulk-tools/venv"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  if ! output_contains "$STANDARDWEBHOOKS_VERSION" "$venv/bin/pip" show standardwebhooks; then
+    log "installing standardwebhooks $STANDARDWEBHOOKS_VERSION (PyPI) into $venv"
+    "$venv/bin/pip" install -q "standardwebhooks==$STANDARDWEBHOOKS_VERSION"
+  fi
+  STANDARDWEBHOOKS_PYTHON="$venv/bin/python"
+  export STANDARDWEBHOOKS_PYTHON
+}
+
 # libfaketime (Debian package `faketime`): the tests run a consumer whose clock is off.
 ensure_faketime() {
   if ! command -v faketime >/dev/null 2>&1; then
@@ -137,5 +152,7 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   log "postgresql:   $PG_BIN_DIR"
   ensure_schemathesis
   log "schemathesis: $SCHEMATHESIS_BIN"
+  ensure_standardwebhooks
+  log "standardwebhooks: $STANDARDWEBHOOKS_PYTHON"
   ensure_faketime
 fi

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what is missing (redis-server,
-# PostgreSQL, FerretDB), checks formatting and lints, then runs every test. The tests start
+# PostgreSQL, FerretDB, schemathesis, standardwebhooks), checks formatting and lints, then
+# runs every test. The tests start
 # their own services on free ports; nothing needs to be running beforehand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
 ensure_all
 ensure_schemathesis
+ensure_standardwebhooks
 ensure_faketime
 
 locked=()
@@ -29,7 +31,7 @@ cargo test "${locked[@]}" --workspace --no-fail-fast
 # benchmarks, the restart of a single redis-server, the twin tests (they run Lua on one
 # node, whatever the deployment) and repartition (refused on a cluster).
 echo "== cargo test on a Redis Cluster"
-BULK_TEST_REDIS=cluster cargo test "${locked[@]}" -p bulk-tests --test processing --test flow --test live \
+BULK_TEST_REDIS=cluster cargo test "${locked[@]}" -p bulk-tests --test processing --test flow --test live --test webhooks \
   --no-fail-fast -- --skip a_schedule_survives --skip five_minute \
   --skip consumers_scale_out --skip redis_bytes --skip the_scripts_rules --skip the_key_guard \
   --skip a_drained_deployment_moves_to_another_partition_count

@@ -81,6 +81,14 @@ pub enum ErrorCode {
     ActionAlreadyReleased,
     /// Commands on the action raced each other too long; retry after `Retry-After`.
     ActionContended,
+    // Webhooks.
+    InvalidWebhookUrl,
+    /// Not https, or a private, loopback, link-local or metadata address (SSRF guard).
+    WebhookUrlNotAllowed,
+    TooManyWebhooks,
+    WebhookNotFound,
+    DeliveryNotFound,
+    DeliveryPending,
     // Ours, not the client's.
     DependencyUnavailable,
     InternalError,

@@ -118,6 +118,11 @@ pub struct ApiConfig {
     #[arg(long, env = "SSE_MAX_STREAM_SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_stream_seconds: u64,
 
+    /// Lets webhook endpoints be `http` URLs and private, loopback and link-local
+    /// addresses (tests and closed networks only). Set the consumers' the same.
+    #[arg(long, env = "WEBHOOK_ALLOW_PRIVATE_NETWORKS", default_value_t = false, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub webhook_allow_private_networks: bool,
+
     /// Bearer token of the `/admin` endpoints; unset, they are disabled.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -135,6 +140,7 @@ pub struct Settings {
     pub requests_per_minute: u32,
     pub request_burst_seconds: u32,
     pub records_per_minute: u32,
+    pub webhook_allow_private_networks: bool,
     pub admin_token: Option<String>,
 }
 
@@ -145,6 +151,8 @@ pub struct AppState {
     /// The admin api's writes.
     pub admin: AccountAdmin,
     pub database: Database,
+    /// The account's webhook endpoints and their deliveries.
+    pub webhooks: infra::webhooks::Webhooks,
     pub config: Arc<Settings>,
     /// Monotonic within this process, so that actions accepted in the same millisecond
     /// still list in the order they were accepted.
@@ -197,7 +205,8 @@ impl AppState {
         Ok(Self {
             live,
             store: Submissions::new(EventStore::new(conn.clone(), keys.clone())),
-            admin: AccountAdmin::new(EventStore::new(conn, keys)),
+            admin: AccountAdmin::new(EventStore::new(conn.clone(), keys.clone())),
+            webhooks: infra::webhooks::Webhooks::new(conn, keys),
             database,
             config: Arc::new(Settings {
                 batch_size: config.batch_size as usize,
@@ -211,6 +220,7 @@ impl AppState {
                 requests_per_minute: config.requests_per_minute,
                 request_burst_seconds: config.request_burst_seconds,
                 records_per_minute: config.records_per_minute,
+                webhook_allow_private_networks: config.webhook_allow_private_networks,
                 admin_token: config.admin_token.clone().filter(|token| !token.is_empty()),
             }),
             ids: Arc::new(std::sync::Mutex::new(ulid::Generator::new())),
@@ -230,10 +240,10 @@ pub enum ApiStartError {
 
 pub fn router(state: AppState) -> Router {
     use axum::routing::post;
-    use routes::{actions, admin, control, events, fields, health, logs, submit};
+    use routes::{actions, admin, control, events, fields, health, logs, submit, webhooks};
     let max_body = state.config.max_body_bytes;
-    // Every /bulk-actions and /fields route is behind an API key, checked before the
-    // handler reads anything of the request.
+    // Every /bulk-actions, /fields and /webhooks route is behind an API key, checked
+    // before the handler reads anything of the request.
     let bulk_actions = Router::new()
         .route(
             "/bulk-actions",
@@ -256,6 +266,26 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/fields/{entity_type}",
             get(fields::get_fields).put(fields::put_fields),
+        )
+        .route(
+            "/webhooks",
+            get(webhooks::list_webhooks).post(webhooks::create_webhook),
+        )
+        .route(
+            "/webhooks/{webhook_id}",
+            get(webhooks::get_webhook).delete(webhooks::delete_webhook),
+        )
+        .route(
+            "/webhooks/{webhook_id}/rotate-secret",
+            post(webhooks::rotate_secret),
+        )
+        .route(
+            "/webhooks/{webhook_id}/deliveries",
+            get(webhooks::list_deliveries),
+        )
+        .route(
+            "/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver",
+            post(webhooks::redeliver),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

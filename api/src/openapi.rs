@@ -8,7 +8,7 @@ use utoipa::openapi::{Ref, RefOr};
 use utoipa::OpenApi;
 
 use crate::error::{ErrorBody, ErrorDetail};
-use crate::routes::{actions, admin, control, events, fields, health, logs, submit};
+use crate::routes::{actions, admin, control, events, fields, health, logs, submit, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -27,6 +27,13 @@ use crate::routes::{actions, admin, control, events, fields, health, logs, submi
         logs::get_logs,
         fields::get_fields,
         fields::put_fields,
+        webhooks::create_webhook,
+        webhooks::list_webhooks,
+        webhooks::get_webhook,
+        webhooks::delete_webhook,
+        webhooks::rotate_secret,
+        webhooks::list_deliveries,
+        webhooks::redeliver,
         admin::get_limits,
         admin::put_limits,
         admin::create_key,
@@ -37,7 +44,7 @@ use crate::routes::{actions, admin, control, events, fields, health, logs, submi
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&SecuritySchemes),
-    tags((name = "bulk-actions"), (name = "fields"), (name = "admin"), (name = "health")),
+    tags((name = "bulk-actions"), (name = "fields"), (name = "webhooks"), (name = "admin"), (name = "health")),
 )]
 pub struct ApiDoc;
 
@@ -57,10 +64,12 @@ impl utoipa::Modify for SecuritySchemes {
             "api_key",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
-        // Every /bulk-actions operation needs an API key, and every operation behind a
+        // Every /bulk-actions, /fields and /webhooks operation needs an API key, and every operation behind a
         // credential can answer with the errors any such request can get.
         for (path, item) in openapi.paths.paths.iter_mut() {
-            let bulk = path.starts_with("/bulk-actions") || path.starts_with("/fields");
+            let bulk = path.starts_with("/bulk-actions")
+                || path.starts_with("/fields")
+                || path.starts_with("/webhooks");
             let admin = path.starts_with("/admin");
             if !bulk && !admin {
                 continue;

@@ -5,6 +5,7 @@
 //! more processes to scale out: the consumer group shares the batches among them.
 
 mod apply;
+mod deliverer;
 mod dispatcher;
 mod reconcile;
 mod scheduler;
@@ -88,10 +89,40 @@ pub struct ConsumerConfig {
     #[arg(long, env = "DISPATCH_TICK_MS", default_value_t = 100)]
     pub dispatch_tick_ms: u64,
 
+    /// Webhook senders in this process (each makes one attempt at a time); 0 runs no
+    /// webhook delivery here at all. Every consumer process delivers, so more consumers
+    /// deliver more.
+    #[arg(long, env = "WEBHOOK_DELIVERY_CONCURRENCY", default_value_t = 4)]
+    pub webhook_concurrency: usize,
+
+    /// Lets webhooks reach `http` URLs and private, loopback and link-local addresses
+    /// (tests and closed networks only). Set the api's the same.
+    #[arg(long, env = "WEBHOOK_ALLOW_PRIVATE_NETWORKS", default_value_t = false, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub webhook_allow_private_networks: bool,
+
+    /// The delays before each webhook attempt (ms, comma-separated, the first attempt's
+    /// first), instead of the Standard Webhooks schedule (immediately, 5 s, 5 min, 30 min,
+    /// 2 h, 5 h, 10 h, 14 h, 20 h, 24 h). For tests; jitter applies either way.
+    #[arg(long, env = "WEBHOOK_RETRY_SCHEDULE_MS", value_parser = parse_schedule)]
+    pub webhook_retry_schedule: Option<domain::webhook::RetrySchedule>,
+
+    /// Longest webhook attempt (ms); an attempt's lease on its delivery is 10 s longer.
+    #[arg(long, env = "WEBHOOK_TIMEOUT_MS", default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub webhook_timeout_ms: u64,
+
+    /// How often an idle webhook sender looks for due attempts (ms).
+    #[arg(long, env = "WEBHOOK_POLL_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..))]
+    pub webhook_poll_ms: u64,
+
     /// For benchmarks only: extra time each batch takes (ms), as a remote CRM api would
     /// add; shows how throughput scales with consumers when the store is not the limit.
     #[arg(long, env = "SIMULATED_BATCH_LATENCY_MS", default_value_t = 0)]
     pub simulated_batch_latency_ms: u64,
+}
+
+fn parse_schedule(raw: &str) -> Result<domain::webhook::RetrySchedule, String> {
+    domain::webhook::RetrySchedule::parse(raw)
+        .ok_or_else(|| "a comma-separated list of delays in ms, e.g. 0,100,500".to_owned())
 }
 
 impl ConsumerConfig {
@@ -144,6 +175,7 @@ pub async fn run(config: ConsumerConfig, shutdown: CancellationToken) -> Result<
         Duration::from_millis(config.scheduler_tick_ms),
         shutdown.clone(),
     ));
+    deliverer(&config, &store, &database, &base_name).spawn(&mut tasks, &shutdown);
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     if supervise(&mut tasks, &shutdown, grace).await == Stopped::AtTheDeadline {
         let claim_idle = Duration::from_millis(config.claim_idle_ms);
@@ -180,6 +212,30 @@ async fn connect(
     })
     .await;
     Ok(ready.map(|()| (store, database)))
+}
+
+fn deliverer(
+    config: &ConsumerConfig,
+    store: &EventStore,
+    database: &mongodb::Database,
+    name: &str,
+) -> deliverer::Deliverer {
+    deliverer::Deliverer {
+        store: store.clone(),
+        database: database.clone(),
+        webhooks: infra::webhooks::Webhooks::new(store.connection(), store.keys().clone()),
+        settings: Arc::new(deliverer::DeliverySettings {
+            concurrency: config.webhook_concurrency,
+            allow_private_networks: config.webhook_allow_private_networks,
+            schedule: config.webhook_retry_schedule.clone().unwrap_or_default(),
+            timeout: Duration::from_millis(config.webhook_timeout_ms),
+            poll: Duration::from_millis(config.webhook_poll_ms),
+            claim_idle: Duration::from_millis(config.claim_idle_ms),
+            block: Duration::from_millis(config.block_ms),
+        }),
+        name: name.to_owned(),
+        redis_url: config.store.redis_url.clone(),
+    }
 }
 
 /// Starts the workers; returns each one's name and the batch it holds.

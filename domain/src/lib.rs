@@ -25,6 +25,7 @@ pub mod spreadsheet;
 pub mod text;
 pub mod time;
 pub mod view;
+pub mod webhook;
 
 pub use action::{ActionStatus, ActionType};
 pub use change::{RecordChange, RecordRules};

@@ -69,6 +69,7 @@ impl Submissions {
             .key(new.staging.events_key())
             .key(self.keys.opening(partition))
             .key(self.keys.dispatch(partition))
+            .key(self.keys.hooks(partition))
             .arg(action.to_string())
             .arg(new.account_id.as_str())
             .arg(new.action_type.as_str())

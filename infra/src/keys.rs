@@ -26,6 +26,11 @@
 //! | `P:consumers` | hash | live consumer process -> "<workers> <expires ms>", sizes the dispatch |
 //! | `P:apikey:<keyId>`, `P:apikeys:<account>` | hash, zset | API keys (see `api_keys`) |
 //! | `P:{n}:idem:<sha256>` | string | `Idempotency-Key` of an account -> "<action> <body sha256>", 24 h; in the account's partition |
+//! | `P:{n}:hooks` | stream | lifecycle events `{action, seq, type, at}` for webhooks; group `webhooks`; `MAXLEN ~` 100,000 |
+//! | `P:{n}:webhooks:<account>` | hash | endpoint id -> endpoint JSON (url, events, secrets); in the account's partition |
+//! | `P:{n}:webhook-deliveries:<endpoint>` | hash | delivery (`webhook-id`) -> delivery JSON (body, attempts, state) |
+//! | `P:{n}:webhook-log:<endpoint>` | zset | delivery -> created ms: which deliveries are kept, newest listed first |
+//! | `P:{n}:webhook-due` | zset | `"<account> <endpoint> <delivery>"` -> when its next attempt is due (ms), or its lease ends |
 //!
 //! An account's keys live in the partition of its actions: new actions are minted in
 //! `AccountId::partition`, so one account has one queue and one budget, and the dispatch
@@ -37,6 +42,7 @@ use domain::{AccountId, ActionId, EntityType};
 
 pub const CONSUMER_GROUP: &str = "consumers";
 pub const PROJECTOR_GROUP: &str = "projector";
+pub const WEBHOOKS_GROUP: &str = "webhooks";
 
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -204,6 +210,37 @@ impl Keys {
         self.partition_key(partition, "feed")
     }
 
+    /// Lifecycle events for the webhook deliverers (see `lua/lib.lua`'s `xadd_event`).
+    pub fn hooks(&self, partition: u32) -> String {
+        self.partition_key(partition, "hooks")
+    }
+
+    /// An account's webhook endpoints, in its partition.
+    pub fn webhooks(&self, account: &AccountId) -> String {
+        let partition = self.account_partition(account);
+        format!("{}webhooks:{account}", self.partition_prefix(partition))
+    }
+
+    /// One endpoint's deliveries; in its account's partition, beside the endpoint.
+    pub fn webhook_deliveries(&self, account: &AccountId, endpoint: &str) -> String {
+        let partition = self.account_partition(account);
+        format!(
+            "{}webhook-deliveries:{endpoint}",
+            self.partition_prefix(partition)
+        )
+    }
+
+    /// Which of an endpoint's deliveries are kept, by creation time.
+    pub fn webhook_log(&self, account: &AccountId, endpoint: &str) -> String {
+        let partition = self.account_partition(account);
+        format!("{}webhook-log:{endpoint}", self.partition_prefix(partition))
+    }
+
+    /// Deliveries of a partition's accounts waiting for an attempt, by when it is due.
+    pub fn webhook_due(&self, partition: u32) -> String {
+        self.partition_key(partition, "webhook-due")
+    }
+
     pub fn schedule(&self, partition: u32) -> String {
         self.partition_key(partition, "schedule")
     }
@@ -238,6 +275,7 @@ mod tests {
             keys.work(partition),
             keys.dead_letters(partition),
             keys.feed(partition),
+            keys.hooks(partition),
             keys.schedule(partition),
             keys.parked(action),
             keys.ready(partition),
@@ -255,6 +293,10 @@ mod tests {
             keys.limits(home, &account),
             keys.ready(home),
             keys.dispatch(home),
+            keys.webhooks(&account),
+            keys.webhook_deliveries(&account, "ep_1"),
+            keys.webhook_log(&account, "ep_1"),
+            keys.webhook_due(home),
         ] {
             assert!(key.contains(&tag), "{key}");
         }

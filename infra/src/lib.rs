@@ -25,6 +25,7 @@ pub mod shutdown;
 pub mod staging;
 pub mod telemetry;
 pub mod views;
+pub mod webhooks;
 pub mod work;
 
 pub use config::StoreConfig;

@@ -47,6 +47,7 @@ impl EventStore {
                 .key(self.keys.ready(partition))
                 .key(self.keys.opening(partition))
                 .key(self.keys.dispatch(partition))
+                .key(self.keys.hooks(partition))
                 .arg(action.to_string())
                 .arg(SCHEMA_VERSION)
                 .arg(at.to_string())

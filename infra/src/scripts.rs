@@ -32,4 +32,25 @@ mod tests {
         }
         assert!(direct.is_empty(), "direct Redis calls: {direct:?}");
     }
+
+    /// The event types `xadd_event` copies to the hooks stream are the ones the webhook
+    /// deliverer reports.
+    #[test]
+    fn the_hooks_stream_gets_the_lifecycle_events_webhooks_report() {
+        let library = super::LIBRARY;
+        let start = library
+            .find("local HOOK_TYPES = {")
+            .expect("HOOK_TYPES in lib.lua");
+        let table = &library[start..];
+        let table = &table[..table.find('}').expect("the end of HOOK_TYPES")];
+        let mut named: Vec<&str> = table
+            .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+            .filter(|word| word.chars().next().is_some_and(char::is_uppercase))
+            .filter(|word| *word != "HOOK_TYPES")
+            .collect();
+        named.sort_unstable();
+        let mut expected = domain::webhook::LIFECYCLE_EVENT_TYPES.to_vec();
+        expected.sort_unstable();
+        assert_eq!(named, expected);
+    }
 }

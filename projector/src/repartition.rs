@@ -3,7 +3,8 @@
 //! The partition count is part of every key name (`P:{n}:…`), so a new count needs the
 //! keys of finished actions moved to where the new count looks for them: each action's
 //! events and meta, its entry in its partition's `actions` set, and each account's limit
-//! overrides, idempotency reservations, field definitions and external id slots. Keys
+//! overrides, idempotency reservations, field definitions, external id slots and webhook
+//! endpoints (with their deliveries and the attempts due). Keys
 //! move with `DUMP` + `RESTORE` + `DEL`, which works across Redis Cluster slots, one key
 //! at a time; an action is added to its new `actions` set before it leaves
 //! the old one, so an interrupted run can simply be run again.
@@ -138,11 +139,67 @@ pub async fn repartition(
             report.keys_moved += 1;
         }
     }
+    report.keys_moved += move_webhooks(conn, from, to).await?;
     // Budgets are a minute of state at most; under new names they simply start afresh.
     for budget in scan(conn, &format!("{}:{{*}}:budget:*", from.prefix())).await? {
         let _: () = conn.del(&budget).await?;
     }
     Ok(report)
+}
+
+/// An account's webhook endpoints, each endpoint's deliveries and log, and the attempts due
+/// (re-added to the due set of the account's new partition with their scores). Entries of
+/// the hooks streams are not moved: the deliverers take them in within moments of the
+/// events, and a drained deployment has made its last lifecycle events.
+async fn move_webhooks(
+    conn: &mut Shared,
+    from: &Keys,
+    to: &Keys,
+) -> Result<usize, RepartitionError> {
+    let mut moved = 0;
+    for old in scan(conn, &format!("{}:{{*}}:webhooks:*", from.prefix())).await? {
+        let Some(account) = old
+            .rsplit_once(":webhooks:")
+            .and_then(|(_, account)| AccountId::parse(account).ok())
+        else {
+            continue;
+        };
+        let endpoints: Vec<String> = conn.hkeys(&old).await?;
+        for endpoint in &endpoints {
+            for (old, new) in [
+                (
+                    from.webhook_deliveries(&account, endpoint),
+                    to.webhook_deliveries(&account, endpoint),
+                ),
+                (
+                    from.webhook_log(&account, endpoint),
+                    to.webhook_log(&account, endpoint),
+                ),
+            ] {
+                moved += usize::from(move_key(conn, &old, &new).await?);
+            }
+        }
+        moved += usize::from(move_key(conn, &old, &to.webhooks(&account)).await?);
+    }
+    for partition in from.partitions() {
+        let due_key = from.webhook_due(partition);
+        let due: Vec<(String, f64)> = conn.zrange_withscores(&due_key, 0, -1).await?;
+        for (member, score) in due {
+            let Some(account) = member
+                .split(' ')
+                .next()
+                .and_then(|account| AccountId::parse(account).ok())
+            else {
+                continue;
+            };
+            let new_key = to.webhook_due(to.account_partition(&account));
+            if new_key != due_key {
+                let _: () = conn.zadd(&new_key, &member, score).await?;
+                let _: () = conn.zrem(&due_key, &member).await?;
+            }
+        }
+    }
+    Ok(moved)
 }
 
 async fn ensure_drained(conn: &mut Shared, keys: &Keys) -> Result<(), RepartitionError> {

@@ -121,6 +121,8 @@ impl TestApp {
             admin_token: options.admin_token.clone(),
             max_streams_per_account: options.max_streams_per_account,
             max_stream_seconds: options.max_stream_seconds,
+            // As in production: webhooks to private addresses are refused.
+            webhook_allow_private_networks: false,
         };
         let state = AppState::connect(&api_config).await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -203,6 +205,13 @@ impl TestApp {
             dispatch_lookahead: 1,
             dispatch_tick_ms: 50,
             simulated_batch_latency_ms: 0,
+            // One sender is plenty for the in-process tests; webhooks' own tests run the
+            // binaries (tests/tests/webhooks.rs).
+            webhook_concurrency: 1,
+            webhook_allow_private_networks: true,
+            webhook_retry_schedule: None,
+            webhook_timeout_ms: 15_000,
+            webhook_poll_ms: 250,
         }
     }
 

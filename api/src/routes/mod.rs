@@ -6,3 +6,4 @@ pub mod fields;
 pub mod health;
 pub mod logs;
 pub mod submit;
+pub mod webhooks;

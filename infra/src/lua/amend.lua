@@ -4,7 +4,7 @@
 -- action ends). If they are not the facts now, nothing is done and the caller decides
 -- again.
 --
--- KEYS: meta, events, feed, schedule
+-- KEYS: meta, events, feed, schedule, hooks
 -- ARGV: action, schemaVersion, at, startAtMs ('' = unchanged),
 --       paceChange ('1' = set the pace below), paceEmitMs ('' = no pace), paceBurst,
 --       rescheduledId, rescheduledType, rescheduledData, pacedId, pacedType, pacedData,
@@ -20,7 +20,7 @@ local action = ARGV[1]
 
 local function append(id, type, data)
   local seq = call('HINCRBY', KEYS[1], 'seq', 1)
-  xadd_event(KEYS[2], action, seq, ARGV[2], id, type, ARGV[3], data)
+  xadd_event(KEYS[2], KEYS[5], action, seq, ARGV[2], id, type, ARGV[3], data)
   announce(KEYS[3], action, seq)
 end
 

@@ -13,7 +13,7 @@
 -- MongoDB, so nothing is appended and the caller applies the batch instead, which
 -- reconciles what the attempt did. Checked here, atomically with the settlement.
 --
--- KEYS: meta, events, feed, batches, work, deadLetters
+-- KEYS: meta, events, feed, batches, work, deadLetters, hooks
 -- ARGV: action, guard, schemaVersion, eventId, type, at, data, settlesBatch ('1'/'0'),
 --       completedId, completedType, completedData, batchNumber, workEntryId, group,
 --       deadLetterError ('' = not dead-lettered), attempts, unattempted ('1'/'')
@@ -29,12 +29,12 @@ local action = ARGV[1]
 local seq = 0
 if ARGV[2] == '' or call('HSETNX', KEYS[1], ARGV[2], 1) == 1 then
   seq = call('HINCRBY', KEYS[1], 'seq', 1)
-  xadd_event(KEYS[2], action, seq, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+  xadd_event(KEYS[2], KEYS[7], action, seq, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
   if ARGV[8] == '1' then
     local done = call('HINCRBY', KEYS[1], 'done', 1)
     if done == tonumber(call('HGET', KEYS[1], 'batches')) then
       seq = call('HINCRBY', KEYS[1], 'seq', 1)
-      xadd_event(KEYS[2], action, seq, ARGV[3], ARGV[9], ARGV[10], ARGV[6], ARGV[11])
+      xadd_event(KEYS[2], KEYS[7], action, seq, ARGV[3], ARGV[9], ARGV[10], ARGV[6], ARGV[11])
     end
   end
   announce(KEYS[3], action, seq)

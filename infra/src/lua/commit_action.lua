@@ -14,7 +14,7 @@
 -- it is neither queued nor completed until `open_action.lua` has moved the rest.
 --
 -- KEYS: meta, events, feed, batches, queue (the account's), schedule, actions,
---       staged batches, ready, staged events, opening, dispatch
+--       staged batches, ready, staged events, opening, dispatch, hooks
 -- ARGV: action, account, actionType, entityType, batchCount, startAtMs ('' = now),
 --       createdAtMs, schemaVersion, batchSize, recordsInBatches, paceEmitMs ('' = none),
 --       paceBurst, stagedEventCount, eventCount, then eventCount x (eventId, type, at, data)
@@ -41,7 +41,7 @@ local event_count = tonumber(ARGV[14])
 local seq = 0
 local function append(id, type, at, data)
   seq = seq + 1
-  xadd_event(KEYS[2], action, seq, ARGV[8], id, type, at, data)
+  xadd_event(KEYS[2], KEYS[13], action, seq, ARGV[8], id, type, at, data)
 end
 local function append_argv(i)
   local base = 15 + i * 4

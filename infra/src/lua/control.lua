@@ -13,7 +13,8 @@
 --   a consumer while it is paused are parked (park.lua) and go first on resume.
 -- resume: back into the queue at its original place (its creation time), if released.
 --
--- KEYS: meta, events, feed, work, schedule, queue (the account's), ready, parked, dispatch
+-- KEYS: meta, events, feed, work, schedule, queue (the account's), ready, parked, dispatch,
+--       hooks
 -- ARGV: command, action, schemaVersion, eventId, type, at, data, expectedFacts
 -- Returns 1 done, -1 no such action, -5 stale (the facts changed since the decision).
 if call('EXISTS', KEYS[1]) == 0 then
@@ -65,6 +66,6 @@ else
 end
 
 local seq = call('HINCRBY', KEYS[1], 'seq', 1)
-xadd_event(KEYS[2], action, seq, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+xadd_event(KEYS[2], KEYS[10], action, seq, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
 announce(KEYS[3], action, seq)
 return 1

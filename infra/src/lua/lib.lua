@@ -22,11 +22,12 @@ local KEY_ARGUMENTS = {
   DEL = 'all', EXISTS = 'all', RENAME = 'first two', TIME = 'none',
   GET = 'first', SET = 'first', PERSIST = 'first',
   HDEL = 'first', HEXISTS = 'first', HGET = 'first', HINCRBY = 'first', HMGET = 'first',
-  HSET = 'first', HSETNX = 'first',
+  HLEN = 'first', HSET = 'first', HSETNX = 'first',
   LLEN = 'first', LRANGE = 'first', LTRIM = 'first',
   SADD = 'first', SCARD = 'first', SMEMBERS = 'first', SREM = 'first',
   XACK = 'first', XADD = 'first', XDEL = 'first', XLEN = 'first', XPENDING = 'first',
-  ZADD = 'first', ZCARD = 'first', ZRANGE = 'first', ZREM = 'first', ZSCORE = 'first',
+  ZADD = 'first', ZCARD = 'first', ZRANGE = 'first', ZRANGEBYSCORE = 'first', ZREM = 'first',
+  ZSCORE = 'first',
 }
 
 local function refuse_undeclared(command, key)
@@ -59,10 +60,28 @@ local function clock_ms()
   return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 end
 
--- One event of an action's stream, in the schema `EventEnvelope` reads back.
-local function xadd_event(stream, action, seq, version, id, type, at, data)
+-- The event types webhooks report (`domain::webhook::LIFECYCLE_EVENT_TYPES`, tested to
+-- agree), and how many entries a partition's hooks stream keeps: a deployment without
+-- deliverers must not grow it without bound (MAXLEN ~ trims whole nodes, cheaply).
+local HOOK_TYPES = {
+  Started = true, Paused = true, Resumed = true, CancelRequested = true, Completed = true,
+}
+local HOOKS_MAXLEN = 100000
+
+-- One event of an action's stream, in the schema `EventEnvelope` reads back. A lifecycle
+-- event is also put in the partition's hooks stream (`hooks`), which the webhook
+-- deliverers read through their group: here, where every event is appended, so none can
+-- skip it (a script that does not pass the key fails on its first event).
+local function xadd_event(stream, hooks, action, seq, version, id, type, at, data)
+  if hooks == nil then
+    error('xadd_event needs the hooks stream key')
+  end
   call('XADD', stream, '*', 'id', id, 'action', action, 'seq', seq,
     'v', version, 'type', type, 'at', at, 'data', data)
+  if HOOK_TYPES[type] then
+    call('XADD', hooks, 'MAXLEN', '~', HOOKS_MAXLEN, '*', 'action', action, 'seq', seq,
+      'type', type, 'at', at)
+  end
 end
 
 -- Tells the projectors that `action` has events up to `seq`.

@@ -5,7 +5,7 @@
 -- processes at once: each call is atomic and takes the slice at the head of the list.
 --
 -- KEYS: meta, events, feed, staged events, queue (the account's), schedule, ready, opening,
---       dispatch
+--       dispatch, hooks
 -- ARGV: action, schemaVersion, at, completedId, completedType, completedData
 -- Returns 0 when nothing was opening, 1 when opened, 2 when more is left.
 local f = call('HMGET', KEYS[1], 'opening', 'seq', 'batches', 'startAt', 'created',
@@ -18,7 +18,7 @@ local action = ARGV[1]
 local seq = tonumber(f[2])
 local function append(id, type, data)
   seq = seq + 1
-  xadd_event(KEYS[2], action, seq, ARGV[2], id, type, ARGV[3], data)
+  xadd_event(KEYS[2], KEYS[10], action, seq, ARGV[2], id, type, ARGV[3], data)
 end
 local OPENING_SLICE = 4
 local items = call('LRANGE', KEYS[4], 0, OPENING_SLICE * 3 - 1)

@@ -2,14 +2,14 @@
 -- claim, so two schedulers racing on the same action release it one time. A paused action
 -- is released too (it leaves the schedule) but joins its account's queue only on resume.
 --
--- KEYS: schedule, meta, events, feed, queue (the account's), ready, dispatch
+-- KEYS: schedule, meta, events, feed, queue (the account's), ready, dispatch, hooks
 -- ARGV: action, schemaVersion, eventId, type, at, data
 if call('ZREM', KEYS[1], ARGV[1]) == 0 then
   return 0
 end
 local action = ARGV[1]
 local seq = call('HINCRBY', KEYS[2], 'seq', 1)
-xadd_event(KEYS[3], action, seq, ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+xadd_event(KEYS[3], KEYS[8], action, seq, ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 announce(KEYS[4], action, seq)
 local f = call('HMGET', KEYS[2], 'paused', 'cancelled', 'created', 'account', 'dispatched')
 -- Scheduled by a build before dispatching existed: nothing of it was queued yet.

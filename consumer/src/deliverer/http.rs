@@ -1,0 +1,192 @@
+//! One attempt at a delivery over HTTP, as the Standard Webhooks specification has it, and
+//! the guard against reaching internal services (SSRF): the endpoint's URL is checked again
+//! (a setting may have changed since it was registered), and a host name is resolved by
+//! `GuardedResolver`, which hands the connection only the addresses it checked, so a DNS
+//! answer cannot change between the check and the connection (rebinding). No proxy, no
+//! redirects: the request goes where it was checked to go.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use domain::webhook::{check_address, check_url, signature_header};
+use domain::Timestamp;
+use infra::webhooks::{Delivery, Endpoint};
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use reqwest::StatusCode;
+
+use super::DeliverySettings;
+
+/// Bytes of an error kept in a delivery's history.
+const ERROR_BYTES: usize = 300;
+
+/// What came of one attempt.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// The receiver's status code, if it answered.
+    pub status: Option<u16>,
+    /// Why no answer came (or the URL was refused).
+    pub error: Option<String>,
+    /// A 429's or 503's `Retry-After`, in ms.
+    pub retry_after_ms: Option<u64>,
+}
+
+pub fn client(settings: &DeliverySettings) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(settings.timeout)
+        .no_proxy()
+        .https_only(!settings.allow_private_networks)
+        .dns_resolver(Arc::new(GuardedResolver {
+            allow_private_networks: settings.allow_private_networks,
+        }))
+        .user_agent(concat!("crm-bulk-webhooks/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// Resolves a host name and keeps only the addresses a delivery may reach.
+struct GuardedResolver {
+    allow_private_networks: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{host} resolves only to addresses deliveries may not reach ({reason})")]
+struct RefusedHost {
+    host: String,
+    reason: &'static str,
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let allow_private = self.allow_private_networks;
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let resolved: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let mut reason = "no address";
+            let allowed: Vec<SocketAddr> = resolved
+                .into_iter()
+                .filter(|address| match check_address(address.ip()) {
+                    Ok(()) => true,
+                    Err(_) if allow_private => true,
+                    Err(why) => {
+                        reason = why.as_str();
+                        false
+                    }
+                })
+                .collect();
+            if allowed.is_empty() {
+                return Err(Box::new(RefusedHost { host, reason }) as _);
+            }
+            let addresses: Addrs = Box::new(allowed.into_iter());
+            Ok(addresses)
+        })
+    }
+}
+
+/// Sends `delivery` to `endpoint`, signed with its secrets, timestamped `now`.
+pub async fn send(
+    client: &reqwest::Client,
+    settings: &DeliverySettings,
+    endpoint: &Endpoint,
+    delivery: &Delivery,
+    now: Timestamp,
+) -> Outcome {
+    let url = match check_url(&endpoint.url, settings.allow_private_networks) {
+        Ok(url) => url,
+        Err(error) => {
+            return Outcome {
+                error: Some(format!("url refused: {error}")),
+                ..Outcome::default()
+            }
+        }
+    };
+    let timestamp = now.millis().div_euclid(1000);
+    let keys = endpoint.signing_keys(now);
+    let signature = signature_header(
+        keys.iter().map(Vec::as_slice),
+        &delivery.id,
+        timestamp,
+        &delivery.body,
+    );
+    let sent = client
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header("webhook-id", &delivery.id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature)
+        .body(delivery.body.clone())
+        .send()
+        .await;
+    match sent {
+        Ok(response) => {
+            let status = response.status();
+            let retry_after_ms = if matches!(
+                status,
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+            ) {
+                response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| value.trim().parse::<u64>().ok())
+                    .map(|seconds| seconds.saturating_mul(1000))
+            } else {
+                None
+            };
+            Outcome {
+                status: Some(status.as_u16()),
+                error: None,
+                retry_after_ms,
+            }
+        }
+        Err(error) => Outcome {
+            error: Some(describe(&error)),
+            ..Outcome::default()
+        },
+    }
+}
+
+/// The error and its causes, bounded: reqwest's own message only says the request failed.
+fn describe(error: &reqwest::Error) -> String {
+    let mut text = if error.is_timeout() {
+        "timed out".to_owned()
+    } else {
+        error.to_string()
+    };
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    domain::text::bounded(&text, ERROR_BYTES)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A host name is checked on the addresses it resolves to, at delivery: `localhost`
+    /// passes the registration's name check only as a dotted name, but resolves to loopback
+    /// and is refused here all the same (a DNS answer that turns private, e.g. rebinding).
+    #[tokio::test]
+    async fn a_name_resolving_to_a_private_address_is_refused() {
+        let name = || -> Name { "localhost".parse().expect("a host name") };
+        let guarded = GuardedResolver {
+            allow_private_networks: false,
+        };
+        let refused = match guarded.resolve(name()).await {
+            Ok(_) => panic!("localhost resolved to an allowed address"),
+            Err(error) => error.to_string(),
+        };
+        assert!(refused.contains("loopback"), "{refused}");
+        let allowed = GuardedResolver {
+            allow_private_networks: true,
+        };
+        let addresses: Vec<SocketAddr> = match allowed.resolve(name()).await {
+            Ok(addresses) => addresses.collect(),
+            Err(error) => panic!("{error}"),
+        };
+        assert!(addresses.iter().all(|a| a.ip().is_loopback()));
+    }
+}
