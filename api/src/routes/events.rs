@@ -297,8 +297,9 @@ async fn unfinished_actions(state: &AppState, caller: &Caller) -> Result<Vec<Act
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
 pub struct ServerSentEvent {
-    /// `<seq>`, or `<actionId>:<seq>` on the account stream.
-    id: String,
+    /// `<seq>`, or `<actionId>:<seq>` on the account stream; absent on the snapshot of a
+    /// finished action (its final message, which follows, has it).
+    id: Option<String>,
     /// `snapshot`, `progress`, a change of status, or the final `completed`, `failed` or
     /// `cancelled`.
     #[schema(
