@@ -11,8 +11,12 @@ use domain::ActionView;
 use super::{ActionFeed, Live, LiveHub, Message, LINGER};
 use crate::read_model::{folded_view, FoldedView};
 
-/// How often a busy action's stream is read: `progress` goes out at most this often.
-const BUSY_POLL: Duration = Duration::from_millis(250);
+/// How often a busy action's stream is read: `progress` goes out at most this often. Each
+/// message costs every subscriber's connection a write (about 20 µs of api CPU on the
+/// benchmark machine), so twice a second, not four times: 1,000 subscribers then cost
+/// a running action under 5% of its throughput (docs/benchmarks.md), and a change of
+/// status still reaches them well within a second.
+const BUSY_POLL: Duration = Duration::from_millis(500);
 /// How often an action with nothing new for `IDLE_AFTER` is read (a scheduled or paused
 /// one): still under the 1 s a status change may take to reach a subscriber.
 const IDLE_POLL: Duration = Duration::from_millis(750);

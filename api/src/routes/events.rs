@@ -39,7 +39,7 @@ const CLIENT_BUFFER: usize = 32;
 ///
 /// A `snapshot` (the action view) at once, then a message per change of status
 /// (`released`, `started`, `paused`, `resumed`, `cancelling`, `rescheduled`,
-/// `pacingChanged`), `progress` (counts, progress, rate) at most 4 times a second while
+/// `pacingChanged`), `progress` (counts, progress, rate) at most twice a second while
 /// records settle, and a final `completed`, `failed` or `cancelled` carrying the action's
 /// statistics, after which the stream ends. Every message's `id` is the seq of the last
 /// event it reflects: reconnect with `Last-Event-ID` (or `?after=`) to get the status
