@@ -64,7 +64,7 @@ async fn a_client_that_reconnects_ten_times_sees_every_change_once_and_counts_on
         batch_size: 1000,
         max_records_per_action: RECORDS,
         // Slow enough that ten reconnects happen while it runs.
-        records_per_minute: 1_200_000,
+        records_per_minute: 600_000,
         ..AppOptions::default()
     })
     .await?;
@@ -102,7 +102,7 @@ async fn a_client_that_reconnects_ten_times_sees_every_change_once_and_counts_on
             Some("text/event-stream")
         );
         // Each connection takes a few messages (more once ten reconnects are done).
-        let take = if reconnects < 10 { 3 } else { usize::MAX };
+        let take = if reconnects < 10 { 2 } else { usize::MAX };
         for _ in 0..take {
             let Some(message) = stream.next(Duration::from_secs(60)).await? else {
                 bail!("the stream ended without a final message: {seen:?}");

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use domain::live::{final_message, StatusChange};
 use domain::{ActionId, ActionStatus, ActionView};
+use futures::{Stream, StreamExt};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -200,6 +201,105 @@ pub enum Ended {
     Done,
     /// Its view could not be loaded: the client should reconnect later.
     Unavailable,
+}
+
+/// Frames a start may come to at most: a snapshot and a final message, or the changes
+/// read back for a resume (at most `RESUME_EVENTS`) and a progress.
+const START_FRAMES: usize = RESUME_EVENTS as usize + 4;
+const KEEP_ALIVE_FRAME: &[u8] = b": keep-alive\n\n";
+
+/// One action's stream as the response body itself, without a task and a channel per
+/// client: the watcher's rendered frame goes from the broadcast straight to the
+/// connection. Ends after the final message; the caller bounds it in time.
+pub async fn action_stream(
+    subscription: Subscription,
+    live: Arc<Live>,
+    start: Start,
+    out_deadline: tokio::time::Instant,
+    shutdown: CancellationToken,
+    keep_alive: std::time::Duration,
+) -> impl Stream<Item = Bytes> {
+    let (sender, mut receiver) = mpsc::channel(START_FRAMES);
+    let out = Out {
+        sender,
+        prefix: None,
+        statuses: None,
+        deadline: out_deadline,
+        shutdown,
+    };
+    let sent = send_start(&subscription, &live, start, &out)
+        .await
+        .ok()
+        .flatten();
+    drop(out);
+    let mut first = Vec::new();
+    while let Ok(frame) = receiver.try_recv() {
+        first.push(frame);
+    }
+    let state = Direct {
+        subscription,
+        sent,
+        keep_alive,
+    };
+    futures::stream::iter(first).chain(futures::stream::unfold(state, next_frame))
+}
+
+struct Direct {
+    subscription: Subscription,
+    /// `None`: the final message was sent.
+    sent: Option<Sent>,
+    keep_alive: std::time::Duration,
+}
+
+async fn next_frame(mut state: Direct) -> Option<(Bytes, Direct)> {
+    let sent = state.sent?;
+    loop {
+        let received = match tokio::time::timeout(
+            state.keep_alive,
+            state.subscription.messages.recv(),
+        )
+        .await
+        {
+            Err(_) => return Some((Bytes::from_static(KEEP_ALIVE_FRAME), state)),
+            Ok(received) => received,
+        };
+        match received {
+            Ok(message) => {
+                if sent.covers(&message) {
+                    continue;
+                }
+                state.sent = (!message.last).then(|| Sent::of(&message));
+                return Some((message.frame.clone(), state));
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                let current = state.subscription.latest.borrow().clone();
+                let Some(current) = current else { continue };
+                let view = &current.view;
+                let mut frames = snapshot_frame(view).to_vec();
+                if view.status.is_terminal() {
+                    if let Ok(last) = final_of(view) {
+                        frames.extend_from_slice(&last.frame);
+                    }
+                    state.sent = None;
+                } else {
+                    state.sent = Some(Sent {
+                        seq: view.last_seq,
+                        rank: COUNTS,
+                    });
+                }
+                return Some((Bytes::from(frames), state));
+            }
+            Err(broadcast::error::RecvError::Closed) => return None,
+        }
+    }
+}
+
+/// The view as a `snapshot` frame; a finished one without an id (its final message, which
+/// follows, has it, so that a client cut off between the two is sent both again).
+fn snapshot_frame(view: &ActionView) -> Bytes {
+    let data = serde_json::to_string(view).unwrap_or_default();
+    let id = (!view.status.is_terminal()).then(|| view.last_seq.to_string());
+    crate::routes::events::frame(id.as_deref(), "snapshot", &data)
 }
 
 /// Sends one action's messages to `out` from `start` until it finishes, the client

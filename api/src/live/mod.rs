@@ -27,7 +27,7 @@ use mongodb::Database;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-pub use follow::{follow, follow_account, plan_resume, Out, Start};
+pub use follow::{action_stream, follow_account, plan_resume, Out, Start};
 
 /// Actions one account stream follows at once.
 pub const ACCOUNT_STREAM_ACTIONS: usize = 100;

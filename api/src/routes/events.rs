@@ -89,20 +89,26 @@ pub async fn action_events(
     if matches!(start, Start::Finished) {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    let (sender, receiver) = mpsc::channel(CLIENT_BUFFER);
     let lifetime = hub.stream_lifetime();
-    let out = Out {
-        sender,
-        prefix: None,
-        statuses: None,
-        deadline: tokio::time::Instant::now() + lifetime,
-        shutdown: hub.shutdown(),
-    };
-    tokio::spawn(async move {
-        live::follow(subscription, live, start, &out).await;
-        drop(slot);
-    });
-    Ok(event_stream(receiver, lifetime))
+    let deadline = tokio::time::Instant::now() + lifetime;
+    let shutdown = hub.shutdown();
+    let frames = live::action_stream(
+        subscription,
+        live,
+        start,
+        deadline,
+        shutdown.clone(),
+        KEEP_ALIVE,
+    )
+    .await
+    // The slot is the stream's: released when the body is dropped.
+    .map(move |frame| {
+        let _ = &slot;
+        Ok::<_, Infallible>(frame)
+    })
+    .take_until(tokio::time::sleep_until(deadline))
+    .take_until(shutdown.cancelled_owned());
+    Ok(sse_response(Body::from_stream(frames)))
 }
 
 /// Follow every bulk action of the key's account as Server-Sent Events.
@@ -188,6 +194,10 @@ fn event_stream(receiver: mpsc::Receiver<Bytes>, lifetime: Duration) -> Response
         },
     )
     .take_until(tokio::time::sleep(lifetime));
+    sse_response(Body::from_stream(frames))
+}
+
+fn sse_response(body: Body) -> Response {
     (
         [
             (
@@ -201,7 +211,7 @@ fn event_stream(receiver: mpsc::Receiver<Bytes>, lifetime: Duration) -> Response
                 HeaderValue::from_static("no"),
             ),
         ],
-        Body::from_stream(frames),
+        body,
     )
         .into_response()
 }
