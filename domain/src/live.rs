@@ -49,7 +49,29 @@ pub fn final_message(status: ActionStatus) -> Option<&'static str> {
     }
 }
 
-/// The data of a `progress` message: the view's counts, cheap to send four times a second
+/// The status an action has right after a change of that name, when the name alone tells
+/// (`pacingChanged` does not change it).
+pub fn status_after(change: &str) -> Option<ActionStatus> {
+    Some(match change {
+        "released" => ActionStatus::Queued,
+        "started" | "resumed" => ActionStatus::Running,
+        "paused" => ActionStatus::Paused,
+        "cancelling" => ActionStatus::Cancelling,
+        "rescheduled" => ActionStatus::Scheduled,
+        _ => final_status(change)?,
+    })
+}
+
+fn final_status(name: &str) -> Option<ActionStatus> {
+    match name {
+        "completed" => Some(ActionStatus::Completed),
+        "failed" => Some(ActionStatus::Failed),
+        "cancelled" => Some(ActionStatus::Cancelled),
+        _ => None,
+    }
+}
+
+/// The data of a `progress` message: the view's counts, cheap to send twice a second
 /// to a thousand subscribers.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -98,7 +120,9 @@ impl Progress {
 #[serde(rename_all = "camelCase")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StatusChange {
-    pub action_id: ActionId,
+    /// Present when `counts` is not (the counts carry it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action_id: Option<ActionId>,
     /// The message's name again (`started`, `paused`, ...), for clients that read one
     /// handler's data.
     pub change: String,
@@ -131,6 +155,17 @@ mod tests {
         );
         // A fold that did not finish the action names no final message.
         assert_eq!(status_change(&completed, ActionStatus::Running), None);
+    }
+
+    #[test]
+    fn a_change_names_the_status_it_leaves_the_action_in() {
+        for status in ActionStatus::ALL {
+            if let Some(name) = final_message(status) {
+                assert_eq!(status_after(name), Some(status));
+            }
+        }
+        assert_eq!(status_after("paused"), Some(ActionStatus::Paused));
+        assert_eq!(status_after("pacingChanged"), None);
     }
 
     #[test]

@@ -406,14 +406,15 @@ async fn send_start(
         } => {
             for change in &changes {
                 let data = serde_json::to_string(&StatusChange {
-                    action_id: subscription.action,
+                    action_id: Some(subscription.action),
                     change: change.name.to_owned(),
                     seq: change.seq,
                     occurred_at: change.occurred_at,
                     counts: None,
                 })
                 .unwrap_or_default();
-                out.send(Some(change.seq), change.name, &data, view.status)
+                let status = domain::live::status_after(change.name).unwrap_or(view.status);
+                out.send(Some(change.seq), change.name, &data, status)
                     .await?;
             }
             // The receiver holds every message after the watcher's view when it subscribed,

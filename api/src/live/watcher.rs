@@ -247,7 +247,7 @@ async fn fold_new_events(
                 }
                 Some(name) => {
                     let change = StatusChange {
-                        action_id: action,
+                        action_id: None,
                         change: name.to_owned(),
                         seq: envelope.seq,
                         occurred_at: envelope.occurred_at,

@@ -1,10 +1,11 @@
 //! Live progress over Server-Sent Events.
 //!
-//! `GET /bulk-actions/{id}/events` follows one action, `GET /bulk-actions/events` every
-//! action of the key's account. Each stream is a task that writes into a small channel the
-//! response body reads: a client that reads slowly fills it, its task stops taking
-//! messages, and when it falls further behind than the hub keeps it gets a fresh snapshot
-//! instead of unbounded memory.
+//! `GET /bulk-actions/{id}/events` follows one action: its response body reads the
+//! watcher's broadcast and writes the frames the watcher rendered, so a client that reads
+//! slowly holds back only its own connection, and one that falls further behind than the
+//! hub keeps gets a fresh snapshot instead of unbounded memory. `GET /bulk-actions/events`
+//! follows every action of the key's account: a task per client merges one follower per
+//! action into a small channel the body reads.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -118,7 +119,8 @@ pub async fn action_events(
 /// of every action created after the stream opened, within about a second. Ids are
 /// `<actionId>:<seq>`; resuming with one resumes that action, every other one starts from
 /// a snapshot. `status` (comma-separated) sends only the messages after which the action
-/// has one of those statuses. The stream stays open until the client leaves.
+/// has one of those statuses. The stream stays open until the client leaves or its
+/// lifetime (`SSE_MAX_STREAM_SECONDS`) ends.
 #[utoipa::path(get, path = "/bulk-actions/events", tag = "bulk-actions",
     params(
         ("status" = Option<String>, Query, description = "Comma-separated statuses, e.g. `running,paused`", pattern = r"^(scheduled|queued|running|paused|cancelling|completed|failed|cancelled)(,(scheduled|queued|running|paused|cancelling|completed|failed|cancelled))*$"),
