@@ -153,6 +153,7 @@ fn opening_events(
         api_key_id: Some(caller.key_id.clone()),
         custom_fields: (!custom_fields.fields.is_empty()).then(|| custom_fields.clone()),
         match_by: match_by.clone(),
+        retry_of: settings.retry_of,
     };
     let mut events = vec![created];
     if summary.batch_count == 0 {
