@@ -17,6 +17,7 @@ pub mod mongo;
 pub mod opening;
 pub mod quarantine;
 pub mod redis_conn;
+pub mod results;
 pub mod retry;
 pub mod roles;
 pub mod scripts;
