@@ -310,6 +310,18 @@ impl Planner {
         self.reject(RecordOutcome::new(index, None, code, Some(&message)), None)
     }
 
+    /// The next record of the input, refused with `code` before it is read, under its
+    /// `key`: a retried record whose fields were not kept.
+    pub fn push_refused(
+        &mut self,
+        key: Option<String>,
+        code: OutcomeCode,
+        message: String,
+    ) -> Option<Planned> {
+        let index = self.next_index();
+        self.reject(RecordOutcome::new(index, key, code, Some(&message)), None)
+    }
+
     /// Hands out what is left and the totals.
     pub fn finish(mut self) -> (Vec<Planned>, PlanSummary) {
         let mut rest = Vec::new();
@@ -458,7 +470,7 @@ mod tests {
 
     #[test]
     fn rejected_and_skipped_records_keep_what_was_sent() {
-        let records = vec![
+        let records = [
             json!({"email": "bad", "name": "=1"}),
             json!({"email": "a@x.io", "name": "first"}),
             json!({"email": "A@x.io", "name": "again"}),

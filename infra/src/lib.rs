@@ -18,6 +18,7 @@ pub mod opening;
 pub mod quarantine;
 pub mod redis_conn;
 pub mod results;
+pub mod retries;
 pub mod retry;
 pub mod roles;
 pub mod scripts;

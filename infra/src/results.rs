@@ -32,6 +32,10 @@ pub struct StoredResultBucket {
     pub seq: u64,
     pub min_index: u32,
     pub max_index: u32,
+    /// The field names its rows' records hold, sorted: a CSV export learns its columns
+    /// from these alone, without reading the rows twice.
+    #[serde(default)]
+    pub fields: Vec<String>,
     /// JSON text of `[index, key, code, message, fields | null, truncated]` arrays by index:
     /// one string costs the store far less than sub-documents (see `StoredLogBucket`).
     pub rows: String,
@@ -157,6 +161,13 @@ impl StoredResultBucket {
             seq,
             min_index,
             max_index: rows.last().map_or(0, |row| row.0),
+            fields: rows
+                .iter()
+                .filter_map(|row| row.4.as_ref())
+                .flat_map(|fields| fields.keys().cloned())
+                .collect::<std::collections::BTreeSet<String>>()
+                .into_iter()
+                .collect(),
             // Tuples of strings, numbers and JSON values always serialise.
             rows: serde_json::to_string(rows).unwrap_or_default(),
         }
@@ -267,7 +278,8 @@ mod tests {
             outcome(0, OutcomeCode::NotFound),
         ];
         let record = SubmittedRecord::raw(3, &serde_json::json!({"email": "r3@x.io", "age": 3}));
-        let buckets = StoredResultBucket::for_event(action, 9, &outcomes, &[record.clone()]);
+        let buckets =
+            StoredResultBucket::for_event(action, 9, &outcomes, std::slice::from_ref(&record));
         assert_eq!(buckets.len(), 2);
         assert_eq!(buckets[0].status, OutcomeStatus::Failed);
         assert_eq!(
@@ -278,6 +290,7 @@ mod tests {
         assert_eq!(rows.iter().map(|r| r.index).collect::<Vec<_>>(), [0, 3]);
         assert_eq!(rows[0].record, None);
         assert_eq!(rows[1].record, Some(record));
+        assert_eq!(buckets[0].fields, ["age", "email"]);
         assert_eq!(buckets[1].status, OutcomeStatus::Skipped);
         assert!(buckets[1]
             .id

@@ -5,4 +5,6 @@ pub mod events;
 pub mod fields;
 pub mod health;
 pub mod logs;
+pub mod results;
+pub mod retry;
 pub mod submit;
