@@ -37,11 +37,21 @@ pub struct RetryRequest {
     statuses: Option<Vec<OutcomeStatus>>,
     /// Only the records with one of these codes (default: any).
     codes: Option<Vec<OutcomeCode>>,
-    /// The retry's drip pace (default: the original's).
+    /// The retry's drip pace (absent: the original's; `null`: none).
     #[schema(value_type = Option<Pacing>)]
+    #[serde(
+        default,
+        deserialize_with = "crate::extract::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pacing: Option<Value>,
-    /// The retry's ceiling on records per minute (default: the original's).
+    /// The retry's ceiling on records per minute (absent: the original's; `null`: none).
     #[schema(value_type = Option<u32>, minimum = 1, maximum = 10000000)]
+    #[serde(
+        default,
+        deserialize_with = "crate::extract::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     max_records_per_minute: Option<Value>,
 }
 
@@ -108,8 +118,17 @@ pub async fn retry(
         entity_type: view.entity_type,
         action_type: view.action_type,
         scheduled_for: None,
-        pacing: pacing.or(view.pacing),
-        max_records_per_minute: max_records_per_minute.or(view.max_records_per_minute),
+        // Absent: the original's; given (`null` included): as given.
+        pacing: if request.pacing.is_some() {
+            pacing
+        } else {
+            view.pacing
+        },
+        max_records_per_minute: if request.max_records_per_minute.is_some() {
+            max_records_per_minute
+        } else {
+            view.max_records_per_minute
+        },
         match_by: (view.match_by != "natural").then(|| view.match_by.clone()),
         retry_of: Some(original),
     };
@@ -345,6 +364,16 @@ fn fingerprint(original: ActionId, request: &RetryRequest) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_null_pace_is_told_from_an_absent_one() {
+        let null: RetryRequest = serde_json::from_value(json!({"pacing": null})).unwrap();
+        assert_eq!(null.pacing, Some(Value::Null));
+        let absent: RetryRequest = serde_json::from_value(json!({})).unwrap();
+        assert_eq!(absent.pacing, None);
+        let action = ActionId::from_ulid(ulid::Ulid::new());
+        assert_ne!(fingerprint(action, &null), fingerprint(action, &absent));
+    }
 
     #[test]
     fn statuses_default_to_failed_and_unprocessed_and_never_succeeded() {
