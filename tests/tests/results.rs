@@ -418,3 +418,113 @@ async fn a_retry_takes_exactly_the_chosen_records_once() -> Result<()> {
     );
     Ok(())
 }
+
+/// The export benchmark (docs/benchmarks.md): a million failed rows, each with its record,
+/// streamed as CSV and as NDJSON through the api in this process; the process' peak RSS is
+/// sampled while it streams. Run with a release build:
+/// `cargo test --release -p bulk-tests --test results -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn a_million_row_export_streams_in_bounded_memory() -> Result<()> {
+    const ROWS: u32 = 1_000_000;
+    const PER_EVENT: u32 = 1_000;
+    let app = TestApp::spawn(AppOptions {
+        consumers: 0,
+        projectors: 0,
+        ..AppOptions::default()
+    })
+    .await?;
+    let action = app
+        .submit(&json!({"entityType": "contact", "actionType": "upsert", "data": [{"email": "a@x.io"}]}))
+        .await?;
+    let action_id = domain::ActionId::parse(&action).context("id")?;
+    // What the projector would write for a thousand batches of failing records.
+    let buckets = app
+        .database
+        .collection::<infra::results::StoredResultBucket>(infra::mongo::RESULT_VIEWS);
+    let started = std::time::Instant::now();
+    for event in 0..ROWS / PER_EVENT {
+        let first = event * PER_EVENT;
+        let outcomes: Vec<domain::RecordOutcome> = (first..first + PER_EVENT)
+            .map(|index| {
+                domain::RecordOutcome::new(
+                    index,
+                    Some(format!("person{index}@example.com")),
+                    domain::OutcomeCode::NotFound,
+                    Some("no contact with this email"),
+                )
+            })
+            .collect();
+        let submitted: Vec<domain::results::SubmittedRecord> = (first..first + PER_EVENT)
+            .map(|index| {
+                domain::results::SubmittedRecord::raw(
+                    index,
+                    &json!({"email": format!("person{index}@example.com"), "name": format!("Person {index}"), "age": index % 100}),
+                )
+            })
+            .collect();
+        let docs = infra::results::StoredResultBucket::for_event(
+            action_id,
+            u64::from(event) + 2,
+            &outcomes,
+            &submitted,
+        );
+        buckets.insert_many(docs).await?;
+    }
+    eprintln!("stored {ROWS} rows in {:?}", started.elapsed());
+
+    for format in ["csv", "ndjson"] {
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(rss_kib()));
+        let before = rss_kib();
+        let sampling = {
+            let peak = peak.clone();
+            tokio::spawn(async move {
+                loop {
+                    peak.fetch_max(rss_kib(), std::sync::atomic::Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        };
+        let started = std::time::Instant::now();
+        let key = app.key_for("acme").await?;
+        let mut response = app
+            .http
+            .get(app.url(&format!(
+                "/bulk-actions/{action}/results?status=failed&format={format}"
+            )))
+            .bearer_auth(key)
+            .send()
+            .await?;
+        ensure!(response.status() == 200);
+        let (mut bytes, mut lines) = (0usize, 0usize);
+        while let Some(chunk) = response.chunk().await? {
+            bytes += chunk.len();
+            lines += chunk.iter().filter(|b| **b == b'\n').count();
+        }
+        let elapsed = started.elapsed();
+        sampling.abort();
+        let rows = if format == "csv" { lines - 1 } else { lines };
+        ensure!(rows == ROWS as usize, "{format}: {rows} rows");
+        eprintln!(
+            "{format}: {rows} rows, {} MiB in {:.2?}: {:.0} rows/s; RSS {} MiB before, peak {} MiB",
+            bytes >> 20,
+            elapsed,
+            f64::from(ROWS) / elapsed.as_secs_f64(),
+            before >> 10,
+            peak.load(std::sync::atomic::Ordering::Relaxed) >> 10,
+        );
+    }
+    Ok(())
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
