@@ -2,11 +2,11 @@
 //!
 //! Failed, skipped and unprocessed rows come from the result buckets, one `_id` range in
 //! order of each document's smallest index; succeeded rows from the log buckets the action
-//! has already (their ids and smallest indexes first, a small list: one per batch, then the
-//! documents a few at a time). Either way documents are merged by index (`Merge`), holding
-//! only those whose rows are not all handed out.
+//! has already, by smallest index. Either way one query, read through its cursor a few
+//! documents at a time, merged by index (`Merge`), holding only the documents whose rows
+//! are not all handed out.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 
 use domain::{ActionId, OutcomeStatus};
 use futures::TryStreamExt;
@@ -15,7 +15,7 @@ use infra::results::{id_prefix, id_prefix_end, Merge, ResultRow, StoredResultBuc
 use infra::views::StoredLogBucket;
 use mongodb::bson::{doc, Document};
 use mongodb::options::FindOptions;
-use mongodb::Database;
+use mongodb::{Cursor, Database};
 
 /// Documents read per round trip: each is at most about 1 MiB.
 const DOCS_PER_READ: usize = 8;
@@ -34,18 +34,21 @@ pub enum ReadError {
 }
 
 pub struct RowReader {
-    database: Database,
     action: ActionId,
     source: Source,
     merge: Merge,
     finished: bool,
 }
 
+/// One query each, read through its cursor: FerretDB filters a range in its own process
+/// (it pushes no `$gt` on `_id` down to PostgreSQL), so a query per page would read the
+/// collection once per page; one cursor reads it once.
 enum Source {
-    /// Result buckets after this `_id`, up to `end`.
-    Results { after: String, end: String },
-    /// The log buckets holding succeeded lines, by smallest index: their ids.
-    Logs(VecDeque<String>),
+    /// Result buckets of the status, by `_id` (smallest index first).
+    Results(Cursor<StoredResultBucket>),
+    /// Log buckets holding succeeded lines, by smallest index (`(actionId, minIndex)` is
+    /// indexed on MongoDB).
+    Logs(Cursor<StoredLogBucket>),
 }
 
 impl RowReader {
@@ -55,16 +58,36 @@ impl RowReader {
         status: OutcomeStatus,
     ) -> Result<Self, ReadError> {
         let source = if status == OutcomeStatus::Succeeded {
-            Source::Logs(succeeded_buckets(database, action).await?)
+            let options = FindOptions::builder()
+                .sort(doc! { "minIndex": 1 })
+                .batch_size(DOCS_PER_READ as u32)
+                .build();
+            Source::Logs(
+                database
+                    .collection::<StoredLogBucket>(LOG_VIEWS)
+                    .find(doc! {
+                        "actionId": action.to_string(),
+                        "statuses": OutcomeStatus::Succeeded.as_str(),
+                    })
+                    .with_options(options)
+                    .await?,
+            )
         } else {
             let prefix = id_prefix(action, status);
-            Source::Results {
-                end: id_prefix_end(&prefix),
-                after: prefix,
-            }
+            let end = id_prefix_end(&prefix);
+            let options = FindOptions::builder()
+                .sort(doc! { "_id": 1 })
+                .batch_size(DOCS_PER_READ as u32)
+                .build();
+            Source::Results(
+                database
+                    .collection::<StoredResultBucket>(RESULT_VIEWS)
+                    .find(doc! { "_id": { "$gte": prefix, "$lt": end } })
+                    .with_options(options)
+                    .await?,
+            )
         };
         Ok(Self {
-            database: database.clone(),
             action,
             source,
             merge: Merge::default(),
@@ -76,10 +99,8 @@ impl RowReader {
     pub async fn next(&mut self) -> Result<Vec<ResultRow>, ReadError> {
         while !self.finished {
             let more = match &mut self.source {
-                Source::Results { after, end } => {
-                    read_results(&self.database, after, end, &mut self.merge).await?
-                }
-                Source::Logs(ids) => read_logs(&self.database, ids, &mut self.merge).await?,
+                Source::Results(cursor) => read_results(cursor, &mut self.merge).await?,
+                Source::Logs(cursor) => read_logs(cursor, &mut self.merge).await?,
             };
             let rows = if more {
                 self.merge.ready()
@@ -96,60 +117,35 @@ impl RowReader {
     }
 }
 
-/// Pushes the next documents of the range into `merge`; false when none was left.
+/// Pushes the next documents into `merge`; false when none was left.
 async fn read_results(
-    database: &Database,
-    after: &mut String,
-    end: &str,
+    cursor: &mut Cursor<StoredResultBucket>,
     merge: &mut Merge,
 ) -> Result<bool, ReadError> {
-    let options = FindOptions::builder()
-        .sort(doc! { "_id": 1 })
-        .limit(DOCS_PER_READ as i64)
-        // All of them in the first reply: no `getMore` to lose.
-        .batch_size(DOCS_PER_READ as u32)
-        .build();
-    let buckets: Vec<StoredResultBucket> = database
-        .collection::<StoredResultBucket>(RESULT_VIEWS)
-        .find(doc! { "_id": { "$gt": after.as_str(), "$lt": end } })
-        .with_options(options)
-        .await?
-        .try_collect()
-        .await?;
-    for bucket in &buckets {
+    let mut read = false;
+    for _ in 0..DOCS_PER_READ {
+        let Some(bucket) = cursor.try_next().await? else {
+            break;
+        };
         let rows = bucket
             .rows()
             .map_err(|error| ReadError::Corrupt(format!("{}: {error}", bucket.id)))?;
         merge.push(bucket.min_index, rows);
+        read = true;
     }
-    match buckets.last() {
-        Some(last) => {
-            after.clone_from(&last.id);
-            Ok(true)
-        }
-        None => Ok(false),
-    }
+    Ok(read)
 }
 
 /// Pushes the succeeded lines of the next log buckets into `merge`.
 async fn read_logs(
-    database: &Database,
-    ids: &mut VecDeque<String>,
+    cursor: &mut Cursor<StoredLogBucket>,
     merge: &mut Merge,
 ) -> Result<bool, ReadError> {
-    if ids.is_empty() {
-        return Ok(false);
-    }
-    let wanted: Vec<String> = ids.drain(..ids.len().min(DOCS_PER_READ)).collect();
-    let mut buckets: Vec<StoredLogBucket> = database
-        .collection::<StoredLogBucket>(LOG_VIEWS)
-        .find(doc! { "_id": { "$in": &wanted } })
-        .batch_size(DOCS_PER_READ as u32)
-        .await?
-        .try_collect()
-        .await?;
-    buckets.sort_by_key(|bucket| bucket.min_index);
-    for bucket in buckets {
+    let mut read = false;
+    for _ in 0..DOCS_PER_READ {
+        let Some(bucket) = cursor.try_next().await? else {
+            break;
+        };
         let lines = bucket
             .lines()
             .map_err(|error| ReadError::Corrupt(format!("{}: {error}", bucket.id)))?;
@@ -165,56 +161,9 @@ async fn read_logs(
             })
             .collect();
         merge.push(bucket.min_index, rows);
+        read = true;
     }
-    Ok(true)
-}
-
-/// The ids of the action's log buckets that hold succeeded lines, by smallest index: an
-/// `_id` range (`<action>:<seq>`), paged, with only the id and smallest index read.
-async fn succeeded_buckets(
-    database: &Database,
-    action: ActionId,
-) -> Result<VecDeque<String>, ReadError> {
-    let logs = database.collection::<Document>(LOG_VIEWS);
-    let end = format!("{action};");
-    let mut after = format!("{action}:");
-    let mut found: Vec<(i64, String)> = Vec::new();
-    loop {
-        let options = FindOptions::builder()
-            .sort(doc! { "_id": 1 })
-            .limit(IDS_PER_READ as i64)
-            .batch_size(IDS_PER_READ as u32)
-            .projection(doc! { "_id": 1, "minIndex": 1 })
-            .build();
-        let page: Vec<Document> = logs
-            .find(doc! {
-                "_id": { "$gt": after.as_str(), "$lt": end.as_str() },
-                "statuses": OutcomeStatus::Succeeded.as_str(),
-            })
-            .with_options(options)
-            .await?
-            .try_collect()
-            .await?;
-        let full = page.len() == IDS_PER_READ;
-        for document in page {
-            let id = document
-                .get_str("_id")
-                .map_err(|error| ReadError::Corrupt(error.to_string()))?
-                .to_owned();
-            let min_index = match document.get("minIndex") {
-                Some(mongodb::bson::Bson::Int32(index)) => i64::from(*index),
-                Some(mongodb::bson::Bson::Int64(index)) => *index,
-                _ => return Err(ReadError::Corrupt(format!("{id} has no minIndex"))),
-            };
-            after.clone_from(&id);
-            found.push((min_index, id));
-        }
-        if !full {
-            break;
-        }
-    }
-    found.sort();
-    Ok(found.into_iter().map(|(_, id)| id).collect())
+    Ok(read)
 }
 
 /// The field names the records of the status' rows hold, sorted, at most
@@ -227,38 +176,25 @@ pub async fn field_names(
     if status == OutcomeStatus::Succeeded {
         return Ok(Vec::new());
     }
-    let buckets = database.collection::<Document>(RESULT_VIEWS);
-    let mut after = id_prefix(action, status);
-    let end = id_prefix_end(&after);
+    let prefix = id_prefix(action, status);
+    let end = id_prefix_end(&prefix);
+    let options = FindOptions::builder()
+        .batch_size(IDS_PER_READ as u32)
+        .projection(doc! { "_id": 0, "fields": 1 })
+        .build();
+    let mut cursor = database
+        .collection::<Document>(RESULT_VIEWS)
+        .find(doc! { "_id": { "$gte": prefix, "$lt": end } })
+        .with_options(options)
+        .await?;
     let mut names = BTreeSet::new();
-    loop {
-        let options = FindOptions::builder()
-            .sort(doc! { "_id": 1 })
-            .limit(IDS_PER_READ as i64)
-            .batch_size(IDS_PER_READ as u32)
-            .projection(doc! { "_id": 1, "fields": 1 })
-            .build();
-        let page: Vec<Document> = buckets
-            .find(doc! { "_id": { "$gt": after.as_str(), "$lt": end.as_str() } })
-            .with_options(options)
-            .await?
-            .try_collect()
-            .await?;
-        let full = page.len() == IDS_PER_READ;
-        for document in page {
-            if let Ok(fields) = document.get_array("fields") {
-                for name in fields.iter().filter_map(|name| name.as_str()) {
-                    if names.len() < MAX_FIELD_COLUMNS || names.contains(name) {
-                        names.insert(name.to_owned());
-                    }
+    while let Some(document) = cursor.try_next().await? {
+        if let Ok(fields) = document.get_array("fields") {
+            for name in fields.iter().filter_map(|name| name.as_str()) {
+                if names.len() < MAX_FIELD_COLUMNS || names.contains(name) {
+                    names.insert(name.to_owned());
                 }
             }
-            if let Ok(id) = document.get_str("_id") {
-                id.clone_into(&mut after);
-            }
-        }
-        if !full {
-            break;
         }
     }
     Ok(names
