@@ -81,6 +81,13 @@ pub enum ErrorCode {
     ActionAlreadyReleased,
     /// Commands on the action raced each other too long; retry after `Retry-After`.
     ActionContended,
+    /// A retry of an action that has not finished: its results are not final.
+    ActionNotFinished,
+    /// A retry of an action whose events are archived (retention): download its failed
+    /// file and submit it instead.
+    ActionArchived,
+    /// No result row matches a retry's statuses and codes, or none kept its fields.
+    NothingToRetry,
     // Webhooks.
     InvalidWebhookUrl,
     /// Not https, or a private, loopback, link-local or metadata address (SSRF guard).

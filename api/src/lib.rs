@@ -15,6 +15,7 @@ mod query;
 mod rate_limit;
 mod read_model;
 mod request_id;
+mod results;
 mod routes;
 mod submission;
 
@@ -240,7 +241,9 @@ pub enum ApiStartError {
 
 pub fn router(state: AppState) -> Router {
     use axum::routing::post;
-    use routes::{actions, admin, control, events, fields, health, logs, submit, webhooks};
+    use routes::{
+        actions, admin, control, events, fields, health, logs, results, retry, submit, webhooks,
+    };
     let max_body = state.config.max_body_bytes;
     // Every /bulk-actions, /fields and /webhooks route is behind an API key, checked
     // before the handler reads anything of the request.
@@ -263,6 +266,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/bulk-actions/{action_id}/stats", get(actions::get_stats))
         .route("/bulk-actions/{action_id}/logs", get(logs::get_logs))
+        .route(
+            "/bulk-actions/{action_id}/results",
+            get(results::get_results),
+        )
+        .route("/bulk-actions/{action_id}/retry", post(retry::retry))
         .route(
             "/fields/{entity_type}",
             get(fields::get_fields).put(fields::put_fields),

@@ -8,7 +8,9 @@ use utoipa::openapi::{Ref, RefOr};
 use utoipa::OpenApi;
 
 use crate::error::{ErrorBody, ErrorDetail};
-use crate::routes::{actions, admin, control, events, fields, health, logs, submit, webhooks};
+use crate::routes::{
+    actions, admin, control, events, fields, health, logs, results, retry, submit, webhooks,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -25,6 +27,8 @@ use crate::routes::{actions, admin, control, events, fields, health, logs, submi
         control::resume,
         control::amend,
         logs::get_logs,
+        results::get_results,
+        retry::retry,
         fields::get_fields,
         fields::put_fields,
         webhooks::create_webhook,

@@ -21,6 +21,8 @@ pub struct ActionSettings {
     /// `matchBy` as written (absent: the natural key); read against the account's fields
     /// by `match_by` once they are loaded.
     pub match_by: Option<String>,
+    /// The action whose records this submission retries (`POST /bulk-actions/{id}/retry`).
+    pub retry_of: Option<domain::ActionId>,
 }
 
 /// The request body, as documented in the OpenAPI schema. Parsing is done by hand in
@@ -239,6 +241,7 @@ fn parse_settings(
         pacing,
         max_records_per_minute,
         match_by,
+        retry_of: None,
     })
 }
 

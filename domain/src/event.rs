@@ -16,6 +16,7 @@ use crate::ids::{AccountId, ActionId};
 use crate::key::MatchBy;
 use crate::outcome::RecordOutcome;
 use crate::pacing::Pacing;
+use crate::results::SubmittedRecord;
 use crate::time::Timestamp;
 
 /// The schema version written by this build.
@@ -26,7 +27,13 @@ use crate::time::Timestamp;
 /// - 3: pacing on `Created`; `Paused`, `Resumed`, `CancelRequested`, `BatchCancelled`,
 ///   `Rescheduled` and `PacingChanged` exist. Nothing changed shape, so no upcast step:
 ///   the bump makes older builds refuse these streams instead of misreading them.
-pub const SCHEMA_VERSION: u16 = 3;
+/// - 4: result files and retries. `RecordRejected`, `RecordSkipped`, `BatchProcessed`,
+///   `BatchDeadLettered` and `BatchCancelled` carry `submitted`, the fields of each of their
+///   records that did not succeed (`results::SubmittedRecord`); `Created` may name the
+///   action it retries (`retryOf`); `RetryCreated` exists. Additive, no upcast: an older
+///   event has no `submitted` (its result rows have no fields); the bump makes older
+///   builds refuse these streams rather than drop what they cannot read.
+pub const SCHEMA_VERSION: u16 = 4;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventEnvelope {
@@ -66,11 +73,23 @@ pub enum EventPayload {
         /// The key its records were matched and deduplicated by (absent: the natural key).
         #[serde(default, skip_serializing_if = "MatchBy::is_natural")]
         match_by: MatchBy,
+        /// The action whose records this one retries (`POST /bulk-actions/{id}/retry`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_of: Option<ActionId>,
     },
     /// Records that failed validation at submission (one event per chunk).
-    RecordRejected { records: Vec<RecordOutcome> },
+    RecordRejected {
+        records: Vec<RecordOutcome>,
+        /// Each record as it was sent (cut at `results::RAW_RECORD_MAX_BYTES`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        submitted: Vec<SubmittedRecord>,
+    },
     /// Records skipped at submission, e.g. duplicate emails (one event per chunk).
-    RecordSkipped { records: Vec<RecordOutcome> },
+    RecordSkipped {
+        records: Vec<RecordOutcome>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        submitted: Vec<SubmittedRecord>,
+    },
     /// A scheduled action's start time came and its batches were queued.
     Released {},
     /// A consumer picked up the action's first batch.
@@ -84,6 +103,9 @@ pub enum EventPayload {
         consumer: String,
         /// Which attempt at the batch succeeded, counted across consumers and crashes.
         attempt: u32,
+        /// The records whose outcome did not succeed, in submission form.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        submitted: Vec<SubmittedRecord>,
     },
     /// One batch failed on every allowed attempt and went to the dead-letter stream; each of
     /// its records is `dead_lettered`.
@@ -94,6 +116,8 @@ pub enum EventPayload {
         /// The last error seen, for operators.
         error: String,
         outcomes: Vec<RecordOutcome>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        submitted: Vec<SubmittedRecord>,
     },
     /// The action stopped taking budget; it keeps its place and its queued batches.
     #[serde(rename_all = "camelCase")]
@@ -119,6 +143,8 @@ pub enum EventPayload {
     BatchCancelled {
         batch: u32,
         outcomes: Vec<RecordOutcome>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        submitted: Vec<SubmittedRecord>,
     },
     /// A scheduled action's start time moved.
     #[serde(rename_all = "camelCase")]
@@ -137,6 +163,13 @@ pub enum EventPayload {
     },
     /// Every record has an outcome.
     Completed {},
+    /// A retry of some of this action's records was created (appended to the original).
+    #[serde(rename_all = "camelCase")]
+    RetryCreated {
+        retry: ActionId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        api_key_id: Option<String>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +197,7 @@ impl EventPayload {
             EventPayload::Rescheduled { .. } => "Rescheduled",
             EventPayload::PacingChanged { .. } => "PacingChanged",
             EventPayload::Completed {} => "Completed",
+            EventPayload::RetryCreated { .. } => "RetryCreated",
         }
     }
 
@@ -191,12 +225,24 @@ impl EventPayload {
     /// The per-record outcomes this event settles, for the log view.
     pub fn record_outcomes(&self) -> &[RecordOutcome] {
         match self {
-            EventPayload::RecordRejected { records } | EventPayload::RecordSkipped { records } => {
-                records
-            }
+            EventPayload::RecordRejected { records, .. }
+            | EventPayload::RecordSkipped { records, .. } => records,
             EventPayload::BatchProcessed { outcomes, .. }
             | EventPayload::BatchDeadLettered { outcomes, .. }
             | EventPayload::BatchCancelled { outcomes, .. } => outcomes,
+            _ => &[],
+        }
+    }
+
+    /// The fields of the records this event settles without success (schema version 4;
+    /// empty before it), for the result files.
+    pub fn submitted_records(&self) -> &[SubmittedRecord] {
+        match self {
+            EventPayload::RecordRejected { submitted, .. }
+            | EventPayload::RecordSkipped { submitted, .. }
+            | EventPayload::BatchProcessed { submitted, .. }
+            | EventPayload::BatchDeadLettered { submitted, .. }
+            | EventPayload::BatchCancelled { submitted, .. } => submitted,
             _ => &[],
         }
     }
@@ -235,6 +281,7 @@ mod tests {
     fn payload_round_trips_through_type_and_data() {
         let payloads = vec![
             EventPayload::Created {
+                retry_of: None,
                 account_id: AccountId::parse("acme").unwrap(),
                 entity_type: EntityType::Contact,
                 action_type: ActionType::Upsert,
@@ -261,6 +308,7 @@ mod tests {
             },
             EventPayload::CancelRequested { api_key_id: None },
             EventPayload::BatchCancelled {
+                submitted: Vec::new(),
                 batch: 1,
                 outcomes: vec![RecordOutcome {
                     index: 3,
@@ -279,6 +327,7 @@ mod tests {
                 api_key_id: None,
             },
             EventPayload::BatchProcessed {
+                submitted: Vec::new(),
                 batch: 4,
                 outcomes: vec![RecordOutcome {
                     index: 7,
@@ -290,6 +339,7 @@ mod tests {
                 attempt: 2,
             },
             EventPayload::BatchDeadLettered {
+                submitted: Vec::new(),
                 batch: 5,
                 attempts: 8,
                 error: "mongodb: boom".into(),
@@ -300,6 +350,17 @@ mod tests {
                     message: Some("gave up".into()),
                 }],
             },
+            EventPayload::RecordRejected {
+                records: vec![RecordOutcome::new(0, None, OutcomeCode::InvalidEmail, None)],
+                submitted: vec![crate::results::SubmittedRecord::raw(
+                    0,
+                    &serde_json::json!({"email": "x", "age": 3}),
+                )],
+            },
+            EventPayload::RetryCreated {
+                retry: ActionId::from_ulid(Ulid::new()),
+                api_key_id: Some("k".into()),
+            },
             EventPayload::Started {},
             EventPayload::Completed {},
         ];
@@ -309,6 +370,15 @@ mod tests {
                     .unwrap();
             assert_eq!(decoded, payload);
         }
+    }
+
+    /// A v3 event has no `submitted`: it decodes with none, and so has rows without fields.
+    #[test]
+    fn version_3_outcome_events_decode_without_submitted_records() {
+        let stored = r#"{"records":[{"index":0,"email":"x","code":"invalid_email"}]}"#;
+        let decoded = EventPayload::decode("RecordRejected", 3, stored).unwrap();
+        assert_eq!(decoded.record_outcomes().len(), 1);
+        assert!(decoded.submitted_records().is_empty());
     }
 
     #[test]
@@ -329,6 +399,7 @@ mod tests {
         assert_eq!(
             decoded,
             EventPayload::BatchProcessed {
+                submitted: Vec::new(),
                 batch: 3,
                 outcomes: vec![RecordOutcome {
                     index: 0,

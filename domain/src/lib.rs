@@ -20,6 +20,7 @@ pub mod plan;
 pub mod projection;
 pub mod rate;
 pub mod record;
+pub mod results;
 pub mod schedule;
 pub mod spreadsheet;
 pub mod text;

@@ -31,7 +31,9 @@ pub fn status_change(payload: &EventPayload, final_status: ActionStatus) -> Opti
         | EventPayload::RecordSkipped { .. }
         | EventPayload::BatchProcessed { .. }
         | EventPayload::BatchDeadLettered { .. }
-        | EventPayload::BatchCancelled { .. } => return None,
+        | EventPayload::BatchCancelled { .. }
+        // A retry is another action; this one's status stays as it is.
+        | EventPayload::RetryCreated { .. } => return None,
     })
 }
 
@@ -171,6 +173,7 @@ mod tests {
     #[test]
     fn batches_move_counts_and_are_not_changes_of_status() {
         let batch = EventPayload::BatchCancelled {
+            submitted: Vec::new(),
             batch: 0,
             outcomes: Vec::new(),
         };

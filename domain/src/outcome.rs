@@ -72,6 +72,9 @@ pub enum OutcomeCode {
     /// allowed in free-text values).
     InvalidCharacters,
     NoFieldsToUpdate,
+    /// A retried record whose fields its original action did not keep (an action before
+    /// result files, or a record too large to keep): there is nothing to submit again.
+    FieldsNotKept,
     /// A line or row of a streamed upload that is not a record: not JSON, not UTF-8, or a
     /// CSV row with the wrong number of fields.
     MalformedRecord,
@@ -97,8 +100,8 @@ impl OutcomeCode {
             | AlreadyExists => OutcomeStatus::Skipped,
             NotAnObject | MissingEmail | InvalidEmail | MissingKey | InvalidKey
             | ImmutableField | InvalidType | InvalidValue | UnknownField | ForbiddenFieldName
-            | InvalidCharacters | NoFieldsToUpdate | MalformedRecord | RecordTooLarge
-            | NotFound | StoreError | DeadLettered => OutcomeStatus::Failed,
+            | InvalidCharacters | NoFieldsToUpdate | FieldsNotKept | MalformedRecord
+            | RecordTooLarge | NotFound | StoreError | DeadLettered => OutcomeStatus::Failed,
             Unprocessed => OutcomeStatus::Unprocessed,
         }
     }
@@ -126,6 +129,7 @@ impl OutcomeCode {
             ForbiddenFieldName => "forbidden_field_name",
             InvalidCharacters => "invalid_characters",
             NoFieldsToUpdate => "no_fields_to_update",
+            FieldsNotKept => "fields_not_kept",
             MalformedRecord => "malformed_record",
             RecordTooLarge => "record_too_large",
             NotFound => "not_found",

@@ -21,6 +21,7 @@ use crate::change::{RecordChange, RecordRules};
 use crate::event::EventPayload;
 use crate::key::MatchBy;
 use crate::outcome::{OutcomeCode, RecordOutcome};
+use crate::results::SubmittedRecord;
 use crate::text;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -148,7 +149,7 @@ pub fn plan_with(records: &[Value], rules: RecordRules, batch_size: usize) -> Ac
     };
     let mut keep = |planned: Planned| match planned {
         Planned::Batch(batch) => plan.batches.push(batch),
-        Planned::Outcomes(EventPayload::RecordSkipped { records }) => {
+        Planned::Outcomes(EventPayload::RecordSkipped { records, .. }) => {
             plan.duplicates.extend(records)
         }
         Planned::Outcomes(event) => plan
@@ -207,9 +208,13 @@ pub struct Planner {
     seen: HashSet<KeyDigest>,
     filling: Vec<PlannedRecord>,
     rejected: Vec<RecordOutcome>,
-    /// What `rejected` takes once stored, at most (`stored_size`).
+    /// The rejected records as they were sent (those that were objects).
+    rejected_records: Vec<SubmittedRecord>,
+    /// What `rejected` and its records take once stored, at most (`stored_size`).
     rejected_bytes: usize,
     duplicates: Vec<RecordOutcome>,
+    duplicate_records: Vec<SubmittedRecord>,
+    duplicate_bytes: usize,
     summary: PlanSummary,
 }
 
@@ -238,8 +243,11 @@ impl Planner {
             seen: HashSet::new(),
             filling: Vec::with_capacity(batch_size.min(10_000)),
             rejected: Vec::new(),
+            rejected_records: Vec::new(),
             rejected_bytes: 0,
             duplicates: Vec::new(),
+            duplicate_records: Vec::new(),
+            duplicate_bytes: 0,
             summary: PlanSummary::default(),
         }
     }
@@ -258,26 +266,35 @@ impl Planner {
     pub fn push(&mut self, record: &Value) -> Option<Planned> {
         let index = self.next_index();
         match RecordChange::parse(record, &self.rules) {
-            Err(error) => self.reject(RecordOutcome::new(
-                index,
-                self.rules.raw_key(record),
-                error.code,
-                Some(&error.message),
-            )),
+            Err(error) => self.reject(
+                RecordOutcome::new(
+                    index,
+                    self.rules.raw_key(record),
+                    error.code,
+                    Some(&error.message),
+                ),
+                Some(SubmittedRecord::raw(index, record)),
+            ),
             Ok(change) if !self.seen.insert(digest(&change.key)) => {
                 let spec = self.rules.spec();
                 let code = self.rules.match_by.duplicate_code(spec);
                 let field = self.rules.match_by.record_field(spec);
-                self.duplicates.push(RecordOutcome {
+                let outcome = RecordOutcome {
                     index,
                     email: Some(change.key),
                     code,
                     message: Some(format!(
                         "an earlier record in this action has the same {field}"
                     )),
-                });
+                };
+                let kept = SubmittedRecord::raw(index, record);
+                self.duplicate_bytes += stored_size(&outcome) + kept.stored_size();
+                self.duplicates.push(outcome);
+                self.duplicate_records.push(kept);
                 self.tally(code);
-                (self.duplicates.len() >= self.outcome_chunk).then(|| self.take_duplicates())
+                let full = self.duplicates.len() >= self.outcome_chunk
+                    || self.duplicate_bytes >= OUTCOME_EVENT_MAX_BYTES;
+                full.then(|| self.take_duplicates())
             }
             Ok(change) => {
                 self.filling.push(PlannedRecord { index, change });
@@ -290,7 +307,19 @@ impl Planner {
     /// a stream): it fails with `code` and takes its place in the numbering.
     pub fn push_unreadable(&mut self, code: OutcomeCode, message: String) -> Option<Planned> {
         let index = self.next_index();
-        self.reject(RecordOutcome::new(index, None, code, Some(&message)))
+        self.reject(RecordOutcome::new(index, None, code, Some(&message)), None)
+    }
+
+    /// The next record of the input, refused with `code` before it is read, under its
+    /// `key`: a retried record whose fields were not kept.
+    pub fn push_refused(
+        &mut self,
+        key: Option<String>,
+        code: OutcomeCode,
+        message: String,
+    ) -> Option<Planned> {
+        let index = self.next_index();
+        self.reject(RecordOutcome::new(index, key, code, Some(&message)), None)
     }
 
     /// Hands out what is left and the totals.
@@ -314,9 +343,17 @@ impl Planner {
         index
     }
 
-    fn reject(&mut self, outcome: RecordOutcome) -> Option<Planned> {
+    fn reject(
+        &mut self,
+        outcome: RecordOutcome,
+        record: Option<SubmittedRecord>,
+    ) -> Option<Planned> {
         self.tally(outcome.code);
         self.rejected_bytes += stored_size(&outcome);
+        if let Some(record) = record {
+            self.rejected_bytes += record.stored_size();
+            self.rejected_records.push(record);
+        }
         self.rejected.push(outcome);
         let full = self.rejected.len() >= self.outcome_chunk
             || self.rejected_bytes >= OUTCOME_EVENT_MAX_BYTES;
@@ -347,13 +384,16 @@ impl Planner {
         self.rejected_bytes = 0;
         Planned::Outcomes(EventPayload::RecordRejected {
             records: std::mem::take(&mut self.rejected),
+            submitted: std::mem::take(&mut self.rejected_records),
         })
     }
 
     fn take_duplicates(&mut self) -> Planned {
         self.summary.outcome_events += 1;
+        self.duplicate_bytes = 0;
         Planned::Outcomes(EventPayload::RecordSkipped {
             records: std::mem::take(&mut self.duplicates),
+            submitted: std::mem::take(&mut self.duplicate_records),
         })
     }
 }
@@ -426,6 +466,28 @@ mod tests {
             settled += event.record_outcomes().len();
         }
         assert_eq!(settled, records.len());
+    }
+
+    #[test]
+    fn rejected_and_skipped_records_keep_what_was_sent() {
+        let records = [
+            json!({"email": "bad", "name": "=1"}),
+            json!({"email": "a@x.io", "name": "first"}),
+            json!({"email": "A@x.io", "name": "again"}),
+        ];
+        let mut planner = Planner::new(RecordRules::contacts(ActionType::Upsert), 10);
+        let mut events: Vec<Planned> = records.iter().filter_map(|r| planner.push(r)).collect();
+        events.extend(planner.finish().0);
+        let kept: Vec<(u32, Value)> = events
+            .iter()
+            .filter_map(|planned| match planned {
+                Planned::Outcomes(event) => Some(event.submitted_records().to_vec()),
+                Planned::Batch(_) => None,
+            })
+            .flatten()
+            .map(|record| (record.index, Value::Object(record.fields)))
+            .collect();
+        assert_eq!(kept, vec![(0, records[0].clone()), (2, records[2].clone())]);
     }
 
     #[test]

@@ -78,6 +78,12 @@ pub struct ActionView {
     pub batches_cancelled: u32,
     /// Records settled by batches (not at submission); the numerator of the throughput.
     pub processed_by_batches: u32,
+    /// The action whose records this one retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<ActionId>,
+    /// The retries of this action's records, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retries: Vec<ActionId>,
     /// Sequence number of the last event folded into this view.
     pub last_seq: u64,
     /// Set while the projector cannot write this action's views (it is quarantined): the
@@ -156,7 +162,8 @@ pub fn apply_event(
     }
     match &event.payload {
         EventPayload::Created { .. } => return Err(FoldError::DuplicateCreated { seq: event.seq }),
-        EventPayload::RecordRejected { records } | EventPayload::RecordSkipped { records } => {
+        EventPayload::RecordRejected { records, .. }
+        | EventPayload::RecordSkipped { records, .. } => {
             view.count(records);
         }
         EventPayload::Released {} => {
@@ -212,6 +219,11 @@ pub fn apply_event(
             view.batches_dead_lettered += 1;
             view.processed_by_batches += u32::try_from(outcomes.len()).unwrap_or(u32::MAX);
         }
+        EventPayload::RetryCreated { retry, .. } => {
+            if !view.retries.contains(retry) {
+                view.retries.push(*retry);
+            }
+        }
         EventPayload::Completed {} => {
             view.status = view.final_status();
             view.paused_at = None;
@@ -242,6 +254,7 @@ fn created(event: &EventEnvelope) -> ActionView {
         max_records_per_minute,
         api_key_id,
         match_by,
+        retry_of,
         ..
     } = &event.payload
     else {
@@ -282,6 +295,8 @@ fn created(event: &EventEnvelope) -> ActionView {
         batches_dead_lettered: 0,
         batches_cancelled: 0,
         processed_by_batches: 0,
+        retry_of: *retry_of,
+        retries: Vec::new(),
         last_seq: event.seq,
         projection_error: None,
     }
@@ -402,6 +417,7 @@ mod tests {
     fn history() -> Vec<EventEnvelope> {
         let payloads = vec![
             EventPayload::Created {
+                retry_of: None,
                 account_id: AccountId::parse("acme").unwrap(),
                 entity_type: EntityType::Contact,
                 action_type: ActionType::Update,
@@ -415,13 +431,16 @@ mod tests {
                 match_by: MatchBy::Natural,
             },
             EventPayload::RecordSkipped {
+                submitted: Vec::new(),
                 records: vec![outcome(5, OutcomeCode::DuplicateEmail)],
             },
             EventPayload::RecordRejected {
+                submitted: Vec::new(),
                 records: vec![outcome(4, OutcomeCode::InvalidEmail)],
             },
             EventPayload::Started {},
             EventPayload::BatchProcessed {
+                submitted: Vec::new(),
                 batch: 1,
                 outcomes: vec![
                     outcome(2, OutcomeCode::Updated),
@@ -431,6 +450,7 @@ mod tests {
                 attempt: 1,
             },
             EventPayload::BatchProcessed {
+                submitted: Vec::new(),
                 batch: 0,
                 outcomes: vec![
                     outcome(0, OutcomeCode::Updated),
@@ -442,6 +462,27 @@ mod tests {
             EventPayload::Completed {},
         ];
         envelopes(payloads)
+    }
+
+    #[test]
+    fn a_retry_is_listed_once_and_changes_nothing_else() {
+        let mut events = history();
+        let finished = fold(None, &events).unwrap().unwrap();
+        let retry = ActionId::from_ulid(ulid::Ulid::new());
+        let mut payloads: Vec<EventPayload> = events.drain(..).map(|e| e.payload).collect();
+        payloads.push(EventPayload::RetryCreated {
+            retry,
+            api_key_id: None,
+        });
+        payloads.push(EventPayload::RetryCreated {
+            retry,
+            api_key_id: None,
+        });
+        let view = fold(None, &envelopes(payloads)).unwrap().unwrap();
+        assert_eq!(view.retries, vec![retry]);
+        assert_eq!(view.status, finished.status);
+        assert_eq!(view.succeeded, finished.succeeded);
+        assert_eq!(view.completed_at, finished.completed_at);
     }
 
     #[test]
@@ -520,6 +561,7 @@ mod tests {
 
     fn dead_lettered(batch: u32, indexes: &[u32]) -> EventPayload {
         EventPayload::BatchDeadLettered {
+            submitted: Vec::new(),
             batch,
             attempts: 8,
             error: "boom".into(),
@@ -571,6 +613,7 @@ mod tests {
 
     fn created(scheduled_for: Option<Timestamp>) -> EventPayload {
         EventPayload::Created {
+            retry_of: None,
             account_id: AccountId::parse("acme").unwrap(),
             entity_type: EntityType::Contact,
             action_type: ActionType::Create,
@@ -622,6 +665,7 @@ mod tests {
             created(None),
             EventPayload::Started {},
             EventPayload::BatchProcessed {
+                submitted: Vec::new(),
                 batch: 0,
                 outcomes: vec![
                     outcome(0, OutcomeCode::Created),
@@ -633,6 +677,7 @@ mod tests {
             EventPayload::Paused { api_key_id: None },
             EventPayload::CancelRequested { api_key_id: None },
             EventPayload::BatchCancelled {
+                submitted: Vec::new(),
                 batch: 1,
                 outcomes: vec![
                     outcome(2, OutcomeCode::Unprocessed),

@@ -87,6 +87,7 @@ pub(crate) struct Scripts {
     pub(crate) set_limits: Script,
     pub(crate) open_action: Script,
     pub(crate) forget_archived: Script,
+    pub(crate) record_retry: Script,
 }
 
 #[derive(Clone)]
@@ -111,6 +112,7 @@ impl EventStore {
             set_limits: with_library(include_str!("lua/set_limits.lua")),
             open_action: with_library(include_str!("lua/open_action.lua")),
             forget_archived: with_library(include_str!("lua/forget_archived.lua")),
+            record_retry: with_library(include_str!("lua/record_retry.lua")),
         };
         Self {
             conn,

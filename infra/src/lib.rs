@@ -17,6 +17,8 @@ pub mod mongo;
 pub mod opening;
 pub mod quarantine;
 pub mod redis_conn;
+pub mod results;
+pub mod retries;
 pub mod retry;
 pub mod roles;
 pub mod scripts;

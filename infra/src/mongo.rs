@@ -16,6 +16,9 @@ pub const CONTACTS: &str = "contacts";
 pub const ACTION_VIEWS: &str = "bulk_actions";
 /// One document per settling event (`views::StoredLogBucket`).
 pub const LOG_VIEWS: &str = "bulk_action_log_buckets";
+/// The rows of result files that did not succeed, per event and status
+/// (`results::StoredResultBucket`); read by `_id` range only.
+pub const RESULT_VIEWS: &str = "bulk_action_result_buckets";
 /// Events of actions past the retention period, moved out of Redis (`views::ArchivedEvent`).
 /// Not a view: a replay reads it and never drops it.
 pub const EVENT_ARCHIVE: &str = "bulk_action_event_archive";

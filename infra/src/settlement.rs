@@ -3,6 +3,7 @@
 //! the last), releases of scheduled actions, and the end of an archived stream.
 
 use domain::lifecycle::BatchTurn;
+use domain::results::SubmittedRecord;
 use domain::{ActionId, Batch, EventPayload, RecordOutcome, Timestamp, SCHEMA_VERSION};
 use redis::AsyncCommands;
 use ulid::Ulid;
@@ -50,6 +51,8 @@ pub struct DeadLetter {
     pub error: String,
     /// One `dead_lettered` outcome per record of the batch.
     pub outcomes: Vec<RecordOutcome>,
+    /// The records that did not succeed, for the result files (`results::batch_submitted`).
+    pub submitted: Vec<SubmittedRecord>,
 }
 
 /// Whether an attempt at a batch began.
@@ -131,6 +134,7 @@ impl Settlement {
         &self,
         item: &WorkItem,
         outcomes: Vec<RecordOutcome>,
+        submitted: Vec<SubmittedRecord>,
         consumer: &str,
         attempt: u32,
         at: Timestamp,
@@ -138,6 +142,7 @@ impl Settlement {
         let payload = EventPayload::BatchProcessed {
             batch: item.batch,
             outcomes,
+            submitted,
             consumer: consumer.to_owned(),
             attempt,
         };
@@ -164,6 +169,7 @@ impl Settlement {
             attempts,
             error: error.clone(),
             outcomes: dead.outcomes,
+            submitted: dead.submitted,
         };
         self.settle(item, &payload, at, Some((&error, attempts)))
             .await
@@ -176,11 +182,13 @@ impl Settlement {
         &self,
         item: &WorkItem,
         outcomes: Vec<RecordOutcome>,
+        submitted: Vec<SubmittedRecord>,
         at: Timestamp,
     ) -> Result<CancelSettlement, StoreError> {
         let payload = EventPayload::BatchCancelled {
             batch: item.batch,
             outcomes,
+            submitted,
         };
         let guard = format!("batch:{}", item.batch);
         let code = self

@@ -1,4 +1,5 @@
-//! The projector: the only writer of the views (`bulk_actions`, `bulk_action_logs`).
+//! The projector: the only writer of the views (`bulk_actions`, `bulk_action_log_buckets`,
+//! `bulk_action_result_buckets`).
 //!
 //! It follows each partition's feed through the `projector` consumer group; a feed entry
 //! only says "this action has new events", and the projector then reads the action's own
@@ -233,6 +234,7 @@ pub async fn replay(config: &ProjectorConfig) -> Result<ReplayReport, ProjectorE
     for collection in [
         infra::mongo::ACTION_VIEWS,
         infra::mongo::LOG_VIEWS,
+        infra::mongo::RESULT_VIEWS,
         infra::mongo::LEGACY_LOG_VIEWS,
     ] {
         database.collection::<Document>(collection).drop().await?;

@@ -2,13 +2,14 @@
 //!
 //! Idempotent by construction: the view carries the stream position and seq of the last
 //! event folded into it, its update is guarded by `lastSeq < new`, and log lines have ids
-//! derived from (action, event seq). Projecting the same events twice, from two
+//! derived from (action, event seq), result rows from (action, status, index, seq). Projecting the same events twice, from two
 //! projectors at once, or from a full replay ends in the same documents.
 
 use domain::view::apply_event;
 use domain::{ActionId, ProjectionError};
 use futures::TryStreamExt;
-use infra::mongo::{ACTION_VIEWS, EVENT_ARCHIVE, LOG_VIEWS};
+use infra::mongo::{ACTION_VIEWS, EVENT_ARCHIVE, LOG_VIEWS, RESULT_VIEWS};
+use infra::results::StoredResultBucket;
 use infra::views::{ArchivedEvent, StoredActionView, StoredLogBucket};
 use infra::{EventStore, StoredEvent};
 use mongodb::bson::{doc, Document};
@@ -152,15 +153,23 @@ async fn project_from(
         let previous_seq = stored.as_ref().map_or(0, |s| s.view.last_seq);
         let mut view = stored.as_ref().map(|s| s.view.clone());
         let mut log_buckets = Vec::new();
+        let mut result_buckets = Vec::new();
         for event in &events {
             view = apply_event(view, &event.envelope)?;
             if event.envelope.seq > previous_seq {
                 if let Some(folded) = &view {
+                    let payload = &event.envelope.payload;
                     log_buckets.extend(StoredLogBucket::for_event(
                         action,
                         folded.account_id.as_str(),
                         event.envelope.seq,
-                        event.envelope.payload.record_outcomes(),
+                        payload.record_outcomes(),
+                    ));
+                    result_buckets.extend(StoredResultBucket::for_event(
+                        action,
+                        event.envelope.seq,
+                        payload.record_outcomes(),
+                        payload.submitted_records(),
                     ));
                 }
             }
@@ -169,7 +178,7 @@ async fn project_from(
             return Ok(());
         };
         view.projection_error = None;
-        write_logs(database, log_buckets).await?;
+        write_logs(database, log_buckets, result_buckets).await?;
         let next = StoredActionView::new(view, position);
         write_view(database, stored.is_none(), &next).await?;
         *reached = next.view.last_seq;
@@ -180,14 +189,17 @@ async fn project_from(
     }
 }
 
-/// Log lines before the view: a crash in between re-inserts buckets that already exist,
-/// which the unique `_id` turns into no-ops.
+/// Log lines and result rows before the view: a crash in between re-inserts buckets that
+/// already exist, which the unique `_id` turns into no-ops.
 async fn write_logs(
     database: &Database,
     buckets: Vec<StoredLogBucket>,
+    results: Vec<StoredResultBucket>,
 ) -> Result<(), ProjectorError> {
     let logs = database.collection::<StoredLogBucket>(LOG_VIEWS);
-    Ok(infra::mongo::insert_new(&logs, buckets).await?)
+    infra::mongo::insert_new(&logs, buckets).await?;
+    let rows = database.collection::<StoredResultBucket>(RESULT_VIEWS);
+    Ok(infra::mongo::insert_new(&rows, results).await?)
 }
 
 /// Inserts the first version of a view, then only ever moves it forward. The guard is on

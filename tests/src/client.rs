@@ -352,6 +352,29 @@ impl ApiClient {
         Ok((status, response.json().await.unwrap_or(Value::Null)))
     }
 
+    /// A `GET` whose answer is text (a result file), with its status and headers. An
+    /// `authorization` among `headers` replaces the automatic API key.
+    pub async fn get_text(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, reqwest::header::HeaderMap, String)> {
+        let mut request = self.http.get(self.url(path));
+        if !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+        {
+            request = self.authorized(request, path, None).await?;
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        Ok((status, headers, response.text().await?))
+    }
+
     /// Submits an action and returns its id; fails unless the api answered 202.
     pub async fn submit(&self, body: &Value) -> Result<String> {
         let (status, view) = self.post_json("/bulk-actions", body).await?;

@@ -25,7 +25,8 @@ const PARSER_BUFFER: usize = 64 * 1024;
 
 pub struct CsvRecords<R> {
     reader: csv::Reader<Budgeted<R>>,
-    fields: Vec<String>,
+    /// The record field of each column; `None` for a result file's own columns, dropped.
+    fields: Vec<Option<String>>,
     rules: RecordRules,
     row: ByteRecord,
     bytes_in_row: Arc<AtomicUsize>,
@@ -71,13 +72,18 @@ pub fn open<R: Read>(
 }
 
 /// The record field each column is: the key, a built-in field or one of the account's,
-/// named in any case, once. The key the action matches by is required.
-fn header_fields(header: &ByteRecord, rules: &RecordRules) -> Result<Vec<String>, UploadError> {
+/// named in any case, once. The key the action matches by is required. The columns a
+/// result file adds (`_index`, `_status`, ...) are dropped: a failed file, fixed, is
+/// submitted as it is.
+fn header_fields(
+    header: &ByteRecord,
+    rules: &RecordRules,
+) -> Result<Vec<Option<String>>, UploadError> {
     let columns = rules.columns();
     let required = rules.required_columns();
     let refuse =
         |message: String, details: serde_json::Value| UploadError::CsvHeader { message, details };
-    let mut fields: Vec<String> = Vec::with_capacity(header.len());
+    let mut fields: Vec<Option<String>> = Vec::with_capacity(header.len());
     for (position, cell) in header.iter().enumerate() {
         let cell = if position == 0 {
             cell.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(cell)
@@ -85,6 +91,10 @@ fn header_fields(header: &ByteRecord, rules: &RecordRules) -> Result<Vec<String>
             cell
         };
         let written = String::from_utf8_lossy(cell).trim().to_owned();
+        if domain::results::is_result_column(&written) {
+            fields.push(None);
+            continue;
+        }
         let lowercase = written.to_lowercase();
         let canonical = columns
             .iter()
@@ -100,15 +110,18 @@ fn header_fields(header: &ByteRecord, rules: &RecordRules) -> Result<Vec<String>
                 json!({ "column": domain::text::bounded(&written, domain::text::ECHO_MAX_BYTES), "allowed": allowed }),
             ));
         };
-        if fields.contains(&name) {
+        if fields.iter().flatten().any(|field| *field == name) {
             return Err(refuse(
                 format!("CSV column {name:?} appears twice"),
                 json!({ "column": name }),
             ));
         }
-        fields.push(name);
+        fields.push(Some(name));
     }
-    if let Some(missing) = required.iter().find(|column| !fields.contains(column)) {
+    if let Some(missing) = required
+        .iter()
+        .find(|column| !fields.iter().flatten().any(|field| field == *column))
+    {
         return Err(refuse(
             format!("the CSV header row must name a {missing} column"),
             json!({ "columns": fields, "required": required }),
@@ -160,7 +173,11 @@ impl<R> CsvRecords<R> {
                 }
             }
         }
-        let pairs = self.fields.iter().map(String::as_str).zip(cells);
+        let pairs = self
+            .fields
+            .iter()
+            .zip(cells)
+            .filter_map(|(field, cell)| Some((field.as_deref()?, cell)));
         Record::Value(record_from_cells(pairs, &self.rules.fields))
     }
 }
@@ -225,7 +242,8 @@ mod tests {
             .map(|record| {
                 record.map(|record| match record {
                     Record::Value(value) => Ok(value),
-                    Record::Unreadable { code, message } => Err((code, message)),
+                    Record::Unreadable { code, message }
+                    | Record::Refused { code, message, .. } => Err((code, message)),
                 })
             })
             .collect()
@@ -243,6 +261,20 @@ mod tests {
             names,
             vec![json!("=1+1"), json!("'=x"), json!("'plain"), json!("'-5")]
         );
+    }
+
+    #[test]
+    fn a_result_file_is_an_upload_without_its_own_columns() {
+        let input = "_index,_key,_status,_code,_message,_fields,email,name\n\
+                     3,a@x.io,failed,invalid_email,bad,kept,a@x.io,'=Ann\n";
+        let records = read(input, 1000).unwrap();
+        assert_eq!(
+            records,
+            vec![Ok(json!({"email": "a@x.io", "name": "=Ann"}))]
+        );
+        // Without a key column it is still refused.
+        let keyless = read("_index,_status,name\n1,failed,x\n", 1000).err();
+        assert!(matches!(keyless, Some(UploadError::CsvHeader { .. })));
     }
 
     #[test]

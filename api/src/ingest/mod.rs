@@ -29,7 +29,26 @@ const STAGE_GROUP: usize = 8;
 /// One record of the input, or the place of one that could not be read.
 pub enum Record {
     Value(Value),
-    Unreadable { code: OutcomeCode, message: String },
+    Unreadable {
+        code: OutcomeCode,
+        message: String,
+    },
+    /// A record known to fail before it is read: a retried row whose fields were not kept.
+    Refused {
+        key: Option<String>,
+        code: OutcomeCode,
+        message: String,
+    },
+}
+
+/// A record of an upload without the columns a result file adds to it (`_index`,
+/// `_status`, ...: `domain::results::RESULT_COLUMNS`), so that a result file, fixed, is
+/// submitted as it is. No record field starts with `_`, so nothing of the record is lost.
+pub fn without_result_columns(mut value: Value) -> Value {
+    if let Value::Object(object) = &mut value {
+        object.retain(|name, _| !domain::results::is_result_column(name));
+    }
+    value
 }
 
 /// The most an action may hold; past either, the upload is refused.
@@ -157,6 +176,7 @@ pub async fn plan_and_stage(
             let planned = match record {
                 Record::Value(value) => planner.push(&value),
                 Record::Unreadable { code, message } => planner.push_unreadable(code, message),
+                Record::Refused { key, code, message } => planner.push_refused(key, code, message),
             };
             planned.map_or(Ok(()), send)
         })?;

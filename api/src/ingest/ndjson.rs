@@ -64,7 +64,7 @@ impl<R: BufRead> Iterator for NdjsonRecords<R> {
                         continue;
                     }
                     return Some(Ok(match serde_json::from_slice::<Value>(text) {
-                        Ok(value) => Record::Value(value),
+                        Ok(value) => Record::Value(super::without_result_columns(value)),
                         Err(error) => Record::Unreadable {
                             code: OutcomeCode::MalformedRecord,
                             message: format!("line {number} is not a JSON value: {error}"),
@@ -135,7 +135,9 @@ mod tests {
         NdjsonRecords::new(reader, max)
             .map(|record| match record {
                 Ok(Record::Value(value)) => Ok(value),
-                Ok(Record::Unreadable { code, message }) => Err((code, message)),
+                Ok(
+                    Record::Unreadable { code, message } | Record::Refused { code, message, .. },
+                ) => Err((code, message)),
                 Err(error) => panic!("upload error {error}"),
             })
             .collect()

@@ -110,6 +110,8 @@ fn changes_status(type_name: &str) -> bool {
             | "BatchProcessed"
             | "BatchDeadLettered"
             | "BatchCancelled"
+            // A retry is another action's start; this one's status does not move.
+            | "RetryCreated"
     )
 }
 
@@ -128,10 +130,24 @@ mod tests {
                 EventPayload::BatchCancelled {
                     batch: 0,
                     outcomes: Vec::new(),
+                    submitted: Vec::new(),
                 },
                 false,
             ),
-            (EventPayload::RecordSkipped { records: vec![] }, false),
+            (
+                EventPayload::RecordSkipped {
+                    records: vec![],
+                    submitted: vec![],
+                },
+                false,
+            ),
+            (
+                EventPayload::RetryCreated {
+                    retry: domain::ActionId::from_ulid(ulid::Ulid::new()),
+                    api_key_id: None,
+                },
+                false,
+            ),
         ] {
             assert_eq!(changes_status(payload.type_name()), decoded, "{payload:?}");
         }

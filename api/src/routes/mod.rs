@@ -5,5 +5,7 @@ pub mod events;
 pub mod fields;
 pub mod health;
 pub mod logs;
+pub mod results;
+pub mod retry;
 pub mod submit;
 pub mod webhooks;

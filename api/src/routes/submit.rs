@@ -23,7 +23,7 @@ use crate::AppState;
 use commit::Committed;
 use source::{Format, Received};
 
-mod commit;
+pub(crate) mod commit;
 mod source;
 
 /// Submit a bulk action.

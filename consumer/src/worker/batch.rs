@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use domain::lifecycle::BatchTurn;
 use domain::plan::{DeadLettered, StoreCheck};
+use domain::results::batch_submitted;
 use domain::{Batch, OutcomeCode, RecordOutcome};
 use infra::event_store::{ActionMeta, CancelSettlement, DeadLetter};
 use infra::keys::CONSUMER_GROUP;
@@ -132,7 +133,7 @@ impl Worker {
             }
         }
         if turn == BatchTurn::SettleUnprocessed
-            && self.settle_unprocessed(item, batch).await? == CancelSettlement::Settled
+            && self.settle_unprocessed(item, meta, batch).await? == CancelSettlement::Settled
         {
             return Ok(Turn::Done);
         }
@@ -165,8 +166,16 @@ impl Worker {
                 .await;
             let error = match result {
                 AttemptResult::Applied(outcomes) => {
+                    let submitted = batch_submitted(batch, &outcomes, meta.entity_type);
                     self.store
-                        .settle_batch(item, outcomes, &self.name, attempt, infra::clock::now())
+                        .settle_batch(
+                            item,
+                            outcomes,
+                            submitted,
+                            &self.name,
+                            attempt,
+                            infra::clock::now(),
+                        )
                         .await?;
                     tracing::debug!(
                         attempt,
@@ -259,14 +268,16 @@ impl Worker {
     async fn settle_unprocessed(
         &self,
         item: &WorkItem,
+        meta: &ActionMeta,
         batch: &Batch,
     ) -> Result<CancelSettlement, infra::StoreError> {
         let outcomes = batch.outcomes_all(
             OutcomeCode::Unprocessed,
             "the action was cancelled before this record was applied",
         );
+        let submitted = batch_submitted(batch, &outcomes, meta.entity_type);
         self.store
-            .settle_cancelled(item, outcomes, infra::clock::now())
+            .settle_cancelled(item, outcomes, submitted, infra::clock::now())
             .await
     }
 
@@ -299,10 +310,12 @@ impl Worker {
             Checked::Impossible => batch.dead_lettered(attempts, error, StoreCheck::Unchecked),
         };
         tracing::error!(attempts, %error, "batch dead-lettered");
+        let submitted = batch_submitted(batch, &outcomes, meta.entity_type);
         let dead_letter = DeadLetter {
             attempts,
             error,
             outcomes,
+            submitted,
         };
         self.store
             .dead_letter(item, dead_letter, infra::clock::now())

@@ -155,7 +155,9 @@ mod tests {
         let mut sink = |record: Record| {
             seen.push(match record {
                 Record::Value(value) => Ok(value),
-                Record::Unreadable { code, .. } => Err(code.as_str().to_owned()),
+                Record::Unreadable { code, .. } | Record::Refused { code, .. } => {
+                    Err(code.as_str().to_owned())
+                }
             });
             Ok(())
         };

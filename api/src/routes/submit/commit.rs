@@ -14,23 +14,23 @@ use crate::routes::actions::schedule_refused;
 use crate::submission::ActionSettings;
 use crate::{read_model, AppState};
 
-pub(super) enum Committed {
+pub(crate) enum Committed {
     Created(Box<ActionView>),
     /// An `Idempotency-Key` names an action that exists: the answer is that action.
     Replayed(ActionId),
 }
 
 /// What planning the records produced, and the start time checked when the request came.
-pub(super) struct Plan {
-    pub(super) summary: PlanSummary,
-    pub(super) batch_size: usize,
-    pub(super) early_schedule: Result<Option<Timestamp>, ScheduleError>,
+pub(crate) struct Plan {
+    pub(crate) summary: PlanSummary,
+    pub(crate) batch_size: usize,
+    pub(crate) early_schedule: Result<Option<Timestamp>, ScheduleError>,
     /// The account's own fields the records were checked against.
-    pub(super) custom_fields: FieldDefinitions,
-    pub(super) match_by: MatchBy,
+    pub(crate) custom_fields: FieldDefinitions,
+    pub(crate) match_by: MatchBy,
 }
 
-pub(super) async fn commit(
+pub(crate) async fn commit(
     state: &AppState,
     caller: &Caller,
     settings: &ActionSettings,
@@ -153,6 +153,7 @@ fn opening_events(
         api_key_id: Some(caller.key_id.clone()),
         custom_fields: (!custom_fields.fields.is_empty()).then(|| custom_fields.clone()),
         match_by: match_by.clone(),
+        retry_of: settings.retry_of,
     };
     let mut events = vec![created];
     if summary.batch_count == 0 {
