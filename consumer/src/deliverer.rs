@@ -59,6 +59,8 @@ pub struct DeliverySettings {
     pub timeout: Duration,
     /// How long an idle sender waits before it looks for due attempts again.
     pub poll: Duration,
+    /// Attempts one account may have under way at once (every process' senders together).
+    pub account_in_flight: usize,
     /// Hooks entries pending this long with a process are presumed abandoned.
     pub claim_idle: Duration,
     /// The longest wait on an empty hooks stream before checking for shutdown.
@@ -441,7 +443,11 @@ impl Deliverer {
             let mut sent = false;
             let start = rand::random_range(0..partitions.len().max(1));
             for partition in partitions.iter().cycle().skip(start).take(partitions.len()) {
-                match self.webhooks.claim(*partition, lease_ms).await {
+                match self
+                    .webhooks
+                    .claim(*partition, lease_ms, self.settings.account_in_flight)
+                    .await
+                {
                     Ok(Some(claim)) => {
                         sent = true;
                         if let Err(error) = self.attempt(&client, &claim).await {

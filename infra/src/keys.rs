@@ -241,6 +241,12 @@ impl Keys {
         self.partition_key(partition, "webhook-due")
     }
 
+    /// The leases on a partition's due attempts held now (member -> when the lease ends):
+    /// what each account has in flight (`webhook_claim.lua`).
+    pub fn webhook_leases(&self, partition: u32) -> String {
+        self.partition_key(partition, "webhook-leases")
+    }
+
     pub fn schedule(&self, partition: u32) -> String {
         self.partition_key(partition, "schedule")
     }
@@ -297,6 +303,7 @@ mod tests {
             keys.webhook_deliveries(&account, "ep_1"),
             keys.webhook_log(&account, "ep_1"),
             keys.webhook_due(home),
+            keys.webhook_leases(home),
         ] {
             assert!(key.contains(&tag), "{key}");
         }

@@ -26,6 +26,10 @@ pub const KEEP_DELIVERIES: usize = 100;
 pub const KEEP_DELIVERIES_MS: i64 = 7 * 24 * 3600 * 1000;
 /// Attempts kept in a delivery's history (its count goes on).
 pub const KEEP_ATTEMPTS: usize = 20;
+/// Due attempts a claim looks at for one whose account is under its in-flight bound.
+pub const CLAIM_SCAN: usize = 32;
+/// How far a claim puts back a due attempt it passed over, its account being at its bound.
+pub const CLAIM_DEFER_MS: u64 = 1000;
 /// How long the secret before a rotation goes on signing beside the new one (ms).
 pub const ROTATION_OVERLAP_MS: i64 = 24 * 3600 * 1000;
 
@@ -348,13 +352,23 @@ impl Webhooks {
         Ok(stored == 1)
     }
 
-    /// Takes the partition's next due attempt under a lease of `lease_ms`.
-    pub async fn claim(&self, partition: u32, lease_ms: u64) -> Result<Option<Claim>, StoreError> {
+    /// Takes the partition's next due attempt under a lease of `lease_ms`, passing over
+    /// (and deferring by a moment) those of accounts that hold `max_in_flight` leases.
+    pub async fn claim(
+        &self,
+        partition: u32,
+        lease_ms: u64,
+        max_in_flight: usize,
+    ) -> Result<Option<Claim>, StoreError> {
         let claimed: Option<(String, i64)> = self
             .scripts
             .claim
             .key(self.keys.webhook_due(partition))
+            .key(self.keys.webhook_leases(partition))
             .arg(lease_ms)
+            .arg(max_in_flight.max(1))
+            .arg(CLAIM_SCAN)
+            .arg(CLAIM_DEFER_MS)
             .invoke_async(&mut self.conn.clone())
             .await?;
         let Some((member, lease_end)) = claimed else {
@@ -380,10 +394,12 @@ impl Webhooks {
 
     /// Drops a due attempt that has nothing left to send (its delivery or endpoint is gone).
     pub async fn drop_due(&self, claim: &Claim) -> Result<(), StoreError> {
-        let _: i64 = self
-            .conn
-            .clone()
+        redis::pipe()
             .zrem(self.keys.webhook_due(claim.partition), &claim.member)
+            .ignore()
+            .zrem(self.keys.webhook_leases(claim.partition), &claim.member)
+            .ignore()
+            .exec_async(&mut self.conn.clone())
             .await?;
         Ok(())
     }
@@ -435,6 +451,7 @@ impl Webhooks {
                     .webhook_deliveries(&claim.account, &claim.endpoint_id),
             )
             .key(self.keys.webhooks(&claim.account))
+            .key(self.keys.webhook_leases(claim.partition))
             .arg(&claim.member)
             .arg(&claim.delivery_id)
             .arg(claim.lease_end)

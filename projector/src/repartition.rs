@@ -182,6 +182,9 @@ async fn move_webhooks(
         moved += usize::from(move_key(conn, &old, &to.webhooks(&account)).await?);
     }
     for partition in from.partitions() {
+        // Leases are only who holds an attempt now; on a drained deployment nobody does,
+        // and a moved attempt is due again when its lease's end (its score) passes.
+        let _: () = conn.del(from.webhook_leases(partition)).await?;
         let due_key = from.webhook_due(partition);
         let due: Vec<(String, f64)> = conn.zrange_withscores(&due_key, 0, -1).await?;
         for (member, score) in due {

@@ -49,7 +49,7 @@ impl Received {
 
 /// An HTTP receiver on 127.0.0.1 that records every request. What it answers depends on
 /// the path's first segment: `ok` 200; `flaky` 500 three times, then 200; `gone` 410;
-/// `hang` never answers its first request, then 200.
+/// `hang` never answers its first request, then 200; `blackhole` never answers.
 #[derive(Clone, Default)]
 struct Receiver {
     log: Arc<Mutex<Vec<Received>>>,
@@ -141,6 +141,10 @@ async fn receive(
     match path.split('/').nth(1).unwrap_or_default() {
         "flaky" if count <= 3 => StatusCode::INTERNAL_SERVER_ERROR,
         "gone" => StatusCode::GONE,
+        "blackhole" => {
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            StatusCode::OK
+        }
         "hang" if count == 1 => {
             tokio::time::sleep(Duration::from_secs(600)).await;
             StatusCode::OK
@@ -582,6 +586,76 @@ async fn a_deliverer_killed_mid_attempt_loses_nothing() -> Result<()> {
     let cases: Vec<(&str, &Received, bool)> =
         got.iter().map(|r| (secret.as_str(), r, true)).collect();
     verify_with_the_standard_library(&cases).await
+}
+
+/// One account's endpoints that never answer hold at most `WEBHOOK_ACCOUNT_IN_FLIGHT`
+/// senders: another account's delivery goes out within seconds, not after their timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_whose_endpoints_hang_does_not_hold_up_another() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let receiver = Receiver::start().await?;
+    let deployment = Deployment::start(
+        options(&[
+            ("WEBHOOK_TIMEOUT_MS", "120000"),
+            ("WEBHOOK_DELIVERY_CONCURRENCY", "3"),
+            ("WEBHOOK_ACCOUNT_IN_FLIGHT", "2"),
+        ]),
+        &["c1"],
+    )
+    .await?;
+    let slow = Hooks::of(&deployment.client, "slowco").await?;
+    for n in 0..3 {
+        slow.register(
+            &receiver.url(&format!("/blackhole/{n}")),
+            &["action.started", "action.completed"],
+        )
+        .await?;
+    }
+    for _ in 0..2 {
+        deployment.client.submit(&upsert("slowco", 5)).await?;
+    }
+    // The slow account's attempts are under way (and will hang for minutes)...
+    let deadline = Instant::now() + WAIT;
+    while receiver
+        .received()
+        .iter()
+        .filter(|r| r.path.starts_with("/blackhole/"))
+        .count()
+        < 2
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "no attempt reached the blackhole"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...and are given more time to take every sender, were they allowed to.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let quick = Hooks::of(&deployment.client, "quickco").await?;
+    quick
+        .register(&receiver.url("/ok/quick"), &["action.started"])
+        .await?;
+    let submitted = Instant::now();
+    let action = deployment.client.submit(&upsert("quickco", 5)).await?;
+    let got = receiver
+        .wait("/ok/quick", |got| !of_action(got, &action).is_empty())
+        .await?;
+    let took = submitted.elapsed();
+    ensure!(
+        took < Duration::from_secs(20),
+        "the quick account's delivery took {took:?}: {:?}",
+        summary(&got)
+    );
+    let hung = receiver
+        .received()
+        .iter()
+        .filter(|r| r.path.starts_with("/blackhole/"))
+        .count();
+    ensure!(
+        hung == 2,
+        "{hung} attempts to the blackhole at once; at most 2 allowed"
+    );
+    Ok(())
 }
 
 /// Without `WEBHOOK_ALLOW_PRIVATE_NETWORKS`, endpoints must be https to public addresses:

@@ -16,6 +16,9 @@ use reqwest::StatusCode;
 
 use super::DeliverySettings;
 
+/// Longest wait for a receiver to accept the connection.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Bytes of an error kept in a delivery's history.
 const ERROR_BYTES: usize = 300;
 
@@ -34,6 +37,9 @@ pub fn client(settings: &DeliverySettings) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(settings.timeout)
+        // A receiver that does not even accept the connection (blackholed) gives its
+        // sender back within seconds, not at the end of the whole attempt's timeout.
+        .connect_timeout(CONNECT_TIMEOUT.min(settings.timeout))
         .no_proxy()
         .https_only(!settings.allow_private_networks)
         .dns_resolver(Arc::new(GuardedResolver {
