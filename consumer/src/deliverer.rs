@@ -359,6 +359,7 @@ impl Deliverer {
                 failed_in_round: 0,
                 attempts: Vec::new(),
                 next_attempt_at: Some(now),
+                failure_reason: None,
             };
             if self.webhooks.enqueue(&delivery).await? {
                 tracing::debug!(%action, seq, endpoint = %endpoint.id, delivery = %delivery.id, "webhook delivery stored");

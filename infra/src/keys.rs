@@ -236,6 +236,15 @@ impl Keys {
         format!("{}webhook-log:{endpoint}", self.partition_prefix(partition))
     }
 
+    /// Which of an endpoint's deliveries are pending, by when each became so.
+    pub fn webhook_pending(&self, account: &AccountId, endpoint: &str) -> String {
+        let partition = self.account_partition(account);
+        format!(
+            "{}webhook-pending:{endpoint}",
+            self.partition_prefix(partition)
+        )
+    }
+
     /// Deliveries of a partition's accounts waiting for an attempt, by when it is due.
     pub fn webhook_due(&self, partition: u32) -> String {
         self.partition_key(partition, "webhook-due")
@@ -302,6 +311,7 @@ mod tests {
             keys.webhooks(&account),
             keys.webhook_deliveries(&account, "ep_1"),
             keys.webhook_log(&account, "ep_1"),
+            keys.webhook_pending(&account, "ep_1"),
             keys.webhook_due(home),
             keys.webhook_leases(home),
         ] {

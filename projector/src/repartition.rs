@@ -175,6 +175,10 @@ async fn move_webhooks(
                     from.webhook_log(&account, endpoint),
                     to.webhook_log(&account, endpoint),
                 ),
+                (
+                    from.webhook_pending(&account, endpoint),
+                    to.webhook_pending(&account, endpoint),
+                ),
             ] {
                 moved += usize::from(move_key(conn, &old, &new).await?);
             }

@@ -658,6 +658,119 @@ async fn an_account_whose_endpoints_hang_does_not_hold_up_another() -> Result<()
     Ok(())
 }
 
+/// An endpoint's deliveries are bounded without losing one still pending (a receiver
+/// down): the finished ones are trimmed to the newest 100, the pending ones to 1,000, past
+/// which the oldest is failed with a reason, listed and redeliverable, never deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_deliveries_are_failed_past_their_bound_never_deleted() -> Result<()> {
+    use infra::webhooks::{
+        Delivery, DeliveryState, Endpoint, Redelivery, Settlement, Webhooks, KEEP_DELIVERIES,
+        MAX_PENDING_DELIVERIES,
+    };
+    let _serial = SERIAL.lock().await;
+    let services = bulk_tests::Services::start()?;
+    let keys = infra::keys::Keys::new("bulk", 4);
+    let webhooks = Webhooks::new(
+        infra::redis_conn::shared(&services.redis_url).await?,
+        keys.clone(),
+    );
+    let account = domain::AccountId::parse("downco")?;
+    let now = infra::clock::now();
+    let endpoint = Endpoint {
+        id: "ep_down".into(),
+        url: "https://hooks.example.com/down".into(),
+        events: vec![domain::webhook::WebhookEvent::Started],
+        secret: domain::webhook::secret_from_bytes(&[7; 32]),
+        previous_secret: None,
+        previous_secret_expires_at: None,
+        created_at: now,
+        disabled_at: None,
+        disabled_reason: None,
+    };
+    ensure!(webhooks.create(&account, &endpoint).await?);
+    let action = domain::ActionId::parse("01JDQ6V4J8Q0Y5Z6X7W8V9T0S1").context("action id")?;
+    let delivery = |seq: u64| Delivery {
+        id: domain::webhook::message_id(&endpoint.id, action, seq),
+        endpoint_id: endpoint.id.clone(),
+        account_id: account.clone(),
+        action_id: action,
+        seq,
+        event_type: domain::webhook::WebhookEvent::Started,
+        body: "{}".into(),
+        created_at: now,
+        state: DeliveryState::Pending,
+        attempt_count: 0,
+        failed_in_round: 0,
+        attempts: Vec::new(),
+        next_attempt_at: Some(now),
+        failure_reason: None,
+    };
+    // 105 delivered, then one more: the finished ones are trimmed to 100.
+    for seq in 1..=105 {
+        ensure!(webhooks.enqueue(&delivery(seq)).await?);
+    }
+    let partition = keys.account_partition(&account);
+    let mut settled = 0;
+    while let Some(claim) = webhooks.claim(partition, 60_000, 2).await? {
+        let mut done = webhooks
+            .delivery(&account, &endpoint.id, &claim.delivery_id)
+            .await?
+            .context("claimed delivery")?;
+        done.state = DeliveryState::Succeeded;
+        done.next_attempt_at = None;
+        let settlement = Settlement {
+            delivery: done,
+            retry_in: None,
+            disable: None,
+        };
+        webhooks.settle(&claim, &settlement).await?;
+        settled += 1;
+    }
+    ensure!(settled == 105, "{settled} settled");
+    ensure!(webhooks.enqueue(&delivery(106)).await?);
+    let listed = webhooks.deliveries(&account, &endpoint.id, 5000).await?;
+    ensure!(listed.len() == KEEP_DELIVERIES + 1, "{} kept", listed.len());
+    // The receiver is down: every delivery stays pending, none is deleted; past the bound
+    // the oldest pending ones are failed with the reason, and only finished ones go.
+    let extra = 5;
+    for seq in 107..=(106 + MAX_PENDING_DELIVERIES as u64 - 1 + extra) {
+        ensure!(webhooks.enqueue(&delivery(seq)).await?);
+    }
+    let listed = webhooks.deliveries(&account, &endpoint.id, 5000).await?;
+    let count = |state: DeliveryState| listed.iter().filter(|d| d.state == state).count();
+    ensure!(
+        count(DeliveryState::Pending) == MAX_PENDING_DELIVERIES
+            && count(DeliveryState::Failed) == extra as usize
+            && listed.len() == MAX_PENDING_DELIVERIES + KEEP_DELIVERIES,
+        "pending {}, failed {}, in all {}",
+        count(DeliveryState::Pending),
+        count(DeliveryState::Failed),
+        listed.len()
+    );
+    let failed = listed
+        .iter()
+        .find(|d| d.state == DeliveryState::Failed)
+        .context("a failed delivery")?;
+    ensure!(
+        failed.failure_reason.as_deref() == Some(infra::webhooks::TOO_MANY_PENDING)
+            && failed.next_attempt_at.is_none(),
+        "{failed:?}"
+    );
+    let mut conn = infra::redis_conn::shared(&services.redis_url).await?;
+    let due: usize = redis::AsyncCommands::zcard(&mut conn, keys.webhook_due(partition)).await?;
+    ensure!(due == MAX_PENDING_DELIVERIES, "{due} due");
+    let (redelivered, again) = webhooks
+        .redeliver(&account, &endpoint.id, &failed.id, infra::clock::now())
+        .await?;
+    ensure!(
+        redelivered == Redelivery::Scheduled
+            && again
+                .is_some_and(|d| d.failure_reason.is_none() && d.state == DeliveryState::Pending),
+        "{redelivered:?}"
+    );
+    Ok(())
+}
+
 /// Without `WEBHOOK_ALLOW_PRIVATE_NETWORKS`, endpoints must be https to public addresses:
 /// loopback, private and cloud-metadata addresses are refused with a clear code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

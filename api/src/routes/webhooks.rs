@@ -116,6 +116,10 @@ pub struct DeliveryView {
     attempts: Vec<AttemptView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     next_attempt_at: Option<Timestamp>,
+    /// Why it failed before its retries ran out: the endpoint had more than 1,000
+    /// deliveries pending, and this was the oldest. Redeliver it once the endpoint answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failure_reason: Option<String>,
     created_at: Timestamp,
 }
 
@@ -459,6 +463,7 @@ fn delivery_view(delivery: Delivery) -> DeliveryView {
             })
             .collect(),
         next_attempt_at: delivery.next_attempt_at,
+        failure_reason: delivery.failure_reason,
         created_at: delivery.created_at,
     }
 }

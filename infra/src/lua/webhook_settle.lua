@@ -5,7 +5,7 @@
 -- delivery is gone (its endpoint was deleted, or it was trimmed).
 --
 -- KEYS: due (the partition's), deliveries (the endpoint's), webhooks (the account's),
---       leases (the partition's)
+--       leases (the partition's), pending (the endpoint's: a finished delivery leaves it)
 -- ARGV: member, deliveryId, leaseEnd, deliveryJson, delayMs ('' = no further attempt),
 --       endpointId, disabledAt ('' = leave it enabled), disabledReason
 -- Returns 1 recorded, 0 the lease was lost, -1 the delivery is gone.
@@ -23,6 +23,7 @@ if ARGV[5] ~= '' then
   call('ZADD', KEYS[1], math.floor(clock_ms()) + tonumber(ARGV[5]), ARGV[1])
 else
   call('ZREM', KEYS[1], ARGV[1])
+  call('ZREM', KEYS[5], ARGV[2])
 end
 if ARGV[7] ~= '' then
   local raw = call('HGET', KEYS[3], ARGV[6])
