@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use domain::webhook::{check_address, check_url, signature_header};
+use domain::webhook::{check_address, check_url, signature_header, UrlError};
 use domain::Timestamp;
 use infra::webhooks::{Delivery, Endpoint};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
@@ -54,12 +54,11 @@ struct GuardedResolver {
     allow_private_networks: bool,
 }
 
+/// What a tenant sees (in its delivery's attempts) of a refused host: not which internal
+/// range its name resolved to (that would map the network for it); the log says.
 #[derive(Debug, thiserror::Error)]
-#[error("{host} resolves only to addresses deliveries may not reach ({reason})")]
-struct RefusedHost {
-    host: String,
-    reason: &'static str,
-}
+#[error("address not allowed")]
+struct RefusedHost;
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
@@ -81,7 +80,12 @@ impl Resolve for GuardedResolver {
                 })
                 .collect();
             if allowed.is_empty() {
-                return Err(Box::new(RefusedHost { host, reason }) as _);
+                tracing::warn!(
+                    host,
+                    reason,
+                    "a webhook host resolves only to addresses deliveries may not reach"
+                );
+                return Err(Box::new(RefusedHost) as _);
             }
             let addresses: Addrs = Box::new(allowed.into_iter());
             Ok(addresses)
@@ -100,10 +104,18 @@ pub async fn send(
     let url = match check_url(&endpoint.url, settings.allow_private_networks) {
         Ok(url) => url,
         Err(error) => {
+            let error = match error {
+                // Which internal range, the log says, not the tenant.
+                UrlError::ForbiddenAddress(_) | UrlError::LocalHost => {
+                    tracing::warn!(endpoint = %endpoint.id, %error, "a webhook url refused");
+                    "address not allowed".to_owned()
+                }
+                other => other.to_string(),
+            };
             return Outcome {
                 error: Some(format!("url refused: {error}")),
                 ..Outcome::default()
-            }
+            };
         }
     };
     let timestamp = now.millis().div_euclid(1000);
@@ -146,20 +158,22 @@ pub async fn send(
             }
         }
         Err(error) => Outcome {
-            error: Some(describe(&error)),
+            error: Some(describe(error)),
             ..Outcome::default()
         },
     }
 }
 
 /// The error and its causes, bounded: reqwest's own message only says the request failed.
-fn describe(error: &reqwest::Error) -> String {
+/// Without the URL: its query may carry the receiver's token, and this is stored and logged.
+fn describe(error: reqwest::Error) -> String {
+    let error = error.without_url();
     let mut text = if error.is_timeout() {
         "timed out".to_owned()
     } else {
         error.to_string()
     };
-    let mut source = std::error::Error::source(error);
+    let mut source = std::error::Error::source(&error);
     while let Some(cause) = source {
         text.push_str(": ");
         text.push_str(&cause.to_string());
@@ -171,6 +185,27 @@ fn describe(error: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What is stored and logged of a failed request never holds its URL (a query may
+    /// carry the receiver's token).
+    #[tokio::test]
+    async fn a_described_error_leaves_the_url_out() {
+        let client = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_millis(500))
+            .build()
+            .expect("a client");
+        // Port 9 on loopback: nothing listens, the connection is refused at once.
+        let error = client
+            .get("http://127.0.0.1:9/hook?token=s3cr3t")
+            .send()
+            .await
+            .expect_err("nothing listens on the discard port");
+        let text = describe(error);
+        assert!(
+            !text.contains("s3cr3t") && !text.contains("token"),
+            "{text}"
+        );
+    }
 
     /// A host name is checked on the addresses it resolves to, at delivery: `localhost`
     /// passes the registration's name check only as a dotted name, but resolves to loopback
@@ -185,7 +220,8 @@ mod tests {
             Ok(_) => panic!("localhost resolved to an allowed address"),
             Err(error) => error.to_string(),
         };
-        assert!(refused.contains("loopback"), "{refused}");
+        // The tenant is told no more than that (the log names the range).
+        assert_eq!(refused, "address not allowed");
         let allowed = GuardedResolver {
             allow_private_networks: true,
         };
