@@ -359,7 +359,7 @@ impl Webhooks {
     }
 
     /// Stores a delivery and makes its first attempt due now, unless it is stored already
-    /// (then false). An endpoint with `MAX_PENDING_DELIVERIES` pending has its oldest
+    /// or its endpoint is gone (then false). An endpoint with `MAX_PENDING_DELIVERIES` pending has its oldest
     /// pending one failed (`TOO_MANY_PENDING`), logged here.
     pub async fn enqueue(&self, delivery: &Delivery) -> Result<bool, StoreError> {
         let account = &delivery.account_id;
@@ -372,6 +372,7 @@ impl Webhooks {
             .key(self.keys.webhook_log(account, endpoint))
             .key(self.keys.webhook_due(partition))
             .key(self.keys.webhook_pending(account, endpoint))
+            .key(self.keys.webhooks(account))
             .arg(&delivery.id)
             .arg(serde_json::to_string(delivery)?)
             .arg(format!("{account} {endpoint} "))
@@ -379,6 +380,7 @@ impl Webhooks {
             .arg(KEEP_DELIVERIES_MS)
             .arg(MAX_PENDING_DELIVERIES)
             .arg(TOO_MANY_PENDING)
+            .arg(endpoint)
             .invoke_async(&mut self.conn.clone())
             .await?;
         if !failed.is_empty() {

@@ -660,7 +660,8 @@ async fn an_account_whose_endpoints_hang_does_not_hold_up_another() -> Result<()
 
 /// An endpoint's deliveries are bounded without losing one still pending (a receiver
 /// down): the finished ones are trimmed to the newest 100, the pending ones to 1,000, past
-/// which the oldest is failed with a reason, listed and redeliverable, never deleted.
+/// which the oldest is failed with a reason, listed and redeliverable, never deleted. An
+/// endpoint deleted meanwhile gets nothing stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_deliveries_are_failed_past_their_bound_never_deleted() -> Result<()> {
     use infra::webhooks::{
@@ -768,6 +769,20 @@ async fn pending_deliveries_are_failed_past_their_bound_never_deleted() -> Resul
                 .is_some_and(|d| d.failure_reason.is_none() && d.state == DeliveryState::Pending),
         "{redelivered:?}"
     );
+    // An endpoint deleted while its deliveries are being made gets none stored (no keys
+    // left behind).
+    ensure!(webhooks.delete(&account, &endpoint.id).await?);
+    ensure!(!webhooks.enqueue(&delivery(5000)).await?);
+    let left: usize = redis::AsyncCommands::exists(
+        &mut conn,
+        &[
+            keys.webhook_deliveries(&account, &endpoint.id),
+            keys.webhook_log(&account, &endpoint.id),
+            keys.webhook_pending(&account, &endpoint.id),
+        ],
+    )
+    .await?;
+    ensure!(left == 0, "{left} keys of a deleted endpoint");
     Ok(())
 }
 

@@ -8,12 +8,18 @@
 -- ones at most `maxPending`: past it, the oldest pending one is marked failed with
 -- `failReason` (visible in the listing, redeliverable) and leaves the due set.
 --
+-- Nothing is stored for an endpoint deleted meanwhile (a DELETE racing the intake would
+-- otherwise leave its keys behind for good).
+--
 -- KEYS: deliveries (the endpoint's), log (the endpoint's), due (the partition's),
---       pending (the endpoint's)
+--       pending (the endpoint's), webhooks (the account's endpoints)
 -- ARGV: deliveryId, deliveryJson, dueMemberPrefix ("<account> <endpoint> "), keepCount,
---       keepMs, maxPending, failReason
--- Returns {1, failedId or ''} stored (and which pending delivery it failed, if one), or
--- {0, ''} it was stored already.
+--       keepMs, maxPending, failReason, endpointId
+-- Returns {1, failedId or ''} stored (and which pending delivery it failed, if one),
+-- {0, ''} it was stored already, {-1, ''} the endpoint is gone.
+if call('HEXISTS', KEYS[5], ARGV[8]) == 0 then
+  return {-1, ''}
+end
 if call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
   return {0, ''}
 end
