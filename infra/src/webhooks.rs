@@ -39,8 +39,9 @@ pub const CLAIM_DEFER_MS: u64 = 1000;
 /// How long the secret before a rotation goes on signing beside the new one (ms).
 pub const ROTATION_OVERLAP_MS: i64 = 24 * 3600 * 1000;
 
-/// An endpoint as stored. Its secrets are kept whole: they sign every delivery.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// An endpoint as stored. Its secrets are kept whole: they sign every delivery (and are
+/// never shown by `Debug`, which a log line or a panic may print).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Endpoint {
     pub id: String,
@@ -58,6 +59,28 @@ pub struct Endpoint {
     pub disabled_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled_reason: Option<String>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("secret", &"<redacted>")
+            .field(
+                "previous_secret",
+                &self.previous_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "previous_secret_expires_at",
+                &self.previous_secret_expires_at,
+            )
+            .field("created_at", &self.created_at)
+            .field("disabled_at", &self.disabled_at)
+            .field("disabled_reason", &self.disabled_reason)
+            .finish()
+    }
 }
 
 impl Endpoint {
@@ -628,6 +651,13 @@ mod tests {
         assert_eq!(endpoint.signing_keys(later), vec![vec![1; 32]]);
         assert!(endpoint.wants(WebhookEvent::Completed));
         assert!(!endpoint.wants(WebhookEvent::Started));
+        let shown = format!("{endpoint:?}");
+        assert!(
+            !shown.contains(&endpoint.secret)
+                && !shown.contains(endpoint.previous_secret.as_deref().unwrap_or("-"))
+                && !shown.contains("whsec_"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -445,6 +445,17 @@ async fn deliveries_are_signed_retried_under_one_id_and_verify_with_the_standard
     let new_secret = rotated["secret"].as_str().context("secret")?.to_owned();
     ensure!(new_secret != ok_secret && new_secret.starts_with("whsec_"));
     ensure!(rotated["previousSecretExpiresAt"].is_string(), "{rotated}");
+    // A second rotation during the overlap would drop the original secret at once: refused.
+    let (status, again) = acme
+        .call(Method::POST, &format!("/webhooks/{ok}/rotate-secret"), None)
+        .await?;
+    ensure!(
+        status == 409
+            && again["error"]["code"] == "rotation_in_progress"
+            && again["error"]["details"]["previousSecretExpiresAt"]
+                == rotated["previousSecretExpiresAt"],
+        "{status} {again}"
+    );
     let second = client.submit(&upsert("acme", 5)).await?;
     client.wait_projected_terminal(&second, WAIT).await?;
     let got = receiver
