@@ -146,8 +146,7 @@ pub async fn send(
                     .headers()
                     .get(reqwest::header::RETRY_AFTER)
                     .and_then(|value| value.to_str().ok())
-                    .and_then(|value| value.trim().parse::<u64>().ok())
-                    .map(|seconds| seconds.saturating_mul(1000))
+                    .and_then(|value| retry_after_ms(value, std::time::SystemTime::now()))
             } else {
                 None
             };
@@ -162,6 +161,18 @@ pub async fn send(
             ..Outcome::default()
         },
     }
+}
+
+/// A `Retry-After` in ms: delay-seconds, or an HTTP date (RFC 9110), the time until it
+/// (0 for one past). `None` when it is neither.
+fn retry_after_ms(value: &str, now: std::time::SystemTime) -> Option<u64> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(seconds.saturating_mul(1000));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    let wait = at.duration_since(now).unwrap_or_default();
+    Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The error and its causes, bounded: reqwest's own message only says the request failed.
@@ -185,6 +196,32 @@ fn describe(error: reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_an_http_date() {
+        let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        assert_eq!(retry_after_ms("120", now), Some(120_000));
+        assert_eq!(retry_after_ms(" 0 ", now), Some(0));
+        assert_eq!(
+            retry_after_ms("Sun, 06 Nov 1994 08:50:07 GMT", now),
+            Some(30_000)
+        );
+        // The obsolete forms RFC 9110 still asks recipients to accept.
+        assert_eq!(
+            retry_after_ms("Sunday, 06-Nov-94 08:51:37 GMT", now),
+            Some(120_000)
+        );
+        assert_eq!(
+            retry_after_ms("Sun Nov  6 08:49:47 1994", now),
+            Some(10_000)
+        );
+        assert_eq!(
+            retry_after_ms("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(0)
+        );
+        assert_eq!(retry_after_ms("soon", now), None);
+        assert_eq!(retry_after_ms("-5", now), None);
+    }
 
     /// What is stored and logged of a failed request never holds its URL (a query may
     /// carry the receiver's token).
