@@ -47,7 +47,7 @@ const FOLD_AHEAD_MAX: u64 = 1024;
 const MAX_INTAKE_DELIVERIES: u64 = 10;
 /// The intake's pause after a round in which something failed, doubling up to the max.
 const INTAKE_BACKOFF_START: Duration = Duration::from_millis(100);
-const INTAKE_BACKOFF_MAX: Duration = Duration::from_secs(10);
+const INTAKE_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct DeliverySettings {

@@ -669,6 +669,76 @@ async fn an_account_whose_endpoints_hang_does_not_hold_up_another() -> Result<()
     Ok(())
 }
 
+/// A hooks entry the intake fails on every time (here an event far past any view of its
+/// action) holds up nothing: later entries are taken in meanwhile, after a restart of the
+/// process holding it too (one pass over its own pending entries, then new ones), and it is
+/// given up after 10 deliveries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hooks_entry_that_always_fails_holds_up_nothing_and_is_given_up() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let receiver = Receiver::start().await?;
+    let mut deployment = Deployment::start(options(&[("CLAIM_IDLE_MS", "300")]), &["c1"]).await?;
+    let hooks = Hooks::of(&deployment.client, "acme").await?;
+    hooks
+        .register(&receiver.url("/ok/poison"), &["action.started"])
+        .await?;
+    let first = deployment.client.submit(&upsert("acme", 5)).await?;
+    deployment
+        .client
+        .wait_projected_terminal(&first, WAIT)
+        .await?;
+    receiver
+        .wait("/ok/poison", |got| !of_action(got, &first).is_empty())
+        .await?;
+    let keys = deployment.keys();
+    let action = domain::ActionId::parse(&first).context("an action id")?;
+    let stream = keys.hooks(keys.partition_of(action));
+    let mut conn = infra::redis_conn::shared(&deployment.redis_url()).await?;
+    let poison: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg(&["action", first.as_str(), "seq", "100000", "type", "Started"])
+        .query_async(&mut conn)
+        .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    deployment.kill_consumer("c1");
+    deployment.start_consumer("c1")?;
+    let second = deployment.client.submit(&upsert("acme", 5)).await?;
+    receiver
+        .wait("/ok/poison", |got| !of_action(got, &second).is_empty())
+        .await?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+            .arg(&stream)
+            .arg("webhooks")
+            .arg(&poison)
+            .arg(&poison)
+            .arg(1)
+            .query_async(&mut conn)
+            .await?;
+        let length: usize = redis::AsyncCommands::xlen(&mut conn, &stream).await?;
+        if pending.is_empty() && length == 0 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the failing entry is still there: {pending:?}, stream length {length}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Given up, not taken in: the consumer says so.
+    let mut given_up = false;
+    for entry in std::fs::read_dir(deployment.logs_dir())? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|ext| ext == "log") {
+            given_up |= std::fs::read_to_string(&path)?.contains("webhook_hooks_entry_given_up");
+        }
+    }
+    ensure!(given_up, "no consumer log says the entry was given up");
+    Ok(())
+}
+
 /// An endpoint's deliveries are bounded without losing one still pending (a receiver
 /// down): the finished ones are trimmed to the newest 100, the pending ones to 1,000, past
 /// which the oldest is failed with a reason, listed and redeliverable, never deleted. An
