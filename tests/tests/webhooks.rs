@@ -833,6 +833,19 @@ async fn pending_deliveries_are_failed_past_their_bound_never_deleted() -> Resul
         .iter()
         .find(|d| d.state == DeliveryState::Failed)
         .context("a failed delivery")?;
+    // The listing the api shows (the newest 100) has the failed ones among the newest.
+    let newest = webhooks
+        .deliveries(&account, &endpoint.id, KEEP_DELIVERIES)
+        .await?;
+    ensure!(
+        newest
+            .iter()
+            .filter(|d| d.state == DeliveryState::Failed)
+            .count()
+            == extra as usize,
+        "{:?}",
+        newest.iter().map(|d| d.state).collect::<Vec<_>>()
+    );
     ensure!(
         failed.failure_reason.as_deref() == Some(infra::webhooks::TOO_MANY_PENDING)
             && failed.next_attempt_at.is_none(),

@@ -6,7 +6,7 @@
 -- was silent loss while a receiver is down): of the finished ones (succeeded or failed,
 -- those not in `pending`) the newest `keepCount`, none older than `keepMs`; the pending
 -- ones at most `maxPending`: past it, the oldest pending one is marked failed with
--- `failReason` (visible in the listing, redeliverable) and leaves the due set.
+-- `failReason` (listed as the newest, redeliverable) and leaves the due set.
 --
 -- Nothing is stored for an endpoint deleted meanwhile (a DELETE racing the intake would
 -- otherwise leave its keys behind for good).
@@ -42,6 +42,9 @@ if call('ZCARD', KEYS[4]) > tonumber(ARGV[6]) then
     delivery.nextAttemptAt = nil
     delivery.failureReason = ARGV[7]
     call('HSET', KEYS[1], oldest, cjson.encode(delivery))
+    -- Listed among the newest (the listing is by `log` score), where the tenant sees it;
+    -- kept as a finished one from now.
+    call('ZADD', KEYS[2], now, oldest)
     failed = oldest
   end
 end
