@@ -213,6 +213,17 @@ pub async fn claim_idle<C: ConnectionLike + Send + Sync>(
         .arg(count)
         .query_async(conn)
         .await?;
+    if !reply.deleted_ids.is_empty() {
+        // Pending with a consumer that died, and trimmed (`MAXLEN`) before anyone took
+        // them over: `XAUTOCLAIM` drops them from the group, and what they carried is lost.
+        tracing::error!(
+            stream,
+            group,
+            entries = ?reply.deleted_ids,
+            metric = "stream_pending_entries_trimmed",
+            "pending entries were trimmed from their stream before they were taken over; lost"
+        );
+    }
     Ok(reply.claimed)
 }
 
