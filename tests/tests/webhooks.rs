@@ -669,6 +669,70 @@ async fn an_account_whose_endpoints_hang_does_not_hold_up_another() -> Result<()
     Ok(())
 }
 
+/// A scheduled action paused and resumed many times (its stream grows at the request rate)
+/// gets every `action.paused`/`action.resumed` delivered, each saying which event it is
+/// (`eventSeq`) and which seq its view is as of (`lastSeq`): exactly the event's up to seq
+/// 64, folded from the stream's start; past it, whatever the projector has (never a fold
+/// of the whole stream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_toggled_action_gets_every_delivery_with_the_seq_its_view_is_as_of() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let receiver = Receiver::start().await?;
+    let deployment = Deployment::start(options(&[]), &["c1"]).await?;
+    let client = &deployment.client;
+    let hooks = Hooks::of(client, "toggler").await?;
+    hooks
+        .register(
+            &receiver.url("/ok/toggle"),
+            &["action.paused", "action.resumed"],
+        )
+        .await?;
+    let mut body = upsert("toggler", 5);
+    let later = domain::Timestamp::from_millis(infra::clock::now().millis() + 3_600_000)
+        .context("a time an hour away")?;
+    body["scheduledFor"] = json!(later.to_string());
+    let action = client.submit(&body).await?;
+    let toggles = 45;
+    for _ in 0..toggles {
+        for command in ["pause", "resume"] {
+            let (status, reply) = client
+                .post_json(&format!("/bulk-actions/{action}/{command}"), &json!({}))
+                .await?;
+            ensure!(status == 200, "{command}: {status} {reply}");
+        }
+    }
+    let got = receiver
+        .wait("/ok/toggle", |got| {
+            of_action(got, &action).len() >= 2 * toggles
+        })
+        .await?;
+    let mut seqs = BTreeSet::new();
+    for delivery in of_action(&got, &action) {
+        let payload = delivery.json();
+        let data = &payload["data"];
+        let (Some(event_seq), Some(last_seq)) =
+            (data["eventSeq"].as_u64(), data["lastSeq"].as_u64())
+        else {
+            bail!("no eventSeq or lastSeq: {payload}");
+        };
+        ensure!(seqs.insert(event_seq), "{event_seq} twice");
+        ensure!(last_seq >= event_seq, "{payload}");
+        if event_seq <= 64 {
+            let status = if delivery.event_type() == "action.paused" {
+                "paused"
+            } else {
+                "scheduled"
+            };
+            ensure!(
+                last_seq == event_seq && data["status"] == status,
+                "folded to its own event: {payload}"
+            );
+        }
+    }
+    ensure!(seqs.len() == 2 * toggles, "{} deliveries", seqs.len());
+    Ok(())
+}
+
 /// A hooks entry the intake fails on every time (here an event far past any view of its
 /// action) holds up nothing: later entries are taken in meanwhile, after a restart of the
 /// process holding it too (one pass over its own pending entries, then new ones), and it is
