@@ -96,6 +96,9 @@ pub enum ErrorCode {
     WebhookNotFound,
     DeliveryNotFound,
     DeliveryPending,
+    /// A secret rotation's overlap is still running: a second would drop the original
+    /// secret at once.
+    RotationInProgress,
     // Ours, not the client's.
     DependencyUnavailable,
     InternalError,

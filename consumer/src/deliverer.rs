@@ -6,7 +6,10 @@
 //! process left (`XAUTOCLAIM`), and turns an entry into one stored delivery per endpoint of
 //! the action's account that subscribes to the event, each with a `webhook-id` derived from
 //! (endpoint, action, seq), then acknowledges and deletes the entry. Reading an entry twice
-//! (a crash before the acknowledgement) stores nothing twice.
+//! (a crash before the acknowledgement) stores nothing twice. What an entry costs is
+//! bounded: nothing past two reads unless an endpoint subscribes, and never a fold of a
+//! long stream (`view_at`); partitions are taken in concurrently, and a failing entry is
+//! retried with backoff, then given up.
 //!
 //! A sender takes the next due attempt of a partition under a lease (`webhook_claim.lua`),
 //! sends it (`http`), and records what came of it with the lease as its token; a sender
@@ -34,7 +37,17 @@ use tokio_util::sync::CancellationToken;
 /// Entries read from a hooks stream, and taken over, per round trip.
 const ENTRIES_PER_READ: usize = 16;
 /// Events read per round trip when folding an action's view up to an event.
-const FOLD_PAGE_EVENTS: usize = 16;
+const FOLD_PAGE_EVENTS: usize = 64;
+/// The longest event seq whose view is folded from the start of the action's stream when
+/// the projected view is already past it: one read.
+const FOLD_FROM_START_MAX: u64 = FOLD_PAGE_EVENTS as u64;
+/// The most events folded forward from a projected view that is behind an event.
+const FOLD_AHEAD_MAX: u64 = 1024;
+/// Times a hooks entry is delivered to the intake (XPENDING's count) before it is given up.
+const MAX_INTAKE_DELIVERIES: u64 = 10;
+/// The intake's pause after a round in which something failed, doubling up to the max.
+const INTAKE_BACKOFF_START: Duration = Duration::from_millis(100);
+const INTAKE_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct DeliverySettings {
@@ -46,6 +59,8 @@ pub struct DeliverySettings {
     pub timeout: Duration,
     /// How long an idle sender waits before it looks for due attempts again.
     pub poll: Duration,
+    /// Attempts one account may have under way at once (every process' senders together).
+    pub account_in_flight: usize,
     /// Hooks entries pending this long with a process are presumed abandoned.
     pub claim_idle: Duration,
     /// The longest wait on an empty hooks stream before checking for shutdown.
@@ -75,6 +90,8 @@ enum DeliverError {
     Store(#[from] StoreError),
     #[error("mongodb: {0}")]
     Mongo(#[from] mongodb::error::Error),
+    #[error("the projector is too far behind action {0} for its event {1}; taken in again later")]
+    Behind(ActionId, u64),
 }
 
 impl Deliverer {
@@ -124,8 +141,12 @@ impl Deliverer {
             .map_err(StoreError::from)?;
         work::ensure_groups(&mut conn, &streams, WEBHOOKS_GROUP).await?;
         let mut shared = self.store.connection();
-        let mut from = ReadFrom::OwnPending;
+        // After a restart, one pass over this process' own pending entries, each stream's
+        // read resuming after the last entry it returned (an entry that fails again stays
+        // pending and is taken over once idle, like any other), then new entries only.
+        let mut own_pending: Option<Vec<String>> = Some(vec!["0".to_owned(); streams.len()]);
         let mut last_claim: Option<Instant> = None;
+        let mut backoff = INTAKE_BACKOFF_START;
         while !shutdown.is_cancelled() {
             let mut entries = Vec::new();
             if last_claim.is_none_or(|at| at.elapsed() >= self.settings.claim_idle / 2) {
@@ -143,40 +164,124 @@ impl Deliverer {
                     entries.extend(claimed.into_iter().map(|entry| (stream.clone(), entry)));
                 }
             }
-            let block = if entries.is_empty() {
-                self.settings.block
-            } else {
-                Duration::ZERO
-            };
-            let read = work::read_group(
-                &mut conn,
-                &streams,
-                WEBHOOKS_GROUP,
-                &self.name,
-                from,
-                ENTRIES_PER_READ,
-                block,
-            )
-            .await?;
-            if from == ReadFrom::OwnPending && read.is_empty() {
-                from = ReadFrom::New;
-            }
-            entries.extend(read);
-            for (stream, entry) in entries {
-                // An entry that fails stays pending: read again by this process after a
-                // restart, or taken over once idle.
-                if let Err(error) = self.take_in(&stream, &entry).await {
-                    tracing::warn!(%error, stream, entry = %entry.id, "could not store the deliveries of a hooks entry; it stays pending");
-                    last_claim = None;
+            let read = if let Some(after) = own_pending.as_mut() {
+                let read = work::read_own_pending(
+                    &mut conn,
+                    &streams,
+                    after,
+                    WEBHOOKS_GROUP,
+                    &self.name,
+                    ENTRIES_PER_READ,
+                )
+                .await?;
+                if read.is_empty() {
+                    own_pending = None;
                 }
+                read
+            } else {
+                let block = if entries.is_empty() {
+                    self.settings.block
+                } else {
+                    Duration::ZERO
+                };
+                work::read_group(
+                    &mut conn,
+                    &streams,
+                    WEBHOOKS_GROUP,
+                    &self.name,
+                    ReadFrom::New,
+                    ENTRIES_PER_READ,
+                    block,
+                )
+                .await?
+            };
+            entries.extend(read);
+            if self.take_in_all(entries).await {
+                backoff = INTAKE_BACKOFF_START;
+                continue;
             }
+            // Something failed (Redis or MongoDB away, most likely): no spinning on it.
+            last_claim = None;
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(INTAKE_BACKOFF_MAX);
         }
         Ok(())
     }
 
+    /// Takes in entries read from several partitions: each partition's in order, the
+    /// partitions concurrently, so that one slow entry holds up its partition only for this
+    /// round. True when every entry was taken in (or given up).
+    async fn take_in_all(&self, entries: Vec<(String, StreamId)>) -> bool {
+        let mut by_stream: Vec<(String, Vec<StreamId>)> = Vec::new();
+        for (stream, entry) in entries {
+            match by_stream.iter_mut().find(|(s, _)| *s == stream) {
+                Some((_, list)) => list.push(entry),
+                None => by_stream.push((stream, vec![entry])),
+            }
+        }
+        let rounds = by_stream.iter().map(|(stream, entries)| async move {
+            let mut all = true;
+            for entry in entries {
+                all &= self.take_in_or_give_up(stream, entry).await;
+            }
+            all
+        });
+        futures::future::join_all(rounds)
+            .await
+            .into_iter()
+            .all(|ok| ok)
+    }
+
+    /// Takes in one entry; when that fails, the entry stays pending (taken over once idle)
+    /// unless it has been delivered `MAX_INTAKE_DELIVERIES` times already: then it is given
+    /// up (logged at error) so that it cannot hold the intake forever.
+    async fn take_in_or_give_up(&self, stream: &str, entry: &StreamId) -> bool {
+        let Err(error) = self.take_in(stream, entry).await else {
+            return true;
+        };
+        let mut conn = self.store.connection();
+        let deliveries = work::delivery_count(&mut conn, stream, WEBHOOKS_GROUP, &entry.id)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+        if deliveries >= MAX_INTAKE_DELIVERIES {
+            tracing::error!(
+                %error,
+                stream,
+                entry = %entry.id,
+                deliveries,
+                metric = "webhook_hooks_entry_given_up",
+                "a hooks entry failed every time it was taken in; given up, its webhooks are not sent"
+            );
+            let discarded = work::discard(
+                &mut conn,
+                stream,
+                WEBHOOKS_GROUP,
+                std::slice::from_ref(&entry.id),
+            )
+            .await;
+            return discarded.is_ok();
+        }
+        tracing::warn!(%error, stream, entry = %entry.id, deliveries, "could not store the deliveries of a hooks entry; it stays pending");
+        false
+    }
+
     /// Stores the deliveries of one hooks entry, then acknowledges and deletes it.
     async fn take_in(&self, stream: &str, entry: &StreamId) -> Result<(), DeliverError> {
-        if let Some((action, seq, event_type, at)) = parse_entry(entry) {
+        if entry.map.is_empty() {
+            // A pending entry without fields: `MAXLEN` trimmed it from the stream before it
+            // was taken in (the intake lagged by the whole cap). Its webhooks are lost.
+            tracing::error!(
+                stream,
+                entry = %entry.id,
+                metric = "webhook_hooks_entry_trimmed",
+                "a pending hooks entry was trimmed from its stream before it was taken in; its webhooks are lost"
+            );
+        } else if let Some((action, seq, event_type, at)) = parse_entry(entry) {
             self.store_deliveries(action, seq, &event_type, at).await?;
         } else {
             tracing::warn!(stream, entry = %entry.id, "an unreadable hooks entry; dropped");
@@ -199,14 +304,19 @@ impl Deliverer {
         event_type: &str,
         at: Option<Timestamp>,
     ) -> Result<(), DeliverError> {
+        let candidates = domain::webhook::candidates_of_event(event_type);
+        if candidates.is_empty() {
+            return Ok(());
+        }
         let Some(meta) = self.store.meta(action).await? else {
             return Ok(());
         };
         let endpoints = self.webhooks.list(&meta.account_id).await?;
-        // Most accounts have no endpoint: no fold for them.
-        if endpoints
+        // No view work unless an endpoint of the account subscribes to what this event may
+        // be sent as: most events cost two reads.
+        if !endpoints
             .iter()
-            .all(|endpoint| endpoint.disabled_at.is_some())
+            .any(|endpoint| candidates.iter().any(|event| endpoint.wants(*event)))
         {
             return Ok(());
         }
@@ -217,11 +327,20 @@ impl Deliverer {
         let Some(event) = WebhookEvent::of_event(event_type, view.status) else {
             return Ok(());
         };
+        if !endpoints.iter().any(|endpoint| endpoint.wants(event)) {
+            return Ok(());
+        }
         let timestamp = at.or(folded_at).unwrap_or_else(infra::clock::now);
+        let mut data = serde_json::to_value(&view).map_err(StoreError::from)?;
+        if let Some(fields) = data.as_object_mut() {
+            // The view is as of `lastSeq`; the event is `eventSeq` (they differ when the
+            // view had moved on too far to fold back to the event, see `view_at`).
+            fields.insert("eventSeq".to_owned(), seq.into());
+        }
         let body = serde_json::json!({
             "type": event.as_str(),
             "timestamp": timestamp,
-            "data": view,
+            "data": data,
         })
         .to_string();
         let now = infra::clock::now();
@@ -240,6 +359,7 @@ impl Deliverer {
                 failed_in_round: 0,
                 attempts: Vec::new(),
                 next_attempt_at: Some(now),
+                failure_reason: None,
             };
             if self.webhooks.enqueue(&delivery).await? {
                 tracing::debug!(%action, seq, endpoint = %endpoint.id, delivery = %delivery.id, "webhook delivery stored");
@@ -248,9 +368,15 @@ impl Deliverer {
         Ok(())
     }
 
-    /// The action's view once event `seq` is folded, and when that event happened: the
-    /// projected view when it is there exactly, else folded from it (or from the start, when
-    /// it is already past `seq`).
+    /// The action's view for the event `seq`, and when that event happened, at a bounded
+    /// cost: the projected view when it stands exactly at `seq` (the usual `Completed`);
+    /// folded forward from it when the projector is behind (at most `FOLD_AHEAD_MAX`
+    /// events, else an error: the entry is taken in again once the projector caught up);
+    /// when the projector is already past `seq`, folded from the stream's start only if
+    /// `seq` is at most `FOLD_FROM_START_MAX` (one read), else the projected view as it
+    /// stands, as of a later seq (its `lastSeq` says which). Never a fold of a long stream:
+    /// a stream grows without bound (pause and resume of a scheduled action), and the
+    /// intake serves every tenant.
     async fn view_at(
         &self,
         action: ActionId,
@@ -261,13 +387,32 @@ impl Deliverer {
             .collection::<StoredActionView>(infra::mongo::ACTION_VIEWS)
             .find_one(doc! { "_id": action.to_string() })
             .await?;
-        let (mut view, mut checkpoint) = match stored {
-            Some(stored) if stored.view.last_seq == seq => return Ok(Some((stored.view, None))),
+        match stored {
+            Some(stored) if stored.view.last_seq == seq => Ok(Some((stored.view, None))),
             Some(stored) if stored.view.last_seq < seq => {
-                (Some(stored.view), Some(stored.checkpoint))
+                if seq - stored.view.last_seq > FOLD_AHEAD_MAX {
+                    return Err(DeliverError::Behind(action, seq));
+                }
+                self.fold(action, Some(stored.view), Some(stored.checkpoint), seq)
+                    .await
             }
-            _ => (None, None),
-        };
+            _ if seq <= FOLD_FROM_START_MAX => self.fold(action, None, None, seq).await,
+            Some(stored) => {
+                tracing::debug!(%action, seq, as_of = stored.view.last_seq, "the projected view is past a hooks entry; its delivery carries the view as it stands");
+                Ok(Some((stored.view, None)))
+            }
+            None => Err(DeliverError::Behind(action, seq)),
+        }
+    }
+
+    /// Folds the action's events after `checkpoint` into `view`, up to `seq`.
+    async fn fold(
+        &self,
+        action: ActionId,
+        mut view: Option<ActionView>,
+        mut checkpoint: Option<String>,
+        seq: u64,
+    ) -> Result<Option<(ActionView, Option<Timestamp>)>, DeliverError> {
         let mut at = None;
         loop {
             let page = self
@@ -299,7 +444,11 @@ impl Deliverer {
             let mut sent = false;
             let start = rand::random_range(0..partitions.len().max(1));
             for partition in partitions.iter().cycle().skip(start).take(partitions.len()) {
-                match self.webhooks.claim(*partition, lease_ms).await {
+                match self
+                    .webhooks
+                    .claim(*partition, lease_ms, self.settings.account_in_flight)
+                    .await
+                {
                     Ok(Some(claim)) => {
                         sent = true;
                         if let Err(error) = self.attempt(&client, &claim).await {

@@ -110,6 +110,11 @@ pub struct ConsumerConfig {
     #[arg(long, env = "WEBHOOK_TIMEOUT_MS", default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub webhook_timeout_ms: u64,
 
+    /// Webhook attempts one account may have under way at once, across every consumer
+    /// process (its endpoints that hang hold at most this many senders).
+    #[arg(long, env = "WEBHOOK_ACCOUNT_IN_FLIGHT", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    pub webhook_account_in_flight: u64,
+
     /// How often an idle webhook sender looks for due attempts (ms).
     #[arg(long, env = "WEBHOOK_POLL_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..))]
     pub webhook_poll_ms: u64,
@@ -230,6 +235,8 @@ fn deliverer(
             schedule: config.webhook_retry_schedule.clone().unwrap_or_default(),
             timeout: Duration::from_millis(config.webhook_timeout_ms),
             poll: Duration::from_millis(config.webhook_poll_ms),
+            account_in_flight: usize::try_from(config.webhook_account_in_flight)
+                .unwrap_or(usize::MAX),
             claim_idle: Duration::from_millis(config.claim_idle_ms),
             block: Duration::from_millis(config.block_ms),
         }),

@@ -81,6 +81,25 @@ impl WebhookEvent {
     }
 }
 
+/// The webhooks an event of an action's stream may be sent as, whatever the action's
+/// status: a `Completed` is one of three, as the fold ends it. The deliverer asks whether
+/// any endpoint subscribes to one of these before it builds the action's view, so events
+/// nobody subscribes to cost nothing.
+pub fn candidates_of_event(event_type: &str) -> &'static [WebhookEvent] {
+    match event_type {
+        "Started" => &[WebhookEvent::Started],
+        "Paused" => &[WebhookEvent::Paused],
+        "Resumed" => &[WebhookEvent::Resumed],
+        "CancelRequested" => &[WebhookEvent::Cancelling],
+        "Completed" => &[
+            WebhookEvent::Completed,
+            WebhookEvent::Failed,
+            WebhookEvent::Cancelled,
+        ],
+        _ => &[],
+    }
+}
+
 /// The event types `lua/lib.lua` copies to a partition's hooks stream: keep in step with
 /// `HOOK_TYPES` there (a test compares them).
 pub const LIFECYCLE_EVENT_TYPES: [&str; 5] = [
@@ -382,6 +401,29 @@ pub fn check_url(raw: &str, allow_private: bool) -> Result<url::Url, UrlError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Whatever the status an event is folded to, the webhook it becomes is among its
+    /// candidates: the deliverer's filter before the fold never drops one it would send.
+    #[test]
+    fn an_event_is_sent_as_one_of_its_candidates() {
+        use crate::ActionStatus::*;
+        for event_type in LIFECYCLE_EVENT_TYPES
+            .iter()
+            .copied()
+            .chain(["BatchApplied"])
+        {
+            for status in [
+                Queued, Scheduled, Running, Paused, Cancelling, Completed, Failed, Cancelled,
+            ] {
+                let sent = WebhookEvent::of_event(event_type, status);
+                let candidates = candidates_of_event(event_type);
+                match sent {
+                    Some(event) => assert!(candidates.contains(&event), "{event_type} {status:?}"),
+                    None => assert!(candidates.is_empty(), "{event_type}"),
+                }
+            }
+        }
+    }
 
     fn v4(raw: &str) -> Result<(), ForbiddenAddress> {
         check_address(raw.parse().unwrap())

@@ -236,9 +236,24 @@ impl Keys {
         format!("{}webhook-log:{endpoint}", self.partition_prefix(partition))
     }
 
+    /// Which of an endpoint's deliveries are pending, by when each became so.
+    pub fn webhook_pending(&self, account: &AccountId, endpoint: &str) -> String {
+        let partition = self.account_partition(account);
+        format!(
+            "{}webhook-pending:{endpoint}",
+            self.partition_prefix(partition)
+        )
+    }
+
     /// Deliveries of a partition's accounts waiting for an attempt, by when it is due.
     pub fn webhook_due(&self, partition: u32) -> String {
         self.partition_key(partition, "webhook-due")
+    }
+
+    /// The leases on a partition's due attempts held now (member -> when the lease ends):
+    /// what each account has in flight (`webhook_claim.lua`).
+    pub fn webhook_leases(&self, partition: u32) -> String {
+        self.partition_key(partition, "webhook-leases")
     }
 
     pub fn schedule(&self, partition: u32) -> String {
@@ -296,7 +311,9 @@ mod tests {
             keys.webhooks(&account),
             keys.webhook_deliveries(&account, "ep_1"),
             keys.webhook_log(&account, "ep_1"),
+            keys.webhook_pending(&account, "ep_1"),
             keys.webhook_due(home),
+            keys.webhook_leases(home),
         ] {
             assert!(key.contains(&tag), "{key}");
         }

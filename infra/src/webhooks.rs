@@ -21,16 +21,27 @@ use crate::scripts::with_library;
 
 /// Endpoints one account may register.
 pub const MAX_ENDPOINTS: usize = 20;
-/// Deliveries kept per endpoint, newest first, and for at most `KEEP_DELIVERIES_MS`.
+/// Finished deliveries kept per endpoint, newest first, and for at most
+/// `KEEP_DELIVERIES_MS`; pending ones are never trimmed.
 pub const KEEP_DELIVERIES: usize = 100;
 pub const KEEP_DELIVERIES_MS: i64 = 7 * 24 * 3600 * 1000;
+/// Pending deliveries an endpoint may have; past it the oldest is failed (not deleted).
+pub const MAX_PENDING_DELIVERIES: usize = 1000;
+/// Why a delivery was failed that way.
+pub const TOO_MANY_PENDING: &str =
+    "more than 1000 deliveries were pending for this endpoint; the oldest was failed (redeliver it once the endpoint answers)";
 /// Attempts kept in a delivery's history (its count goes on).
 pub const KEEP_ATTEMPTS: usize = 20;
+/// Due attempts a claim looks at for one whose account is under its in-flight bound.
+pub const CLAIM_SCAN: usize = 32;
+/// How far a claim puts back a due attempt it passed over, its account being at its bound.
+pub const CLAIM_DEFER_MS: u64 = 1000;
 /// How long the secret before a rotation goes on signing beside the new one (ms).
 pub const ROTATION_OVERLAP_MS: i64 = 24 * 3600 * 1000;
 
-/// An endpoint as stored. Its secrets are kept whole: they sign every delivery.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// An endpoint as stored. Its secrets are kept whole: they sign every delivery (and are
+/// never shown by `Debug`, which a log line or a panic may print).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Endpoint {
     pub id: String,
@@ -48,6 +59,28 @@ pub struct Endpoint {
     pub disabled_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled_reason: Option<String>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("secret", &"<redacted>")
+            .field(
+                "previous_secret",
+                &self.previous_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "previous_secret_expires_at",
+                &self.previous_secret_expires_at,
+            )
+            .field("created_at", &self.created_at)
+            .field("disabled_at", &self.disabled_at)
+            .field("disabled_reason", &self.disabled_reason)
+            .finish()
+    }
 }
 
 impl Endpoint {
@@ -114,10 +147,31 @@ pub struct Delivery {
     pub attempt_count: u32,
     /// Failed attempts since it was (re)scheduled: its place in the retry schedule.
     pub failed_in_round: u32,
-    /// The latest `KEEP_ATTEMPTS` attempts, oldest first.
+    /// The latest `KEEP_ATTEMPTS` attempts, oldest first. (Read leniently: a delivery
+    /// re-encoded by a script's cjson has an empty list as `{}`.)
+    #[serde(deserialize_with = "attempts_or_empty_object")]
     pub attempts: Vec<Attempt>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<Timestamp>,
+    /// Why it failed without its retry schedule running out (`TOO_MANY_PENDING`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+}
+
+fn attempts_or_empty_object<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<Attempt>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Attempts {
+        List(Vec<Attempt>),
+        Empty(serde_json::Map<String, serde_json::Value>),
+    }
+    match Attempts::deserialize(deserializer)? {
+        Attempts::List(attempts) => Ok(attempts),
+        Attempts::Empty(map) if map.is_empty() => Ok(Vec::new()),
+        Attempts::Empty(_) => Err(serde::de::Error::custom("attempts: a list")),
+    }
 }
 
 impl Delivery {
@@ -320,6 +374,7 @@ impl Webhooks {
             .key(self.keys.webhooks(account))
             .key(self.keys.webhook_deliveries(account, id))
             .key(self.keys.webhook_log(account, id))
+            .key(self.keys.webhook_pending(account, id))
             .arg(id)
             .invoke_async(&mut self.conn.clone())
             .await?;
@@ -327,34 +382,53 @@ impl Webhooks {
     }
 
     /// Stores a delivery and makes its first attempt due now, unless it is stored already
-    /// (then false).
+    /// or its endpoint is gone (then false). An endpoint with `MAX_PENDING_DELIVERIES` pending has its oldest
+    /// pending one failed (`TOO_MANY_PENDING`), logged here.
     pub async fn enqueue(&self, delivery: &Delivery) -> Result<bool, StoreError> {
         let account = &delivery.account_id;
         let endpoint = &delivery.endpoint_id;
         let partition = self.keys.account_partition(account);
-        let stored: i64 = self
+        let (stored, failed): (i64, String) = self
             .scripts
             .enqueue
             .key(self.keys.webhook_deliveries(account, endpoint))
             .key(self.keys.webhook_log(account, endpoint))
             .key(self.keys.webhook_due(partition))
+            .key(self.keys.webhook_pending(account, endpoint))
+            .key(self.keys.webhooks(account))
             .arg(&delivery.id)
             .arg(serde_json::to_string(delivery)?)
             .arg(format!("{account} {endpoint} "))
             .arg(KEEP_DELIVERIES)
             .arg(KEEP_DELIVERIES_MS)
+            .arg(MAX_PENDING_DELIVERIES)
+            .arg(TOO_MANY_PENDING)
+            .arg(endpoint)
             .invoke_async(&mut self.conn.clone())
             .await?;
+        if !failed.is_empty() {
+            tracing::warn!(%account, endpoint, delivery = %failed, "an endpoint had too many pending webhook deliveries; the oldest was failed");
+        }
         Ok(stored == 1)
     }
 
-    /// Takes the partition's next due attempt under a lease of `lease_ms`.
-    pub async fn claim(&self, partition: u32, lease_ms: u64) -> Result<Option<Claim>, StoreError> {
+    /// Takes the partition's next due attempt under a lease of `lease_ms`, passing over
+    /// (and deferring by a moment) those of accounts that hold `max_in_flight` leases.
+    pub async fn claim(
+        &self,
+        partition: u32,
+        lease_ms: u64,
+        max_in_flight: usize,
+    ) -> Result<Option<Claim>, StoreError> {
         let claimed: Option<(String, i64)> = self
             .scripts
             .claim
             .key(self.keys.webhook_due(partition))
+            .key(self.keys.webhook_leases(partition))
             .arg(lease_ms)
+            .arg(max_in_flight.max(1))
+            .arg(CLAIM_SCAN)
+            .arg(CLAIM_DEFER_MS)
             .invoke_async(&mut self.conn.clone())
             .await?;
         let Some((member, lease_end)) = claimed else {
@@ -380,10 +454,18 @@ impl Webhooks {
 
     /// Drops a due attempt that has nothing left to send (its delivery or endpoint is gone).
     pub async fn drop_due(&self, claim: &Claim) -> Result<(), StoreError> {
-        let _: i64 = self
-            .conn
-            .clone()
+        redis::pipe()
             .zrem(self.keys.webhook_due(claim.partition), &claim.member)
+            .ignore()
+            .zrem(self.keys.webhook_leases(claim.partition), &claim.member)
+            .ignore()
+            .zrem(
+                self.keys
+                    .webhook_pending(&claim.account, &claim.endpoint_id),
+                &claim.delivery_id,
+            )
+            .ignore()
+            .exec_async(&mut self.conn.clone())
             .await?;
         Ok(())
     }
@@ -435,6 +517,11 @@ impl Webhooks {
                     .webhook_deliveries(&claim.account, &claim.endpoint_id),
             )
             .key(self.keys.webhooks(&claim.account))
+            .key(self.keys.webhook_leases(claim.partition))
+            .key(
+                self.keys
+                    .webhook_pending(&claim.account, &claim.endpoint_id),
+            )
             .arg(&claim.member)
             .arg(&claim.delivery_id)
             .arg(claim.lease_end)
@@ -500,6 +587,7 @@ impl Webhooks {
             }
             delivery.state = DeliveryState::Pending;
             delivery.failed_in_round = 0;
+            delivery.failure_reason = None;
             delivery.next_attempt_at = Some(now);
             let partition = self.keys.account_partition(account);
             let scheduled: i64 = self
@@ -507,6 +595,7 @@ impl Webhooks {
                 .redeliver
                 .key(self.keys.webhook_deliveries(account, endpoint))
                 .key(self.keys.webhook_due(partition))
+                .key(self.keys.webhook_pending(account, endpoint))
                 .arg(id)
                 .arg(&read)
                 .arg(serde_json::to_string(&delivery)?)
@@ -562,6 +651,13 @@ mod tests {
         assert_eq!(endpoint.signing_keys(later), vec![vec![1; 32]]);
         assert!(endpoint.wants(WebhookEvent::Completed));
         assert!(!endpoint.wants(WebhookEvent::Started));
+        let shown = format!("{endpoint:?}");
+        assert!(
+            !shown.contains(&endpoint.secret)
+                && !shown.contains(endpoint.previous_secret.as_deref().unwrap_or("-"))
+                && !shown.contains("whsec_"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -581,6 +677,7 @@ mod tests {
             failed_in_round: 0,
             attempts: Vec::new(),
             next_attempt_at: None,
+            failure_reason: None,
         };
         for code in 0..(KEEP_ATTEMPTS as u16 + 5) {
             delivery.record(Attempt {
@@ -594,5 +691,16 @@ mod tests {
         assert_eq!(delivery.attempt_count, KEEP_ATTEMPTS as u32 + 5);
         assert_eq!(delivery.attempts[0].status_code, Some(5));
         assert_eq!(delivery.due_member(), "acme ep_1 msg_1");
+    }
+
+    /// A delivery a script failed (`webhook_enqueue.lua`, past the pending bound) reads
+    /// back, though cjson wrote its empty attempts as `{}`.
+    #[test]
+    fn a_delivery_reencoded_by_cjson_reads_back() {
+        let json = r#"{"id":"msg_1","endpointId":"ep_1","accountId":"acme","actionId":"01JDQ6V4J8Q0Y5Z6X7W8V9T0S1","seq":3,"eventType":"action.started","body":"{}","createdAt":"2026-01-01T00:00:00.000Z","state":"failed","attemptCount":0,"failedInRound":0,"attempts":{},"failureReason":"too many"}"#;
+        let delivery: Delivery = serde_json::from_str(json).unwrap();
+        assert!(delivery.attempts.is_empty());
+        assert_eq!(delivery.state, DeliveryState::Failed);
+        assert_eq!(delivery.failure_reason.as_deref(), Some("too many"));
     }
 }

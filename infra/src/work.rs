@@ -141,6 +141,59 @@ async fn read_streams<C: ConnectionLike + Send + Sync>(
         .unwrap_or_default())
 }
 
+/// This consumer's pending entries (delivered to it before and not acknowledged), each
+/// stream's read after the id `after` holds for it, which moves to the last entry returned:
+/// repeated until it returns nothing, it is one pass over them, so an entry that fails
+/// again is not read over and over (it is taken over once idle, as any other). One read
+/// per stream (a cluster refuses one over several slots); used once, after a restart.
+pub async fn read_own_pending<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    streams: &[String],
+    after: &mut [String],
+    group: &str,
+    consumer: &str,
+    count: usize,
+) -> Result<Vec<(String, StreamId)>, StoreError> {
+    let options = StreamReadOptions::default()
+        .group(group, consumer)
+        .count(count);
+    let mut found = Vec::new();
+    for (stream, after) in streams.iter().zip(after.iter_mut()) {
+        let reply: Option<StreamReadReply> = conn
+            .xread_options(std::slice::from_ref(stream), &[after.as_str()], &options)
+            .await?;
+        let entries: Vec<StreamId> = reply
+            .into_iter()
+            .flat_map(|reply| reply.keys)
+            .flat_map(|key| key.ids)
+            .collect();
+        if let Some(last) = entries.last() {
+            after.clone_from(&last.id);
+        }
+        found.extend(entries.into_iter().map(|entry| (stream.clone(), entry)));
+    }
+    Ok(found)
+}
+
+/// How many times an entry pending in `group` has been delivered (`XPENDING`); `None` when
+/// it is not pending.
+pub async fn delivery_count<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    stream: &str,
+    group: &str,
+    entry_id: &str,
+) -> Result<Option<u64>, StoreError> {
+    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .arg(entry_id)
+        .arg(entry_id)
+        .arg(1)
+        .query_async(conn)
+        .await?;
+    Ok(pending.first().map(|(_, _, _, deliveries)| *deliveries))
+}
+
 /// Takes over entries idle for longer than `min_idle` in one stream (their consumer died).
 pub async fn claim_idle<C: ConnectionLike + Send + Sync>(
     conn: &mut C,
@@ -160,6 +213,17 @@ pub async fn claim_idle<C: ConnectionLike + Send + Sync>(
         .arg(count)
         .query_async(conn)
         .await?;
+    if !reply.deleted_ids.is_empty() {
+        // Pending with a consumer that died, and trimmed (`MAXLEN`) before anyone took
+        // them over: `XAUTOCLAIM` drops them from the group, and what they carried is lost.
+        tracing::error!(
+            stream,
+            group,
+            entries = ?reply.deleted_ids,
+            metric = "stream_pending_entries_trimmed",
+            "pending entries were trimmed from their stream before they were taken over; lost"
+        );
+    }
     Ok(reply.claimed)
 }
 

@@ -83,10 +83,10 @@ pub async fn repartition(
     }
     let pattern = format!("{}:{{*}}:limits:*", from.prefix());
     for old in scan(conn, &pattern).await? {
-        let Some(account) = old
-            .rsplit_once(":limits:")
-            .and_then(|(_, account)| AccountId::parse(account).ok())
+        let Some(account) = named_account(from, &old, "limits")
+            .filter(|account| from.limits(from.account_partition(account), account) == old)
         else {
+            tracing::warn!(key = old, "not an account's limits key; left as it is");
             continue;
         };
         let new = to.limits(to.account_partition(&account), &account);
@@ -102,15 +102,16 @@ pub async fn repartition(
         ),
         ("slots", Keys::external_id_slots),
     ] {
-        let marker = format!(":{kind}:");
-        for old in scan(conn, &format!("{}:{{*}}{marker}*", from.prefix())).await? {
-            let Some((account, entity)) = old
-                .rsplit_once(&marker)
-                .and_then(|(_, rest)| rest.rsplit_once(':'))
+        for old in scan(conn, &format!("{}:{{*}}:{kind}:*", from.prefix())).await? {
+            // The entity type is the last part (it has no ':'); the account all before it.
+            let Some((account, entity)) = after_kind(from, &old, kind)
+                .and_then(|rest| rest.rsplit_once(':'))
                 .and_then(|(account, entity)| {
                     Some((AccountId::parse(account).ok()?, EntityType::parse(entity)?))
                 })
+                .filter(|(account, entity)| new_key(from, account, *entity) == old)
             else {
+                tracing::warn!(key = old, "not an account's {kind} key; left as it is");
                 continue;
             };
             if move_key(conn, &old, &new_key(to, &account, entity)).await? {
@@ -158,10 +159,10 @@ async fn move_webhooks(
 ) -> Result<usize, RepartitionError> {
     let mut moved = 0;
     for old in scan(conn, &format!("{}:{{*}}:webhooks:*", from.prefix())).await? {
-        let Some(account) = old
-            .rsplit_once(":webhooks:")
-            .and_then(|(_, account)| AccountId::parse(account).ok())
+        let Some(account) =
+            named_account(from, &old, "webhooks").filter(|account| from.webhooks(account) == old)
         else {
+            tracing::warn!(key = old, "not an account's webhooks key; left as it is");
             continue;
         };
         let endpoints: Vec<String> = conn.hkeys(&old).await?;
@@ -175,6 +176,10 @@ async fn move_webhooks(
                     from.webhook_log(&account, endpoint),
                     to.webhook_log(&account, endpoint),
                 ),
+                (
+                    from.webhook_pending(&account, endpoint),
+                    to.webhook_pending(&account, endpoint),
+                ),
             ] {
                 moved += usize::from(move_key(conn, &old, &new).await?);
             }
@@ -182,6 +187,9 @@ async fn move_webhooks(
         moved += usize::from(move_key(conn, &old, &to.webhooks(&account)).await?);
     }
     for partition in from.partitions() {
+        // Leases are only who holds an attempt now; on a drained deployment nobody does,
+        // and a moved attempt is due again when its lease's end (its score) passes.
+        let _: () = conn.del(from.webhook_leases(partition)).await?;
         let due_key = from.webhook_due(partition);
         let due: Vec<(String, f64)> = conn.zrange_withscores(&due_key, 0, -1).await?;
         for (member, score) in due {
@@ -222,9 +230,41 @@ async fn ensure_drained(conn: &mut Shared, keys: &Keys) -> Result<(), Repartitio
     Ok(())
 }
 
-/// Moves `old` to `new` (nothing when they are the same key or `old` does not exist).
+/// What follows `<prefix>:{<n>}:<kind>:` in `key`, that exact prefix: an account id may hold
+/// ':' (even `x:webhooks:y`), so an account is never found by searching the key for
+/// `:<kind>:` (`evil:webhooks:victim` would name the victim's key).
+fn after_kind<'k>(keys: &Keys, key: &'k str, kind: &str) -> Option<&'k str> {
+    let rest = key.strip_prefix(keys.prefix())?.strip_prefix(":{")?;
+    let (partition, rest) = rest.split_once("}:")?;
+    partition.parse::<u32>().ok()?;
+    rest.strip_prefix(kind)?.strip_prefix(':')
+}
+
+/// The account a per-account key `<prefix>:{<n>}:<kind>:<account>` names.
+fn named_account(keys: &Keys, key: &str, kind: &str) -> Option<AccountId> {
+    AccountId::parse(after_kind(keys, key, kind)?).ok()
+}
+
+/// Moves `old` to `new` (nothing when they are the same key or `old` does not exist). An
+/// existing `new` is never replaced: if it holds what `old` does (a run interrupted between
+/// the copy and the delete) `old` goes, else both stay and a warning says so.
 async fn move_key(conn: &mut Shared, old: &str, new: &str) -> Result<bool, RepartitionError> {
     if old == new {
+        return Ok(false);
+    }
+    let exists: bool = conn.exists(new).await?;
+    if exists {
+        let dumped: Option<Vec<u8>> = redis::cmd("DUMP").arg(old).query_async(conn).await?;
+        let there: Option<Vec<u8>> = redis::cmd("DUMP").arg(new).query_async(conn).await?;
+        if dumped.is_some() && dumped == there {
+            let _: () = conn.del(old).await?;
+            return Ok(true);
+        }
+        tracing::warn!(
+            from = old,
+            to = new,
+            "the key to move to exists already with other contents; not replaced, both left"
+        );
         return Ok(false);
     }
     // Keeps an expiry (idempotency reservations have one): -1 is none (0 for RESTORE), -2
@@ -241,7 +281,6 @@ async fn move_key(conn: &mut Shared, old: &str, new: &str) -> Result<bool, Repar
         .arg(new)
         .arg(ttl_ms.max(0))
         .arg(dumped)
-        .arg("REPLACE")
         .query_async(conn)
         .await?;
     let _: () = conn.del(old).await?;
@@ -265,5 +304,32 @@ async fn scan(conn: &mut Shared, pattern: &str) -> Result<Vec<String>, Repartiti
             return Ok(found);
         }
         cursor = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An account named like another's key cannot pass for it: the account is what follows
+    /// the exact `<prefix>:{n}:<kind>:`, all of it.
+    #[test]
+    fn an_account_is_read_from_the_exact_prefix() {
+        let keys = Keys::new("bulk", 4);
+        let evil = AccountId::parse("evil:webhooks:victim").unwrap();
+        let key = keys.webhooks(&evil);
+        assert_eq!(named_account(&keys, &key, "webhooks"), Some(evil.clone()));
+        let limits = keys.limits(keys.account_partition(&evil), &evil);
+        assert_eq!(named_account(&keys, &limits, "limits"), Some(evil));
+        let log = "bulk:{1}:webhook-log:x:webhooks:victim";
+        assert_eq!(named_account(&keys, log, "webhooks"), None);
+        assert_eq!(
+            named_account(&keys, "other:{1}:webhooks:acme", "webhooks"),
+            None
+        );
+        assert_eq!(
+            named_account(&keys, "bulk:{x}:webhooks:acme", "webhooks"),
+            None
+        );
     }
 }

@@ -212,6 +212,7 @@ impl TestApp {
             webhook_retry_schedule: None,
             webhook_timeout_ms: 15_000,
             webhook_poll_ms: 250,
+            webhook_account_in_flight: 2,
         }
     }
 

@@ -49,7 +49,7 @@ impl Received {
 
 /// An HTTP receiver on 127.0.0.1 that records every request. What it answers depends on
 /// the path's first segment: `ok` 200; `flaky` 500 three times, then 200; `gone` 410;
-/// `hang` never answers its first request, then 200.
+/// `hang` never answers its first request, then 200; `blackhole` never answers.
 #[derive(Clone, Default)]
 struct Receiver {
     log: Arc<Mutex<Vec<Received>>>,
@@ -141,6 +141,10 @@ async fn receive(
     match path.split('/').nth(1).unwrap_or_default() {
         "flaky" if count <= 3 => StatusCode::INTERNAL_SERVER_ERROR,
         "gone" => StatusCode::GONE,
+        "blackhole" => {
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            StatusCode::OK
+        }
         "hang" if count == 1 => {
             tokio::time::sleep(Duration::from_secs(600)).await;
             StatusCode::OK
@@ -441,6 +445,17 @@ async fn deliveries_are_signed_retried_under_one_id_and_verify_with_the_standard
     let new_secret = rotated["secret"].as_str().context("secret")?.to_owned();
     ensure!(new_secret != ok_secret && new_secret.starts_with("whsec_"));
     ensure!(rotated["previousSecretExpiresAt"].is_string(), "{rotated}");
+    // A second rotation during the overlap would drop the original secret at once: refused.
+    let (status, again) = acme
+        .call(Method::POST, &format!("/webhooks/{ok}/rotate-secret"), None)
+        .await?;
+    ensure!(
+        status == 409
+            && again["error"]["code"] == "rotation_in_progress"
+            && again["error"]["details"]["previousSecretExpiresAt"]
+                == rotated["previousSecretExpiresAt"],
+        "{status} {again}"
+    );
     let second = client.submit(&upsert("acme", 5)).await?;
     client.wait_projected_terminal(&second, WAIT).await?;
     let got = receiver
@@ -582,6 +597,351 @@ async fn a_deliverer_killed_mid_attempt_loses_nothing() -> Result<()> {
     let cases: Vec<(&str, &Received, bool)> =
         got.iter().map(|r| (secret.as_str(), r, true)).collect();
     verify_with_the_standard_library(&cases).await
+}
+
+/// One account's endpoints that never answer hold at most `WEBHOOK_ACCOUNT_IN_FLIGHT`
+/// senders: another account's delivery goes out within seconds, not after their timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_whose_endpoints_hang_does_not_hold_up_another() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let receiver = Receiver::start().await?;
+    let deployment = Deployment::start(
+        options(&[
+            ("WEBHOOK_TIMEOUT_MS", "120000"),
+            ("WEBHOOK_DELIVERY_CONCURRENCY", "3"),
+            ("WEBHOOK_ACCOUNT_IN_FLIGHT", "2"),
+        ]),
+        &["c1"],
+    )
+    .await?;
+    let slow = Hooks::of(&deployment.client, "slowco").await?;
+    for n in 0..3 {
+        slow.register(
+            &receiver.url(&format!("/blackhole/{n}")),
+            &["action.started", "action.completed"],
+        )
+        .await?;
+    }
+    for _ in 0..2 {
+        deployment.client.submit(&upsert("slowco", 5)).await?;
+    }
+    // The slow account's attempts are under way (and will hang for minutes)...
+    let deadline = Instant::now() + WAIT;
+    while receiver
+        .received()
+        .iter()
+        .filter(|r| r.path.starts_with("/blackhole/"))
+        .count()
+        < 2
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "no attempt reached the blackhole"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...and are given more time to take every sender, were they allowed to.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let quick = Hooks::of(&deployment.client, "quickco").await?;
+    quick
+        .register(&receiver.url("/ok/quick"), &["action.started"])
+        .await?;
+    let submitted = Instant::now();
+    let action = deployment.client.submit(&upsert("quickco", 5)).await?;
+    let got = receiver
+        .wait("/ok/quick", |got| !of_action(got, &action).is_empty())
+        .await?;
+    let took = submitted.elapsed();
+    ensure!(
+        took < Duration::from_secs(20),
+        "the quick account's delivery took {took:?}: {:?}",
+        summary(&got)
+    );
+    let hung = receiver
+        .received()
+        .iter()
+        .filter(|r| r.path.starts_with("/blackhole/"))
+        .count();
+    ensure!(
+        hung == 2,
+        "{hung} attempts to the blackhole at once; at most 2 allowed"
+    );
+    Ok(())
+}
+
+/// A scheduled action paused and resumed many times (its stream grows at the request rate)
+/// gets every `action.paused`/`action.resumed` delivered, each saying which event it is
+/// (`eventSeq`) and which seq its view is as of (`lastSeq`): exactly the event's up to seq
+/// 64, folded from the stream's start; past it, whatever the projector has (never a fold
+/// of the whole stream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_toggled_action_gets_every_delivery_with_the_seq_its_view_is_as_of() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let receiver = Receiver::start().await?;
+    let deployment = Deployment::start(options(&[]), &["c1"]).await?;
+    let client = &deployment.client;
+    let hooks = Hooks::of(client, "toggler").await?;
+    hooks
+        .register(
+            &receiver.url("/ok/toggle"),
+            &["action.paused", "action.resumed"],
+        )
+        .await?;
+    let mut body = upsert("toggler", 5);
+    let later = domain::Timestamp::from_millis(infra::clock::now().millis() + 3_600_000)
+        .context("a time an hour away")?;
+    body["scheduledFor"] = json!(later.to_string());
+    let action = client.submit(&body).await?;
+    let toggles = 45;
+    for _ in 0..toggles {
+        for command in ["pause", "resume"] {
+            let (status, reply) = client
+                .post_json(&format!("/bulk-actions/{action}/{command}"), &json!({}))
+                .await?;
+            ensure!(status == 200, "{command}: {status} {reply}");
+        }
+    }
+    let got = receiver
+        .wait("/ok/toggle", |got| {
+            of_action(got, &action).len() >= 2 * toggles
+        })
+        .await?;
+    let mut seqs = BTreeSet::new();
+    for delivery in of_action(&got, &action) {
+        let payload = delivery.json();
+        let data = &payload["data"];
+        let (Some(event_seq), Some(last_seq)) =
+            (data["eventSeq"].as_u64(), data["lastSeq"].as_u64())
+        else {
+            bail!("no eventSeq or lastSeq: {payload}");
+        };
+        ensure!(seqs.insert(event_seq), "{event_seq} twice");
+        ensure!(last_seq >= event_seq, "{payload}");
+        if event_seq <= 64 {
+            let status = if delivery.event_type() == "action.paused" {
+                "paused"
+            } else {
+                "scheduled"
+            };
+            ensure!(
+                last_seq == event_seq && data["status"] == status,
+                "folded to its own event: {payload}"
+            );
+        }
+    }
+    ensure!(seqs.len() == 2 * toggles, "{} deliveries", seqs.len());
+    Ok(())
+}
+
+/// A hooks entry the intake fails on every time (here an event far past any view of its
+/// action) holds up nothing: later entries are taken in meanwhile, after a restart of the
+/// process holding it too (one pass over its own pending entries, then new ones), and it is
+/// given up after 10 deliveries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hooks_entry_that_always_fails_holds_up_nothing_and_is_given_up() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let receiver = Receiver::start().await?;
+    let mut deployment = Deployment::start(options(&[("CLAIM_IDLE_MS", "300")]), &["c1"]).await?;
+    let hooks = Hooks::of(&deployment.client, "acme").await?;
+    hooks
+        .register(&receiver.url("/ok/poison"), &["action.started"])
+        .await?;
+    let first = deployment.client.submit(&upsert("acme", 5)).await?;
+    deployment
+        .client
+        .wait_projected_terminal(&first, WAIT)
+        .await?;
+    receiver
+        .wait("/ok/poison", |got| !of_action(got, &first).is_empty())
+        .await?;
+    let keys = deployment.keys();
+    let action = domain::ActionId::parse(&first).context("an action id")?;
+    let stream = keys.hooks(keys.partition_of(action));
+    let mut conn = infra::redis_conn::shared(&deployment.redis_url()).await?;
+    let poison: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg(&["action", first.as_str(), "seq", "100000", "type", "Started"])
+        .query_async(&mut conn)
+        .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    deployment.kill_consumer("c1");
+    deployment.start_consumer("c1")?;
+    let second = deployment.client.submit(&upsert("acme", 5)).await?;
+    receiver
+        .wait("/ok/poison", |got| !of_action(got, &second).is_empty())
+        .await?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+            .arg(&stream)
+            .arg("webhooks")
+            .arg(&poison)
+            .arg(&poison)
+            .arg(1)
+            .query_async(&mut conn)
+            .await?;
+        let length: usize = redis::AsyncCommands::xlen(&mut conn, &stream).await?;
+        if pending.is_empty() && length == 0 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the failing entry is still there: {pending:?}, stream length {length}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Given up, not taken in: the consumer says so.
+    let mut given_up = false;
+    for entry in std::fs::read_dir(deployment.logs_dir())? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|ext| ext == "log") {
+            given_up |= std::fs::read_to_string(&path)?.contains("webhook_hooks_entry_given_up");
+        }
+    }
+    ensure!(given_up, "no consumer log says the entry was given up");
+    Ok(())
+}
+
+/// An endpoint's deliveries are bounded without losing one still pending (a receiver
+/// down): the finished ones are trimmed to the newest 100, the pending ones to 1,000, past
+/// which the oldest is failed with a reason, listed and redeliverable, never deleted. An
+/// endpoint deleted meanwhile gets nothing stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_deliveries_are_failed_past_their_bound_never_deleted() -> Result<()> {
+    use infra::webhooks::{
+        Delivery, DeliveryState, Endpoint, Redelivery, Settlement, Webhooks, KEEP_DELIVERIES,
+        MAX_PENDING_DELIVERIES,
+    };
+    let _serial = SERIAL.lock().await;
+    let services = bulk_tests::Services::start()?;
+    let keys = infra::keys::Keys::new("bulk", 4);
+    let webhooks = Webhooks::new(
+        infra::redis_conn::shared(&services.redis_url).await?,
+        keys.clone(),
+    );
+    let account = domain::AccountId::parse("downco")?;
+    let now = infra::clock::now();
+    let endpoint = Endpoint {
+        id: "ep_down".into(),
+        url: "https://hooks.example.com/down".into(),
+        events: vec![domain::webhook::WebhookEvent::Started],
+        secret: domain::webhook::secret_from_bytes(&[7; 32]),
+        previous_secret: None,
+        previous_secret_expires_at: None,
+        created_at: now,
+        disabled_at: None,
+        disabled_reason: None,
+    };
+    ensure!(webhooks.create(&account, &endpoint).await?);
+    let action = domain::ActionId::parse("01JDQ6V4J8Q0Y5Z6X7W8V9T0S1").context("action id")?;
+    let delivery = |seq: u64| Delivery {
+        id: domain::webhook::message_id(&endpoint.id, action, seq),
+        endpoint_id: endpoint.id.clone(),
+        account_id: account.clone(),
+        action_id: action,
+        seq,
+        event_type: domain::webhook::WebhookEvent::Started,
+        body: "{}".into(),
+        created_at: now,
+        state: DeliveryState::Pending,
+        attempt_count: 0,
+        failed_in_round: 0,
+        attempts: Vec::new(),
+        next_attempt_at: Some(now),
+        failure_reason: None,
+    };
+    // 105 delivered, then one more: the finished ones are trimmed to 100.
+    for seq in 1..=105 {
+        ensure!(webhooks.enqueue(&delivery(seq)).await?);
+    }
+    let partition = keys.account_partition(&account);
+    let mut settled = 0;
+    while let Some(claim) = webhooks.claim(partition, 60_000, 2).await? {
+        let mut done = webhooks
+            .delivery(&account, &endpoint.id, &claim.delivery_id)
+            .await?
+            .context("claimed delivery")?;
+        done.state = DeliveryState::Succeeded;
+        done.next_attempt_at = None;
+        let settlement = Settlement {
+            delivery: done,
+            retry_in: None,
+            disable: None,
+        };
+        webhooks.settle(&claim, &settlement).await?;
+        settled += 1;
+    }
+    ensure!(settled == 105, "{settled} settled");
+    ensure!(webhooks.enqueue(&delivery(106)).await?);
+    let listed = webhooks.deliveries(&account, &endpoint.id, 5000).await?;
+    ensure!(listed.len() == KEEP_DELIVERIES + 1, "{} kept", listed.len());
+    // The receiver is down: every delivery stays pending, none is deleted; past the bound
+    // the oldest pending ones are failed with the reason, and only finished ones go.
+    let extra = 5;
+    for seq in 107..=(106 + MAX_PENDING_DELIVERIES as u64 - 1 + extra) {
+        ensure!(webhooks.enqueue(&delivery(seq)).await?);
+    }
+    let listed = webhooks.deliveries(&account, &endpoint.id, 5000).await?;
+    let count = |state: DeliveryState| listed.iter().filter(|d| d.state == state).count();
+    ensure!(
+        count(DeliveryState::Pending) == MAX_PENDING_DELIVERIES
+            && count(DeliveryState::Failed) == extra as usize
+            && listed.len() == MAX_PENDING_DELIVERIES + KEEP_DELIVERIES,
+        "pending {}, failed {}, in all {}",
+        count(DeliveryState::Pending),
+        count(DeliveryState::Failed),
+        listed.len()
+    );
+    let failed = listed
+        .iter()
+        .find(|d| d.state == DeliveryState::Failed)
+        .context("a failed delivery")?;
+    // The listing the api shows (the newest 100) has the failed ones among the newest.
+    let newest = webhooks
+        .deliveries(&account, &endpoint.id, KEEP_DELIVERIES)
+        .await?;
+    ensure!(
+        newest
+            .iter()
+            .filter(|d| d.state == DeliveryState::Failed)
+            .count()
+            == extra as usize,
+        "{:?}",
+        newest.iter().map(|d| d.state).collect::<Vec<_>>()
+    );
+    ensure!(
+        failed.failure_reason.as_deref() == Some(infra::webhooks::TOO_MANY_PENDING)
+            && failed.next_attempt_at.is_none(),
+        "{failed:?}"
+    );
+    let mut conn = infra::redis_conn::shared(&services.redis_url).await?;
+    let due: usize = redis::AsyncCommands::zcard(&mut conn, keys.webhook_due(partition)).await?;
+    ensure!(due == MAX_PENDING_DELIVERIES, "{due} due");
+    let (redelivered, again) = webhooks
+        .redeliver(&account, &endpoint.id, &failed.id, infra::clock::now())
+        .await?;
+    ensure!(
+        redelivered == Redelivery::Scheduled
+            && again
+                .is_some_and(|d| d.failure_reason.is_none() && d.state == DeliveryState::Pending),
+        "{redelivered:?}"
+    );
+    // An endpoint deleted while its deliveries are being made gets none stored (no keys
+    // left behind).
+    ensure!(webhooks.delete(&account, &endpoint.id).await?);
+    ensure!(!webhooks.enqueue(&delivery(5000)).await?);
+    let left: usize = redis::AsyncCommands::exists(
+        &mut conn,
+        &[
+            keys.webhook_deliveries(&account, &endpoint.id),
+            keys.webhook_log(&account, &endpoint.id),
+            keys.webhook_pending(&account, &endpoint.id),
+        ],
+    )
+    .await?;
+    ensure!(left == 0, "{left} keys of a deleted endpoint");
+    Ok(())
 }
 
 /// Without `WEBHOOK_ALLOW_PRIVATE_NETWORKS`, endpoints must be https to public addresses:

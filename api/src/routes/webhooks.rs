@@ -116,6 +116,10 @@ pub struct DeliveryView {
     attempts: Vec<AttemptView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     next_attempt_at: Option<Timestamp>,
+    /// Why it failed before its retries ran out: the endpoint had more than 1,000
+    /// deliveries pending, and this was the oldest. Redeliver it once the endpoint answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failure_reason: Option<String>,
     created_at: Timestamp,
 }
 
@@ -232,10 +236,13 @@ pub async fn delete_webhook(
 
 /// Replace the endpoint's secret. The new one is shown once; the old one goes on signing
 /// beside it (two `v1,` signatures) for 24 hours, so receivers can switch without a gap.
+/// Refused while a rotation's 24 hours are running: a second one would stop the original
+/// secret signing at once, before receivers could switch.
 #[utoipa::path(post, path = "/webhooks/{webhookId}/rotate-secret", tag = "webhooks",
     params(("webhookId" = String, Path)),
     responses(
         (status = 200, body = RotatedSecret),
+        (status = 409, description = "The previous rotation's overlap is still running (`rotation_in_progress`); `error.details.previousSecretExpiresAt` says until when", body = ErrorBody),
         (status = 404, description = "No such endpoint in this account (`webhook_not_found`)", body = ErrorBody),
     ))]
 pub async fn rotate_secret(
@@ -250,15 +257,33 @@ pub async fn rotate_secret(
     let now = infra::clock::now();
     let expires = Timestamp::from_millis(now.millis() + ROTATION_OVERLAP_MS)
         .ok_or_else(|| ApiError::internal("the rotation overlap is out of range"))?;
+    // Decided on the endpoint as the update reads it, so racing rotations cannot both pass.
+    let overlapping = std::sync::Mutex::new(None);
     let rotated = state
         .webhooks
         .update(&caller.account, &id, |endpoint| {
+            let running = endpoint
+                .previous_secret_expires_at
+                .filter(|end| endpoint.previous_secret.is_some() && now < *end);
+            if let Ok(mut overlapping) = overlapping.lock() {
+                *overlapping = running;
+            }
+            if running.is_some() {
+                return;
+            }
             endpoint.previous_secret =
                 Some(std::mem::replace(&mut endpoint.secret, secret.clone()));
             endpoint.previous_secret_expires_at = Some(expires);
         })
         .await?
         .ok_or_else(webhook_not_found)?;
+    if let Some(end) = overlapping.into_inner().ok().flatten() {
+        return Err(ApiError::conflict(
+            ErrorCode::RotationInProgress,
+            "the previous secret rotation's overlap is still running; rotate again once it ends",
+        )
+        .with_details(serde_json::json!({ "previousSecretExpiresAt": end })));
+    }
     tracing::info!(account = %caller.account, endpoint = %id, "webhook secret rotated");
     Ok(Json(RotatedSecret {
         id: rotated.id,
@@ -459,6 +484,7 @@ fn delivery_view(delivery: Delivery) -> DeliveryView {
             })
             .collect(),
         next_attempt_at: delivery.next_attempt_at,
+        failure_reason: delivery.failure_reason,
         created_at: delivery.created_at,
     }
 }

@@ -8,13 +8,16 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use domain::webhook::{check_address, check_url, signature_header};
+use domain::webhook::{check_address, check_url, signature_header, UrlError};
 use domain::Timestamp;
 use infra::webhooks::{Delivery, Endpoint};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::StatusCode;
 
 use super::DeliverySettings;
+
+/// Longest wait for a receiver to accept the connection.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Bytes of an error kept in a delivery's history.
 const ERROR_BYTES: usize = 300;
@@ -34,6 +37,9 @@ pub fn client(settings: &DeliverySettings) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(settings.timeout)
+        // A receiver that does not even accept the connection (blackholed) gives its
+        // sender back within seconds, not at the end of the whole attempt's timeout.
+        .connect_timeout(CONNECT_TIMEOUT.min(settings.timeout))
         .no_proxy()
         .https_only(!settings.allow_private_networks)
         .dns_resolver(Arc::new(GuardedResolver {
@@ -48,12 +54,11 @@ struct GuardedResolver {
     allow_private_networks: bool,
 }
 
+/// What a tenant sees (in its delivery's attempts) of a refused host: not which internal
+/// range its name resolved to (that would map the network for it); the log says.
 #[derive(Debug, thiserror::Error)]
-#[error("{host} resolves only to addresses deliveries may not reach ({reason})")]
-struct RefusedHost {
-    host: String,
-    reason: &'static str,
-}
+#[error("address not allowed")]
+struct RefusedHost;
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
@@ -75,7 +80,12 @@ impl Resolve for GuardedResolver {
                 })
                 .collect();
             if allowed.is_empty() {
-                return Err(Box::new(RefusedHost { host, reason }) as _);
+                tracing::warn!(
+                    host,
+                    reason,
+                    "a webhook host resolves only to addresses deliveries may not reach"
+                );
+                return Err(Box::new(RefusedHost) as _);
             }
             let addresses: Addrs = Box::new(allowed.into_iter());
             Ok(addresses)
@@ -94,10 +104,18 @@ pub async fn send(
     let url = match check_url(&endpoint.url, settings.allow_private_networks) {
         Ok(url) => url,
         Err(error) => {
+            let error = match error {
+                // Which internal range, the log says, not the tenant.
+                UrlError::ForbiddenAddress(_) | UrlError::LocalHost => {
+                    tracing::warn!(endpoint = %endpoint.id, %error, "a webhook url refused");
+                    "address not allowed".to_owned()
+                }
+                other => other.to_string(),
+            };
             return Outcome {
                 error: Some(format!("url refused: {error}")),
                 ..Outcome::default()
-            }
+            };
         }
     };
     let timestamp = now.millis().div_euclid(1000);
@@ -128,8 +146,7 @@ pub async fn send(
                     .headers()
                     .get(reqwest::header::RETRY_AFTER)
                     .and_then(|value| value.to_str().ok())
-                    .and_then(|value| value.trim().parse::<u64>().ok())
-                    .map(|seconds| seconds.saturating_mul(1000))
+                    .and_then(|value| retry_after_ms(value, std::time::SystemTime::now()))
             } else {
                 None
             };
@@ -140,20 +157,34 @@ pub async fn send(
             }
         }
         Err(error) => Outcome {
-            error: Some(describe(&error)),
+            error: Some(describe(error)),
             ..Outcome::default()
         },
     }
 }
 
+/// A `Retry-After` in ms: delay-seconds, or an HTTP date (RFC 9110), the time until it
+/// (0 for one past). `None` when it is neither.
+fn retry_after_ms(value: &str, now: std::time::SystemTime) -> Option<u64> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(seconds.saturating_mul(1000));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    let wait = at.duration_since(now).unwrap_or_default();
+    Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// The error and its causes, bounded: reqwest's own message only says the request failed.
-fn describe(error: &reqwest::Error) -> String {
+/// Without the URL: its query may carry the receiver's token, and this is stored and logged.
+fn describe(error: reqwest::Error) -> String {
+    let error = error.without_url();
     let mut text = if error.is_timeout() {
         "timed out".to_owned()
     } else {
         error.to_string()
     };
-    let mut source = std::error::Error::source(error);
+    let mut source = std::error::Error::source(&error);
     while let Some(cause) = source {
         text.push_str(": ");
         text.push_str(&cause.to_string());
@@ -165,6 +196,53 @@ fn describe(error: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_an_http_date() {
+        let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        assert_eq!(retry_after_ms("120", now), Some(120_000));
+        assert_eq!(retry_after_ms(" 0 ", now), Some(0));
+        assert_eq!(
+            retry_after_ms("Sun, 06 Nov 1994 08:50:07 GMT", now),
+            Some(30_000)
+        );
+        // The obsolete forms RFC 9110 still asks recipients to accept.
+        assert_eq!(
+            retry_after_ms("Sunday, 06-Nov-94 08:51:37 GMT", now),
+            Some(120_000)
+        );
+        assert_eq!(
+            retry_after_ms("Sun Nov  6 08:49:47 1994", now),
+            Some(10_000)
+        );
+        assert_eq!(
+            retry_after_ms("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(0)
+        );
+        assert_eq!(retry_after_ms("soon", now), None);
+        assert_eq!(retry_after_ms("-5", now), None);
+    }
+
+    /// What is stored and logged of a failed request never holds its URL (a query may
+    /// carry the receiver's token).
+    #[tokio::test]
+    async fn a_described_error_leaves_the_url_out() {
+        let client = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_millis(500))
+            .build()
+            .expect("a client");
+        // Port 9 on loopback: nothing listens, the connection is refused at once.
+        let error = client
+            .get("http://127.0.0.1:9/hook?token=s3cr3t")
+            .send()
+            .await
+            .expect_err("nothing listens on the discard port");
+        let text = describe(error);
+        assert!(
+            !text.contains("s3cr3t") && !text.contains("token"),
+            "{text}"
+        );
+    }
 
     /// A host name is checked on the addresses it resolves to, at delivery: `localhost`
     /// passes the registration's name check only as a dotted name, but resolves to loopback
@@ -179,7 +257,8 @@ mod tests {
             Ok(_) => panic!("localhost resolved to an allowed address"),
             Err(error) => error.to_string(),
         };
-        assert!(refused.contains("loopback"), "{refused}");
+        // The tenant is told no more than that (the log names the range).
+        assert_eq!(refused, "address not allowed");
         let allowed = GuardedResolver {
             allow_private_networks: true,
         };

@@ -4,7 +4,8 @@
 -- longer the caller's (it ran out and another deliverer took the attempt over) or the
 -- delivery is gone (its endpoint was deleted, or it was trimmed).
 --
--- KEYS: due (the partition's), deliveries (the endpoint's), webhooks (the account's)
+-- KEYS: due (the partition's), deliveries (the endpoint's), webhooks (the account's),
+--       leases (the partition's), pending (the endpoint's: a finished delivery leaves it)
 -- ARGV: member, deliveryId, leaseEnd, deliveryJson, delayMs ('' = no further attempt),
 --       endpointId, disabledAt ('' = leave it enabled), disabledReason
 -- Returns 1 recorded, 0 the lease was lost, -1 the delivery is gone.
@@ -12,6 +13,7 @@ local score = call('ZSCORE', KEYS[1], ARGV[1])
 if not score or tonumber(score) ~= tonumber(ARGV[3]) then
   return 0
 end
+call('ZREM', KEYS[4], ARGV[1])
 if call('HEXISTS', KEYS[2], ARGV[2]) == 0 then
   call('ZREM', KEYS[1], ARGV[1])
   return -1
@@ -21,6 +23,7 @@ if ARGV[5] ~= '' then
   call('ZADD', KEYS[1], math.floor(clock_ms()) + tonumber(ARGV[5]), ARGV[1])
 else
   call('ZREM', KEYS[1], ARGV[1])
+  call('ZREM', KEYS[5], ARGV[2])
 end
 if ARGV[7] ~= '' then
   local raw = call('HGET', KEYS[3], ARGV[6])
