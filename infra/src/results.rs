@@ -33,8 +33,10 @@ pub struct StoredResultBucket {
     pub min_index: u32,
     pub max_index: u32,
     /// The field names its rows' records hold, sorted: a CSV export learns its columns
-    /// from these alone, without reading the rows twice.
-    #[serde(default)]
+    /// from these alone, without reading the rows twice. Stored as JSON text, like the
+    /// rows: a name is whatever a tenant sent, control characters included, which a store
+    /// may refuse in a string (PostgreSQL under FerretDB refuses NUL) but not escaped.
+    #[serde(default, with = "json_text")]
     pub fields: Vec<String>,
     /// JSON text of `[index, key, code, message, fields | null, truncated]` arrays by index:
     /// one string costs the store far less than sub-documents (see `StoredLogBucket`).
@@ -329,5 +331,21 @@ mod tests {
             expected.sort_unstable();
             prop_assert_eq!(out, expected);
         }
+    }
+}
+
+/// A list of strings stored as its JSON text.
+mod json_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(names: &[String], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&serde_json::to_string(names).unwrap_or_else(|_| "[]".into()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<String>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        serde_json::from_str(&text).map_err(serde::de::Error::custom)
     }
 }

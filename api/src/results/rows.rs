@@ -189,11 +189,15 @@ pub async fn field_names(
         .await?;
     let mut names = BTreeSet::new();
     while let Some(document) = cursor.try_next().await? {
-        if let Ok(fields) = document.get_array("fields") {
-            for name in fields.iter().filter_map(|name| name.as_str()) {
-                if names.len() < MAX_FIELD_COLUMNS || names.contains(name) {
-                    names.insert(name.to_owned());
-                }
+        // JSON text (`StoredResultBucket::fields`).
+        let stored: Vec<String> = document
+            .get_str("fields")
+            .ok()
+            .and_then(|text| serde_json::from_str(text).ok())
+            .unwrap_or_default();
+        for name in stored {
+            if names.len() < MAX_FIELD_COLUMNS || names.contains(&name) {
+                names.insert(name);
             }
         }
     }
