@@ -68,12 +68,13 @@ async fn a_client_that_reconnects_ten_times_sees_every_change_once_and_counts_on
         ..AppOptions::default()
     })
     .await?;
-    // Scheduled a moment ahead, so that the stream opens before anything happened and
-    // every change of status (released, started, ...) is one the client must be sent.
+    // Scheduled an hour ahead and brought forward once the stream is open, so that every
+    // change of status (rescheduled, released, started, ...) is one the client must be
+    // sent, however long the upload takes.
     let action = upload(
         &app,
         "acme",
-        &format!("actionType=create&scheduledFor={}", at_offset(3_000)),
+        &format!("actionType=create&scheduledFor={}", at_offset(3_600_000)),
         contacts_ndjson("r", RECORDS),
     )
     .await?;
@@ -110,6 +111,13 @@ async fn a_client_that_reconnects_ten_times_sees_every_change_once_and_counts_on
             last_id = message.id.clone().or(last_id);
             let name = message.event.clone();
             seen.push(message);
+            if seen.len() == 1 {
+                assert_eq!(seen[0].json()?["status"], "scheduled", "{seen:?}");
+                let (status, body) = app
+                    .patch_action(&action, &json!({ "scheduledFor": at_offset(300) }))
+                    .await?;
+                assert_eq!(status, 200, "{body}");
+            }
             if matches!(name.as_str(), "completed" | "failed" | "cancelled") {
                 // The server ends the stream after the final message.
                 assert!(stream.next(Duration::from_secs(10)).await?.is_none());
@@ -154,7 +162,14 @@ async fn a_client_that_reconnects_ten_times_sees_every_change_once_and_counts_on
         .collect();
     assert_eq!(
         changes,
-        ["released", "started", "paused", "resumed", "completed"],
+        [
+            "rescheduled",
+            "released",
+            "started",
+            "paused",
+            "resumed",
+            "completed"
+        ],
         "{seen:#?}"
     );
     assert_eq!(seen[0].event, "snapshot");
