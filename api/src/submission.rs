@@ -245,6 +245,36 @@ fn parse_settings(
     })
 }
 
+/// What a submission's records are checked against: the account's field definition in
+/// force now (the one `Created` records, whatever the account defines while the records
+/// are read), the key they match by, and the rules built of both.
+pub struct RulesInForce {
+    pub custom_fields: domain::fields::FieldDefinitions,
+    pub match_by: MatchBy,
+    pub rules: domain::RecordRules,
+}
+
+pub async fn rules_in_force(
+    store: &infra::Submissions,
+    settings: &ActionSettings,
+) -> Result<RulesInForce, ApiError> {
+    let custom_fields = store
+        .field_definitions(&settings.account_id, settings.entity_type)
+        .await?;
+    let match_by = match_by(settings, &custom_fields)?;
+    let rules = domain::RecordRules::new(
+        settings.entity_type,
+        settings.action_type,
+        match_by.clone(),
+        &custom_fields,
+    );
+    Ok(RulesInForce {
+        custom_fields,
+        match_by,
+        rules,
+    })
+}
+
 /// The key the submission matches by, read against the account's fields (`custom`, the
 /// definition in force), and allowed for its action type.
 pub fn match_by(

@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Extension;
-use domain::{ActionId, OutcomeCode, OutcomeStatus, Pacing, Planner, RecordRules};
+use domain::{ActionId, OutcomeCode, OutcomeStatus, Pacing, Planner};
 use infra::retries::RetryRecorded;
 use infra::staging::Staging;
 use serde::{Deserialize, Serialize};
@@ -133,17 +133,11 @@ pub async fn retry(
         retry_of: Some(original),
     };
     let config = state.config.clone();
-    let custom_fields = state
-        .store
-        .field_definitions(&settings.account_id, settings.entity_type)
-        .await?;
-    let match_by = crate::submission::match_by(&settings, &custom_fields)?;
-    let rules = RecordRules::new(
-        settings.entity_type,
-        settings.action_type,
-        match_by.clone(),
-        &custom_fields,
-    );
+    let crate::submission::RulesInForce {
+        custom_fields,
+        match_by,
+        rules,
+    } = crate::submission::rules_in_force(&state.store, &settings).await?;
     let batch_size = batch_size_of(config.batch_size, settings.pacing);
 
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Record>(ROWS_IN_FLIGHT);

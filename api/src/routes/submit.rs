@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Extension;
-use domain::{ActionView, Planner, RecordRules};
+use domain::{ActionView, Planner};
 use infra::staging::Staging;
 
 use crate::auth::Caller;
@@ -102,19 +102,11 @@ pub async fn submit(
     }
 
     let batch_size = batch_size_of(config.batch_size, settings.pacing);
-    // The definition in force now is the one the records are checked against (and that
-    // `Created` records), whatever the account defines while they are read.
-    let custom_fields = state
-        .store
-        .field_definitions(&settings.account_id, settings.entity_type)
-        .await?;
-    let match_by = crate::submission::match_by(&settings, &custom_fields)?;
-    let rules = RecordRules::new(
-        settings.entity_type,
-        settings.action_type,
-        match_by.clone(),
-        &custom_fields,
-    );
+    let crate::submission::RulesInForce {
+        custom_fields,
+        match_by,
+        rules,
+    } = crate::submission::rules_in_force(&state.store, &settings).await?;
     let mut staging = Staging::new(&state.store, &settings.account_id);
     let planned = ingest::plan_and_stage(
         {
