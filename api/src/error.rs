@@ -54,6 +54,8 @@ pub enum ErrorCode {
     RateLimited,
     /// The account has as many live event streams open on this api process as it may.
     TooManyStreams,
+    /// The account is downloading as many result files on this api process as it may.
+    TooManyExports,
     AdminDisabled,
     InvalidAccountId,
     ApiKeyNotFound,
@@ -77,6 +79,8 @@ pub enum ErrorCode {
     NotFound,
     EmptyPatch,
     ActionFinished,
+    /// The action has been retried as often as it may be (`domain::view::RETRIES_MAX`).
+    TooManyRetries,
     ActionCancelling,
     ActionAlreadyReleased,
     /// Commands on the action raced each other too long; retry after `Retry-After`.

@@ -17,6 +17,7 @@ mod read_model;
 mod request_id;
 mod results;
 mod routes;
+mod slots;
 mod submission;
 
 use std::future::IntoFuture;
@@ -119,6 +120,11 @@ pub struct ApiConfig {
     #[arg(long, env = "SSE_MAX_STREAM_SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_stream_seconds: u64,
 
+    /// Result files (`/bulk-actions/{id}/results`) one account may download at once from
+    /// one api process: each holds a database cursor while it lasts.
+    #[arg(long, env = "RESULT_EXPORTS_PER_ACCOUNT", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub result_exports_per_account: u32,
+
     /// Lets webhook endpoints be `http` URLs and private, loopback and link-local
     /// addresses (tests and closed networks only). Set the consumers' the same.
     #[arg(long, env = "WEBHOOK_ALLOW_PRIVATE_NETWORKS", default_value_t = false, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
@@ -160,6 +166,8 @@ pub struct AppState {
     pub ids: Arc<std::sync::Mutex<ulid::Generator>>,
     /// Live progress: the actions this process' event streams watch.
     pub live: live::LiveHub,
+    /// Result files being downloaded, per account.
+    pub exports: slots::AccountSlots,
 }
 
 impl AppState {
@@ -205,6 +213,7 @@ impl AppState {
         );
         Ok(Self {
             live,
+            exports: slots::AccountSlots::new(config.result_exports_per_account as usize),
             store: Submissions::new(EventStore::new(conn.clone(), keys.clone())),
             admin: AccountAdmin::new(EventStore::new(conn.clone(), keys.clone())),
             webhooks: infra::webhooks::Webhooks::new(conn, keys),

@@ -115,7 +115,8 @@ pub async fn fold_tail(
             }
         }
         let folded_seq = view.as_ref().map_or(0, |view| view.last_seq);
-        if page.len() < TAIL_PAGE_EVENTS || folded_seq >= head_seq {
+        // A page may be cut short by its bytes: only an empty one is the end.
+        if page.is_empty() || folded_seq >= head_seq {
             return Ok((view, checkpoint));
         }
     }

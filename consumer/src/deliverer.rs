@@ -429,7 +429,8 @@ impl Deliverer {
             }
             let folded = view.as_ref().map_or(0, |view| view.last_seq);
             match page.last() {
-                Some(last) if page.len() == FOLD_PAGE_EVENTS && folded < seq => {
+                // A page may be cut short by its bytes: only an empty one is the end.
+                Some(last) if folded < seq => {
                     checkpoint = Some(last.position.clone());
                 }
                 _ => return Ok(view.map(|view| (view, at))),

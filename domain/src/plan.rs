@@ -21,7 +21,7 @@ use crate::change::{RecordChange, RecordRules};
 use crate::event::EventPayload;
 use crate::key::MatchBy;
 use crate::outcome::{OutcomeCode, RecordOutcome};
-use crate::results::SubmittedRecord;
+use crate::results::{SubmittedRecord, ACTION_RECORDS_MAX_BYTES};
 use crate::text;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -215,6 +215,10 @@ pub struct Planner {
     duplicates: Vec<RecordOutcome>,
     duplicate_records: Vec<SubmittedRecord>,
     duplicate_bytes: usize,
+    /// What the records kept so far take, all events together (`keep`).
+    kept_bytes: u64,
+    /// `ACTION_RECORDS_MAX_BYTES`, smaller in tests.
+    kept_limit: u64,
     summary: PlanSummary,
 }
 
@@ -248,6 +252,8 @@ impl Planner {
             duplicates: Vec::new(),
             duplicate_records: Vec::new(),
             duplicate_bytes: 0,
+            kept_bytes: 0,
+            kept_limit: ACTION_RECORDS_MAX_BYTES,
             summary: PlanSummary::default(),
         }
     }
@@ -266,15 +272,18 @@ impl Planner {
     pub fn push(&mut self, record: &Value) -> Option<Planned> {
         let index = self.next_index();
         match RecordChange::parse(record, &self.rules) {
-            Err(error) => self.reject(
-                RecordOutcome::new(
-                    index,
-                    self.rules.raw_key(record),
-                    error.code,
-                    Some(&error.message),
-                ),
-                Some(SubmittedRecord::raw(index, record)),
-            ),
+            Err(error) => {
+                let kept = self.keep(index, record);
+                self.reject(
+                    RecordOutcome::new(
+                        index,
+                        self.rules.raw_key(record),
+                        error.code,
+                        Some(&error.message),
+                    ),
+                    Some(kept),
+                )
+            }
             Ok(change) if !self.seen.insert(digest(&change.key)) => {
                 let spec = self.rules.spec();
                 let code = self.rules.match_by.duplicate_code(spec);
@@ -287,7 +296,7 @@ impl Planner {
                         "an earlier record in this action has the same {field}"
                     )),
                 };
-                let kept = SubmittedRecord::raw(index, record);
+                let kept = self.keep(index, record);
                 self.duplicate_bytes += stored_size(&outcome) + kept.stored_size();
                 self.duplicates.push(outcome);
                 self.duplicate_records.push(kept);
@@ -358,6 +367,18 @@ impl Planner {
         let full = self.rejected.len() >= self.outcome_chunk
             || self.rejected_bytes >= OUTCOME_EVENT_MAX_BYTES;
         full.then(|| self.take_rejected())
+    }
+
+    /// The record as sent, while the action's kept records stay within
+    /// `ACTION_RECORDS_MAX_BYTES`; past it, nothing.
+    fn keep(&mut self, index: u32, record: &Value) -> SubmittedRecord {
+        let kept = SubmittedRecord::raw(index, record);
+        let size = kept.stored_size() as u64;
+        if self.kept_bytes + size > self.kept_limit {
+            return SubmittedRecord::dropped(index);
+        }
+        self.kept_bytes += size;
+        kept
     }
 
     fn tally(&mut self, code: OutcomeCode) {
@@ -466,6 +487,46 @@ mod tests {
             settled += event.record_outcomes().len();
         }
         assert_eq!(settled, records.len());
+    }
+
+    #[test]
+    fn an_action_keeps_its_refused_records_within_its_kept_bytes() {
+        let mut planner = Planner::new(RecordRules::contacts(ActionType::Upsert), 10);
+        planner.kept_limit = 2_000;
+        let name = "n".repeat(180);
+        let mut events: Vec<Planned> = (0..40)
+            .filter_map(|i| {
+                // Half refused (no valid email), half skipped as duplicates.
+                let email = if i % 2 == 0 {
+                    "bad".to_owned()
+                } else {
+                    "d@x.io".to_owned()
+                };
+                planner.push(&json!({"email": email, "name": format!("{name}{i}")}))
+            })
+            .collect();
+        events.extend(planner.finish().0);
+        let kept: Vec<SubmittedRecord> = events
+            .iter()
+            .filter_map(|planned| match planned {
+                Planned::Outcomes(event) => Some(event.submitted_records().to_vec()),
+                Planned::Batch(_) => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(
+            kept.len(),
+            39,
+            "every refused or skipped record has its row"
+        );
+        let whole = kept.iter().filter(|record| !record.truncated).count();
+        let bytes: usize = kept.iter().map(SubmittedRecord::stored_size).sum();
+        assert!((5..=10).contains(&whole), "{whole} kept whole");
+        assert!(bytes <= 2_000 + 39 * 42, "{bytes}");
+        assert!(kept
+            .iter()
+            .filter(|record| record.truncated)
+            .all(|record| record.fields.is_empty()));
     }
 
     #[test]

@@ -36,9 +36,31 @@ pub fn is_result_column(name: &str) -> bool {
 pub const RAW_RECORD_MAX_BYTES: usize = 4 * 1024;
 
 /// The most the kept records of one settled batch may take, as JSON text: past it, the
-/// batch's later records keep nothing (`truncated`), so that an event stays archivable
-/// (under the archive's 12 MiB per event) whatever the records' sizes.
+/// batch's later records keep nothing (`truncated`).
 pub const BATCH_RECORDS_MAX_BYTES: usize = 8 << 20;
+
+/// The most a settled batch's event may take with its outcomes and kept records: its
+/// records keep what the outcomes leave of it, so that the event stays under the archive's
+/// 12 MiB per event.
+pub const SETTLED_EVENT_MAX_BYTES: usize = 10 << 20;
+
+/// The most the kept records of one action may take, as JSON text, counted twice over:
+/// once for the records refused or skipped at submission, and once for the events of its
+/// settled batches (by then of every kind: `batch_room`). Past it, later records keep
+/// nothing (`truncated`). Without it, a 1 GiB upload of text that JSON escapes six-fold
+/// (control characters) would keep several GiB in Redis for the whole retention.
+pub const ACTION_RECORDS_MAX_BYTES: u64 = 256 << 20;
+
+/// The room the kept records of the next settled batch of an action have, given what its
+/// events already hold (`eventBytes` of its meta): at most `BATCH_RECORDS_MAX_BYTES`.
+/// Batches settling at once may each take it, so an action passes the bound by at most
+/// that many batches.
+pub fn batch_room(event_bytes: u64) -> usize {
+    let left = ACTION_RECORDS_MAX_BYTES.saturating_sub(event_bytes);
+    usize::try_from(left).map_or(BATCH_RECORDS_MAX_BYTES, |left| {
+        left.min(BATCH_RECORDS_MAX_BYTES)
+    })
+}
 
 /// One record's fields as submitted, kept by the event that settled it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,6 +82,9 @@ pub struct SubmittedRecord {
 pub enum KeptFields {
     /// The whole record: it can be submitted again as it is.
     Kept,
+    /// The whole record, but a value has no CSV form that reads back the same
+    /// (`reads_back_from_csv`): submit its NDJSON line, or fix the cell by hand.
+    KeptInNdjson,
     /// Part of it: too large to keep whole.
     Truncated,
     /// None: a succeeded record, or one settled by an event before schema version 4.
@@ -70,6 +95,7 @@ impl KeptFields {
     pub fn as_str(self) -> &'static str {
         match self {
             KeptFields::Kept => "kept",
+            KeptFields::KeptInNdjson => "kept_in_ndjson",
             KeptFields::Truncated => "truncated",
             KeptFields::None => "none",
         }
@@ -80,6 +106,19 @@ impl KeptFields {
             None => KeptFields::None,
             Some(record) if record.truncated => KeptFields::Truncated,
             Some(_) => KeptFields::Kept,
+        }
+    }
+
+    /// `of`, for a CSV row.
+    pub fn of_csv_row(record: Option<&SubmittedRecord>) -> Self {
+        match Self::of(record) {
+            KeptFields::Kept
+                if record
+                    .is_some_and(|record| !record.fields.values().all(reads_back_from_csv)) =>
+            {
+                KeptFields::KeptInNdjson
+            }
+            kept => kept,
         }
     }
 }
@@ -198,18 +237,22 @@ fn value_json(value: &FieldValue) -> Value {
 }
 
 /// The records of `batch` (of an `entity`) whose outcome did not succeed, in submission
-/// form, within `BATCH_RECORDS_MAX_BYTES` (later ones past it are kept `truncated`, without
-/// fields).
+/// form, within `room` bytes (`batch_room`; later ones past it are kept `truncated`,
+/// without fields).
 pub fn batch_submitted(
     batch: &crate::plan::Batch,
     outcomes: &[RecordOutcome],
     entity: EntityType,
+    room: usize,
 ) -> Vec<SubmittedRecord> {
     let failed: std::collections::HashSet<u32> = outcomes
         .iter()
         .filter(|outcome| outcome.status() != crate::outcome::OutcomeStatus::Succeeded)
         .map(|outcome| outcome.index)
         .collect();
+    // The event carries the outcomes too: together they stay archivable.
+    let outcome_bytes: usize = outcomes.iter().map(crate::plan::stored_size).sum();
+    let room = room.min(SETTLED_EVENT_MAX_BYTES.saturating_sub(outcome_bytes));
     let mut used = 0;
     let mut kept = Vec::with_capacity(failed.len());
     for record in batch.records.iter().filter(|r| failed.contains(&r.index)) {
@@ -219,13 +262,34 @@ pub fn batch_submitted(
             truncated: false,
         };
         used += submitted.stored_size();
-        kept.push(if used <= BATCH_RECORDS_MAX_BYTES {
+        kept.push(if used <= room {
             submitted
         } else {
             SubmittedRecord::dropped(record.index)
         });
     }
     kept
+}
+
+/// Whether `csv_cell` of `value` reads back as `value` in an upload
+/// (`record::record_from_cells`), whatever its field's type. Not for: a text that an upload
+/// takes for the clear marker or for an absent value, a list whose items hold `;` or
+/// surrounding spaces (or an empty list), a list edit. A row holding one says so
+/// (`KeptFields::KeptInNdjson`): its NDJSON line carries it exactly.
+pub fn reads_back_from_csv(value: &Value) -> bool {
+    match value {
+        Value::String(text) => !text.is_empty() && text.trim() != crate::record::CLEAR_MARKER,
+        Value::Array(items) => {
+            !items.is_empty()
+                && items.iter().all(|item| {
+                    item.as_str().is_some_and(|item| {
+                        !item.is_empty() && !item.contains(';') && item.trim() == item
+                    })
+                })
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => true,
+        Value::Object(_) => false,
+    }
 }
 
 /// A cell of a CSV result file for a field's value: text as it is, `#N/A` for `null` (it

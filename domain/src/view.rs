@@ -23,6 +23,10 @@ use crate::pacing::Pacing;
 use crate::projection::ProjectionError;
 use crate::time::Timestamp;
 
+/// The most retries one action may have: the api refuses more (`too_many_retries`), and a
+/// view lists no more, should racing requests pass the api's check together.
+pub const RETRIES_MAX: usize = 100;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -81,7 +85,7 @@ pub struct ActionView {
     /// The action whose records this one retries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_of: Option<ActionId>,
-    /// The retries of this action's records, oldest first.
+    /// The retries of this action's records, oldest first, at most `RETRIES_MAX`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retries: Vec<ActionId>,
     /// Sequence number of the last event folded into this view.
@@ -220,7 +224,7 @@ pub fn apply_event(
             view.processed_by_batches += u32::try_from(outcomes.len()).unwrap_or(u32::MAX);
         }
         EventPayload::RetryCreated { retry, .. } => {
-            if !view.retries.contains(retry) {
+            if view.retries.len() < RETRIES_MAX && !view.retries.contains(retry) {
                 view.retries.push(*retry);
             }
         }

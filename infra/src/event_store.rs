@@ -48,6 +48,16 @@ pub struct StoredEvent {
     pub envelope: EventEnvelope,
 }
 
+/// The most bytes of events one read returns (past its first event): readers hold a page
+/// whole, and a page of settled batches could otherwise be hundreds of megabytes.
+pub const PAGE_MAX_BYTES: usize = 4 << 20;
+
+#[derive(Debug, Clone, Copy)]
+enum Direction {
+    Forward,
+    Backward,
+}
+
 /// What the consumer needs to know about an action to apply its batches.
 #[derive(Debug, Clone)]
 pub struct ActionMeta {
@@ -60,6 +70,8 @@ pub struct ActionMeta {
     pub paused: bool,
     /// Its events were moved to the MongoDB archive (retention); only a tombstone is left.
     pub archived: bool,
+    /// What the events the consumers appended to its stream take (`eventBytes`).
+    pub event_bytes: u64,
 }
 
 impl ActionMeta {
@@ -71,6 +83,12 @@ impl ActionMeta {
             ..Default::default()
         }
         .batch_turn()
+    }
+
+    /// The room the kept records of its next settled batch have
+    /// (`domain::results::batch_room`).
+    pub fn kept_room(&self) -> usize {
+        domain::results::batch_room(self.event_bytes)
     }
 }
 
@@ -88,6 +106,7 @@ pub(crate) struct Scripts {
     pub(crate) open_action: Script,
     pub(crate) forget_archived: Script,
     pub(crate) record_retry: Script,
+    pub(crate) read_page: Script,
 }
 
 #[derive(Clone)]
@@ -113,6 +132,7 @@ impl EventStore {
             open_action: with_library(include_str!("lua/open_action.lua")),
             forget_archived: with_library(include_str!("lua/forget_archived.lua")),
             record_retry: with_library(include_str!("lua/record_retry.lua")),
+            read_page: with_library(include_str!("lua/read_page.lua")),
         };
         Self {
             conn,
@@ -129,7 +149,8 @@ impl EventStore {
         self.conn.clone()
     }
 
-    /// Up to `count` events after stream position `after` (from the start when `None`).
+    /// Up to `count` events after stream position `after` (from the start when `None`),
+    /// fewer when they would pass `PAGE_MAX_BYTES`: only an empty page means the end.
     pub async fn read(
         &self,
         action: ActionId,
@@ -151,16 +172,13 @@ impl EventStore {
         count: usize,
     ) -> Result<Vec<RawEvent>, StoreError> {
         let start = after.map_or_else(|| "-".to_owned(), |position| format!("({position}"));
-        let reply: StreamRangeReply = self
-            .conn
-            .clone()
-            .xrange_count(self.keys.events(action), start, "+", count)
-            .await?;
-        raw_events(action, reply.ids)
+        self.read_page(action, start, count, Direction::Forward)
+            .await
     }
 
     /// Up to `count` events before stream position `before` (from the end when `None`),
-    /// newest first: what a resuming live stream reads to find the events after a seq.
+    /// newest first, fewer when they would pass `PAGE_MAX_BYTES` (only an empty page means
+    /// the start): what a resuming live stream reads to find the events after a seq.
     pub async fn read_back_raw(
         &self,
         action: ActionId,
@@ -168,10 +186,31 @@ impl EventStore {
         count: usize,
     ) -> Result<Vec<RawEvent>, StoreError> {
         let end = before.map_or_else(|| "+".to_owned(), |position| format!("({position}"));
+        self.read_page(action, end, count, Direction::Backward)
+            .await
+    }
+
+    /// `read_page.lua`: a page bounded by bytes as well as by events, however large the
+    /// events (a settled batch's may carry megabytes of kept records).
+    async fn read_page(
+        &self,
+        action: ActionId,
+        from: String,
+        count: usize,
+        direction: Direction,
+    ) -> Result<Vec<RawEvent>, StoreError> {
         let reply: StreamRangeReply = self
-            .conn
-            .clone()
-            .xrevrange_count(self.keys.events(action), end, "-", count)
+            .scripts
+            .read_page
+            .key(self.keys.events(action))
+            .arg(from)
+            .arg(count.max(1))
+            .arg(PAGE_MAX_BYTES)
+            .arg(match direction {
+                Direction::Forward => "forward",
+                Direction::Backward => "backward",
+            })
+            .invoke_async(&mut self.conn.clone())
             .await?;
         raw_events(action, reply.ids)
     }
@@ -235,7 +274,7 @@ impl EventStore {
     pub async fn meta(&self, action: ActionId) -> Result<Option<ActionMeta>, StoreError> {
         // The named fields only: the hash also holds a guard and an attempt counter per
         // batch, thousands of fields for a large action, read by every batch otherwise.
-        const FIELDS: [&str; 7] = [
+        const FIELDS: [&str; 8] = [
             "account",
             "actionType",
             "entityType",
@@ -243,6 +282,7 @@ impl EventStore {
             "cancelled",
             "paused",
             "archived",
+            "eventBytes",
         ];
         let values: Vec<Option<String>> = redis::cmd("HMGET")
             .arg(self.keys.meta(action))
@@ -274,6 +314,9 @@ impl EventStore {
             cancelled: field("cancelled") == Some("1"),
             paused: field("paused") == Some("1"),
             archived: field("archived") == Some("1"),
+            event_bytes: field("eventBytes")
+                .map_or(Ok(0), str::parse)
+                .map_err(|_| corrupt("eventBytes"))?,
         }))
     }
 

@@ -6,8 +6,6 @@
 
 use domain::lifecycle::{self, Command, Facts, Pace, PaceSource, Refusal};
 use domain::{AccountId, ActionId, EventPayload, Timestamp, SCHEMA_VERSION};
-use redis::streams::StreamRangeReply;
-use redis::AsyncCommands;
 use ulid::Ulid;
 
 use crate::event_store::StoreError;
@@ -152,22 +150,18 @@ impl Submissions {
     /// meta does not hold it, one created by a build before the meta did.
     async fn pace_in_events(&self, action: ActionId) -> Result<Pace, StoreError> {
         const PAGE: usize = 64;
-        let mut end = "+".to_owned();
+        let mut before: Option<String> = None;
         loop {
-            let page: StreamRangeReply = self
-                .conn
-                .clone()
-                .xrevrange_count(self.keys.events(action), &end, "-", PAGE)
-                .await?;
-            for raw in crate::event_store::raw_events(action, page.ids.clone())? {
+            let page = self.read_back_raw(action, before.as_deref(), PAGE).await?;
+            for raw in &page {
                 if matches!(raw.type_name.as_str(), "PacingChanged" | "Created") {
                     let event = raw.decode(action)?;
                     return Ok(Pace::recorded_by(&event.envelope.payload).unwrap_or_default());
                 }
             }
-            match page.ids.last() {
-                Some(last) if page.ids.len() == PAGE => end = format!("({}", last.id),
-                _ => return Ok(Pace::default()),
+            match page.last() {
+                Some(last) => before = Some(last.position.clone()),
+                None => return Ok(Pace::default()),
             }
         }
     }

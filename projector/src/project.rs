@@ -20,7 +20,8 @@ use mongodb::Database;
 use crate::ProjectorError;
 
 /// Events read per round trip: BatchProcessed events carry a batch's outcomes (up to 10,000
-/// records), so pages are kept small enough to bound memory whatever the action's size.
+/// records) and kept records, so pages are kept small (and end at 4 MiB,
+/// `infra::event_store::PAGE_MAX_BYTES`) to bound memory whatever the action's size.
 const EVENTS_PER_PAGE: usize = 16;
 const DUPLICATE_KEY: i32 = 11000;
 
@@ -183,9 +184,8 @@ async fn project_from(
         write_view(database, stored.is_none(), &next).await?;
         *reached = next.view.last_seq;
         stored = Some(next);
-        if events.len() < page {
-            return Ok(());
-        }
+        // Not at a short page: a page also ends before an event that would take it past
+        // `PAGE_MAX_BYTES`. Only an empty page is the end.
     }
 }
 

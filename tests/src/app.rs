@@ -121,6 +121,7 @@ impl TestApp {
             admin_token: options.admin_token.clone(),
             max_streams_per_account: options.max_streams_per_account,
             max_stream_seconds: options.max_stream_seconds,
+            result_exports_per_account: 4,
             // As in production: webhooks to private addresses are refused.
             webhook_allow_private_networks: false,
         };

@@ -25,3 +25,20 @@ pub use sse::{SseMessage, SseStream};
 pub fn on_cluster() -> bool {
     std::env::var("BULK_TEST_REDIS").is_ok_and(|redis| redis == "cluster")
 }
+
+/// Every event of `action`'s stream, page by page (a page ends at 4 MiB, so one read is
+/// not the whole stream).
+pub async fn all_events(
+    store: &infra::EventStore,
+    action: domain::ActionId,
+) -> Result<Vec<infra::StoredEvent>, infra::StoreError> {
+    let mut events: Vec<infra::StoredEvent> = Vec::new();
+    loop {
+        let after = events.last().map(|event| event.position.clone());
+        let page = store.read(action, after.as_deref(), 1_000).await?;
+        if page.is_empty() {
+            return Ok(events);
+        }
+        events.extend(page);
+    }
+}

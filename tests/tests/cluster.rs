@@ -48,7 +48,7 @@ fn on(cluster: &RedisCluster, consumers: usize) -> AppOptions {
 }
 
 async fn completed_events(store: &infra::EventStore, action: domain::ActionId) -> Result<usize> {
-    let events = store.read(action, None, 1_000_000).await?;
+    let events = bulk_tests::all_events(store, action).await?;
     Ok(events
         .iter()
         .filter(|event| event.envelope.payload.type_name() == "Completed")

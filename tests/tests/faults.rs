@@ -37,10 +37,7 @@ async fn event_store(deployment: &Deployment) -> Result<EventStore> {
 
 async fn events(deployment: &Deployment, action: &str) -> Result<Vec<StoredEvent>> {
     let action = ActionId::parse(action).expect("the api returns ULIDs");
-    Ok(event_store(deployment)
-        .await?
-        .read(action, None, 100_000)
-        .await?)
+    Ok(bulk_tests::all_events(&event_store(deployment).await?, action).await?)
 }
 
 /// Waits for the projected view to be terminal, polling through outages.

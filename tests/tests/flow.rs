@@ -44,7 +44,7 @@ fn millis(view: &Value, field: &str) -> Result<i64> {
 async fn events(redis_url: &str, keys: infra::Keys, action: &str) -> Result<Vec<StoredEvent>> {
     let store = EventStore::new(infra::redis_conn::shared(redis_url).await?, keys);
     let action = ActionId::parse(action).context("a ULID")?;
-    Ok(store.read(action, None, 100_000).await?)
+    Ok(bulk_tests::all_events(&store, action).await?)
 }
 
 /// When each batch settled (ms), in order.

@@ -346,7 +346,7 @@ async fn two_consumers_share_a_20k_record_action_with_exact_results() -> Result<
         infra::Keys::new("test", 4),
     );
     let action_id = domain::ActionId::parse(&id).expect("ulid");
-    let events = store.read(action_id, None, 1000).await?;
+    let events = bulk_tests::all_events(&store, action_id).await?;
     let appliers: BTreeSet<String> = events
         .iter()
         .filter_map(|event| match &event.envelope.payload {

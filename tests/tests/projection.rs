@@ -34,10 +34,7 @@ fn action_id(raw: &str) -> ActionId {
 
 /// The view a fold of every event of the action builds, as the projector stores it.
 async fn folded_view(app: &TestApp, action: &str) -> Result<domain::ActionView> {
-    let events = event_store(app)
-        .await?
-        .read(action_id(action), None, 1_000_000)
-        .await?;
+    let events = bulk_tests::all_events(&event_store(app).await?, action_id(action)).await?;
     domain::view::fold(None, events.iter().map(|event| &event.envelope))?.context("no events")
 }
 
@@ -76,7 +73,7 @@ async fn wait_completed_in_redis(app: &TestApp, action: &str, timeout: Duration)
     let store = event_store(app).await?;
     let deadline = Instant::now() + timeout;
     loop {
-        let events = store.read(action_id(action), None, 1_000_000).await?;
+        let events = bulk_tests::all_events(&store, action_id(action)).await?;
         if events
             .iter()
             .any(|event| matches!(event.envelope.payload, EventPayload::Completed {}))
@@ -317,10 +314,7 @@ async fn readers_see_every_event_however_far_the_projector_lags() -> Result<()> 
     let paced = app.submit(&paced).await?;
     let action = app.submit(&upsert("lag", 2_000)).await?;
     wait_completed_in_redis(&app, &action, Duration::from_secs(120)).await?;
-    let events = event_store(&app)
-        .await?
-        .read(action_id(&action), None, 1_000_000)
-        .await?;
+    let events = bulk_tests::all_events(&event_store(&app).await?, action_id(&action)).await?;
     ensure!(events.len() > 200, "{} events", events.len());
 
     let asked = Instant::now();
@@ -380,7 +374,7 @@ async fn wait_settled_batches(
     let store = event_store(app).await?;
     let deadline = Instant::now() + timeout;
     loop {
-        let stream = store.read(action_id(action), None, 1_000_000).await?;
+        let stream = bulk_tests::all_events(&store, action_id(action)).await?;
         if stream.len() > events {
             let settled = stream
                 .iter()

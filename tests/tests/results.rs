@@ -419,6 +419,88 @@ async fn a_retry_takes_exactly_the_chosen_records_once() -> Result<()> {
     Ok(())
 }
 
+/// Batches of large records that all fail settle as events of several MiB each: their
+/// records are still kept whole, the projector and the result file get through them, and
+/// no read of the stream returns more than 4 MiB past its first event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_failing_batches_are_kept_whole_and_read_in_bounded_pages() -> Result<()> {
+    const RECORDS: usize = 300;
+    const NOTES: usize = 5;
+    let app = TestApp::spawn(AppOptions::default()).await?;
+    let notes: Vec<Value> = (0..NOTES)
+        .map(|n| json!({"name": format!("notes{n}"), "type": "string"}))
+        .collect();
+    // The account `submit` acts for.
+    let key = format!("Bearer {}", app.key_for("acme").await?);
+    let defined = app
+        .send(
+            reqwest::Method::PUT,
+            "/fields/contact",
+            Some(&json!({"fields": notes})),
+            &[("authorization", key.as_str())],
+        )
+        .await?;
+    ensure!(defined.status == 200, "{} {}", defined.status, defined.body);
+    // About 50 KB each.
+    let records: Vec<Value> = (0..RECORDS)
+        .map(|i| {
+            let mut record = json!({"email": format!("nobody{i}@x.io")});
+            for n in 0..NOTES {
+                record[format!("notes{n}")] = json!(format!("{i:05}{}", "n".repeat(9_900)));
+            }
+            record
+        })
+        .collect();
+    // An update of contacts that are not there: every record fails when applied, five
+    // MB of them in each batch's event.
+    let action = app
+        .submit(&json!({
+            "entityType": "contact",
+            "actionType": "update",
+            "pacing": {"batchSize": 100, "intervalSeconds": 1},
+            "data": records,
+        }))
+        .await?;
+    let view = app.wait_projected_terminal(&action, WAIT).await?;
+    ensure!(view["failed"] == RECORDS as u64, "{view}");
+
+    let store = infra::EventStore::new(
+        infra::redis_conn::shared(app.redis_url()).await?,
+        app.keys(),
+    );
+    let action_id = domain::ActionId::parse(&action).context("id")?;
+    let everything = bulk_tests::all_events(&store, action_id).await?;
+    ensure!(
+        everything.len() as u64 == view["lastSeq"].as_u64().unwrap_or_default(),
+        "{} events, view {view}",
+        everything.len()
+    );
+    let mut position: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = store.read_raw(action_id, position.as_deref(), 16).await?;
+        let Some(last) = page.last() else { break };
+        let bytes: Vec<usize> = page.iter().map(|event| event.data.len()).collect();
+        let past_first: usize = bytes.iter().skip(1).sum();
+        ensure!(past_first <= 4 << 20, "a page of {bytes:?} bytes");
+        position = Some(last.position.clone());
+        pages += 1;
+    }
+    ensure!(
+        pages > 3,
+        "{pages} pages: the large events did not end pages"
+    );
+
+    let rows = ndjson_rows(&file(&app, &action, "failed", "ndjson").await?)?;
+    ensure!(rows.len() == RECORDS, "{} rows", rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        ensure!(row["_fields"] == "kept", "row {i}: {}", row["_fields"]);
+        ensure!(row["_index"] == i as u64, "row {i}: {}", row["_index"]);
+        ensure!(row["notes4"] == records[i]["notes4"], "row {i} lost its notes");
+    }
+    Ok(())
+}
+
 /// The export benchmark (docs/benchmarks.md): a million failed rows, each with its record,
 /// streamed as CSV and as NDJSON through the api in this process; the process' peak RSS is
 /// sampled while it streams. Run with a release build:

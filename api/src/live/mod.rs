@@ -17,6 +17,7 @@ mod lobby;
 mod replay;
 mod watcher;
 
+use crate::slots::{AccountSlots, Slot};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -118,7 +119,7 @@ struct Inner {
     database: Database,
     feeds: Mutex<HashMap<ActionId, Arc<ActionFeed>>>,
     lobbies: Mutex<HashMap<u32, broadcast::Sender<(ActionId, AccountId)>>>,
-    streams_per_account: Mutex<HashMap<AccountId, usize>>,
+    streams: AccountSlots,
     watchers_per_account: Mutex<HashMap<AccountId, usize>>,
     max_streams_per_account: usize,
     stream_lifetime: Duration,
@@ -141,7 +142,7 @@ impl LiveHub {
                 database,
                 feeds: Mutex::new(HashMap::new()),
                 lobbies: Mutex::new(HashMap::new()),
-                streams_per_account: Mutex::new(HashMap::new()),
+                streams: AccountSlots::new(max_streams_per_account),
                 watchers_per_account: Mutex::new(HashMap::new()),
                 max_streams_per_account,
                 stream_lifetime,
@@ -261,16 +262,7 @@ impl LiveHub {
     /// Counts an open stream of `account` until the returned guard drops; `None` when the
     /// account has as many open as it may (in this process).
     pub fn open_stream(&self, account: &AccountId) -> Option<StreamSlot> {
-        let mut open = lock(&self.inner.streams_per_account);
-        let count = open.entry(account.clone()).or_default();
-        if *count >= self.inner.max_streams_per_account {
-            return None;
-        }
-        *count += 1;
-        Some(StreamSlot {
-            hub: self.clone(),
-            account: account.clone(),
-        })
+        self.inner.streams.take(account)
     }
 
     pub fn max_streams_per_account(&self) -> usize {
@@ -288,22 +280,7 @@ impl LiveHub {
 }
 
 /// One open stream of an account, counted while it lives.
-pub struct StreamSlot {
-    hub: LiveHub,
-    account: AccountId,
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        let mut open = lock(&self.hub.inner.streams_per_account);
-        if let Some(count) = open.get_mut(&self.account) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                open.remove(&self.account);
-            }
-        }
-    }
-}
+pub type StreamSlot = Slot;
 
 /// The maps hold no invariant a panicking holder could break halfway, so a poisoned lock
 /// is taken as it is.

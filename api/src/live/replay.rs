@@ -84,8 +84,9 @@ pub async fn status_changes_after(
                 });
             }
         }
+        // A page may be cut short by its bytes: only an empty one is the start.
         match page.last() {
-            Some(last) if page.len() == PAGE_EVENTS => before = Some(last.position.clone()),
+            Some(last) => before = Some(last.position.clone()),
             // The start of the stream: `after` is 0 (nothing seen), or not in it.
             _ if after == 0 => {
                 changes.reverse();

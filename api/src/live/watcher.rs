@@ -268,6 +268,7 @@ async fn fold_new_events(
                 None => {}
             }
         }
+        // Caught up, or the page was cut short by its bytes: the next poll goes on.
         if page.len() < PAGE_EVENTS {
             break;
         }

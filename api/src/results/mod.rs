@@ -7,6 +7,9 @@ pub mod write;
 use axum::body::{Body, Bytes};
 use domain::{ActionId, OutcomeStatus};
 use mongodb::Database;
+use std::time::Duration;
+
+use crate::slots::Slot;
 
 use rows::{ReadError, RowReader};
 use write::{Format, RowWriter};
@@ -17,14 +20,20 @@ const CHUNK_BYTES: usize = 64 * 1024;
 /// download is this, the documents being merged and one chunk being written.
 const CHUNKS_IN_FLIGHT: usize = 4;
 
+/// How long a download may leave a chunk untaken before it is cut: a client that stops
+/// reading would otherwise hold its cursor and its account's slot for as long as it likes.
+const STALL: Duration = Duration::from_secs(60);
+
 /// The body of a result file, produced by a task that reads the rows as the client takes
-/// them. The CSV columns are learnt first, so a failure to read them is still an error
-/// answer; a failure later cuts the body short (the client sees an incomplete download).
+/// them, holding `slot` (one of its account's downloads) until it ends. The CSV columns are
+/// learnt first, so a failure to read them is still an error answer; a failure later, or a
+/// client that takes nothing for `STALL`, cuts the body short (an incomplete download).
 pub async fn file_body(
     database: &Database,
     action: ActionId,
     status: OutcomeStatus,
     format: Format,
+    slot: Slot,
 ) -> Result<Body, ReadError> {
     let fields = match format {
         Format::Csv => rows::field_names(database, action, status).await?,
@@ -34,13 +43,27 @@ pub async fn file_body(
     let (sender, receiver) =
         tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(CHUNKS_IN_FLIGHT);
     tokio::spawn(async move {
+        let _slot = slot;
+        let send = |chunk: Result<Bytes, std::io::Error>| {
+            let sender = sender.clone();
+            async move {
+                match tokio::time::timeout(STALL, sender.send(chunk)).await {
+                    Ok(Ok(())) => Sent::Taken,
+                    Ok(Err(_)) => Sent::Gone,
+                    Err(_) => {
+                        tracing::info!(%action, "a result file was cut: its client took nothing for a minute");
+                        Sent::Gone
+                    }
+                }
+            }
+        };
         let mut writer = RowWriter::new(format, fields);
         loop {
             let rows = match reader.next().await {
                 Ok(rows) => rows,
                 Err(error) => {
                     tracing::error!(%action, %error, "a result file was cut short");
-                    let _ = sender.send(Err(std::io::Error::other(error))).await;
+                    send(Err(std::io::Error::other(error))).await;
                     return;
                 }
             };
@@ -48,16 +71,15 @@ pub async fn file_body(
             for row in &rows {
                 writer.row(row);
                 if writer.buffered() >= CHUNK_BYTES
-                    && sender.send(Ok(Bytes::from(writer.take()))).await.is_err()
+                    && send(Ok(Bytes::from(writer.take()))).await == Sent::Gone
                 {
-                    // The client went away.
                     return;
                 }
             }
             if last {
                 let rest = writer.take();
                 if !rest.is_empty() {
-                    let _ = sender.send(Ok(Bytes::from(rest))).await;
+                    send(Ok(Bytes::from(rest))).await;
                 }
                 return;
             }
@@ -67,4 +89,11 @@ pub async fn file_body(
         receiver.recv().await.map(|chunk| (chunk, receiver))
     });
     Ok(Body::from_stream(stream))
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Sent {
+    Taken,
+    /// The client went away, or stopped taking chunks.
+    Gone,
 }

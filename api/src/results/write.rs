@@ -54,7 +54,7 @@ impl Format {
 
 pub struct RowWriter {
     format: Format,
-    /// The CSV's field columns, after the result columns.
+    /// The CSV's field columns, after the result columns, sorted.
     fields: Vec<String>,
     csv: csv::Writer<Vec<u8>>,
     ndjson: Vec<u8>,
@@ -62,7 +62,9 @@ pub struct RowWriter {
 
 impl RowWriter {
     /// A writer with the CSV header row already written.
-    pub fn new(format: Format, fields: Vec<String>) -> Self {
+    pub fn new(format: Format, mut fields: Vec<String>) -> Self {
+        fields.sort_unstable();
+        fields.dedup();
         let mut writer = Self {
             format,
             fields,
@@ -113,7 +115,11 @@ impl RowWriter {
 
     fn csv_row(&mut self, row: &ResultRow) {
         let index = row.index.to_string();
-        let kept = KeptFields::of(row.record.as_ref());
+        let kept = match KeptFields::of_csv_row(row.record.as_ref()) {
+            // A field past the file's columns (`rows::MAX_FIELD_COLUMNS`) is left out.
+            KeptFields::Kept if !self.has_columns_for(row) => KeptFields::KeptInNdjson,
+            kept => kept,
+        };
         let mut cells: Vec<std::borrow::Cow<'_, str>> = vec![
             index.as_str().into(),
             guard(row.key.as_deref().unwrap_or_default()),
@@ -135,6 +141,15 @@ impl RowWriter {
         let _ = self
             .csv
             .write_record(cells.iter().map(|cell| cell.as_bytes()));
+    }
+
+    fn has_columns_for(&self, row: &ResultRow) -> bool {
+        row.record.as_ref().is_none_or(|record| {
+            record
+                .fields
+                .keys()
+                .all(|name| is_result_column(name) || self.fields.binary_search(name).is_ok())
+        })
     }
 
     fn ndjson_row(&mut self, row: &ResultRow) {

@@ -3,9 +3,11 @@
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use domain::OutcomeStatus;
 
-use crate::error::{ApiError, ErrorBody};
+use crate::auth::Caller;
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::extract::OwnedAction;
 use crate::query::{QueryPairs, QueryParams};
 use crate::results::rows::ReadError;
@@ -33,9 +35,11 @@ use crate::AppState;
             content((String = "text/csv"), (String = "application/x-ndjson"))),
         (status = 400, description = "Unknown status, format or parameter (`invalid_query`)", body = ErrorBody),
         (status = 404, description = "No such action in this account", body = ErrorBody),
+        (status = 429, description = "The account is downloading as many result files as it may (`too_many_exports`), or its request budget is spent", body = ErrorBody),
     ))]
 pub async fn get_results(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     OwnedAction(action): OwnedAction,
     headers: HeaderMap,
     QueryPairs(pairs): QueryPairs,
@@ -53,7 +57,11 @@ pub async fn get_results(
                 .unwrap_or_default(),
         ),
     };
-    let body = crate::results::file_body(&state.database, action, status, format)
+    let slot = state
+        .exports
+        .take(&caller.account)
+        .ok_or_else(|| too_many_exports(&state))?;
+    let body = crate::results::file_body(&state.database, action, status, format, slot)
         .await
         .map_err(|error| match error {
             ReadError::Mongo(error) => ApiError::from(error),
@@ -74,4 +82,14 @@ pub async fn get_results(
         headers.insert(header::CONTENT_DISPOSITION, value);
     }
     Ok(response)
+}
+
+fn too_many_exports(state: &AppState) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::TooManyExports,
+        "the account is downloading as many result files as it may; finish one first",
+    )
+    .with_details(serde_json::json!({ "limit": state.exports.limit() }))
+    .with_retry_after(1)
 }

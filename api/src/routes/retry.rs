@@ -75,7 +75,7 @@ pub struct RetryRequest {
             headers(("Location" = String, description = "/bulk-actions/{retryId}"))),
         (status = 400, description = "The body is invalid", body = ErrorBody),
         (status = 404, description = "No such action in this account", body = ErrorBody),
-        (status = 409, description = "The action has not finished (`action_not_finished`) or its events are archived (`action_archived`)", body = ErrorBody),
+        (status = 409, description = "The action has not finished (`action_not_finished`), its events are archived (`action_archived`), or it was retried `RETRIES_MAX` (100) times (`too_many_retries`)", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
         (status = 422, description = "No row matches, or none kept its fields (`nothing_to_retry`); or the `Idempotency-Key` was used with another body", body = ErrorBody),
     ))]
@@ -92,6 +92,16 @@ pub async fn retry(
         request.pacing.as_ref(),
         request.max_records_per_minute.as_ref(),
     )?;
+    // A repeated request answers at once, without reading and planning every row again.
+    if let Some(key) = &idempotency_key {
+        let fingerprint = fingerprint(original, &request);
+        if let Some(retry) =
+            crate::idempotency::committed(&state, &caller.account, key, &fingerprint).await?
+        {
+            note_retry(&state, original, retry, &caller).await;
+            return replay(&state, retry).await;
+        }
+    }
     let view = read_model::action_view(&state, original)
         .await?
         .ok_or_else(ApiError::action_not_found)?;
@@ -101,6 +111,13 @@ pub async fn retry(
             "the action has not finished: its results are not final yet",
         )
         .with_details(json!({ "status": view.status })));
+    }
+    if view.retries.len() >= domain::view::RETRIES_MAX {
+        return Err(ApiError::conflict(
+            ErrorCode::TooManyRetries,
+            "the action has been retried as often as it may be: retry one of its retries",
+        )
+        .with_details(json!({ "limit": domain::view::RETRIES_MAX })));
     }
     if state
         .store
@@ -145,7 +162,11 @@ pub async fn retry(
         state.database.clone(),
         original,
         statuses,
-        request.codes.clone(),
+        // A set: a body may repeat a code a million times.
+        request
+            .codes
+            .as_ref()
+            .map(|codes| codes.iter().copied().collect()),
         sender,
     ));
     let mut staging = Staging::new(&state.store, &settings.account_id);
@@ -205,8 +226,18 @@ pub async fn retry(
         Committed::Created(view) => view.action_id,
         Committed::Replayed(id) => *id,
     };
-    // After the commit: a crash in between leaves the retry without its mention on the
-    // original until the same Idempotency-Key is sent again (recorded once per retry).
+    note_retry(&state, original, retry, &caller).await;
+    match committed {
+        Committed::Created(view) => Ok(accepted(*view)),
+        Committed::Replayed(id) => replay(&state, id).await,
+    }
+}
+
+/// Records `retry` on `original` (`RetryCreated`, once per retry). After the commit: the
+/// retry exists whatever happens here, so a failure is logged, not answered, and a crash or
+/// an outage in between leaves the mention out until the same `Idempotency-Key` is sent
+/// again.
+async fn note_retry(state: &AppState, original: ActionId, retry: ActionId, caller: &Caller) {
     let recorded = state
         .store
         .record_retry(
@@ -215,13 +246,15 @@ pub async fn retry(
             Some(caller.key_id.clone()),
             infra::clock::now(),
         )
-        .await?;
-    if recorded != RetryRecorded::Recorded {
-        tracing::warn!(%original, %retry, ?recorded, "the retry could not be recorded on its original");
-    }
-    match committed {
-        Committed::Created(view) => Ok(accepted(*view)),
-        Committed::Replayed(id) => replay(&state, id).await,
+        .await;
+    match recorded {
+        Ok(RetryRecorded::Recorded) => {}
+        Ok(other) => {
+            tracing::warn!(%original, %retry, ?other, "the retry could not be recorded on its original");
+        }
+        Err(error) => {
+            tracing::error!(%original, %retry, %error, "the retry was created but not recorded on its original");
+        }
     }
 }
 
@@ -288,7 +321,7 @@ async fn read_rows(
     database: mongodb::Database,
     action: ActionId,
     statuses: Vec<OutcomeStatus>,
-    codes: Option<Vec<OutcomeCode>>,
+    codes: Option<std::collections::BTreeSet<OutcomeCode>>,
     sender: tokio::sync::mpsc::Sender<Record>,
 ) -> Result<RowCounts, ReadError> {
     let mut counts = RowCounts::default();

@@ -166,7 +166,8 @@ impl Worker {
                 .await;
             let error = match result {
                 AttemptResult::Applied(outcomes) => {
-                    let submitted = batch_submitted(batch, &outcomes, meta.entity_type);
+                    let submitted =
+                        batch_submitted(batch, &outcomes, meta.entity_type, meta.kept_room());
                     self.store
                         .settle_batch(
                             item,
@@ -275,7 +276,7 @@ impl Worker {
             OutcomeCode::Unprocessed,
             "the action was cancelled before this record was applied",
         );
-        let submitted = batch_submitted(batch, &outcomes, meta.entity_type);
+        let submitted = batch_submitted(batch, &outcomes, meta.entity_type, meta.kept_room());
         self.store
             .settle_cancelled(item, outcomes, submitted, infra::clock::now())
             .await
@@ -310,7 +311,7 @@ impl Worker {
             Checked::Impossible => batch.dead_lettered(attempts, error, StoreCheck::Unchecked),
         };
         tracing::error!(attempts, %error, "batch dead-lettered");
-        let submitted = batch_submitted(batch, &outcomes, meta.entity_type);
+        let submitted = batch_submitted(batch, &outcomes, meta.entity_type, meta.kept_room());
         let dead_letter = DeadLetter {
             attempts,
             error,

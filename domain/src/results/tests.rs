@@ -91,7 +91,7 @@ fn only_the_records_that_did_not_succeed_are_kept_from_a_batch() {
         RecordOutcome::new(0, Some("a@x.io".into()), OutcomeCode::Updated, None),
         RecordOutcome::new(1, Some("b@x.io".into()), OutcomeCode::NotFound, None),
     ];
-    let kept = batch_submitted(batch, &outcomes, EntityType::Contact);
+    let kept = batch_submitted(batch, &outcomes, EntityType::Contact, batch_room(0));
     assert_eq!(kept.len(), 1);
     assert_eq!(kept[0].index, 1);
     assert_eq!(
@@ -121,11 +121,46 @@ fn a_batch_keeps_records_within_its_byte_budget() {
         match_by: MatchBy::Natural,
     };
     let outcomes = batch.outcomes_all(OutcomeCode::Unprocessed, "cancelled");
-    let kept = batch_submitted(&batch, &outcomes, EntityType::Contact);
+    let kept = batch_submitted(&batch, &outcomes, EntityType::Contact, batch_room(0));
     assert_eq!(kept.len(), 60);
     let bytes: usize = kept.iter().map(SubmittedRecord::stored_size).sum();
     assert!(bytes <= BATCH_RECORDS_MAX_BYTES + 60 * 64, "{bytes}");
     assert!(kept.iter().any(|record| record.truncated));
+}
+
+#[test]
+fn an_action_near_its_kept_bytes_keeps_less_of_each_batch_and_then_nothing() {
+    assert_eq!(batch_room(0), BATCH_RECORDS_MAX_BYTES);
+    assert_eq!(
+        batch_room(ACTION_RECORDS_MAX_BYTES - 1000),
+        1000,
+        "the room left, not a whole batch's"
+    );
+    assert_eq!(batch_room(ACTION_RECORDS_MAX_BYTES), 0);
+    assert_eq!(batch_room(u64::MAX), 0);
+    let records: Vec<PlannedRecord> = (0..3)
+        .map(|index| PlannedRecord {
+            index,
+            change: RecordChange {
+                key: format!("r{index}@x.io"),
+                natural_key: None,
+                fields: [("name", FieldChange::Set(FieldValue::Text("n".into())))]
+                    .into_iter()
+                    .collect(),
+            },
+        })
+        .collect();
+    let batch = Batch {
+        number: 0,
+        records,
+        match_by: MatchBy::Natural,
+    };
+    let outcomes = batch.outcomes_all(OutcomeCode::Unprocessed, "cancelled");
+    let kept = batch_submitted(&batch, &outcomes, EntityType::Contact, 0);
+    assert_eq!(kept.len(), 3, "every record still has its row");
+    assert!(kept
+        .iter()
+        .all(|record| record.truncated && record.fields.is_empty()));
 }
 
 #[test]
@@ -150,6 +185,29 @@ fn csv_cells_read_back_as_the_upload_reads_them() {
     assert_eq!(csv_cell(&json!(["a", "b"])), "a;b");
     assert_eq!(csv_cell(&json!(2.5)), "2.5");
     assert_eq!(csv_cell(&json!("=x")), "=x");
+    for lossy in [
+        json!("#N/A"),
+        json!(" #N/A "),
+        json!(""),
+        json!([]),
+        json!(["a;b"]),
+        json!([" a"]),
+        json!({"add": ["a"]}),
+    ] {
+        assert!(!reads_back_from_csv(&lossy), "{lossy}");
+    }
+    let record = SubmittedRecord {
+        index: 0,
+        fields: [("tags".to_owned(), json!({"add": ["a"]}))]
+            .into_iter()
+            .collect(),
+        truncated: false,
+    };
+    assert_eq!(
+        KeptFields::of_csv_row(Some(&record)),
+        KeptFields::KeptInNdjson
+    );
+    assert_eq!(KeptFields::of(Some(&record)), KeptFields::Kept);
 }
 
 fn a_definition() -> impl Strategy<Value = FieldDefinitions> {
@@ -193,8 +251,22 @@ proptest! {
         let Ok(change) = RecordChange::parse(&Value::Object(record), &rules) else {
             return Ok(());
         };
-        let submitted = Value::Object(submitted_form(&change, rules.entity, &rules.match_by));
+        let form = submitted_form(&change, rules.entity, &rules.match_by);
+        let submitted = Value::Object(form.clone());
         let again = RecordChange::parse(&submitted, &rules);
         prop_assert_eq!(again.as_ref().ok(), Some(&change), "{} -> {:?}", submitted, again);
+        // And through a CSV row, read as an upload reads it, unless the row says it cannot.
+        if form.values().all(reads_back_from_csv) {
+            let cells: Vec<(String, String)> = form
+                .iter()
+                .map(|(name, value)| (name.clone(), csv_cell(value).into_owned()))
+                .collect();
+            let read = crate::record::record_from_cells(
+                cells.iter().map(|(name, cell)| (name.as_str(), cell.as_str())),
+                &rules.fields,
+            );
+            let from_csv = RecordChange::parse(&read, &rules);
+            prop_assert_eq!(from_csv.as_ref().ok(), Some(&change), "{} -> {} -> {:?}", submitted, read, from_csv);
+        }
     }
 }

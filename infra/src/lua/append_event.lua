@@ -6,7 +6,8 @@
 -- same step, so exactly one Completed is ever written. When a work entry id is given, the
 -- batch payload and the work entry are removed in the same step, so "recorded" and "done"
 -- cannot disagree after a crash. A dead-lettered batch is copied, records and all, to the
--- dead-letter stream in the same step, before its payload is removed.
+-- dead-letter stream in the same step, before its payload is removed. The event's bytes
+-- are added to the meta's `eventBytes`.
 --
 -- A batch settled without being applied (a cancel's `BatchCancelled`) asks for
 -- `unattempted`: if any attempt at the batch has begun, its writes may have reached
@@ -30,6 +31,9 @@ local seq = 0
 if ARGV[2] == '' or call('HSETNX', KEYS[1], ARGV[2], 1) == 1 then
   seq = call('HINCRBY', KEYS[1], 'seq', 1)
   xadd_event(KEYS[2], KEYS[7], action, seq, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+  -- What the consumers' events hold: past a bound, settled batches keep no records
+  -- (`domain::results::batch_room`).
+  call('HINCRBY', KEYS[1], 'eventBytes', #ARGV[7])
   if ARGV[8] == '1' then
     local done = call('HINCRBY', KEYS[1], 'done', 1)
     if done == tonumber(call('HGET', KEYS[1], 'batches')) then

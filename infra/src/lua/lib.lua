@@ -26,6 +26,7 @@ local KEY_ARGUMENTS = {
   LLEN = 'first', LRANGE = 'first', LTRIM = 'first',
   SADD = 'first', SCARD = 'first', SMEMBERS = 'first', SREM = 'first',
   XACK = 'first', XADD = 'first', XDEL = 'first', XLEN = 'first', XPENDING = 'first',
+  XRANGE = 'first', XREVRANGE = 'first',
   ZADD = 'first', ZCARD = 'first', ZRANGE = 'first', ZRANGEBYSCORE = 'first', ZREM = 'first',
   ZSCORE = 'first',
 }
