@@ -10,6 +10,7 @@ ensure_all
 ensure_schemathesis
 ensure_standardwebhooks
 ensure_faketime
+ensure_chromium
 
 locked=()
 if [ "${CI:-}" = "true" ]; then
