@@ -539,7 +539,7 @@ function renderDownloads(box, id, problem) {
         type: 'button', class: 'secondary', id: `download-${status}-${format}`,
         onclick: async () => {
           try {
-            const response = await api(`/bulk-actions/${id}/results?status=${status}&format=${format}`, { raw: true });
+            const response = await resultsOf(id, status, format);
             const blob = await response.blob();
             const link = el('a', { href: URL.createObjectURL(blob), download: `${id}-${status}.${format}` });
             document.body.append(link);
@@ -555,6 +555,19 @@ function renderDownloads(box, id, problem) {
     }
   }
   box.replaceChildren(...buttons);
+}
+
+// A finished action's file, once its last records are projected (`results_not_ready`
+// says they are not yet: a moment after the final message).
+async function resultsOf(id, status, format) {
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      return await api(`/bulk-actions/${id}/results?status=${status}&format=${format}`, { raw: true });
+    } catch (error) {
+      if (!(error instanceof ApiError) || error.code !== 'results_not_ready' || attempt >= 30 || error.details?.quarantined) throw error;
+      await sleep(1000);
+    }
+  }
 }
 
 function renderLogs(box, id, signal) {
