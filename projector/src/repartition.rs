@@ -96,8 +96,8 @@ pub async fn repartition(
     }
     // What an account's kept records take, counted beside its account.
     for old in scan(conn, &format!("{}:{{*}}:kept:*", from.prefix())).await? {
-        let Some(account) = named_account(from, &old, "kept")
-            .filter(|account| from.kept_bytes(account) == old)
+        let Some(account) =
+            named_account(from, &old, "kept").filter(|account| from.kept_bytes(account) == old)
         else {
             tracing::warn!(key = old, "not an account's kept-bytes key; left as it is");
             continue;

@@ -513,7 +513,7 @@ async fn an_accounts_kept_records_stay_within_its_bound() -> Result<()> {
         .await?;
     // Batches settling together may each take the room left: one batch's worth over.
     ensure!(
-        counted >= LIMIT / 2 && counted <= LIMIT + 50 * 400,
+        (LIMIT / 2..=LIMIT + 50 * 400).contains(&counted),
         "the account's count is {counted}"
     );
     Ok(())
