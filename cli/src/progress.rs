@@ -157,10 +157,11 @@ impl Progress {
         }
     }
 
-    /// Takes the bars off the screen before a message that must be read on its own.
+    /// Takes the bars off the screen before a message that must be read on its own (an
+    /// abandoned bar would be redrawn once more under the terminal's `^C`).
     pub fn clear(&mut self) {
         if let Some(bar) = self.processing.take() {
-            bar.abandon();
+            bar.finish_and_clear();
         }
         self.upload_failed();
     }
