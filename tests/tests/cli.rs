@@ -324,6 +324,23 @@ async fn exit_codes_say_how_a_command_ended() -> Result<()> {
         .await?
         .expect(2)?;
     bulk.run(&["status", "../admin"]).await?.expect(2)?;
+    // 2: the API refuses the upload itself.
+    std::fs::write(
+        bulk.path("odd.csv"),
+        "email,shoe_size\nann@cli.example,44\n",
+    )?;
+    let run = bulk
+        .run(&["submit", "odd.csv", "--action", "upsert", "--json"])
+        .await?
+        .expect(2)?;
+    ensure!(
+        run.json()?["error"]["code"] == "invalid_csv_header",
+        "{run:?}"
+    );
+    ensure!(
+        run.stderr.contains("error: invalid_csv_header: "),
+        "{run:?}"
+    );
 
     // 0: a JSON array of records, streamed inside the submission's body.
     std::fs::write(
