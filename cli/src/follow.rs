@@ -49,8 +49,12 @@ pub async fn follow(
                 let mut body = response.bytes_stream();
                 let mut parser = Parser::default();
                 let mut read_any = false;
+                let mut dropped = false;
                 while let Some(chunk) = body.next().await {
-                    let Ok(chunk) = chunk else { break };
+                    let Ok(chunk) = chunk else {
+                        dropped = true;
+                        break;
+                    };
                     parser.push(&chunk);
                     while let Some(message) = parser.next_message() {
                         read_any = true;
@@ -62,7 +66,9 @@ pub async fn follow(
                         }
                     }
                 }
-                if read_any {
+                // A stream the server ended (its lifetime is up) is not a failure even if
+                // it carried nothing: a quiet action sends no message between changes.
+                if read_any || !dropped {
                     failures = 0;
                 }
                 Duration::from_millis(200)

@@ -299,7 +299,13 @@ async fn a_50000_row_csv_end_to_end() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_codes_say_how_a_command_ended() -> Result<()> {
-    let app = TestApp::spawn(AppOptions::default()).await?;
+    // Event streams end every second, as they do after `SSE_MAX_STREAM_SECONDS`: every
+    // follow below resumes with `Last-Event-ID` several times and must miss nothing.
+    let app = TestApp::spawn(AppOptions {
+        max_stream_seconds: 1,
+        ..AppOptions::default()
+    })
+    .await?;
     let bulk = Bulk::new(&app).await?;
 
     // 2: API errors, with the API's code and message.
@@ -409,9 +415,15 @@ async fn exit_codes_say_how_a_command_ended() -> Result<()> {
         .expect(0)?
         .json()?;
     ensure!(resumed["status"] != "paused", "{resumed}");
+    // Past two ends of the watcher's stream before the cancel it must still see.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
     bulk.run(&["cancel", &id, "--json"]).await?.expect(0)?;
     let run = watcher.finish().await?.expect(3)?;
     ensure!(run.json()?["status"] == "cancelled", "{run:?}");
+    ensure!(
+        !run.stderr.contains("reconnecting"),
+        "a resume counted as a failure: {run:?}"
+    );
     let unprocessed = bulk
         .run(&["results", &id, "--status", "unprocessed"])
         .await?
