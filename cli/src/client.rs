@@ -139,7 +139,17 @@ impl Client {
         if let Some(key) = idempotency_key {
             request = request.header("idempotency-key", key);
         }
-        json_of(self.send(request).await?).await
+        let response = request.send().await.map_err(|source| {
+            if source.is_connect() {
+                self.transport(source)
+            } else {
+                CliError::UploadCut { source }
+            }
+        })?;
+        if !response.status().is_success() {
+            return Err(api_error(response).await);
+        }
+        json_of(response).await
     }
 
     fn transport(&self, source: reqwest::Error) -> CliError {

@@ -15,9 +15,17 @@ pub enum CliError {
         message: String,
         details: Value,
     },
-    #[error("cannot reach the api at {url}: {source}")]
+    #[error("cannot reach the api at {url}: {}", chain(source))]
     Transport {
         url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The connection broke while the file was going up. The api may have refused the
+    /// upload early (a bad CSV header, a limit) and closed the connection before its
+    /// answer could be read: the TCP reset discards it.
+    #[error("the upload was cut off: {}; if the api refused the file early (e.g. its CSV header), sending its first lines shows the answer", chain(source))]
+    UploadCut {
         #[source]
         source: reqwest::Error,
     },
@@ -52,10 +60,27 @@ impl CliError {
                 ..
             } => (code.clone(), message.clone(), details.clone()),
             Self::Transport { .. } => ("unreachable".into(), self.to_string(), Value::Null),
+            Self::UploadCut { .. } => ("upload_cut".into(), self.to_string(), Value::Null),
             Self::File { .. } => ("file_error".into(), self.to_string(), Value::Null),
             Self::Usage(_) => ("usage".into(), self.to_string(), Value::Null),
             Self::Protocol(_) => ("unexpected_answer".into(), self.to_string(), Value::Null),
         };
         serde_json::json!({"error": {"code": code, "message": message, "details": details}})
     }
+}
+
+/// An error and its causes on one line: reqwest's own message ("error sending request")
+/// hides the part a person can act on ("connection refused").
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
 }
