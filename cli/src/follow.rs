@@ -14,9 +14,10 @@ use crate::model::{is_final, Counts, Stats};
 use crate::progress::Progress;
 use crate::sse::{Message, Parser};
 
-/// Connections in a row that may fail, each after a longer pause, before the CLI gives up:
-/// about a minute and a half of an unreachable api, long enough for a restart.
-const RECONNECTS: u32 = 10;
+/// Connections in a row that may fail, each after a longer pause (1 s, 2 s, … 10 s),
+/// before the CLI gives up: about a minute of an unreachable api, long enough for a
+/// restart or a deploy.
+const RECONNECTS: u32 = 12;
 
 /// How an action ended: its statistics as the API wrote them (for `--json`) and read.
 pub struct Ended {
@@ -97,10 +98,14 @@ pub async fn follow(
             }
         };
         failures += 1;
-        let backoff = pause.max(Duration::from_millis(250 * u64::from(failures.min(40))));
+        let backoff = if failures == 1 {
+            pause
+        } else {
+            pause.max(Duration::from_secs(u64::from((failures - 1).min(10))))
+        };
         if failures > 1 {
             progress.note(&format!(
-                "the event stream closed; reconnecting in {:.1} s",
+                "lost the event stream; reconnecting in {:.1} s",
                 backoff.as_secs_f64()
             ));
         }
