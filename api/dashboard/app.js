@@ -162,10 +162,13 @@ async function readStream(path, lastEventId, signal, onMessage) {
 // after the server ends it or the network drops it.
 async function follow(path, signal, onMessage, onError) {
   let lastId;
+  let failures = 0;
   while (!signal.aborted) {
+    let wait;
     try {
       const outcome = await readStream(path, lastId, signal, (message) => {
         if (message.id) lastId = message.id;
+        failures = 0;
         return onMessage(message);
       });
       if (outcome === 'finished') return;
@@ -175,8 +178,15 @@ async function follow(path, signal, onMessage, onError) {
         onError(error);
         return;
       }
+      if (error instanceof ApiError && error.code === 'too_many_streams') {
+        onError(new ApiError(429, error.code, 'Live updates are paused: this account has as many live streams open as it may (other tabs or tools). Retrying.'));
+      }
     }
-    await sleep(1000, signal);
+    // Backing off with jitter: tabs reconnecting after an api restart do not come back in
+    // step, and a refused stream is not asked for again every second.
+    failures += 1;
+    wait = Math.min(30_000, 1000 * 2 ** Math.min(failures - 1, 5)) * (0.5 + Math.random());
+    await sleep(wait, signal);
   }
 }
 
@@ -191,7 +201,17 @@ function signOut(reason) {
   route();
 }
 
+function focusHeading() {
+  const heading = document.querySelector('#main h2');
+  if (heading) {
+    heading.setAttribute('tabindex', '-1');
+    heading.focus({ preventScroll: true });
+    document.title = `${heading.textContent} · Bulk actions`;
+  }
+}
+
 function route() {
+  setTimeout(focusHeading, 0);
   pageController.abort();
   pageController = new AbortController();
   const signal = pageController.signal;
@@ -207,7 +227,9 @@ function route() {
   nav.hidden = false;
   const parts = path.split('/').filter(Boolean);
   main.replaceChildren();
-  if (parts[0] === 'actions' && parts[1]) return renderAction(main, decodeURIComponent(parts[1]), signal);
+  let id = parts[1];
+  try { id = id && decodeURIComponent(id); } catch (_) { /* left as typed: the API refuses it */ }
+  if (parts[0] === 'actions' && id) return renderAction(main, id, signal);
   if (parts[0] === 'submit') return renderSubmit(main, signal);
   return renderActions(main, params, signal);
 }
@@ -217,7 +239,9 @@ function route() {
 function renderSignIn(main) {
   const reason = sessionStorage.getItem('bulk.signInReason');
   sessionStorage.removeItem('bulk.signInReason');
-  const input = el('input', { id: 'api-key', name: 'api-key', type: 'password', autocomplete: 'off', required: true });
+  // `new-password` keeps browsers from offering to save the key in their password manager,
+  // which would outlive the tab.
+  const input = el('input', { id: 'api-key', name: 'api-key', type: 'password', autocomplete: 'new-password', spellcheck: 'false', required: true });
   const problem = el('div');
   const form = el('form', {
     class: 'form stacked',
@@ -293,7 +317,11 @@ function renderActions(main, params, signal) {
   const rows = new Map();
   const rates = new Map();
   const rowOf = (view) => {
-    const rate = rates.get(view.actionId);
+    let rate = rates.get(view.actionId);
+    if (rate === undefined && view.startedAt && view.completedAt) {
+      const seconds = (new Date(view.completedAt) - new Date(view.startedAt)) / 1000;
+      if (seconds > 0) rate = (view.processedRecords || 0) / seconds;
+    }
     return el('tr', { 'data-action': view.actionId },
       el('td', { class: 'id' }, el('a', { href: `#/actions/${view.actionId}` }, view.actionId)),
       el('td', {}, `${view.actionType} ${view.entityType}`),
@@ -307,12 +335,17 @@ function renderActions(main, params, signal) {
       el('td', {}, when(view.completedAt)));
   };
   let reloading = null;
+  let lastLoad = 0;
+  let loads = 0;
   const load = async () => {
+    lastLoad = Date.now();
+    const mine = ++loads;
     const query = new URLSearchParams({ limit: '100' });
     if (status) query.set('status', status);
     if (entityType) query.set('entityType', entityType);
     try {
       const page = await api(`/bulk-actions?${query}`, { signal });
+      if (mine !== loads) return; // a newer load answers for the page
       const shown = page.items.filter((view) => !actionType || view.actionType === actionType);
       rows.clear();
       for (const view of shown) rows.set(view.actionId, view);
@@ -332,7 +365,12 @@ function renderActions(main, params, signal) {
     if (typeof data.recordsPerSecond === 'number') rates.set(id, data.recordsPerSecond);
     const known = rows.get(id);
     if (!known) {
-      if (!reloading) reloading = setTimeout(() => { reloading = null; load(); }, 500);
+      // A new action, or one the filters hide: the list is read again, at most every 5 s
+      // (each read is charged to the account's request budget).
+      const hidden = (status && data.status && data.status !== status) || (actionType && data.actionType && data.actionType !== actionType);
+      if (!hidden && !reloading) {
+        reloading = setTimeout(() => { reloading = null; load(); }, Math.max(500, 5000 - (Date.now() - lastLoad)));
+      }
       return;
     }
     const next = { ...known, ...pick(data) };
@@ -416,7 +454,13 @@ function renderAction(main, id, signal) {
     show();
     renderDownloads(downloads, id, problem);
     renderLogs(logsBox, id, signal);
-  }).catch((error) => { if (!signal.aborted) problem.replaceChildren(errorBox(error)); });
+  }).catch((error) => {
+    if (signal.aborted) return;
+    // Nothing of an action that cannot be read: its error alone.
+    main.replaceChildren(heading, problem);
+    problem.replaceChildren(errorBox(error));
+    pageController.abort();
+  });
 
   follow(`/bulk-actions/${encodeURIComponent(id)}/events`, signal, (message) => {
     const data = message.data;
@@ -474,7 +518,7 @@ function renderControls(box, actionId, signal, onChange, problem) {
     onclick: async () => {
       if (!confirm(question)) return;
       try {
-        const next = await api(`/bulk-actions/${actionId}/${name}`, { method: 'POST', body: {}, signal });
+        const next = await api(`/bulk-actions/${encodeURIComponent(actionId)}/${name}`, { method: 'POST', body: {}, signal });
         onChange(next);
         announce(`${label} sent`);
       } catch (error) {
@@ -493,11 +537,15 @@ function renderControls(box, actionId, signal, onChange, problem) {
       const body = {};
       if (scheduled.value) body.scheduledFor = new Date(scheduled.value).toISOString();
       if (perMinute.value) body.maxRecordsPerMinute = Number(perMinute.value);
-      if (batchSize.value || interval.value) body.pacing = { batchSize: Number(batchSize.value), intervalSeconds: Number(interval.value) };
+      if (batchSize.value && interval.value) body.pacing = { batchSize: Number(batchSize.value), intervalSeconds: Number(interval.value) };
+      if (!!batchSize.value !== !!interval.value) {
+        problem.replaceChildren(errorBox(new Error('A pace needs both its batch size and its interval.')));
+        return;
+      }
       if (!Object.keys(body).length) return;
       if (!confirm(`Change this action: ${JSON.stringify(body)}?`)) return;
       try {
-        onChange(await api(`/bulk-actions/${actionId}`, { method: 'PATCH', body, signal }));
+        onChange(await api(`/bulk-actions/${encodeURIComponent(actionId)}`, { method: 'PATCH', body, signal }));
         announce('Change saved');
       } catch (error) {
         problem.replaceChildren(errorBox(error));
@@ -562,7 +610,7 @@ function renderDownloads(box, id, problem) {
 async function resultsOf(id, status, format) {
   for (let attempt = 1; ; attempt += 1) {
     try {
-      return await api(`/bulk-actions/${id}/results?status=${status}&format=${format}`, { raw: true });
+      return await api(`/bulk-actions/${encodeURIComponent(id)}/results?status=${status}&format=${format}`, { raw: true });
     } catch (error) {
       if (!(error instanceof ApiError) || error.code !== 'results_not_ready' || attempt >= 30 || error.details?.quarantined) throw error;
       await sleep(1000);
@@ -584,7 +632,7 @@ function renderLogs(box, id, signal) {
     if (statusSelect.value) query.set('status', statusSelect.value);
     if (cursors[page]) query.set('cursor', cursors[page]);
     try {
-      const result = await api(`/bulk-actions/${id}/logs?${query}`, { signal });
+      const result = await api(`/bulk-actions/${encodeURIComponent(id)}/logs?${query}`, { signal });
       body.replaceChildren(...result.items.map((line) => el('tr', {},
         el('td', { class: 'num' }, line.index), el('td', {}, line.email || '–'), el('td', {}, line.status),
         el('td', {}, line.code), el('td', {}, line.message || ''))));
@@ -699,5 +747,10 @@ function renderSubmit(main, signal) {
 // ---- start ----------------------------------------------------------------------------
 
 document.getElementById('sign-out').addEventListener('click', () => signOut());
+// The skip link moves focus; it is not a route.
+document.querySelector('.skip').addEventListener('click', (event) => {
+  event.preventDefault();
+  document.getElementById('main').focus();
+});
 window.addEventListener('hashchange', route);
 route();

@@ -40,6 +40,9 @@ impl Client {
             .map_err(|_| CliError::Usage("the API key holds characters a header cannot".into()))?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            // A connection that goes quiet this long is dead (a NAT drop, a server gone
+            // without a FIN): event streams carry a keep-alive every 15 s.
+            .read_timeout(Duration::from_secs(60))
             .user_agent(concat!("bulk-cli/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|source| CliError::Transport {

@@ -46,6 +46,20 @@ pub async fn follow(
                 // ended before a resume: the statistics say how.
                 return final_stats(client, action_id).await;
             }
+            Ok(response)
+                if response.status().is_success()
+                    && !response
+                        .headers()
+                        .get(reqwest::header::CONTENT_TYPE)
+                        .and_then(|value| value.to_str().ok())
+                        .is_some_and(|value| value.starts_with("text/event-stream")) =>
+            {
+                // A proxy's page or a wrong URL: not a stream to reconnect to forever.
+                return Err(CliError::Protocol(format!(
+                    "{} did not answer with an event stream",
+                    client.url(&path)
+                )));
+            }
             Ok(response) if response.status().is_success() => {
                 let mut body = response.bytes_stream();
                 let mut parser = Parser::default();

@@ -243,17 +243,23 @@ async fn run(app: &TestApp, client: &Client, dir: &Path, downloads: &Path) -> Re
         .await?
         .select_by_value("upsert")
         .await?;
+    // Paced to ten batches a second apart, so that the page is open while it runs.
+    client
+        .find(Locator::Id("submit-batch"))
+        .await?
+        .send_keys("2000")
+        .await?;
+    client
+        .find(Locator::Id("submit-interval"))
+        .await?
+        .send_keys("1")
+        .await?;
     client
         .find(Locator::Id("submit-button"))
         .await?
         .click()
         .await?;
     wait_until(client, "document.getElementById('submitted-action')", WAIT).await?;
-    let upload = eval(client, "document.getElementById('upload-progress').value").await?;
-    ensure!(
-        upload.as_f64() == Some(1.0),
-        "the upload bar is full: {upload}"
-    );
     screenshot(client, "submit.png").await?;
     let action = eval(
         client,
@@ -270,12 +276,37 @@ async fn run(app: &TestApp, client: &Client, dir: &Path, downloads: &Path) -> Re
     // The progress bar reaches 100% from the live stream: the page is never reloaded (a
     // marker set on the window now would be gone after a reload).
     eval(client, "(window.__sameDocument = true)").await?;
-    wait_until(
-        client,
-        "document.getElementById('action-percent')?.textContent === '100%' && document.querySelector('#action-status .status')?.textContent === 'completed'",
-        WAIT,
-    )
-    .await?;
+    // Every value the bar shows on the way, sampled until it is full: some must lie
+    // strictly between empty and full, or the page did not follow the action live.
+    let mut between = 0;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let value = eval(
+            client,
+            "document.getElementById('action-progress')?.value ?? null",
+        )
+        .await?;
+        let done = eval(
+            client,
+            "document.getElementById('action-percent')?.textContent === '100%' && document.querySelector('#action-status .status')?.textContent === 'completed'",
+        )
+        .await?;
+        if value
+            .as_f64()
+            .is_some_and(|value| value > 0.0 && value < 1.0)
+        {
+            between += 1;
+        }
+        if done == true {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "the bar did not reach 100%");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(
+        between >= 3,
+        "the bar moved without the page seeing the action run ({between} partial values)"
+    );
     ensure!(
         eval(client, "window.__sameDocument === true").await? == true,
         "the page was reloaded"

@@ -63,6 +63,12 @@ pub async fn run(context: &Context, args: &ResultsArgs) -> Result<Outcome, CliEr
     let cut =
         |error: reqwest::Error| CliError::Protocol(format!("the result file was cut off: {error}"));
     let Some(path) = &args.output else {
+        // Rows hold what tenants sent, control characters included: never raw to a terminal.
+        if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            return Err(CliError::Usage(
+                "a result file goes to a file (-o FILE) or a pipe, not to a terminal".into(),
+            ));
+        }
         let mut stdout = tokio::io::stdout();
         while let Some(chunk) = body.next().await {
             stdout
@@ -98,13 +104,8 @@ pub async fn run(context: &Context, args: &ResultsArgs) -> Result<Outcome, CliEr
         path: path.clone(),
         source: error.error,
     })?;
-    // A temporary file is private to its owner; the result file is an ordinary one.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
-            .map_err(CliError::file(path))?;
-    }
+    // The file keeps the temporary file's owner-only mode: result files hold people's
+    // records, and a chmod by path after the rename could follow a swapped-in symlink.
     let summary = json!({
         "actionId": id,
         "status": args.status,

@@ -68,6 +68,9 @@ fn read_error(error: std::io::Error) -> ApiError {
 struct RawOutline {
     settings: Vec<(String, super::tap::Captured)>,
     unknown: Option<String>,
+    /// A setting (or `data`) named twice: refused, not "the last one counts", so that
+    /// nothing appended to a body can override what comes before it.
+    repeated: Option<String>,
     data: DataShape,
     is_object: bool,
 }
@@ -77,6 +80,7 @@ impl RawOutline {
         Self {
             settings: Vec::new(),
             unknown: None,
+            repeated: None,
             data: DataShape::Absent,
             is_object: false,
         }
@@ -89,9 +93,15 @@ impl RawOutline {
     }
 
     fn into_outline(self, value_limit: usize) -> Result<Outline, ApiError> {
+        if let Some(name) = self.repeated {
+            return Err(ApiError::bad_request(
+                crate::error::ErrorCode::InvalidBody,
+                format!("the body names {name:?} twice"),
+            )
+            .with_details(serde_json::json!({ "field": name })));
+        }
         let mut settings = Map::new();
         let mut oversized = None;
-        // A repeated field: the last one counts, as in any JSON object.
         for (name, captured) in self.settings {
             match captured.value(value_limit) {
                 Some(bytes) => {
@@ -138,6 +148,14 @@ impl<'de, R: BufRead> Visitor<'de> for BodyVisitor<'_, R> {
             let Some(name) = name? else {
                 return Ok(outline);
             };
+            let known = name == "data" || FIELDS.contains(&name.as_str());
+            let seen = (name == "data" && !matches!(outline.data, DataShape::Absent))
+                || outline.settings.iter().any(|(held, _)| *held == name);
+            if known && seen {
+                map.next_value::<IgnoredAny>()?;
+                outline.repeated.get_or_insert(name);
+                continue;
+            }
             if name == "data" {
                 outline.data = map.next_value_seed(DataSeed { tap: self.tap })?;
             } else if FIELDS.contains(&name.as_str()) {
