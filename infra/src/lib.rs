@@ -13,6 +13,7 @@ pub mod fields;
 pub mod flow;
 pub mod keys;
 pub mod lifecycle;
+pub mod metrics;
 pub mod mongo;
 pub mod opening;
 pub mod quarantine;
