@@ -48,6 +48,17 @@ enum AttemptResult {
     Interrupted,
 }
 
+impl AttemptResult {
+    /// The `result` label of the attempt's duration.
+    fn label(&self) -> &'static str {
+        match self {
+            AttemptResult::Applied(_) => "applied",
+            AttemptResult::Failed(_) => "failed",
+            AttemptResult::Interrupted => "interrupted",
+        }
+    }
+}
+
 async fn discard_item(conn: &mut Blocking, item: &WorkItem) -> Result<(), infra::StoreError> {
     work::discard(
         conn,
@@ -160,12 +171,25 @@ impl Worker {
                     .dead_letter(meta, item, batch, attempt, last_error, shutdown)
                     .await;
             }
+            // Carries the batch's fields itself, so a JSON log line of the attempt names
+            // the action, batch, attempt and account in its own span.
+            let span = tracing::info_span!(
+                "attempt",
+                action = %item.action_id,
+                batch = item.batch,
+                attempt,
+                account = %meta.account_id,
+                action_type = meta.action_type.as_str(),
+            );
+            let started = Instant::now();
             let result = self
                 .while_holding(item, self.attempt(meta, item, batch, attempt, shutdown))
-                .instrument(tracing::info_span!("attempt", attempt))
+                .instrument(span)
                 .await;
+            crate::metrics::attempt_took(meta.action_type, result.label(), started.elapsed());
             let error = match result {
                 AttemptResult::Applied(outcomes) => {
+                    let counted = crate::metrics::OutcomeCounts::of(&outcomes);
                     let submitted =
                         batch_submitted(batch, &outcomes, meta.entity_type, meta.kept_room());
                     self.store
@@ -178,6 +202,8 @@ impl Worker {
                             infra::clock::now(),
                         )
                         .await?;
+                    counted.record(meta.action_type);
+                    crate::metrics::batch_applied(meta.action_type);
                     tracing::debug!(
                         attempt,
                         records = batch.records.len(),
@@ -197,6 +223,7 @@ impl Worker {
             last_error = Some(error);
             // Past the limit, the next count dead-letters it at once.
             if attempt < self.retry.max_attempts {
+                crate::metrics::batch_retried(meta.action_type);
                 let waited = self
                     .while_holding(item, async {
                         tokio::select! {
@@ -277,9 +304,15 @@ impl Worker {
             "the action was cancelled before this record was applied",
         );
         let submitted = batch_submitted(batch, &outcomes, meta.entity_type, meta.kept_room());
-        self.store
+        let counted = crate::metrics::OutcomeCounts::of(&outcomes);
+        let settled = self
+            .store
             .settle_cancelled(item, outcomes, submitted, infra::clock::now())
-            .await
+            .await?;
+        if settled == CancelSettlement::Settled {
+            counted.record(meta.action_type);
+        }
+        Ok(settled)
     }
 
     /// Settles the batch as dead-lettered; `attempt` is the one past the limit. Records
@@ -312,6 +345,7 @@ impl Worker {
         };
         tracing::error!(attempts, %error, "batch dead-lettered");
         let submitted = batch_submitted(batch, &outcomes, meta.entity_type, meta.kept_room());
+        let counted = crate::metrics::OutcomeCounts::of(&outcomes);
         let dead_letter = DeadLetter {
             attempts,
             error,
@@ -321,6 +355,8 @@ impl Worker {
         self.store
             .dead_letter(item, dead_letter, infra::clock::now())
             .await?;
+        counted.record(meta.action_type);
+        crate::metrics::batch_dead_lettered(meta.action_type);
         Ok(())
     }
 
