@@ -496,7 +496,10 @@ async fn large_failing_batches_are_kept_whole_and_read_in_bounded_pages() -> Res
     for (i, row) in rows.iter().enumerate() {
         ensure!(row["_fields"] == "kept", "row {i}: {}", row["_fields"]);
         ensure!(row["_index"] == i as u64, "row {i}: {}", row["_index"]);
-        ensure!(row["notes4"] == records[i]["notes4"], "row {i} lost its notes");
+        ensure!(
+            row["notes4"] == records[i]["notes4"],
+            "row {i} lost its notes"
+        );
     }
     Ok(())
 }
