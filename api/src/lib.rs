@@ -7,10 +7,10 @@
 mod auth;
 mod error;
 mod extract;
+mod http_metrics;
 mod idempotency;
 mod ingest;
 mod live;
-mod http_metrics;
 mod openapi;
 mod query;
 mod rate_limit;

@@ -67,7 +67,11 @@ fn promtool() -> String {
 
 /// Scrapes `url` and fails unless `promtool check metrics` passes on what it answered.
 async fn scrape(http: &reqwest::Client, url: &str) -> Result<Scrape> {
-    let response = http.get(url).send().await.with_context(|| format!("GET {url}"))?;
+    let response = http
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
     ensure!(response.status() == 200, "GET {url}: {}", response.status());
     let content_type = response
         .headers()
@@ -75,7 +79,10 @@ async fn scrape(http: &reqwest::Client, url: &str) -> Result<Scrape> {
         .and_then(|value| value.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    ensure!(content_type.starts_with("text/plain"), "{url}: {content_type}");
+    ensure!(
+        content_type.starts_with("text/plain"),
+        "{url}: {content_type}"
+    );
     let text = response.text().await?;
     let checked = text.clone();
     let output = tokio::task::spawn_blocking(move || -> Result<std::process::Output> {
@@ -155,8 +162,7 @@ async fn call(
 /// requests are counted by route template, refusals by code; a webhook attempt and an open
 /// event stream show; no label carries an id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_process_serves_metrics_that_move_with_the_records_and_pass_promtool() -> Result<()>
-{
+async fn every_process_serves_metrics_that_move_with_the_records_and_pass_promtool() -> Result<()> {
     let options = DeploymentOptions {
         batch_size: BATCH_SIZE,
         consumer_concurrency: 1,
@@ -256,7 +262,14 @@ async fn every_process_serves_metrics_that_move_with_the_records_and_pass_promto
     let limited_key = deployment.key_for(LIMITED).await?;
     let mut refused = false;
     for _ in 0..10 {
-        let status = call(&deployment, Method::GET, "/bulk-actions", None, &limited_key).await?;
+        let status = call(
+            &deployment,
+            Method::GET,
+            "/bulk-actions",
+            None,
+            &limited_key,
+        )
+        .await?;
         if status == 429 {
             refused = true;
             break;
@@ -308,7 +321,11 @@ async fn every_process_serves_metrics_that_move_with_the_records_and_pass_promto
     ensure!(
         api.sum(
             "bulk_http_requests_total",
-            &[("method", "POST"), ("route", "/bulk-actions"), ("status", "202")]
+            &[
+                ("method", "POST"),
+                ("route", "/bulk-actions"),
+                ("status", "202")
+            ]
         ) == 1.0,
         "{}",
         api.text
@@ -316,14 +333,21 @@ async fn every_process_serves_metrics_that_move_with_the_records_and_pass_promto
     ensure!(
         api.sum(
             "bulk_http_requests_total",
-            &[("method", "GET"), ("route", "/bulk-actions/{action_id}"), ("status", "200")]
+            &[
+                ("method", "GET"),
+                ("route", "/bulk-actions/{action_id}"),
+                ("status", "200")
+            ]
         ) >= 1.0,
         "{}",
         api.text
     );
     ensure!(api.has("bulk_http_request_duration_seconds_bucket"));
     ensure!(
-        api.sum("bulk_rate_limit_refusals_total", &[("code", "rate_limited")]) >= 1.0,
+        api.sum(
+            "bulk_rate_limit_refusals_total",
+            &[("code", "rate_limited")]
+        ) >= 1.0,
         "{}",
         api.text
     );
@@ -339,7 +363,11 @@ async fn every_process_serves_metrics_that_move_with_the_records_and_pass_promto
     );
 
     // No label takes a tenant's value: no action id, account or email in any scrape.
-    for (process, scrape) in [("api", &api), ("consumer", &consumer), ("projector", &projector)] {
+    for (process, scrape) in [
+        ("api", &api),
+        ("consumer", &consumer),
+        ("projector", &projector),
+    ] {
         for forbidden in [action.as_str(), ACCOUNT, LIMITED, "metrics.example"] {
             ensure!(
                 !scrape.text.contains(forbidden),

@@ -135,17 +135,21 @@ impl Exporter {
 
 /// `GET /metrics` and nothing else.
 pub fn router(handle: PrometheusHandle) -> Router {
-    Router::new().route(
-        "/metrics",
-        get(move || {
-            let handle = handle.clone();
-            async move {
-                (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-                    handle.render(),
-                )
-            }
-        }),
-    )
-    .fallback(|| async { (StatusCode::NOT_FOUND, "only /metrics here\n").into_response() })
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let handle = handle.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        handle.render(),
+                    )
+                }
+            }),
+        )
+        .fallback(|| async { (StatusCode::NOT_FOUND, "only /metrics here\n").into_response() })
 }

@@ -70,7 +70,10 @@ pub(super) fn describe() {
         Unit::Seconds,
         "One attempt at a batch, MongoDB outages waited out included, by action type and result (applied, failed, interrupted)."
     );
-    describe_counter!(BATCHES_APPLIED, "Batches applied and settled, by action type.");
+    describe_counter!(
+        BATCHES_APPLIED,
+        "Batches applied and settled, by action type."
+    );
     describe_counter!(
         BATCH_RETRIES,
         "Failed attempts at a batch that will be retried, by action type."
