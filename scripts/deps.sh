@@ -142,6 +142,15 @@ ensure_promtool() {
   export PROMTOOL
 }
 
+# The dashboard's browser test drives Debian's Chromium through ChromeDriver (WebDriver).
+ensure_chromium() {
+  if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
+    log "installing chromium and chromium-driver (Debian packages)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  fi
+}
+
 # The load generator of the benchmark suite (scripts/bench.sh), not of the tests.
 ensure_wrk() {
   if ! command -v wrk >/dev/null 2>&1; then

@@ -11,6 +11,7 @@ ensure_schemathesis
 ensure_standardwebhooks
 ensure_faketime
 ensure_promtool
+ensure_chromium
 
 locked=()
 if [ "${CI:-}" = "true" ]; then

@@ -140,6 +140,7 @@ DEMO_KEY="$(cat "$DEMO_KEY_FILE")"
 cat <<MSG
 
   CRM bulk action platform is up.
+    Dashboard: http://127.0.0.1:$PORT/      (sign in with the demo API key below)
     API:       http://127.0.0.1:$PORT        (OpenAPI: http://127.0.0.1:$PORT/openapi.json)
     Redis:     $REDIS_URL   (STREAM_PARTITIONS=${STREAM_PARTITIONS:-4})
     MongoDB:   $MONGODB_URI   (FerretDB on PostgreSQL :$DEV_PG_PORT)

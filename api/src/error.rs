@@ -81,6 +81,9 @@ pub enum ErrorCode {
     ActionFinished,
     /// The action has been retried as often as it may be (`domain::view::RETRIES_MAX`).
     TooManyRetries,
+    /// The action has finished but its results are not all projected yet (or its
+    /// projection is quarantined): its result files and retries would miss records.
+    ResultsNotReady,
     ActionCancelling,
     ActionAlreadyReleased,
     /// Commands on the action raced each other too long; retry after `Retry-After`.

@@ -258,7 +258,8 @@ pub enum ApiStartError {
 pub fn router(state: AppState) -> Router {
     use axum::routing::post;
     use routes::{
-        actions, admin, control, events, fields, health, logs, results, retry, submit, webhooks,
+        actions, admin, control, dashboard, events, fields, health, logs, results, retry, submit,
+        webhooks,
     };
     let max_body = state.config.max_body_bytes;
     // Every /bulk-actions, /fields and /webhooks route is behind an API key, checked
@@ -329,6 +330,9 @@ pub fn router(state: AppState) -> Router {
             "/admin/accounts/{account_id}/api-keys/{key_id}",
             axum::routing::delete(admin::revoke_key),
         )
+        .route("/", get(dashboard::index))
+        .route("/ui/app.js", get(dashboard::script))
+        .route("/ui/app.css", get(dashboard::style))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::openapi_json))

@@ -87,6 +87,61 @@ pub async fn folded_view(
     }))
 }
 
+/// How far the projected views (and with them the log and result buckets) have come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Projected {
+    /// Every event of the action is in the views.
+    Whole,
+    /// The projector has not written every event yet.
+    Behind { finished: bool },
+    /// The projector stopped at an event the store refused, until an operator steps in.
+    Quarantined,
+}
+
+/// Whether result files and retries, which read the views and not the stream, see every
+/// record of `action`. An action whose events are archived is whole.
+pub async fn projected(state: &AppState, action: ActionId) -> Result<Projected, ApiError> {
+    let Some(meta) = state.store.meta(action).await? else {
+        return Ok(Projected::Whole);
+    };
+    if meta.archived {
+        return Ok(Projected::Whole);
+    }
+    let options = mongodb::options::FindOneOptions::builder()
+        .projection(doc! { "lastSeq": 1, "status": 1 })
+        .build();
+    let stored = state
+        .database
+        .collection::<mongodb::bson::Document>(ACTION_VIEWS)
+        .find_one(doc! { "_id": action.to_string() })
+        .with_options(options)
+        .await?;
+    let projected_seq = stored
+        .as_ref()
+        .and_then(|view| match view.get("lastSeq") {
+            Some(mongodb::bson::Bson::Int64(seq)) => u64::try_from(*seq).ok(),
+            Some(mongodb::bson::Bson::Int32(seq)) => u64::try_from(*seq).ok(),
+            _ => None,
+        })
+        .unwrap_or(0);
+    // `Completed` is the last event that settles records: once the view is final, what
+    // follows (a `RetryCreated`) adds no row.
+    let final_view = stored
+        .as_ref()
+        .and_then(|view| view.get_str("status").ok())
+        .and_then(domain::ActionStatus::parse)
+        .is_some_and(|status| status.is_terminal());
+    if final_view || projected_seq >= meta.head_seq {
+        return Ok(Projected::Whole);
+    }
+    if state.store.quarantined(action).await?.is_some() {
+        return Ok(Projected::Quarantined);
+    }
+    Ok(Projected::Behind {
+        finished: meta.settled,
+    })
+}
+
 /// Folds the events after `checkpoint` onto `view`, page by page, up to `head_seq` (or
 /// further, if more arrived meanwhile). Events that do not fold leave the view at the last
 /// one that did: readers still see a consistent prefix. Returns the position of the last

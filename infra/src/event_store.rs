@@ -72,6 +72,9 @@ pub struct ActionMeta {
     pub archived: bool,
     /// What the events the consumers appended to its stream take (`eventBytes`).
     pub event_bytes: u64,
+    /// Every batch is settled, so `Completed` is in the stream (an action of no batch is
+    /// settled at once).
+    pub settled: bool,
 }
 
 impl ActionMeta {
@@ -274,7 +277,7 @@ impl EventStore {
     pub async fn meta(&self, action: ActionId) -> Result<Option<ActionMeta>, StoreError> {
         // The named fields only: the hash also holds a guard and an attempt counter per
         // batch, thousands of fields for a large action, read by every batch otherwise.
-        const FIELDS: [&str; 8] = [
+        const FIELDS: [&str; 10] = [
             "account",
             "actionType",
             "entityType",
@@ -283,6 +286,8 @@ impl EventStore {
             "paused",
             "archived",
             "eventBytes",
+            "done",
+            "batches",
         ];
         let values: Vec<Option<String>> = redis::cmd("HMGET")
             .arg(self.keys.meta(action))
@@ -317,6 +322,7 @@ impl EventStore {
             event_bytes: field("eventBytes")
                 .map_or(Ok(0), str::parse)
                 .map_err(|_| corrupt("eventBytes"))?,
+            settled: field("done").unwrap_or("0") == field("batches").unwrap_or("0"),
         }))
     }
 

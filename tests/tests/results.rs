@@ -419,6 +419,42 @@ async fn a_retry_takes_exactly_the_chosen_records_once() -> Result<()> {
     Ok(())
 }
 
+/// A finished action whose last records are not projected yet (no projector runs here)
+/// has no complete result file to give: `409 results_not_ready`, never a shorter file,
+/// and no retry of part of its records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_wait_for_the_projection_of_a_finished_action() -> Result<()> {
+    let app = TestApp::spawn(AppOptions {
+        projectors: 0,
+        ..AppOptions::default()
+    })
+    .await?;
+    let action = app
+        .submit(&json!({"entityType": "contact", "actionType": "update",
+            "data": [{"email": "nobody@x.io", "name": "N"}]}))
+        .await?;
+    app.wait_view(&action, WAIT, |view| view["status"] == "completed")
+        .await?;
+    let (status, _, body) = app
+        .get_text(
+            &format!("/bulk-actions/{action}/results?status=failed"),
+            &[],
+        )
+        .await?;
+    ensure!(
+        status == 409 && body.contains("results_not_ready"),
+        "{status} {body}"
+    );
+    let (status, body) = app
+        .post_json(&format!("/bulk-actions/{action}/retry"), &json!({}))
+        .await?;
+    ensure!(
+        status == 409 && body["error"]["code"] == "results_not_ready",
+        "{status} {body}"
+    );
+    Ok(())
+}
+
 /// Batches of large records that all fail settle as events of several MiB each: their
 /// records are still kept whole, the projector and the result file get through them, and
 /// no read of the stream returns more than 4 MiB past its first event.

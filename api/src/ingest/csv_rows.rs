@@ -28,20 +28,9 @@ pub struct CsvRecords<R> {
     /// The record field of each column; `None` for a result file's own columns, dropped.
     fields: Vec<Option<String>>,
     rules: RecordRules,
-    cells: CellForm,
     row: ByteRecord,
     bytes_in_row: Arc<AtomicUsize>,
     max_record_bytes: usize,
-}
-
-/// How a file's cells were written.
-#[derive(Debug, Clone, Copy)]
-enum CellForm {
-    /// By a person or a program: a cell is what it says.
-    AsTyped,
-    /// By the platform, as a result file: formula-like cells carry a guard
-    /// (`domain::spreadsheet::guard`) that comes off.
-    Guarded,
 }
 
 /// Reads the header row; the rows follow as the iterator is driven.
@@ -72,16 +61,9 @@ pub fn open<R: Read>(
         Vec::new()
     };
     bytes_in_row.store(0, Ordering::Relaxed);
-    // Only a result file has `_` columns: only its cells went through `guard`.
-    let cells = if fields.iter().any(Option::is_none) {
-        CellForm::Guarded
-    } else {
-        CellForm::AsTyped
-    };
     Ok(CsvRecords {
         reader,
         fields,
-        cells,
         rules: rules.clone(),
         row: ByteRecord::new(),
         bytes_in_row,
@@ -182,10 +164,7 @@ impl<R> CsvRecords<R> {
             match std::str::from_utf8(cell) {
                 // A cell of a result file the platform wrote, fixed and sent back, carries
                 // what the tenant typed (`domain::spreadsheet`).
-                Ok(text) => cells.push(match self.cells {
-                    CellForm::Guarded => domain::spreadsheet::unguard(text),
-                    CellForm::AsTyped => text,
-                }),
+                Ok(text) => cells.push(domain::spreadsheet::unguard(text)),
                 Err(_) => {
                     return Record::Unreadable {
                         code: OutcomeCode::MalformedRecord,
@@ -272,22 +251,16 @@ mod tests {
 
     #[test]
     fn quotes_a_result_file_put_before_formulas_are_taken_off() {
-        let names = |input: &str| -> Vec<Value> {
-            read(input, 1000)
-                .unwrap()
-                .into_iter()
-                .map(|record| record.unwrap()["name"].clone())
-                .collect()
-        };
-        let result_file = "_status,email,name\nfailed,a@x.io,'=1+1\nfailed,b@x.io,''=x\n\
-                           failed,c@x.io,'plain\nfailed,d@x.io,'-5\n";
+        let input = "email,name\na@x.io,'=1+1\nb@x.io,''=x\nc@x.io,'plain\nd@x.io,'-5\n";
+        let names: Vec<Value> = read(input, 1000)
+            .unwrap()
+            .into_iter()
+            .map(|record| record.unwrap()["name"].clone())
+            .collect();
         assert_eq!(
-            names(result_file),
+            names,
             vec![json!("=1+1"), json!("'=x"), json!("'plain"), json!("'-5")]
         );
-        // A file the platform did not write is read as it was typed.
-        let typed = "email,name\na@x.io,'=1+1\nb@x.io,''=x\n";
-        assert_eq!(names(typed), vec![json!("'=1+1"), json!("''=x")]);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 pub mod actions;
 pub mod admin;
 pub mod control;
+pub mod dashboard;
 pub mod events;
 pub mod fields;
 pub mod health;

@@ -10,6 +10,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::extract::OwnedAction;
 use crate::query::{QueryPairs, QueryParams};
+use crate::read_model::Projected;
 use crate::results::rows::ReadError;
 use crate::results::write::Format;
 use crate::AppState;
@@ -35,6 +36,7 @@ use crate::AppState;
             content((String = "text/csv"), (String = "application/x-ndjson"))),
         (status = 400, description = "Unknown status, format or parameter (`invalid_query`)", body = ErrorBody),
         (status = 404, description = "No such action in this account", body = ErrorBody),
+        (status = 409, description = "The action has finished but its last records are not projected yet, or its projection is quarantined (`results_not_ready`)", body = ErrorBody),
         (status = 429, description = "The account is downloading as many result files as it may (`too_many_exports`), or its request budget is spent", body = ErrorBody),
     ))]
 pub async fn get_results(
@@ -57,11 +59,16 @@ pub async fn get_results(
                 .unwrap_or_default(),
         ),
     };
+    require_projected(&state, action).await?;
     let slot = state
         .exports
         .take(&caller.account)
         .ok_or_else(|| too_many_exports(&state))?;
-    let body = crate::results::file_body(&state.database, action, status, format, slot)
+    let columns = match format {
+        Format::Csv => upload_columns(&state, action).await?,
+        Format::Ndjson => Vec::new(),
+    };
+    let body = crate::results::file_body(&state.database, action, status, format, &columns, slot)
         .await
         .map_err(|error| match error {
             ReadError::Mongo(error) => ApiError::from(error),
@@ -82,6 +89,64 @@ pub async fn get_results(
         headers.insert(header::CONTENT_DISPOSITION, value);
     }
     Ok(response)
+}
+
+/// The columns an upload of the action's kind takes now: its entity's fields, the
+/// account's own, and the key it matches by.
+async fn upload_columns(
+    state: &AppState,
+    action: domain::ActionId,
+) -> Result<Vec<String>, ApiError> {
+    let view = crate::read_model::action_view(state, action)
+        .await?
+        .ok_or_else(ApiError::action_not_found)?;
+    let settings = crate::submission::ActionSettings {
+        account_id: view.account_id.clone(),
+        entity_type: view.entity_type,
+        action_type: view.action_type,
+        scheduled_for: None,
+        pacing: None,
+        max_records_per_minute: None,
+        match_by: (view.match_by != "natural").then(|| view.match_by.clone()),
+        retry_of: None,
+    };
+    // An account that since dropped the field the action matched by: its columns by the
+    // natural key.
+    let rules = match crate::submission::rules_in_force(&state.store, &settings).await {
+        Ok(rules) => rules.rules,
+        Err(_) => {
+            let custom = state
+                .store
+                .field_definitions(&view.account_id, view.entity_type)
+                .await?;
+            domain::RecordRules::new(
+                view.entity_type,
+                view.action_type,
+                domain::MatchBy::Natural,
+                &custom,
+            )
+        }
+    };
+    Ok(rules.columns())
+}
+
+/// Refuses to read the results of a finished action whose views miss some of its events:
+/// the file (or the retry) would silently lack records. A running action's rows appear as
+/// they are projected, so its file is served as far as it goes.
+pub async fn require_projected(state: &AppState, action: domain::ActionId) -> Result<(), ApiError> {
+    match crate::read_model::projected(state, action).await? {
+        Projected::Whole | Projected::Behind { finished: false } => Ok(()),
+        Projected::Behind { finished: true } => Err(ApiError::conflict(
+            ErrorCode::ResultsNotReady,
+            "the action has finished and its last records are being projected; try again in a moment",
+        )
+        .with_retry_after(1)),
+        Projected::Quarantined => Err(ApiError::conflict(
+            ErrorCode::ResultsNotReady,
+            "the action's projection stopped at an event the view store refused; its results are incomplete until an operator resumes it",
+        )
+        .with_details(serde_json::json!({ "quarantined": true }))),
+    }
 }
 
 fn too_many_exports(state: &AppState) -> ApiError {

@@ -75,7 +75,7 @@ pub struct RetryRequest {
             headers(("Location" = String, description = "/bulk-actions/{retryId}"))),
         (status = 400, description = "The body is invalid", body = ErrorBody),
         (status = 404, description = "No such action in this account", body = ErrorBody),
-        (status = 409, description = "The action has not finished (`action_not_finished`), its events are archived (`action_archived`), or it was retried `RETRIES_MAX` (100) times (`too_many_retries`)", body = ErrorBody),
+        (status = 409, description = "The action has not finished (`action_not_finished`), its events are archived (`action_archived`), it was retried `RETRIES_MAX` (100) times (`too_many_retries`), or its last records are not projected yet (`results_not_ready`)", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
         (status = 422, description = "No row matches, or none kept its fields (`nothing_to_retry`); or the `Idempotency-Key` was used with another body", body = ErrorBody),
     ))]
@@ -112,6 +112,7 @@ pub async fn retry(
         )
         .with_details(json!({ "status": view.status })));
     }
+    crate::routes::results::require_projected(&state, original).await?;
     if view.retries.len() >= domain::view::RETRIES_MAX {
         return Err(ApiError::conflict(
             ErrorCode::TooManyRetries,
