@@ -125,6 +125,12 @@ pub struct ApiConfig {
     #[arg(long, env = "SSE_MAX_STREAM_SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_stream_seconds: u64,
 
+    /// The most the records kept for result files may take in Redis for all of an
+    /// account's actions together (set the consumers' the same); past it, refused and
+    /// skipped records keep nothing.
+    #[arg(long, env = "RESULT_KEPT_MAX_BYTES_PER_ACCOUNT", default_value_t = 1 << 30)]
+    pub kept_per_account: u64,
+
     /// Result files (`/bulk-actions/{id}/results`) one account may download at once from
     /// one api process: each holds a database cursor while it lasts.
     #[arg(long, env = "RESULT_EXPORTS_PER_ACCOUNT", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
@@ -154,6 +160,7 @@ pub struct Settings {
     pub records_per_minute: u32,
     pub webhook_allow_private_networks: bool,
     pub admin_token: Option<String>,
+    pub kept_per_account: u64,
 }
 
 #[derive(Clone)]
@@ -237,6 +244,7 @@ impl AppState {
                 records_per_minute: config.records_per_minute,
                 webhook_allow_private_networks: config.webhook_allow_private_networks,
                 admin_token: config.admin_token.clone().filter(|token| !token.is_empty()),
+                kept_per_account: config.kept_per_account,
             }),
             ids: Arc::new(std::sync::Mutex::new(ulid::Generator::new())),
         })

@@ -142,10 +142,16 @@ pub async fn projected(state: &AppState, action: ActionId) -> Result<Projected, 
     })
 }
 
+/// The most a request folds of a lagging view's events (by their data's bytes): past it,
+/// the view is served as far as it got (a consistent prefix, `lastSeq` says where). The
+/// projector is then far behind or stopped, and every read folding the whole tail again
+/// would load Redis for every tenant.
+const TAIL_MAX_BYTES: usize = 32 << 20;
+
 /// Folds the events after `checkpoint` onto `view`, page by page, up to `head_seq` (or
-/// further, if more arrived meanwhile). Events that do not fold leave the view at the last
-/// one that did: readers still see a consistent prefix. Returns the position of the last
-/// event folded.
+/// further, if more arrived meanwhile), at most `TAIL_MAX_BYTES` of them. Events that do
+/// not fold leave the view at the last one that did: readers still see a consistent
+/// prefix. Returns the position of the last event folded.
 pub async fn fold_tail(
     store: &Submissions,
     action: ActionId,
@@ -153,11 +159,14 @@ pub async fn fold_tail(
     mut checkpoint: Option<String>,
     head_seq: u64,
 ) -> Result<(Option<ActionView>, Option<String>), ApiError> {
+    let mut bytes = 0;
     loop {
         let page = store
-            .read(action, checkpoint.as_deref(), TAIL_PAGE_EVENTS)
+            .read_raw(action, checkpoint.as_deref(), TAIL_PAGE_EVENTS)
             .await?;
-        for event in &page {
+        for raw in &page {
+            bytes += raw.data.len();
+            let event = raw.decode(action)?;
             match apply_event(view.clone(), &event.envelope) {
                 Ok(next) => {
                     view = next;
@@ -172,6 +181,10 @@ pub async fn fold_tail(
         let folded_seq = view.as_ref().map_or(0, |view| view.last_seq);
         // A page may be cut short by its bytes: only an empty one is the end.
         if page.is_empty() || folded_seq >= head_seq {
+            return Ok((view, checkpoint));
+        }
+        if bytes > TAIL_MAX_BYTES {
+            tracing::warn!(%action, folded_seq, head_seq, "the view lags too far to fold on a read; serving it as far as it got");
             return Ok((view, checkpoint));
         }
     }

@@ -39,10 +39,13 @@ const ENTRIES_PER_READ: usize = 16;
 /// Events read per round trip when folding an action's view up to an event.
 const FOLD_PAGE_EVENTS: usize = 64;
 /// The longest event seq whose view is folded from the start of the action's stream when
-/// the projected view is already past it: one read.
+/// the projected view is already past it (a few reads, at most `FOLD_MAX_BYTES`).
 const FOLD_FROM_START_MAX: u64 = FOLD_PAGE_EVENTS as u64;
 /// The most events folded forward from a projected view that is behind an event.
 const FOLD_AHEAD_MAX: u64 = 1024;
+/// The most bytes of events one fold reads: a settled batch's event may keep megabytes of
+/// records, and the intake serves every tenant.
+const FOLD_MAX_BYTES: usize = 32 << 20;
 /// Times a hooks entry is delivered to the intake (XPENDING's count) before it is given up.
 const MAX_INTAKE_DELIVERIES: u64 = 10;
 /// The intake's pause after a round in which something failed, doubling up to the max.
@@ -414,12 +417,19 @@ impl Deliverer {
         seq: u64,
     ) -> Result<Option<(ActionView, Option<Timestamp>)>, DeliverError> {
         let mut at = None;
+        let mut bytes = 0;
         loop {
             let page = self
                 .store
-                .read(action, checkpoint.as_deref(), FOLD_PAGE_EVENTS)
+                .read_raw(action, checkpoint.as_deref(), FOLD_PAGE_EVENTS)
                 .await?;
-            for event in &page {
+            for raw in &page {
+                bytes += raw.data.len();
+                if bytes > FOLD_MAX_BYTES {
+                    // Events that keep megabytes of records: wait for the projector.
+                    return Err(DeliverError::Behind(action, seq));
+                }
+                let event = raw.decode(action)?;
                 if event.envelope.seq > seq {
                     return Ok(view.map(|view| (view, at)));
                 }

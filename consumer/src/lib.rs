@@ -74,6 +74,12 @@ pub struct ConsumerConfig {
     #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 20_000)]
     pub shutdown_grace_ms: u64,
 
+    /// The most the records kept for result files (failed, skipped, unprocessed) may take
+    /// in Redis for all of an account's actions together; past it, later records keep
+    /// nothing. Released as retention archives actions. Set the api's the same.
+    #[arg(long, env = "RESULT_KEPT_MAX_BYTES_PER_ACCOUNT", default_value_t = 1 << 30)]
+    pub kept_per_account: u64,
+
     /// Records an account may have applied per minute, across all consumers, unless the
     /// admin api set its own limit.
     #[arg(long, env = "RATE_LIMIT_RECORDS_PER_MINUTE", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
@@ -305,6 +311,7 @@ fn spawn_workers(
             records_per_minute: config.records_per_minute,
             settled: settled.clone(),
             simulated_latency: Duration::from_millis(config.simulated_batch_latency_ms),
+            kept_per_account: config.kept_per_account,
         };
         tasks.spawn(worker.run(shutdown.clone()));
     }

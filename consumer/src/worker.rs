@@ -53,6 +53,8 @@ pub struct Worker {
     pub settled: Arc<Notify>,
     /// Benchmarks only: added to every attempt, like a slow downstream api.
     pub simulated_latency: Duration,
+    /// The most an account's kept records may take (`RESULT_KEPT_MAX_BYTES_PER_ACCOUNT`).
+    pub kept_per_account: u64,
 }
 
 impl Worker {

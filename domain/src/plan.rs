@@ -187,6 +187,8 @@ pub struct PlanSummary {
     pub outcome_events: u32,
     /// Records settled at submission, per code: rejected and duplicates.
     pub opening_outcomes: BTreeMap<OutcomeCode, u32>,
+    /// What the refused and skipped records kept for the result files take.
+    pub kept_bytes: u64,
 }
 
 /// 128 bits of SHA-256 of a normalised key. A million of them take 16 MB where the keys
@@ -378,7 +380,15 @@ impl Planner {
             return SubmittedRecord::dropped(index);
         }
         self.kept_bytes += size;
+        self.summary.kept_bytes = self.kept_bytes;
         kept
+    }
+
+    /// Keeps refused and skipped records only within `bytes` (what the account may still
+    /// keep), as well as within `ACTION_RECORDS_MAX_BYTES`.
+    pub fn limit_kept(mut self, bytes: u64) -> Self {
+        self.kept_limit = self.kept_limit.min(bytes);
+        self
     }
 
     fn tally(&mut self, code: OutcomeCode) {

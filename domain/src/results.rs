@@ -45,21 +45,33 @@ pub const BATCH_RECORDS_MAX_BYTES: usize = 8 << 20;
 pub const SETTLED_EVENT_MAX_BYTES: usize = 10 << 20;
 
 /// The most the kept records of one action may take, as JSON text, counted twice over:
-/// once for the records refused or skipped at submission, and once for the events of its
-/// settled batches (by then of every kind: `batch_room`). Past it, later records keep
-/// nothing (`truncated`). Without it, a 1 GiB upload of text that JSON escapes six-fold
-/// (control characters) would keep several GiB in Redis for the whole retention.
+/// once for the records refused or skipped at submission, and once for those of its settled
+/// batches (`batch_room`). Past it, later records keep nothing (`truncated`). Without it, a
+/// 1 GiB upload of text that JSON escapes six-fold (control characters) would keep several
+/// GiB in Redis for the whole retention. An account's actions together are bounded too
+/// (`RESULT_KEPT_MAX_BYTES_PER_ACCOUNT`).
 pub const ACTION_RECORDS_MAX_BYTES: u64 = 256 << 20;
 
 /// The room the kept records of the next settled batch of an action have, given what its
-/// events already hold (`eventBytes` of its meta): at most `BATCH_RECORDS_MAX_BYTES`.
-/// Batches settling at once may each take it, so an action passes the bound by at most
-/// that many batches.
-pub fn batch_room(event_bytes: u64) -> usize {
-    let left = ACTION_RECORDS_MAX_BYTES.saturating_sub(event_bytes);
+/// events already keep (`keptBytes` of its meta) and what its account's actions keep
+/// (`account_kept`) against its limit (`account_limit`): at most
+/// `BATCH_RECORDS_MAX_BYTES`. Batches settling at once may each take it, so the bounds are
+/// passed by at most that many batches.
+pub fn batch_room(action_kept: u64, account_kept: u64, account_limit: u64) -> usize {
+    let left = ACTION_RECORDS_MAX_BYTES
+        .saturating_sub(action_kept)
+        .min(account_limit.saturating_sub(account_kept));
     usize::try_from(left).map_or(BATCH_RECORDS_MAX_BYTES, |left| {
         left.min(BATCH_RECORDS_MAX_BYTES)
     })
+}
+
+/// What `records` take once kept (`SubmittedRecord::stored_size`).
+pub fn kept_size(records: &[SubmittedRecord]) -> u64 {
+    records
+        .iter()
+        .map(|record| record.stored_size() as u64)
+        .sum()
 }
 
 /// One record's fields as submitted, kept by the event that settled it.

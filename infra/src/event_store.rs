@@ -70,8 +70,8 @@ pub struct ActionMeta {
     pub paused: bool,
     /// Its events were moved to the MongoDB archive (retention); only a tombstone is left.
     pub archived: bool,
-    /// What the events the consumers appended to its stream take (`eventBytes`).
-    pub event_bytes: u64,
+    /// What the records its events keep take (`keptBytes`).
+    pub kept_bytes: u64,
     /// Every batch is settled, so `Completed` is in the stream (an action of no batch is
     /// settled at once).
     pub settled: bool,
@@ -88,10 +88,10 @@ impl ActionMeta {
         .batch_turn()
     }
 
-    /// The room the kept records of its next settled batch have
-    /// (`domain::results::batch_room`).
-    pub fn kept_room(&self) -> usize {
-        domain::results::batch_room(self.event_bytes)
+    /// The room the kept records of its next settled batch have, given what its account
+    /// keeps (`account_kept`) and may keep (`account_limit`) (`domain::results::batch_room`).
+    pub fn kept_room(&self, account_kept: u64, account_limit: u64) -> usize {
+        domain::results::batch_room(self.kept_bytes, account_kept, account_limit)
     }
 }
 
@@ -285,7 +285,7 @@ impl EventStore {
             "cancelled",
             "paused",
             "archived",
-            "eventBytes",
+            "keptBytes",
             "done",
             "batches",
         ];
@@ -319,9 +319,9 @@ impl EventStore {
             cancelled: field("cancelled") == Some("1"),
             paused: field("paused") == Some("1"),
             archived: field("archived") == Some("1"),
-            event_bytes: field("eventBytes")
+            kept_bytes: field("keptBytes")
                 .map_or(Ok(0), str::parse)
-                .map_err(|_| corrupt("eventBytes"))?,
+                .map_err(|_| corrupt("keptBytes"))?,
             settled: field("done").unwrap_or("0") == field("batches").unwrap_or("0"),
         }))
     }

@@ -107,6 +107,13 @@ impl Keys {
         )
     }
 
+    /// What the records kept by an account's actions take in Redis, in bytes (released
+    /// when retention archives an action).
+    pub fn kept_bytes(&self, account: &AccountId) -> String {
+        let partition = self.account_partition(account);
+        format!("{}kept:{account}", self.partition_prefix(partition))
+    }
+
     /// Per-account limit overrides. Kept in the account's partition; `partition` is given
     /// so that the processing side reads the copy beside the action it dispatches.
     pub fn limits(&self, partition: u32, account: &AccountId) -> String {

@@ -11,6 +11,7 @@ pub mod config;
 pub mod event_store;
 pub mod fields;
 pub mod flow;
+mod kept;
 pub mod keys;
 pub mod lifecycle;
 pub mod metrics;

@@ -294,6 +294,7 @@ impl Settlement {
                 AppendCondition::Always => "",
                 AppendCondition::Unattempted => "1",
             })
+            .arg(kept_bytes(payload))
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(seq)
@@ -361,7 +362,7 @@ impl Projection {
         archived_seq: u64,
         at: Timestamp,
     ) -> Result<bool, StoreError> {
-        let forgotten: i64 = self
+        let (forgotten, kept, account): (i64, u64, String) = self
             .scripts
             .forget_archived
             .key(self.keys.meta(action))
@@ -372,6 +373,17 @@ impl Projection {
             .arg(at.millis())
             .invoke_async(&mut self.conn.clone())
             .await?;
+        // Its kept records left Redis with it: its account may keep as much again.
+        if let Ok(account) = domain::AccountId::parse(&account) {
+            if let Err(error) = self.release_kept(&account, kept).await {
+                tracing::warn!(%action, %error, kept, "could not release an archived action's kept records from its account's count");
+            }
+        }
         Ok(forgotten == 1)
     }
+}
+
+/// What the records an event keeps take (`SubmittedRecord::stored_size`).
+fn kept_bytes(payload: &EventPayload) -> u64 {
+    domain::results::kept_size(payload.submitted_records())
 }

@@ -72,19 +72,23 @@ impl EventSource for Archive<'_> {
         let options = FindOptions::builder()
             .sort(doc! { "seq": 1 })
             .limit(count as i64)
-            // The whole page in the first reply: no `getMore` to lose.
             .batch_size(count as u32)
             .build();
-        let archived: Vec<ArchivedEvent> = archive
+        let mut cursor = archive
             .find(doc! { "actionId": action.to_string(), "seq": { "$gt": after_seq as i64 } })
             .with_options(options)
-            .await?
-            .try_collect()
             .await?;
-        Ok(archived
-            .iter()
-            .map(|archived| archived.event.decode(action))
-            .collect::<Result<_, _>>()?)
+        // Bounded by bytes as a page of the stream is (`read_page.lua`); the first always.
+        let mut page = Vec::new();
+        let mut bytes = 0;
+        while let Some(archived) = cursor.try_next().await? {
+            bytes += archived.event.data.len();
+            if !page.is_empty() && bytes > infra::event_store::PAGE_MAX_BYTES {
+                break;
+            }
+            page.push(archived.event.decode(action)?);
+        }
+        Ok(page)
     }
 }
 

@@ -94,6 +94,18 @@ pub async fn repartition(
             report.keys_moved += 1;
         }
     }
+    // What an account's kept records take, counted beside its account.
+    for old in scan(conn, &format!("{}:{{*}}:kept:*", from.prefix())).await? {
+        let Some(account) =
+            named_account(from, &old, "kept").filter(|account| from.kept_bytes(account) == old)
+        else {
+            tracing::warn!(key = old, "not an account's kept-bytes key; left as it is");
+            continue;
+        };
+        if move_key(conn, &old, &to.kept_bytes(&account)).await? {
+            report.keys_moved += 1;
+        }
+    }
     // An account's field definitions and external id slots, by account and entity type.
     for (kind, new_key) in [
         (

@@ -37,6 +37,8 @@ pub struct AppOptions {
     pub max_streams_per_account: usize,
     /// How long an event stream stays open before the api ends it.
     pub max_stream_seconds: u64,
+    /// What an account's kept records may take (api and consumers).
+    pub kept_per_account: u64,
 }
 
 impl Default for AppOptions {
@@ -59,6 +61,7 @@ impl Default for AppOptions {
             admin_token: Some(crate::client::TEST_ADMIN_TOKEN.to_owned()),
             max_streams_per_account: 100,
             max_stream_seconds: 3600,
+            kept_per_account: 1 << 30,
         }
     }
 }
@@ -122,6 +125,7 @@ impl TestApp {
             admin_token: options.admin_token.clone(),
             max_streams_per_account: options.max_streams_per_account,
             max_stream_seconds: options.max_stream_seconds,
+            kept_per_account: options.kept_per_account,
             result_exports_per_account: 4,
             // As in production: webhooks to private addresses are refused.
             webhook_allow_private_networks: false,
@@ -204,6 +208,7 @@ impl TestApp {
             retry_max_delay_ms: 500,
             shutdown_grace_ms: 5_000,
             records_per_minute: self.options.records_per_minute,
+            kept_per_account: self.options.kept_per_account,
             records_burst_seconds: 0,
             dispatch_lookahead: 1,
             dispatch_tick_ms: 50,

@@ -455,6 +455,70 @@ async fn results_wait_for_the_projection_of_a_finished_action() -> Result<()> {
     Ok(())
 }
 
+/// An account's kept records are bounded whatever number of actions it submits: once its
+/// actions keep `RESULT_KEPT_MAX_BYTES_PER_ACCOUNT`, later failing records keep nothing
+/// (`truncated`), both those refused at submission and those of batches, and the count in
+/// Redis stays near the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accounts_kept_records_stay_within_its_bound() -> Result<()> {
+    const LIMIT: u64 = 60_000;
+    let app = TestApp::spawn(AppOptions {
+        kept_per_account: LIMIT,
+        ..AppOptions::default()
+    })
+    .await?;
+    let name = "n".repeat(240);
+    let failing = |prefix: &str| -> Vec<Value> {
+        (0..200)
+            .map(|i| json!({"email": format!("{prefix}{i}@x.io"), "name": format!("{name}{i}")}))
+            .collect()
+    };
+    // Updates of contacts that are not there: every record fails when applied.
+    let first = app
+        .submit(&json!({"entityType": "contact", "actionType": "update",
+            "pacing": {"batchSize": 50, "intervalSeconds": 1}, "data": failing("a")}))
+        .await?;
+    app.wait_projected_terminal(&first, WAIT).await?;
+    let rows = ndjson_rows(&file(&app, &first, "failed", "ndjson").await?)?;
+    let kept = rows.iter().filter(|row| row["_fields"] == "kept").count();
+    ensure!(rows.len() == 200, "{} rows", rows.len());
+    ensure!(
+        (100..200).contains(&kept),
+        "{kept} of 200 kept whole under a {LIMIT}-byte bound"
+    );
+
+    // A second action, of records refused at submission and records that fail: nothing
+    // more is kept.
+    let mut records = failing("b");
+    records.extend((0..50).map(|i| json!({"email": format!("bad-{i}"), "name": "x"})));
+    let second = app
+        .submit(&json!({"entityType": "contact", "actionType": "update", "data": records}))
+        .await?;
+    app.wait_projected_terminal(&second, WAIT).await?;
+    let rows = ndjson_rows(&file(&app, &second, "failed", "ndjson").await?)?;
+    ensure!(rows.len() == 250, "{} rows", rows.len());
+    ensure!(
+        rows.iter().all(|row| row["_fields"] == "truncated"),
+        "an account past its bound keeps nothing: {:?}",
+        rows.iter()
+            .map(|row| row["_fields"].clone())
+            .collect::<Vec<_>>()
+    );
+    let store = infra::EventStore::new(
+        infra::redis_conn::shared(app.redis_url()).await?,
+        app.keys(),
+    );
+    let counted = store
+        .account_kept(&domain::AccountId::parse("acme").context("account")?)
+        .await?;
+    // Batches settling together may each take the room left: one batch's worth over.
+    ensure!(
+        (LIMIT / 2..=LIMIT + 50 * 400).contains(&counted),
+        "the account's count is {counted}"
+    );
+    Ok(())
+}
+
 /// Batches of large records that all fail settle as events of several MiB each: their
 /// records are still kept whole, the projector and the result file get through them, and
 /// no read of the stream returns more than 4 MiB past its first event.

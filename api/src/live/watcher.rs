@@ -268,8 +268,10 @@ async fn fold_new_events(
                 None => {}
             }
         }
-        // Caught up, or the page was cut short by its bytes: the next poll goes on.
-        if page.len() < PAGE_EVENTS {
+        // Only an empty page is caught up: a page is also cut short by its bytes, and an
+        // action whose batches keep megabytes of records would otherwise fall behind by a
+        // page a poll. One page is held at a time.
+        if page.is_empty() {
             break;
         }
     }

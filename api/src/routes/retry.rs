@@ -178,7 +178,8 @@ pub async fn retry(
             }
             Ok(())
         },
-        Planner::new(rules, batch_size),
+        Planner::new(rules, batch_size)
+            .limit_kept(commit::kept_room(&state, &settings.account_id).await?),
         ingest::PlanLimits {
             max_records: config.max_records_per_action,
             max_batches: config.max_batches_per_action,

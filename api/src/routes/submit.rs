@@ -114,7 +114,8 @@ pub async fn submit(
             let rules = rules.clone();
             move |sink: &mut RecordSink<'_>| source.read(max_record_bytes, &rules, sink)
         },
-        Planner::new(rules, batch_size),
+        Planner::new(rules, batch_size)
+            .limit_kept(commit::kept_room(&state, &settings.account_id).await?),
         ingest::PlanLimits {
             max_records: config.max_records_per_action,
             max_batches: config.max_batches_per_action,

@@ -190,9 +190,10 @@ impl Worker {
             let error = match result {
                 AttemptResult::Applied(outcomes) => {
                     let counted = crate::metrics::OutcomeCounts::of(&outcomes);
-                    let submitted =
-                        batch_submitted(batch, &outcomes, meta.entity_type, meta.kept_room());
-                    self.store
+                    let submitted = self.kept_records(meta, batch, &outcomes).await?;
+                    let kept = domain::results::kept_size(&submitted);
+                    let settled = self
+                        .store
                         .settle_batch(
                             item,
                             outcomes,
@@ -202,8 +203,11 @@ impl Worker {
                             infra::clock::now(),
                         )
                         .await?;
-                    counted.record(meta.action_type);
-                    crate::metrics::batch_applied(meta.action_type);
+                    if settled.is_some() {
+                        self.charge_kept(meta, kept).await;
+                        counted.record(meta.action_type);
+                        crate::metrics::batch_applied(meta.action_type);
+                    }
                     tracing::debug!(
                         attempt,
                         records = batch.records.len(),
@@ -303,16 +307,39 @@ impl Worker {
             OutcomeCode::Unprocessed,
             "the action was cancelled before this record was applied",
         );
-        let submitted = batch_submitted(batch, &outcomes, meta.entity_type, meta.kept_room());
+        let submitted = self.kept_records(meta, batch, &outcomes).await?;
+        let kept = domain::results::kept_size(&submitted);
         let counted = crate::metrics::OutcomeCounts::of(&outcomes);
         let settled = self
             .store
             .settle_cancelled(item, outcomes, submitted, infra::clock::now())
             .await?;
         if settled == CancelSettlement::Settled {
+            self.charge_kept(meta, kept).await;
             counted.record(meta.action_type);
         }
         Ok(settled)
+    }
+
+    /// The records of `batch` that did not succeed, as kept for the result files, within
+    /// what the action and its account may still keep.
+    async fn kept_records(
+        &self,
+        meta: &ActionMeta,
+        batch: &Batch,
+        outcomes: &[domain::RecordOutcome],
+    ) -> Result<Vec<domain::results::SubmittedRecord>, infra::StoreError> {
+        let account_kept = self.store.account_kept(&meta.account_id).await?;
+        let room = meta.kept_room(account_kept, self.kept_per_account);
+        Ok(batch_submitted(batch, outcomes, meta.entity_type, room))
+    }
+
+    /// Counts what a settlement kept against its account. A failure leaves the count low
+    /// (the bound guards Redis, it is not a ledger), so it is logged, not retried.
+    async fn charge_kept(&self, meta: &ActionMeta, bytes: u64) {
+        if let Err(error) = self.store.charge_kept(&meta.account_id, bytes).await {
+            tracing::warn!(%error, bytes, "could not count the kept records against the account");
+        }
     }
 
     /// Settles the batch as dead-lettered; `attempt` is the one past the limit. Records
@@ -344,7 +371,8 @@ impl Worker {
             Checked::Impossible => batch.dead_lettered(attempts, error, StoreCheck::Unchecked),
         };
         tracing::error!(attempts, %error, "batch dead-lettered");
-        let submitted = batch_submitted(batch, &outcomes, meta.entity_type, meta.kept_room());
+        let submitted = self.kept_records(meta, batch, &outcomes).await?;
+        let kept = domain::results::kept_size(&submitted);
         let counted = crate::metrics::OutcomeCounts::of(&outcomes);
         let dead_letter = DeadLetter {
             attempts,
@@ -352,11 +380,15 @@ impl Worker {
             outcomes,
             submitted,
         };
-        self.store
+        let settled = self
+            .store
             .dead_letter(item, dead_letter, infra::clock::now())
             .await?;
-        counted.record(meta.action_type);
-        crate::metrics::batch_dead_lettered(meta.action_type);
+        if settled.is_some() {
+            self.charge_kept(meta, kept).await;
+            counted.record(meta.action_type);
+            crate::metrics::batch_dead_lettered(meta.action_type);
+        }
         Ok(())
     }
 

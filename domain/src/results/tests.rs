@@ -91,7 +91,12 @@ fn only_the_records_that_did_not_succeed_are_kept_from_a_batch() {
         RecordOutcome::new(0, Some("a@x.io".into()), OutcomeCode::Updated, None),
         RecordOutcome::new(1, Some("b@x.io".into()), OutcomeCode::NotFound, None),
     ];
-    let kept = batch_submitted(batch, &outcomes, EntityType::Contact, batch_room(0));
+    let kept = batch_submitted(
+        batch,
+        &outcomes,
+        EntityType::Contact,
+        batch_room(0, 0, u64::MAX),
+    );
     assert_eq!(kept.len(), 1);
     assert_eq!(kept[0].index, 1);
     assert_eq!(
@@ -121,7 +126,12 @@ fn a_batch_keeps_records_within_its_byte_budget() {
         match_by: MatchBy::Natural,
     };
     let outcomes = batch.outcomes_all(OutcomeCode::Unprocessed, "cancelled");
-    let kept = batch_submitted(&batch, &outcomes, EntityType::Contact, batch_room(0));
+    let kept = batch_submitted(
+        &batch,
+        &outcomes,
+        EntityType::Contact,
+        batch_room(0, 0, u64::MAX),
+    );
     assert_eq!(kept.len(), 60);
     let bytes: usize = kept.iter().map(SubmittedRecord::stored_size).sum();
     assert!(bytes <= BATCH_RECORDS_MAX_BYTES + 60 * 64, "{bytes}");
@@ -130,14 +140,21 @@ fn a_batch_keeps_records_within_its_byte_budget() {
 
 #[test]
 fn an_action_near_its_kept_bytes_keeps_less_of_each_batch_and_then_nothing() {
-    assert_eq!(batch_room(0), BATCH_RECORDS_MAX_BYTES);
+    let any = u64::MAX;
+    assert_eq!(batch_room(0, 0, any), BATCH_RECORDS_MAX_BYTES);
     assert_eq!(
-        batch_room(ACTION_RECORDS_MAX_BYTES - 1000),
+        batch_room(ACTION_RECORDS_MAX_BYTES - 1000, 0, any),
         1000,
         "the room left, not a whole batch's"
     );
-    assert_eq!(batch_room(ACTION_RECORDS_MAX_BYTES), 0);
-    assert_eq!(batch_room(u64::MAX), 0);
+    assert_eq!(batch_room(ACTION_RECORDS_MAX_BYTES, 0, any), 0);
+    assert_eq!(batch_room(u64::MAX, 0, any), 0);
+    assert_eq!(batch_room(0, 5_000, 6_000), 1_000, "the account's room");
+    assert_eq!(
+        batch_room(0, 7_000, 6_000),
+        0,
+        "an account past its limit keeps nothing"
+    );
     let records: Vec<PlannedRecord> = (0..3)
         .map(|index| PlannedRecord {
             index,

@@ -6,8 +6,8 @@
 -- same step, so exactly one Completed is ever written. When a work entry id is given, the
 -- batch payload and the work entry are removed in the same step, so "recorded" and "done"
 -- cannot disagree after a crash. A dead-lettered batch is copied, records and all, to the
--- dead-letter stream in the same step, before its payload is removed. The event's bytes
--- are added to the meta's `eventBytes`.
+-- dead-letter stream in the same step, before its payload is removed. The bytes of the
+-- records the event keeps are added to the meta's `keptBytes`.
 --
 -- A batch settled without being applied (a cancel's `BatchCancelled`) asks for
 -- `unattempted`: if any attempt at the batch has begun, its writes may have reached
@@ -17,7 +17,8 @@
 -- KEYS: meta, events, feed, batches, work, deadLetters, hooks
 -- ARGV: action, guard, schemaVersion, eventId, type, at, data, settlesBatch ('1'/'0'),
 --       completedId, completedType, completedData, batchNumber, workEntryId, group,
---       deadLetterError ('' = not dead-lettered), attempts, unattempted ('1'/'')
+--       deadLetterError ('' = not dead-lettered), attempts, unattempted ('1'/''),
+--       keptBytes (of the event's kept records)
 -- Returns the seq of the event, 0 if the guard was used, -1 no such action, -2 attempted.
 if call('EXISTS', KEYS[1]) == 0 then
   return -1
@@ -31,9 +32,11 @@ local seq = 0
 if ARGV[2] == '' or call('HSETNX', KEYS[1], ARGV[2], 1) == 1 then
   seq = call('HINCRBY', KEYS[1], 'seq', 1)
   xadd_event(KEYS[2], KEYS[7], action, seq, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
-  -- What the consumers' events hold: past a bound, settled batches keep no records
-  -- (`domain::results::batch_room`).
-  call('HINCRBY', KEYS[1], 'eventBytes', #ARGV[7])
+  -- What the kept records of its events take: past a bound, settled batches keep no
+  -- records (`domain::results::batch_room`).
+  if ARGV[18] ~= '0' then
+    call('HINCRBY', KEYS[1], 'keptBytes', ARGV[18])
+  end
   if ARGV[8] == '1' then
     local done = call('HINCRBY', KEYS[1], 'done', 1)
     if done == tonumber(call('HGET', KEYS[1], 'batches')) then

@@ -91,10 +91,34 @@ pub(crate) async fn commit(
         return Ok(Committed::Replayed(action_id));
     }
     tracing::info!(%action_id, account = %settings.account_id, records = summary.total_records, batches = summary.batch_count, "bulk action accepted");
+    note_kept(state, settings, action_id, summary.kept_bytes).await;
     Ok(Committed::Created(Box::new(read_model::opening_view(
         &new_action,
         &summary,
     )?)))
+}
+
+/// Counts the records refused or skipped at submission that the action keeps, against its
+/// account and on its meta (for retention to release). After the commit, apart from it: a
+/// failure leaves the count low, which the bound tolerates, so it is logged.
+async fn note_kept(state: &AppState, settings: &ActionSettings, action: ActionId, bytes: u64) {
+    let noted = async {
+        state.store.note_kept_at_submission(action, bytes).await?;
+        state.store.charge_kept(&settings.account_id, bytes).await
+    };
+    if let Err(error) = noted.await {
+        tracing::warn!(%action, %error, bytes, "could not count the kept records against the account");
+    }
+}
+
+/// What `account`'s actions may still keep for result files: the planner of a new action
+/// keeps refused and skipped records within it.
+pub(crate) async fn kept_room(
+    state: &AppState,
+    account: &domain::AccountId,
+) -> Result<u64, ApiError> {
+    let kept = state.store.account_kept(account).await?;
+    Ok(state.config.kept_per_account.saturating_sub(kept))
 }
 
 /// The start, checked again now that the records are in: a start that was fine when the
