@@ -1,6 +1,6 @@
 //! Request metrics: a count and a latency histogram per method, route template and status,
 //! and the refusals of the per-account limits. Served on `METRICS_PORT`, never on the
-//! public port (docs/decisions/0054-metrics.md).
+//! public port (docs/decisions/0055-metrics.md).
 
 use std::time::Instant;
 

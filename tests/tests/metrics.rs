@@ -376,7 +376,7 @@ async fn every_process_serves_metrics_that_move_with_the_records_and_pass_promto
         }
     }
 
-    // The public port has no /metrics (decision 0054): it is on METRICS_PORT only.
+    // The public port has no /metrics (decision 0055): it is on METRICS_PORT only.
     let status = call(&deployment, Method::GET, "/metrics", None, &key).await?;
     ensure!(status == 404, "public /metrics: {status}");
 
