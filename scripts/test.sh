@@ -24,8 +24,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy "${locked[@]}" --workspace --all-targets -q -- -D warnings
-echo "== cargo build (the binaries the fault tests run as processes)"
-cargo build "${locked[@]}" --bins -p api -p consumer -p projector
+echo "== cargo build (the binaries the fault and CLI tests run as processes)"
+cargo build "${locked[@]}" --bins -p api -p consumer -p projector -p cli
 echo "== cargo test"
 cargo test "${locked[@]}" --workspace --no-fail-fast
 # The processing, flow and live progress tests again, each on a Redis Cluster of its own

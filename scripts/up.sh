@@ -154,6 +154,10 @@ cat <<MSG
       -d '{"entityType":"contact","actionType":"upsert","data":[{"email":"ann@example.com","name":"Ann","age":31}]}'
     curl -s http://127.0.0.1:$PORT/bulk-actions -H 'authorization: Bearer $DEMO_KEY'
 
+  Or with the CLI (README, "CLI"):
+    export BULK_API_URL=http://127.0.0.1:$PORT BULK_API_KEY=$DEMO_KEY
+    $BIN/bulk submit docs/examples/contacts.csv --action upsert --wait
+
   Admin token (API keys, limits) in $DEV/admin-token.
 
   Each account may apply 10,000 records a minute (RATE_LIMIT_RECORDS_PER_MINUTE). Raise one:

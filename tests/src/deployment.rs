@@ -14,7 +14,8 @@ use anyhow::{bail, Context, Result};
 use crate::client::ApiClient;
 use crate::services::Services;
 
-/// Paths of the three binaries, built once per test binary.
+/// Paths of the binaries (the three services and the `bulk` CLI), built once per test
+/// binary.
 struct Binaries {
     dir: PathBuf,
 }
@@ -54,6 +55,8 @@ fn binaries() -> Result<&'static Binaries> {
             "consumer",
             "-p",
             "projector",
+            "-p",
+            "cli",
         ]);
         if std::env::var("CI").is_ok_and(|ci| ci == "true") {
             build.arg("--locked");
@@ -70,6 +73,11 @@ fn binaries() -> Result<&'static Binaries> {
         })
     });
     built.as_ref().map_err(|error| anyhow::anyhow!("{error}"))
+}
+
+/// A workspace binary (`api`, `consumer`, `projector`, `bulk`), built fresh first.
+pub fn built_binary(name: &str) -> Result<PathBuf> {
+    Ok(binaries()?.dir.join(name))
 }
 
 /// Knobs of a deployment under test: short timeouts so faults heal in seconds.

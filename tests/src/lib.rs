@@ -16,7 +16,7 @@ mod sse;
 pub use app::{AppOptions, TestApp};
 pub use client::{codes, error_code, ApiClient, Reply, ONE_REPLY, TEST_ADMIN_TOKEN};
 pub use cluster::RedisCluster;
-pub use deployment::{Deployment, DeploymentOptions};
+pub use deployment::{built_binary, Deployment, DeploymentOptions};
 pub use services::{binary, which, Services};
 pub use sse::{SseMessage, SseStream};
 
