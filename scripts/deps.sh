@@ -2,7 +2,7 @@
 # Installs what the platform needs to run and test locally, and only what is missing:
 #   redis-server and PostgreSQL (Debian packages), FerretDB v1.24.2 (built with Go), a Rust
 #   toolchain check, and for the tests schemathesis and standardwebhooks (PyPI, in their
-#   own virtualenv) and faketime (Debian package).
+#   own virtualenv), faketime and promtool (Debian packages `faketime`, `prometheus`).
 # Source it (it exports REDIS_SERVER_BIN and FERRETDB_BIN) or run it.
 set -euo pipefail
 
@@ -129,6 +129,19 @@ ensure_faketime() {
   fi
 }
 
+# promtool (Debian package `prometheus`) checks every scrape of tests/tests/metrics.rs, and
+# is what an operator runs on a scrape by hand (docs/operations.md, "Metrics"). The tests
+# run it as PROMTOOL.
+ensure_promtool() {
+  if ! command -v promtool >/dev/null 2>&1; then
+    log "installing promtool (Debian package prometheus)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  fi
+  PROMTOOL="$(command -v promtool)"
+  export PROMTOOL
+}
+
 # The dashboard's browser test drives Debian's Chromium through ChromeDriver (WebDriver).
 ensure_chromium() {
   if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
@@ -164,4 +177,6 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   ensure_standardwebhooks
   log "standardwebhooks: $STANDARDWEBHOOKS_PYTHON"
   ensure_faketime
+  ensure_promtool
+  log "promtool: $PROMTOOL"
 fi

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what is missing (redis-server,
-# PostgreSQL, FerretDB, schemathesis, standardwebhooks), checks formatting and lints, then
+# PostgreSQL, FerretDB, schemathesis, standardwebhooks, faketime, promtool), checks formatting and lints, then
 # runs every test. The tests start
 # their own services on free ports; nothing needs to be running beforehand.
 set -euo pipefail
@@ -10,6 +10,7 @@ ensure_all
 ensure_schemathesis
 ensure_standardwebhooks
 ensure_faketime
+ensure_promtool
 ensure_chromium
 
 locked=()

@@ -4,19 +4,22 @@
 # Installs what is missing first. Stop everything with scripts/down.sh.
 #
 # Settings (environment): PORT (api, 3000), DEV_REDIS_PORT (6379), DEV_MONGO_PORT (27017),
-# CONSUMERS (number of consumer processes, 1), PROFILE (debug|release, debug),
+# DEV_METRICS_PORT (9464: the api's METRICS_PORT; the projector's is the next, then one
+# per consumer), CONSUMERS (number of consumer processes, 1), PROFILE (debug|release, debug),
 # REDIS_TOPOLOGY (single|cluster, single: cluster runs 3 masters and 3 replicas on
 # DEV_CLUSTER_PORT..+5, 7000 by default, and 6 partitions).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
 ensure_all
+ensure_promtool
 
 PORT="${PORT:-3000}"
 DEV_REDIS_PORT="${DEV_REDIS_PORT:-6379}"
 DEV_MONGO_PORT="${DEV_MONGO_PORT:-27017}"
 DEV_PG_PORT="${DEV_PG_PORT:-5433}"
 CONSUMERS="${CONSUMERS:-1}"
+DEV_METRICS_PORT="${DEV_METRICS_PORT:-9464}"
 PROFILE="${PROFILE:-debug}"
 DEV=".dev"
 mkdir -p "$DEV/logs" "$DEV/pids" "$DEV/redis"
@@ -112,11 +115,11 @@ DATABASE=crm-bulk-actions
 [ "$REDIS_TOPOLOGY" = cluster ] && DATABASE=crm-bulk-actions-cluster
 export MONGODB_URI="mongodb://127.0.0.1:$DEV_MONGO_PORT/$DATABASE"
 export PORT
-start projector "$BIN/projector"
+METRICS_PORT="$((DEV_METRICS_PORT + 1))" start projector "$BIN/projector"
 for n in $(seq 1 "$CONSUMERS"); do
-  CONSUMER_NAME="local-consumer-$n" start "consumer-$n" "$BIN/consumer"
+  CONSUMER_NAME="local-consumer-$n" METRICS_PORT="$((DEV_METRICS_PORT + 1 + n))" start "consumer-$n" "$BIN/consumer"
 done
-start api "$BIN/api"
+METRICS_PORT="$DEV_METRICS_PORT" start api "$BIN/api"
 
 for _ in $(seq 1 100); do
   curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break
@@ -142,6 +145,8 @@ cat <<MSG
     Redis:     $REDIS_URL   (STREAM_PARTITIONS=${STREAM_PARTITIONS:-4})
     MongoDB:   $MONGODB_URI   (FerretDB on PostgreSQL :$DEV_PG_PORT)
     Logs:      $DEV/logs/        Stop: scripts/down.sh
+    Metrics:   http://127.0.0.1:$DEV_METRICS_PORT/metrics (api), :$((DEV_METRICS_PORT + 1)) (projector), :$((DEV_METRICS_PORT + 2))… (consumers)
+               (Prometheus text; check one with: curl -s http://127.0.0.1:$DEV_METRICS_PORT/metrics | promtool check metrics)
 
   Demo account "demo", API key in $DEMO_KEY_FILE. Try:
     curl -si -X POST http://127.0.0.1:$PORT/bulk-actions -H 'content-type: application/json' \\

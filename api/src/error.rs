@@ -262,6 +262,8 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        // For the metrics middleware, which counts refusals by code (never sent).
+        response.extensions_mut().insert(self.code);
         response
     }
 }

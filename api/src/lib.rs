@@ -7,6 +7,7 @@
 mod auth;
 mod error;
 mod extract;
+mod http_metrics;
 mod idempotency;
 mod ingest;
 mod live;
@@ -44,6 +45,10 @@ pub use openapi::ApiDoc;
 pub struct ApiConfig {
     #[command(flatten)]
     pub store: StoreConfig,
+
+    /// `GET /metrics` on a port of its own, off the public one.
+    #[command(flatten)]
+    pub metrics: infra::metrics::MetricsConfig,
 
     /// Interface to listen on.
     #[arg(long, env = "HOST", default_value = "0.0.0.0")]
@@ -254,6 +259,8 @@ pub enum ApiStartError {
     Mongo(#[from] mongodb::error::Error),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Metrics(#[from] infra::metrics::MetricsError),
 }
 
 pub fn router(state: AppState) -> Router {
@@ -361,6 +368,9 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(|_| {
             axum::response::IntoResponse::into_response(ApiError::internal("handler panicked"))
         }))
+        // Outside the panic catcher, so a panic counts as the 500 it answers; a layer of
+        // the router runs after routing, so it sees the matched route template.
+        .layer(axum::middleware::from_fn(http_metrics::record))
         .layer(axum::middleware::from_fn(request_id::assign))
         .with_state(state)
 }
@@ -409,6 +419,10 @@ pub async fn run(config: ApiConfig, shutdown: CancellationToken) -> Result<(), A
     else {
         return Ok(());
     };
+    // Bound first: a taken metrics port stops the api before it takes traffic.
+    if let Some(exporter) = infra::metrics::bind(&config.metrics).await? {
+        tokio::spawn(exporter.serve(shutdown.clone()));
+    }
     let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     serve(listener, state, shutdown, grace).await

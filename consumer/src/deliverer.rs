@@ -505,6 +505,7 @@ impl Deliverer {
                 disable: None,
             };
             self.webhooks.settle(claim, &settlement).await?;
+            crate::metrics::webhook_attempt("disabled", None);
             return Ok(());
         }
         let started = Instant::now();
@@ -539,6 +540,13 @@ impl Deliverer {
                 };
             }
         }
+        let result = match (outcome.status, delivery.state) {
+            (Some(410), _) => "gone",
+            (_, DeliveryState::Succeeded) => "succeeded",
+            (_, DeliveryState::Pending) => "retrying",
+            _ => "failed",
+        };
+        crate::metrics::webhook_attempt(result, Some(started.elapsed()));
         delivery.next_attempt_at = retry_in.and_then(|ms| {
             Timestamp::from_millis(now.millis() + i64::try_from(ms).unwrap_or(i64::MAX / 2))
         });

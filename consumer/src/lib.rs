@@ -7,6 +7,7 @@
 mod apply;
 mod deliverer;
 mod dispatcher;
+mod metrics;
 mod reconcile;
 mod scheduler;
 mod worker;
@@ -26,6 +27,9 @@ pub use apply::{ApplyError, BatchInRedis, BatchMemory, DocumentWriter, Target};
 pub struct ConsumerConfig {
     #[command(flatten)]
     pub store: StoreConfig,
+
+    #[command(flatten)]
+    pub metrics: infra::metrics::MetricsConfig,
 
     /// Batches this process applies at the same time.
     #[arg(long, env = "CONSUMER_CONCURRENCY", default_value_t = 4)]
@@ -153,6 +157,8 @@ pub enum ConsumerError {
     Store(#[from] infra::StoreError),
     #[error("mongodb: {0}")]
     Mongo(#[from] mongodb::error::Error),
+    #[error("{0}")]
+    Metrics(#[from] infra::metrics::MetricsError),
 }
 
 /// Runs until `shutdown` is cancelled, then lets each worker finish its batch for up to
@@ -161,9 +167,24 @@ pub enum ConsumerError {
 /// Redis and MongoDB may be down at start: it waits for them (capped backoff with jitter)
 /// rather than exiting.
 pub async fn run(config: ConsumerConfig, shutdown: CancellationToken) -> Result<(), ConsumerError> {
+    // Bound before waiting for the stores, so a taken port stops the process at once and
+    // an operator can scrape a consumer that waits for an outage to end.
+    let exporter = infra::metrics::bind(&config.metrics).await?;
+    let sampling = exporter.is_some();
+    if let Some(exporter) = exporter {
+        tokio::spawn(exporter.serve(shutdown.clone()));
+    }
     let Some((store, database)) = connect(&config, &shutdown).await? else {
         return Ok(());
     };
+    if sampling {
+        tokio::spawn(infra::metrics::backlog::run(
+            store.connection(),
+            store.keys().clone(),
+            infra::metrics::backlog::Side::Work,
+            shutdown.clone(),
+        ));
+    }
     let base_name = config.consumer_name();
     tracing::info!(consumer = %base_name, workers = config.concurrency, "consumer started");
     let settled = Arc::new(tokio::sync::Notify::new());

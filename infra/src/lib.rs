@@ -14,6 +14,7 @@ pub mod flow;
 mod kept;
 pub mod keys;
 pub mod lifecycle;
+pub mod metrics;
 pub mod mongo;
 pub mod opening;
 pub mod quarantine;

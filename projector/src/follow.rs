@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use domain::{ActionId, ProjectionError};
 use infra::keys::PROJECTOR_GROUP;
+use infra::metrics::names;
 use infra::mongo::ACTION_VIEWS;
 use infra::redis_conn::Blocking;
 use infra::work::{self, ReadFrom};
@@ -59,9 +60,12 @@ impl Projector {
                 }
             };
             let round = tracing::info_span!("projection_round", entries = entries.len());
+            let started = Instant::now();
             self.project_round(&mut conn, &entries)
                 .instrument(round)
                 .await?;
+            metrics::histogram!(names::PROJECTOR_ROUND_DURATION)
+                .record(started.elapsed().as_secs_f64());
             if entries.len() < self.config.feed_batch && self.config.gather_ms > 0 {
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
@@ -122,8 +126,9 @@ impl Projector {
             let projected = project_action(&self.store, &self.database, *action)
                 .instrument(tracing::info_span!("project", %action))
                 .await?;
-            if let Some(error) = projected {
-                quarantine(&self.store, &self.database, *action, &error).await?;
+            match projected {
+                Some(error) => quarantine(&self.store, &self.database, *action, &error).await?,
+                None => metrics::counter!(names::PROJECTOR_ACTIONS_PROJECTED).increment(1),
             }
         }
         for feed in &self.feeds {
@@ -148,6 +153,7 @@ pub(crate) async fn quarantine(
     error: &ProjectionError,
 ) -> Result<(), ProjectorError> {
     store.quarantine(action, error).await?;
+    metrics::counter!(names::PROJECTOR_QUARANTINED).increment(1);
     tracing::error!(
         %action,
         code = %error.code,

@@ -27,6 +27,10 @@ pub struct ProjectorConfig {
     #[command(flatten)]
     pub store: StoreConfig,
 
+    /// `projector run` only.
+    #[command(flatten)]
+    pub metrics: infra::metrics::MetricsConfig,
+
     /// This projector's name in the `projector` group; stable across restarts.
     #[arg(long, env = "PROJECTOR_NAME", default_value = "projector-1")]
     pub name: String,
@@ -73,6 +77,8 @@ pub enum ProjectorError {
     Bson(#[from] mongodb::bson::ser::Error),
     #[error("events do not fold: {0}")]
     Fold(#[from] domain::FoldError),
+    #[error("{0}")]
+    Metrics(#[from] infra::metrics::MetricsError),
 }
 
 impl ProjectorError {
@@ -84,6 +90,7 @@ impl ProjectorError {
             ProjectorError::Store(infra::StoreError::Corrupt(_)) => true,
             ProjectorError::Mongo(error) => !infra::mongo::is_outage(error),
             ProjectorError::Redis(_) | ProjectorError::Store(_) => false,
+            ProjectorError::Metrics(_) => false,
         }
     }
 
@@ -94,6 +101,7 @@ impl ProjectorError {
             ProjectorError::Fold(_) => "events_do_not_fold",
             ProjectorError::Bson(_) => "view_not_serializable",
             ProjectorError::Store(_) | ProjectorError::Redis(_) => "events_unreadable",
+            ProjectorError::Metrics(_) => "metrics",
         };
         let message = match self {
             ProjectorError::Mongo(error) => infra::mongo::server_message(error),
@@ -117,11 +125,25 @@ pub async fn run(
     config: ProjectorConfig,
     shutdown: CancellationToken,
 ) -> Result<(), ProjectorError> {
+    // Bound before waiting for the stores: a taken port stops the process at once.
+    let exporter = infra::metrics::bind(&config.metrics).await?;
+    let sampling = exporter.is_some();
+    if let Some(exporter) = exporter {
+        tokio::spawn(exporter.serve(shutdown.clone()));
+    }
     let Some((store, database)) =
         infra::retry::until_ok("redis and mongodb", &shutdown, || connect(&config)).await
     else {
         return Ok(());
     };
+    if sampling {
+        tokio::spawn(infra::metrics::backlog::run(
+            store.connection(),
+            store.keys().clone(),
+            infra::metrics::backlog::Side::Feed,
+            shutdown.clone(),
+        ));
+    }
     let feeds = store
         .keys()
         .partitions()

@@ -107,6 +107,7 @@ impl TestApp {
         };
         let api_config = ApiConfig {
             store: store.clone(),
+            metrics: infra::metrics::MetricsConfig::off(),
             host: "127.0.0.1".into(),
             port: 0,
             batch_size: options.batch_size,
@@ -195,6 +196,7 @@ impl TestApp {
     pub fn consumer_config(&self, name: String) -> ConsumerConfig {
         ConsumerConfig {
             store: self.store.clone(),
+            metrics: infra::metrics::MetricsConfig::off(),
             concurrency: 2,
             name: Some(name),
             block_ms: 200,
@@ -244,6 +246,7 @@ impl TestApp {
     pub fn projector_config(&self) -> ProjectorConfig {
         ProjectorConfig {
             store: self.store.clone(),
+            metrics: infra::metrics::MetricsConfig::off(),
             name: "test-projector".into(),
             block_ms: 200,
             claim_idle_ms: self.options.claim_idle_ms,

@@ -92,6 +92,8 @@ pub struct DeploymentOptions {
     pub requests_per_minute: u32,
     /// Further settings for every process, e.g. `("ADMIN_TOKEN", "...")`.
     pub env: Vec<(&'static str, String)>,
+    /// Give every process a `METRICS_PORT` of its own (`Deployment::metrics_url`).
+    pub metrics: bool,
 }
 
 impl Default for DeploymentOptions {
@@ -105,6 +107,7 @@ impl Default for DeploymentOptions {
             records_per_minute: 100_000_000,
             requests_per_minute: 1_000_000,
             env: Vec::new(),
+            metrics: false,
         }
     }
 }
@@ -124,6 +127,8 @@ pub struct Deployment {
     consumers: BTreeMap<String, Child>,
     projector: Option<Child>,
     starts: u32,
+    /// Metrics port by role (`api`, `projector`, `consumer <name>`), kept across restarts.
+    metrics_ports: BTreeMap<String, u16>,
 }
 
 impl Deployment {
@@ -170,6 +175,7 @@ impl Deployment {
             consumers: BTreeMap::new(),
             projector: None,
             starts: 0,
+            metrics_ports: BTreeMap::new(),
         };
         deployment.start_projector()?;
         for name in consumers {
@@ -182,6 +188,33 @@ impl Deployment {
 
     fn command(&mut self, binary: &str) -> Result<Command> {
         self.wrapped_command(binary, &[])
+    }
+
+    /// `command` with the role's `METRICS_PORT` when the deployment has metrics.
+    fn command_of(&mut self, binary: &str, role: &str, wrapper: &[&str]) -> Result<Command> {
+        let mut command = self.wrapped_command(binary, wrapper)?;
+        if self.options.metrics {
+            let port = match self.metrics_ports.get(role) {
+                Some(port) => *port,
+                None => {
+                    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                        .local_addr()?
+                        .port();
+                    self.metrics_ports.insert(role.to_owned(), port);
+                    port
+                }
+            };
+            command.env("METRICS_PORT", port.to_string());
+        }
+        Ok(command)
+    }
+
+    /// `http://…/metrics` of a role (`api`, `projector`, `consumer <name>`) when the
+    /// deployment has metrics.
+    pub fn metrics_url(&self, role: &str) -> Option<String> {
+        self.metrics_ports
+            .get(role)
+            .map(|port| format!("http://127.0.0.1:{port}/metrics"))
     }
 
     /// The process' command, run through `wrapper` (e.g. `faketime -f +10s`) if given.
@@ -269,7 +302,10 @@ impl Deployment {
     }
 
     pub fn start_api(&mut self) -> Result<()> {
-        let child = self.command("api")?.spawn().context("starting api")?;
+        let child = self
+            .command_of("api", "api", &[])?
+            .spawn()
+            .context("starting api")?;
         self.api = Some(child);
         Ok(())
     }
@@ -324,7 +360,7 @@ impl Deployment {
     /// Starts a consumer; reusing a killed one's name makes it find its own pending work.
     pub fn start_consumer(&mut self, name: &str) -> Result<()> {
         let child = self
-            .command("consumer")?
+            .command_of("consumer", &format!("consumer {name}"), &[])?
             .env("CONSUMER_NAME", name)
             .spawn()
             .context("starting consumer")?;
@@ -337,7 +373,7 @@ impl Deployment {
     /// Starts a consumer through `wrapper`, e.g. `["faketime", "-f", "+10s"]`.
     pub fn start_consumer_wrapped(&mut self, name: &str, wrapper: &[&str]) -> Result<()> {
         let child = self
-            .wrapped_command("consumer", wrapper)?
+            .command_of("consumer", &format!("consumer {name}"), wrapper)?
             .env("CONSUMER_NAME", name)
             .spawn()
             .with_context(|| format!("starting consumer {name} through {wrapper:?}"))?;
@@ -417,7 +453,7 @@ impl Deployment {
 
     pub fn start_projector(&mut self) -> Result<()> {
         let child = self
-            .command("projector")?
+            .command_of("projector", "projector", &[])?
             .env("PROJECTOR_NAME", "fault-projector")
             .arg("run")
             .spawn()

@@ -18,6 +18,7 @@ mod replay;
 mod watcher;
 
 use crate::slots::{AccountSlots, Slot};
+use infra::metrics::names;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -262,7 +263,9 @@ impl LiveHub {
     /// Counts an open stream of `account` until the returned guard drops; `None` when the
     /// account has as many open as it may (in this process).
     pub fn open_stream(&self, account: &AccountId) -> Option<StreamSlot> {
-        self.inner.streams.take(account)
+        let slot = self.inner.streams.take(account)?;
+        metrics::gauge!(names::SSE_SUBSCRIBERS).increment(1.0);
+        Some(StreamSlot { _slot: slot })
     }
 
     pub fn max_streams_per_account(&self) -> usize {
@@ -279,8 +282,17 @@ impl LiveHub {
     }
 }
 
-/// One open stream of an account, counted while it lives.
-pub type StreamSlot = Slot;
+/// One open stream of an account, counted (per account, and in the subscribers gauge)
+/// while it lives.
+pub struct StreamSlot {
+    _slot: Slot,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        metrics::gauge!(names::SSE_SUBSCRIBERS).decrement(1.0);
+    }
+}
 
 /// The maps hold no invariant a panicking holder could break halfway, so a poisoned lock
 /// is taken as it is.

@@ -152,7 +152,15 @@ pub async fn submit(
         }
     }
     match outcome? {
-        Committed::Created(view) => Ok(accepted(*view)),
+        Committed::Created(view) => {
+            metrics::counter!(
+                infra::metrics::names::ACTIONS_SUBMITTED,
+                "action_type" => settings.action_type.as_str(),
+                "entity_type" => settings.entity_type.as_str(),
+            )
+            .increment(1);
+            Ok(accepted(*view))
+        }
         Committed::Replayed(action) => replay(&state, action).await,
     }
 }

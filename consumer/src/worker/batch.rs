@@ -48,6 +48,17 @@ enum AttemptResult {
     Interrupted,
 }
 
+impl AttemptResult {
+    /// The `result` label of the attempt's duration.
+    fn label(&self) -> &'static str {
+        match self {
+            AttemptResult::Applied(_) => "applied",
+            AttemptResult::Failed(_) => "failed",
+            AttemptResult::Interrupted => "interrupted",
+        }
+    }
+}
+
 async fn discard_item(conn: &mut Blocking, item: &WorkItem) -> Result<(), infra::StoreError> {
     work::discard(
         conn,
@@ -160,12 +171,25 @@ impl Worker {
                     .dead_letter(meta, item, batch, attempt, last_error, shutdown)
                     .await;
             }
+            // Carries the batch's fields itself, so a JSON log line of the attempt names
+            // the action, batch, attempt and account in its own span.
+            let span = tracing::info_span!(
+                "attempt",
+                action = %item.action_id,
+                batch = item.batch,
+                attempt,
+                account = %meta.account_id,
+                action_type = meta.action_type.as_str(),
+            );
+            let started = Instant::now();
             let result = self
                 .while_holding(item, self.attempt(meta, item, batch, attempt, shutdown))
-                .instrument(tracing::info_span!("attempt", attempt))
+                .instrument(span)
                 .await;
+            crate::metrics::attempt_took(meta.action_type, result.label(), started.elapsed());
             let error = match result {
                 AttemptResult::Applied(outcomes) => {
+                    let counted = crate::metrics::OutcomeCounts::of(&outcomes);
                     let submitted = self.kept_records(meta, batch, &outcomes).await?;
                     let kept = domain::results::kept_size(&submitted);
                     let settled = self
@@ -181,6 +205,8 @@ impl Worker {
                         .await?;
                     if settled.is_some() {
                         self.charge_kept(meta, kept).await;
+                        counted.record(meta.action_type);
+                        crate::metrics::batch_applied(meta.action_type);
                     }
                     tracing::debug!(
                         attempt,
@@ -201,6 +227,7 @@ impl Worker {
             last_error = Some(error);
             // Past the limit, the next count dead-letters it at once.
             if attempt < self.retry.max_attempts {
+                crate::metrics::batch_retried(meta.action_type);
                 let waited = self
                     .while_holding(item, async {
                         tokio::select! {
@@ -282,12 +309,14 @@ impl Worker {
         );
         let submitted = self.kept_records(meta, batch, &outcomes).await?;
         let kept = domain::results::kept_size(&submitted);
+        let counted = crate::metrics::OutcomeCounts::of(&outcomes);
         let settled = self
             .store
             .settle_cancelled(item, outcomes, submitted, infra::clock::now())
             .await?;
         if settled == CancelSettlement::Settled {
             self.charge_kept(meta, kept).await;
+            counted.record(meta.action_type);
         }
         Ok(settled)
     }
@@ -344,6 +373,7 @@ impl Worker {
         tracing::error!(attempts, %error, "batch dead-lettered");
         let submitted = self.kept_records(meta, batch, &outcomes).await?;
         let kept = domain::results::kept_size(&submitted);
+        let counted = crate::metrics::OutcomeCounts::of(&outcomes);
         let dead_letter = DeadLetter {
             attempts,
             error,
@@ -356,6 +386,8 @@ impl Worker {
             .await?;
         if settled.is_some() {
             self.charge_kept(meta, kept).await;
+            counted.record(meta.action_type);
+            crate::metrics::batch_dead_lettered(meta.action_type);
         }
         Ok(())
     }
