@@ -10,6 +10,7 @@ const ENTITIES = ['contact', 'company', 'lead', 'opportunity', 'task'];
 const ACTION_TYPES = ['upsert', 'update', 'create', 'delete'];
 const OUTCOMES = ['succeeded', 'failed', 'skipped', 'unprocessed'];
 const LOG_PAGE = 50;
+const LIST_PAGE = 50;
 
 // ---- small DOM helpers ---------------------------------------------------------------
 
@@ -285,6 +286,7 @@ function renderActions(main, params, signal) {
   const status = params.get('status') || '';
   const entityType = params.get('entityType') || '';
   const actionType = params.get('actionType') || '';
+  const skip = Math.max(0, Number(params.get('skip')) || 0);
   const apply = () => {
     const next = new URLSearchParams();
     if (statusSelect.value) next.set('status', statusSelect.value);
@@ -296,6 +298,12 @@ function renderActions(main, params, signal) {
   const entitySelect = el('select', { id: 'filter-entity', onchange: apply }, options(ENTITIES, entityType, 'Any entity'));
   const typeSelect = el('select', { id: 'filter-type', onchange: apply }, options(ACTION_TYPES, actionType, 'Any action type'));
   const problem = el('div');
+  const pager = el('div', { class: 'row', id: 'list-pager' });
+  const go = (nextSkip) => {
+    const next = new URLSearchParams(params);
+    next.set('skip', String(nextSkip));
+    location.hash = `#/actions?${next}`;
+  };
   const body = el('tbody', { id: 'actions-body' });
   const table = el('div', { class: 'table-wrap' }, el('table', { id: 'actions' },
     el('caption', { class: 'visually-hidden' }, 'Bulk actions of this account, newest first'),
@@ -312,7 +320,7 @@ function renderActions(main, params, signal) {
       el('label', { for: 'filter-status' }, 'Status', statusSelect),
       el('label', { for: 'filter-entity' }, 'Entity', entitySelect),
       el('label', { for: 'filter-type' }, 'Action type', typeSelect)),
-    problem, table);
+    problem, table, pager);
 
   const rows = new Map();
   const rates = new Map();
@@ -340,13 +348,21 @@ function renderActions(main, params, signal) {
   const load = async () => {
     lastLoad = Date.now();
     const mine = ++loads;
-    const query = new URLSearchParams({ limit: '100' });
+    const query = new URLSearchParams({ limit: String(LIST_PAGE), skip: String(skip) });
     if (status) query.set('status', status);
     if (entityType) query.set('entityType', entityType);
+    if (actionType) query.set('actionType', actionType);
     try {
       const page = await api(`/bulk-actions?${query}`, { signal });
       if (mine !== loads) return; // a newer load answers for the page
-      const shown = page.items.filter((view) => !actionType || view.actionType === actionType);
+      const shown = page.items;
+      pager.replaceChildren(
+        el('button', { type: 'button', class: 'secondary', id: 'list-newer', disabled: skip === 0,
+          onclick: () => go(Math.max(0, skip - LIST_PAGE)) }, 'Newer'),
+        el('span', { class: 'muted', id: 'list-range' },
+          page.total ? `${skip + 1}–${skip + shown.length} of ${number(page.total)}` : ''),
+        el('button', { type: 'button', class: 'secondary', id: 'list-older', disabled: skip + shown.length >= page.total,
+          onclick: () => go(skip + LIST_PAGE) }, 'Older'));
       rows.clear();
       for (const view of shown) rows.set(view.actionId, view);
       body.replaceChildren(...shown.map(rowOf));

@@ -432,6 +432,19 @@ async fn run(app: &TestApp, client: &Client, dir: &Path, downloads: &Path) -> Re
     )
     .await?;
 
+    // The action-type filter is the API's: no delete was submitted.
+    client
+        .find(Locator::Id("filter-type"))
+        .await?
+        .select_by_value("delete")
+        .await?;
+    wait_until(
+        client,
+        "location.hash.includes('actionType=delete') && document.getElementById('actions-body')?.textContent.includes('No action matches')",
+        WAIT,
+    )
+    .await?;
+
     // Naming the other account's action shows the API's 404, nothing of it.
     client
         .goto(&app.url(&format!("/#/actions/{stranger}")))

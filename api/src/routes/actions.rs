@@ -4,7 +4,9 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use domain::{ActionId, ActionStats, ActionStatus, ActionView, EntityType, ScheduleError};
+use domain::{
+    ActionId, ActionStats, ActionStatus, ActionType, ActionView, EntityType, ScheduleError,
+};
 use futures::TryStreamExt;
 use infra::mongo::ACTION_VIEWS;
 use infra::views::StoredActionView;
@@ -127,6 +129,7 @@ pub struct ActionList {
         ("accountId" = Option<String>, Query),
         ("status" = Option<ActionStatus>, Query),
         ("entityType" = Option<EntityType>, Query),
+        ("actionType" = Option<ActionType>, Query),
         ("limit" = Option<u64>, Query, minimum = 1, maximum = 100),
         ("skip" = Option<u64>, Query, minimum = 0, maximum = 100000),
     ),
@@ -142,7 +145,14 @@ pub async fn list_actions(
 ) -> Result<Json<ActionList>, ApiError> {
     let params = QueryParams::parse(
         pairs,
-        &["accountId", "status", "entityType", "limit", "skip"],
+        &[
+            "accountId",
+            "status",
+            "entityType",
+            "actionType",
+            "limit",
+            "skip",
+        ],
     )?;
     if let Some(account) = params.parsed("accountId", |raw| domain::AccountId::parse(raw).ok())? {
         if account != caller.account {
@@ -155,6 +165,9 @@ pub async fn list_actions(
     }
     if let Some(entity) = params.parsed("entityType", EntityType::parse)? {
         filter.insert("entityType", entity.as_str());
+    }
+    if let Some(action_type) = params.parsed("actionType", ActionType::parse)? {
+        filter.insert("actionType", action_type.as_str());
     }
     let limit = params.capped("limit", LIST_LIMIT_DEFAULT, 1, LIST_LIMIT_MAX)?;
     let skip = params.capped("skip", 0, 0, LIST_SKIP_MAX)?;
