@@ -118,11 +118,7 @@ pub async fn projected(state: &AppState, action: ActionId) -> Result<Projected, 
         .await?;
     let projected_seq = stored
         .as_ref()
-        .and_then(|view| match view.get("lastSeq") {
-            Some(mongodb::bson::Bson::Int64(seq)) => u64::try_from(*seq).ok(),
-            Some(mongodb::bson::Bson::Int32(seq)) => u64::try_from(*seq).ok(),
-            _ => None,
-        })
+        .and_then(infra::views::last_seq_of)
         .unwrap_or(0);
     // `Completed` is the last event that settles records: once the view is final, what
     // follows (a `RetryCreated`) adds no row.

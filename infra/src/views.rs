@@ -17,6 +17,16 @@ pub struct StoredActionView {
     pub checkpoint: String,
 }
 
+/// The `lastSeq` of a stored view read as a plain document (a projection of a few fields):
+/// an Int64, or an Int32 where the store narrowed it.
+pub fn last_seq_of(view: &mongodb::bson::Document) -> Option<u64> {
+    match view.get("lastSeq") {
+        Some(mongodb::bson::Bson::Int64(seq)) => u64::try_from(*seq).ok(),
+        Some(mongodb::bson::Bson::Int32(seq)) => u64::try_from(*seq).ok(),
+        _ => None,
+    }
+}
+
 impl StoredActionView {
     pub fn new(view: ActionView, checkpoint: String) -> Self {
         Self {

@@ -45,10 +45,8 @@ pub async fn archive_finished(
         let Some(action) = view.get_str("_id").ok().and_then(ActionId::parse) else {
             continue;
         };
-        let projected_seq = match view.get("lastSeq") {
-            Some(mongodb::bson::Bson::Int64(seq)) => *seq as u64,
-            Some(mongodb::bson::Bson::Int32(seq)) => *seq as u64,
-            _ => continue,
+        let Some(projected_seq) = infra::views::last_seq_of(&view) else {
+            continue;
         };
         let Some(meta) = store.meta(action).await? else {
             continue;

@@ -78,6 +78,27 @@ fn a_raw_record_is_kept_whole_or_cut_to_whole_fields_and_marked() {
     assert!(not_object.truncated && not_object.fields.is_empty());
 }
 
+/// A batch of `count` records, each setting `name` to `name`.
+fn batch_of_names(count: u32, name: &str) -> Batch {
+    let records = (0..count)
+        .map(|index| PlannedRecord {
+            index,
+            change: RecordChange {
+                key: format!("r{index}@x.io"),
+                natural_key: None,
+                fields: [("name", FieldChange::Set(FieldValue::Text(name.to_owned())))]
+                    .into_iter()
+                    .collect(),
+            },
+        })
+        .collect();
+    Batch {
+        number: 0,
+        records,
+        match_by: MatchBy::Natural,
+    }
+}
+
 #[test]
 fn only_the_records_that_did_not_succeed_are_kept_from_a_batch() {
     let rules = account_rules(ActionType::Update, MatchBy::Natural);
@@ -108,23 +129,7 @@ fn only_the_records_that_did_not_succeed_are_kept_from_a_batch() {
 #[test]
 fn a_batch_keeps_records_within_its_byte_budget() {
     let big = "x".repeat(200_000);
-    let records: Vec<PlannedRecord> = (0..60)
-        .map(|index| PlannedRecord {
-            index,
-            change: RecordChange {
-                key: format!("r{index}@x.io"),
-                natural_key: None,
-                fields: [("name", FieldChange::Set(FieldValue::Text(big.clone())))]
-                    .into_iter()
-                    .collect(),
-            },
-        })
-        .collect();
-    let batch = Batch {
-        number: 0,
-        records,
-        match_by: MatchBy::Natural,
-    };
+    let batch = batch_of_names(60, &big);
     let outcomes = batch.outcomes_all(OutcomeCode::Unprocessed, "cancelled");
     let kept = batch_submitted(
         &batch,
@@ -155,23 +160,7 @@ fn an_action_near_its_kept_bytes_keeps_less_of_each_batch_and_then_nothing() {
         0,
         "an account past its limit keeps nothing"
     );
-    let records: Vec<PlannedRecord> = (0..3)
-        .map(|index| PlannedRecord {
-            index,
-            change: RecordChange {
-                key: format!("r{index}@x.io"),
-                natural_key: None,
-                fields: [("name", FieldChange::Set(FieldValue::Text("n".into())))]
-                    .into_iter()
-                    .collect(),
-            },
-        })
-        .collect();
-    let batch = Batch {
-        number: 0,
-        records,
-        match_by: MatchBy::Natural,
-    };
+    let batch = batch_of_names(3, "n");
     let outcomes = batch.outcomes_all(OutcomeCode::Unprocessed, "cancelled");
     let kept = batch_submitted(&batch, &outcomes, EntityType::Contact, 0);
     assert_eq!(kept.len(), 3, "every record still has its row");
